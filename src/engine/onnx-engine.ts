@@ -1,0 +1,386 @@
+import * as ort from 'onnxruntime-node';
+import { performance } from 'node:perf_hooks';
+import { ContextLengthError, EngineCapacityError, InvalidArgumentError, ModelFormatError } from '../errors.js';
+import { BlockPool } from '../kv/blocks.js';
+import type { Flavour, LoadedModel } from '../models/modeldir.js';
+import { IO } from '../models/llama/graph.js';
+import { Sampler, type Rng, type SamplingParams } from './sampling.js';
+import { openSession, type SessionConfig } from './session.js';
+import type { Engine, EngineInfo, ExecutionProvider, StepItem, StepPlan, StepResult } from './types.js';
+
+export interface OnnxEngineOptions extends SessionConfig {
+  /** Graph flavour; default `fast` where the model has it. */
+  flavour?: Flavour;
+  /** Sequences resident at once (KV slots). */
+  maxSequences?: number;
+  /** Tokens per sequence; default the model's context. */
+  maxContext?: number;
+  /** Tokens per KV block: the accounting unit the scheduler prices. */
+  blockSize?: number;
+}
+
+const FREE = -1;
+
+/**
+ * The token loop on ONNX Runtime. KV memory is one buffer per layer and per K/V of shape
+ * [maxSequences, kvHeads, capacity, headDim]; a sequence owns one slot of it while open.
+ *
+ * - `fast` graphs update that buffer in place (GroupQueryAttention with past and present bound
+ *   to the same memory): a step's decodes run as one batch over the slot range they occupy,
+ *   idle slots in between riding along with a throw-away token written past their end, and
+ *   each prefill chunk runs on its own slot. Nothing is copied but the new keys and values.
+ * - `hf` graphs take packed past tensors and return the concatenated present: the engine
+ *   packs each step's sequences (left-padded, masked) and copies the new positions back. This
+ *   is what serving a Hugging Face / Optimum export costs, and the benchmark shows by how much.
+ */
+export class OnnxEngine implements Engine {
+  readonly info: EngineInfo;
+  private readonly layers: number;
+  private readonly kvHeads: number;
+  private readonly headDim: number;
+  /** Positions per slot: the context plus one scratch position for idle slots' throw-away writes. */
+  private readonly capacity: number;
+  private readonly slotStride: number;
+  private readonly keys: Float32Array[];
+  private readonly values: Float32Array[];
+  private readonly slotOf = new Map<number, number>();
+  private readonly slotSeq: Int32Array;
+  private readonly slotLen: Int32Array;
+  private readonly slotParams: (SamplingParams | undefined)[];
+  private readonly slotRng: (Rng | undefined)[];
+  private readonly pool: BlockPool;
+  private readonly sampler: Sampler;
+  private readonly vocab: number;
+  private readonly inputNames: Set<string>;
+  // Reused across steps: a step allocates tensors' wrappers, never their data.
+  private readonly idsBuf: BigInt64Array;
+  private readonly rowsBuf: BigInt64Array;
+  private readonly seqlensBuf: Int32Array;
+  private readonly totalBuf = new Int32Array(1);
+  private readonly logitsBuf: Float32Array;
+  private hfScratch: { k: Float32Array[]; v: Float32Array[] } = { k: [], v: [] };
+
+  private constructor(
+    private readonly model: LoadedModel,
+    private readonly session: ort.InferenceSession,
+    provider: ExecutionProvider,
+    readonly flavour: Flavour,
+    opts: OnnxEngineOptions,
+  ) {
+    const maxSequences = opts.maxSequences ?? 32;
+    const maxContext = Math.min(opts.maxContext ?? model.kv.maxContext, model.kv.maxContext);
+    const blockSize = opts.blockSize ?? 16;
+    if (!Number.isInteger(maxSequences) || maxSequences < 1) throw new InvalidArgumentError(`maxSequences must be a positive integer`);
+    if (!Number.isInteger(maxContext) || maxContext < 2) throw new InvalidArgumentError(`maxContext must be an integer >= 2`);
+    if (!Number.isInteger(blockSize) || blockSize < 1) throw new InvalidArgumentError(`blockSize must be a positive integer`);
+    this.layers = model.kv.layers;
+    this.kvHeads = model.kv.kvHeads;
+    // The fast graph may pad heads (GroupQueryAttention wants multiples of 16): trust the graph.
+    const declared = session.inputMetadata.find((m) => m.name === IO.pastKey(0));
+    const lanes = declared && declared.isTensor ? declared.shape[3] : undefined;
+    this.headDim = typeof lanes === 'number' ? lanes : model.kv.headDim;
+    this.vocab = model.vocabSize;
+    // The fast graph's past tensors must have the capacity its rotary table was built for.
+    this.capacity = flavour === 'fast' ? model.kv.maxContext + 1 : maxContext + 1;
+    this.slotStride = this.kvHeads * this.capacity * this.headDim;
+    const floats = maxSequences * this.slotStride;
+    this.keys = Array.from({ length: this.layers }, () => new Float32Array(floats));
+    this.values = Array.from({ length: this.layers }, () => new Float32Array(floats));
+    this.slotSeq = new Int32Array(maxSequences).fill(FREE);
+    this.slotLen = new Int32Array(maxSequences);
+    this.slotParams = new Array(maxSequences).fill(undefined);
+    this.slotRng = new Array(maxSequences).fill(undefined);
+    const blocksPerSeq = Math.ceil(maxContext / blockSize);
+    this.pool = new BlockPool(maxSequences * blocksPerSeq, blockSize);
+    this.sampler = new Sampler(this.vocab);
+    this.inputNames = new Set(session.inputNames);
+    this.idsBuf = new BigInt64Array(maxSequences);
+    this.rowsBuf = new BigInt64Array(maxSequences);
+    this.seqlensBuf = new Int32Array(maxSequences);
+    this.logitsBuf = new Float32Array(maxSequences * this.vocab);
+    this.info = {
+      flavour,
+      provider,
+      maxSequences,
+      maxContext,
+      blockSize,
+      totalBlocks: this.pool.totalBlocks,
+      vocabSize: this.vocab,
+    };
+  }
+
+  static async create(model: LoadedModel, opts: OnnxEngineOptions = {}): Promise<OnnxEngine> {
+    const flavour = opts.flavour ?? (model.flavours.includes('fast') ? 'fast' : 'hf');
+    if (!model.flavours.includes(flavour)) {
+      throw new ModelFormatError(`model ${model.name} has no ${flavour} graph (it has ${model.flavours.join(', ')})`);
+    }
+    const { session, provider } = await openSession(model.graphPath(flavour), opts);
+    const engine = new OnnxEngine(model, session, provider, flavour, opts);
+    engine.checkGraph();
+    return engine;
+  }
+
+  private checkGraph(): void {
+    const needed = this.flavour === 'fast'
+      ? [IO.inputIds, IO.seqlensK, IO.totalSeqLen, IO.logitsRows, IO.pastKey(0)]
+      : [IO.inputIds, IO.attentionMask, IO.pastKey(0)];
+    const missing = needed.filter((n) => !this.inputNames.has(n));
+    if (missing.length > 0) {
+      throw new ModelFormatError(`${this.model.graphPath(this.flavour)} lacks the ${this.flavour} interface's inputs: ${missing.join(', ')}`);
+    }
+  }
+
+  get freeBlocks(): number {
+    return this.pool.freeBlocks;
+  }
+
+  open(seq: number, sampling: SamplingParams, rng: Rng): void {
+    if (this.slotOf.has(seq)) throw new InvalidArgumentError(`sequence ${seq} is already open`);
+    const slot = this.slotSeq.indexOf(FREE);
+    if (slot < 0) throw new EngineCapacityError(`all ${this.info.maxSequences} sequence slots are in use`);
+    this.slotSeq[slot] = seq;
+    this.slotLen[slot] = 0;
+    this.slotParams[slot] = sampling;
+    this.slotRng[slot] = rng;
+    this.slotOf.set(seq, slot);
+  }
+
+  close(seq: number): void {
+    const slot = this.slotOf.get(seq);
+    if (slot === undefined) return;
+    this.slotOf.delete(seq);
+    this.slotSeq[slot] = FREE;
+    this.slotLen[slot] = 0;
+    this.slotParams[slot] = undefined;
+    this.slotRng[slot] = undefined;
+    this.pool.release(seq);
+  }
+
+  contextLength(seq: number): number {
+    const slot = this.slotOf.get(seq);
+    return slot === undefined ? 0 : (this.slotLen[slot] as number);
+  }
+
+  blocksHeld(seq: number): number {
+    return this.pool.heldBy(seq);
+  }
+
+  async dispose(): Promise<void> {
+    await this.session.release();
+  }
+
+  async execute(plan: StepPlan): Promise<StepResult> {
+    const t0 = performance.now();
+    const n = plan.items.length;
+    const tokens = new Int32Array(n).fill(-1);
+    const logits = plan.keepLogits ? new Float32Array(n * this.vocab).fill(NaN) : undefined;
+    const decodes: number[] = [];
+    const prefills: number[] = [];
+    const seen = new Set<number>();
+    for (let i = 0; i < n; i++) {
+      const item = plan.items[i] as StepItem;
+      const slot = this.slotOf.get(item.seq);
+      if (slot === undefined) throw new InvalidArgumentError(`sequence ${item.seq} is not open`);
+      if (seen.has(item.seq)) throw new InvalidArgumentError(`sequence ${item.seq} appears twice in one step`);
+      seen.add(item.seq);
+      const count = item.tokens.length;
+      if (count < 1) throw new InvalidArgumentError(`sequence ${item.seq}: a step item needs at least one token`);
+      for (let k = 0; k < count; k++) {
+        const t = item.tokens[k] as number;
+        if (!Number.isInteger(t) || t < 0 || t >= this.vocab) throw new InvalidArgumentError(`token ${t} is outside the vocabulary (0..${this.vocab - 1})`);
+      }
+      const after = (this.slotLen[slot] as number) + count;
+      if (after > this.info.maxContext) {
+        throw new ContextLengthError(`sequence ${item.seq} would reach ${after} tokens, beyond the context of ${this.info.maxContext}`);
+      }
+      this.pool.ensure(item.seq, after);
+      (count === 1 ? decodes : prefills).push(i);
+    }
+
+    let runMs = 0;
+    let sampleMs = 0;
+    let runs = 0;
+    const sampleRows = (batchItems: number[], rowOf: (k: number) => number, source: Float32Array) => {
+      const s0 = performance.now();
+      for (let k = 0; k < batchItems.length; k++) {
+        const i = batchItems[k] as number;
+        const item = plan.items[i] as StepItem;
+        if (!item.sample) continue;
+        const slot = this.slotOf.get(item.seq) as number;
+        const offset = rowOf(k) * this.vocab;
+        tokens[i] = this.sampler.sample(source, offset, this.slotParams[slot] as SamplingParams, this.slotRng[slot] as Rng);
+        if (logits) logits.set(source.subarray(offset, offset + this.vocab), i * this.vocab);
+      }
+      sampleMs += performance.now() - s0;
+    };
+
+    if (this.flavour === 'fast') {
+      if (decodes.length > 0) {
+        const r0 = performance.now();
+        await this.runFast(plan.items, decodes);
+        runMs += performance.now() - r0;
+        runs++;
+        sampleRows(decodes, (k) => k, this.logitsBuf);
+      }
+      for (const i of prefills) {
+        const r0 = performance.now();
+        await this.runFast(plan.items, [i]);
+        runMs += performance.now() - r0;
+        runs++;
+        sampleRows([i], () => 0, this.logitsBuf);
+      }
+    } else {
+      const groups = decodes.length > 0 ? [decodes, ...prefills.map((i) => [i])] : prefills.map((i) => [i]);
+      for (const group of groups) {
+        const r0 = performance.now();
+        const { logits: out, seqLen } = await this.runHf(plan.items, group);
+        runMs += performance.now() - r0;
+        runs++;
+        // Left-padded new tokens end at the last column, so each sequence's last token is row S-1.
+        sampleRows(group, (k) => k * seqLen + seqLen - 1, out);
+      }
+    }
+    let batchTokens = 0;
+    for (const item of plan.items) {
+      const slot = this.slotOf.get(item.seq) as number;
+      this.slotLen[slot] = (this.slotLen[slot] as number) + item.tokens.length;
+      batchTokens += item.tokens.length;
+    }
+    const totalMs = performance.now() - t0;
+    const result: StepResult = { tokens, timing: { totalMs, runMs, sampleMs, glueMs: totalMs - runMs - sampleMs, runs, batchTokens } };
+    if (logits) result.logits = logits;
+    return result;
+  }
+
+  /** One fast-graph run over the contiguous slot range holding `group`'s sequences. */
+  private async runFast(items: StepItem[], group: number[]): Promise<void> {
+    let lo = Infinity;
+    let hi = -1;
+    for (const i of group) {
+      const slot = this.slotOf.get((items[i] as StepItem).seq) as number;
+      if (slot < lo) lo = slot;
+      if (slot > hi) hi = slot;
+    }
+    const b = hi - lo + 1;
+    const width = (items[group[0] as number] as StepItem).tokens.length;
+    const ids = width === 1 ? this.idsBuf.subarray(0, b) : new BigInt64Array(width);
+    const seqlens = this.seqlensBuf.subarray(0, b);
+    for (let s = 0; s < b; s++) {
+      // Idle slots in the range: a throw-away token written at their end (or the scratch position).
+      ids[s] = 0n;
+      seqlens[s] = Math.min(this.slotLen[lo + s] as number, this.capacity - 1);
+    }
+    const rows = this.rowsBuf.subarray(0, group.length);
+    for (let k = 0; k < group.length; k++) {
+      const item = items[group[k] as number] as StepItem;
+      const s = (this.slotOf.get(item.seq) as number) - lo;
+      const len = this.slotLen[lo + s] as number;
+      for (let t = 0; t < width; t++) ids[s * width + t] = BigInt(item.tokens[t] as number);
+      seqlens[s] = len + width - 1;
+      rows[k] = BigInt(s * width + width - 1);
+    }
+    let total = 0;
+    for (let s = 0; s < b; s++) total = Math.max(total, (seqlens[s] as number) + 1);
+    this.totalBuf[0] = total;
+    const feeds: Record<string, ort.Tensor> = {
+      [IO.inputIds]: new ort.Tensor('int64', ids, [b, width]),
+      [IO.seqlensK]: new ort.Tensor('int32', seqlens, [b]),
+      [IO.totalSeqLen]: new ort.Tensor('int32', this.totalBuf, []),
+      [IO.logitsRows]: new ort.Tensor('int64', rows, [group.length]),
+    };
+    const fetches: Record<string, ort.Tensor> = {
+      [IO.logits]: new ort.Tensor('float32', this.logitsBuf.subarray(0, group.length * this.vocab), [group.length, this.vocab]),
+    };
+    const dims = [b, this.kvHeads, this.capacity, this.headDim];
+    const from = lo * this.slotStride;
+    const to = (hi + 1) * this.slotStride;
+    for (let l = 0; l < this.layers; l++) {
+      const k = new ort.Tensor('float32', (this.keys[l] as Float32Array).subarray(from, to), dims);
+      const v = new ort.Tensor('float32', (this.values[l] as Float32Array).subarray(from, to), dims);
+      feeds[IO.pastKey(l)] = k;
+      feeds[IO.pastValue(l)] = v;
+      fetches[IO.presentKey(l)] = k;
+      fetches[IO.presentValue(l)] = v;
+    }
+    await this.session.run(feeds, fetches);
+  }
+
+  /** One hf-interface run: pack the group's caches (left-padded), run, copy the new positions back. */
+  private async runHf(items: StepItem[], group: number[]): Promise<{ logits: Float32Array; seqLen: number }> {
+    const b = group.length;
+    let P = 0;
+    let S = 0;
+    const slots = group.map((i) => this.slotOf.get((items[i] as StepItem).seq) as number);
+    for (let k = 0; k < b; k++) {
+      P = Math.max(P, this.slotLen[slots[k] as number] as number);
+      S = Math.max(S, (items[group[k] as number] as StepItem).tokens.length);
+    }
+    const T = P + S;
+    const hd = this.headDim;
+    const H = this.kvHeads;
+    const ids = new BigInt64Array(b * S);
+    const pos = new BigInt64Array(b * S);
+    const mask = new BigInt64Array(b * T);
+    for (let k = 0; k < b; k++) {
+      const slot = slots[k] as number;
+      const len = this.slotLen[slot] as number;
+      const toks = (items[group[k] as number] as StepItem).tokens;
+      const padS = S - toks.length;
+      mask.fill(1n, k * T + (P - len), k * T + P);
+      mask.fill(1n, k * T + P + padS, (k + 1) * T);
+      for (let t = 0; t < toks.length; t++) {
+        ids[k * S + padS + t] = BigInt(toks[t] as number);
+        pos[k * S + padS + t] = BigInt(len + t);
+      }
+    }
+    const pastSize = b * H * P * hd;
+    if ((this.hfScratch.k[0]?.length ?? -1) < pastSize) {
+      this.hfScratch = {
+        k: Array.from({ length: this.layers }, () => new Float32Array(pastSize)),
+        v: Array.from({ length: this.layers }, () => new Float32Array(pastSize)),
+      };
+    }
+    const feeds: Record<string, ort.Tensor> = {
+      [IO.inputIds]: new ort.Tensor('int64', ids, [b, S]),
+      [IO.attentionMask]: new ort.Tensor('int64', mask, [b, T]),
+    };
+    if (this.inputNames.has(IO.positionIds)) feeds[IO.positionIds] = new ort.Tensor('int64', pos, [b, S]);
+    if (this.inputNames.has('use_cache_branch')) feeds.use_cache_branch = new ort.Tensor('bool', [true], [1]);
+    for (let l = 0; l < this.layers; l++) {
+      const pk = (this.hfScratch.k[l] as Float32Array).subarray(0, pastSize);
+      const pv = (this.hfScratch.v[l] as Float32Array).subarray(0, pastSize);
+      for (let k = 0; k < b; k++) {
+        const slot = slots[k] as number;
+        const len = this.slotLen[slot] as number;
+        for (let h = 0; h < H; h++) {
+          const src = slot * this.slotStride + h * this.capacity * hd;
+          const dst = ((k * H + h) * P + (P - len)) * hd;
+          pk.set((this.keys[l] as Float32Array).subarray(src, src + len * hd), dst);
+          pv.set((this.values[l] as Float32Array).subarray(src, src + len * hd), dst);
+        }
+      }
+      feeds[IO.pastKey(l)] = new ort.Tensor('float32', pk, [b, H, P, hd]);
+      feeds[IO.pastValue(l)] = new ort.Tensor('float32', pv, [b, H, P, hd]);
+    }
+    const out = await this.session.run(feeds);
+    for (let l = 0; l < this.layers; l++) {
+      const presentK = out[IO.presentKey(l)]?.data as Float32Array | undefined;
+      const presentV = out[IO.presentValue(l)]?.data as Float32Array | undefined;
+      if (!presentK || !presentV) throw new ModelFormatError(`graph did not return ${IO.presentKey(l)}`);
+      for (let k = 0; k < b; k++) {
+        const slot = slots[k] as number;
+        const len = this.slotLen[slot] as number;
+        const count = (items[group[k] as number] as StepItem).tokens.length;
+        for (let h = 0; h < H; h++) {
+          const src = ((k * H + h) * T + (T - count)) * hd;
+          const dst = slot * this.slotStride + (h * this.capacity + len) * hd;
+          (this.keys[l] as Float32Array).set(presentK.subarray(src, src + count * hd), dst);
+          (this.values[l] as Float32Array).set(presentV.subarray(src, src + count * hd), dst);
+        }
+      }
+    }
+    const logits = out[IO.logits]?.data as Float32Array | undefined;
+    if (!logits) throw new ModelFormatError('graph did not return logits');
+    return { logits, seqLen: S };
+  }
+}

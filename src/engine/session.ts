@@ -1,0 +1,64 @@
+import * as ort from 'onnxruntime-node';
+import { existsSync } from 'node:fs';
+import { ModelFormatError } from '../errors.js';
+import type { ExecutionProvider } from './types.js';
+
+export interface SessionConfig {
+  /** Providers in order of preference; default CUDA then CPU. */
+  providers?: ExecutionProvider[];
+  intraOpThreads?: number;
+  interOpThreads?: number;
+  /** Where the one fallback line goes (default: stderr). */
+  log?: (line: string) => void;
+}
+
+export interface OpenedSession {
+  session: ort.InferenceSession;
+  provider: ExecutionProvider;
+}
+
+/**
+ * Opens a session on the first provider that loads. onnxruntime-node throws, rather than
+ * falling back, when asked for CUDA without the CUDA provider library, so each provider is
+ * tried on its own and a failure to load CUDA costs one clear log line, not the server.
+ */
+export async function openSession(path: string, cfg: SessionConfig = {}): Promise<OpenedSession> {
+  if (!existsSync(path)) throw new ModelFormatError(`graph file ${path} is missing`);
+  const wanted = cfg.providers ?? envProviders() ?? ['cuda', 'cpu'];
+  const log = cfg.log ?? ((line: string) => process.stderr.write(line + '\n'));
+  const failures: string[] = [];
+  for (const provider of wanted) {
+    const options: ort.InferenceSession.SessionOptions = {
+      executionProviders: [provider],
+      graphOptimizationLevel: 'all',
+      logSeverityLevel: 3,
+    };
+    if (cfg.intraOpThreads !== undefined) options.intraOpNumThreads = cfg.intraOpThreads;
+    if (cfg.interOpThreads !== undefined) options.interOpNumThreads = cfg.interOpThreads;
+    try {
+      const session = await ort.InferenceSession.create(path, options);
+      if (failures.length > 0) log(`marginal: ${failures.join('; ')}; running on ${provider.toUpperCase()}`);
+      return { session, provider };
+    } catch (e) {
+      const msg = (e as Error).message.split('\n')[0] ?? String(e);
+      if (provider === 'cpu' || !isProviderLoadFailure(msg)) {
+        // A model the CPU provider rejects is a bad model, not a provider problem.
+        throw new ModelFormatError(`cannot load ${path}: ${msg}`);
+      }
+      failures.push(`${provider.toUpperCase()} execution provider unavailable (${msg.slice(0, 160)})`);
+    }
+  }
+  throw new ModelFormatError(`cannot load ${path}: ${failures.join('; ')}`);
+}
+
+function isProviderLoadFailure(msg: string): boolean {
+  return !/protobuf|parse|invalid model|ModelProto|load model/i.test(msg) || /provider|cuda|libonnxruntime_providers/i.test(msg);
+}
+
+/** MARGINAL_PROVIDERS=cpu (or cuda,cpu) overrides the default order without a config file. */
+function envProviders(): ExecutionProvider[] | undefined {
+  const v = process.env.MARGINAL_PROVIDERS;
+  if (!v) return undefined;
+  const list = v.split(',').map((s) => s.trim()).filter((s): s is ExecutionProvider => s === 'cuda' || s === 'cpu');
+  return list.length > 0 ? list : undefined;
+}

@@ -1,0 +1,65 @@
+import type { Rng, SamplingParams } from './sampling.js';
+
+export type ExecutionProvider = 'cuda' | 'cpu';
+
+export interface EngineInfo {
+  flavour: string;
+  provider: ExecutionProvider;
+  maxSequences: number;
+  maxContext: number;
+  blockSize: number;
+  totalBlocks: number;
+  vocabSize: number;
+}
+
+/** One sequence's share of a step: the tokens to feed and whether to sample after them. */
+export interface StepItem {
+  seq: number;
+  /** A prefill chunk (several tokens) or the last sampled token (decode). */
+  tokens: ArrayLike<number>;
+  /** False for prefill chunks that are not a prompt's last: their logits are not needed. */
+  sample: boolean;
+}
+
+export interface StepPlan {
+  items: StepItem[];
+  /** Copy each sampled row's logits into the result (tests and diagnostics; costs a copy). */
+  keepLogits?: boolean;
+}
+
+export interface StepTiming {
+  totalMs: number;
+  /** Time inside ONNX Runtime's session.run (or the cost model's predicted step time). */
+  runMs: number;
+  sampleMs: number;
+  /** Everything else: building feeds, copies, bookkeeping. */
+  glueMs: number;
+  runs: number;
+  batchTokens: number;
+}
+
+export interface StepResult {
+  /** Parallel to plan.items: the sampled token, or -1 where the item did not sample. */
+  tokens: Int32Array;
+  timing: StepTiming;
+  /** Present when plan.keepLogits: vocabSize floats per item, in item order (NaN-filled when not sampled). */
+  logits?: Float32Array;
+}
+
+/**
+ * What the scheduler drives. The real engine runs ONNX Runtime; the cost-model engine advances
+ * simulated time. Both hold per-sequence sampling state so a sequence's random stream depends
+ * only on its own seed.
+ */
+export interface Engine {
+  readonly info: EngineInfo;
+  open(seq: number, sampling: SamplingParams, rng: Rng): void;
+  execute(plan: StepPlan): Promise<StepResult>;
+  /** Tokens whose keys and values are held for `seq`. */
+  contextLength(seq: number): number;
+  /** KV blocks held by `seq`. */
+  blocksHeld(seq: number): number;
+  readonly freeBlocks: number;
+  close(seq: number): void;
+  dispose(): Promise<void>;
+}

@@ -1,0 +1,87 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TokenizerFormatError } from '../errors.js';
+import { readLlama2cCheckpoint } from './llama/weights.js';
+import { syntheticShape, syntheticWeights } from './llama/synthetic.js';
+import { writeModelDir, type Flavour, type ModelConfig } from './modeldir.js';
+import { syntheticTokenizerBuffer } from './synthetic-tokenizer.js';
+import { Llama2cTokenizer } from './tokenizer/llama2c.js';
+
+/** `marginal import llama2c CKPT.bin TOK.bin --out DIR` */
+export function importLlama2c(checkpoint: string, tokenizerPath: string, out: string, flavours?: Flavour[]): ModelConfig {
+  const ck = readLlama2cCheckpoint(checkpoint);
+  let tok: Buffer;
+  try {
+    tok = readFileSync(tokenizerPath);
+  } catch (e) {
+    throw new TokenizerFormatError(`cannot read ${tokenizerPath}: ${(e as Error).message}`);
+  }
+  // Parse before writing anything, so a bad tokenizer leaves no half-written model behind.
+  Llama2cTokenizer.fromBuffer(tok, ck.shape.vocabSize);
+  const opts = {
+    dir: out,
+    name: basename(checkpoint).replace(/\.bin$/, ''),
+    shape: ck.shape,
+    weights: ck.weights,
+    tokenizer: tok,
+    synthetic: false,
+    description: `llama2.c checkpoint ${basename(checkpoint)}`,
+  };
+  return writeModelDir(flavours ? { ...opts, flavours } : opts);
+}
+
+/** The package root, whether running from src/ (tsx) or dist/. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+}
+
+/** The Llama 2 tokenizer beside the checkout (../shared), or where MARGINAL_LLAMA2_TOKENIZER points. */
+export function findLlama2Tokenizer(): string | undefined {
+  const candidates = [
+    process.env.MARGINAL_LLAMA2_TOKENIZER,
+    join(packageRoot(), '..', 'shared', 'models', 'llama2-tokenizer', 'tokenizer.bin'),
+    resolve('..', 'shared', 'models', 'llama2-tokenizer', 'tokenizer.bin'),
+  ];
+  return candidates.find((p): p is string => p !== undefined && existsSync(p));
+}
+
+/** `marginal synth --shape NAME --out DIR` */
+export function synthesize(shapeName: string, out: string, opts: { log?: (s: string) => void; flavours?: Flavour[] } = {}): ModelConfig {
+  const entry = syntheticShape(shapeName);
+  let tokenizer: Buffer;
+  let tokNote: string;
+  const llama2 = entry.tokenizer === 'llama2' ? findLlama2Tokenizer() : undefined;
+  if (llama2 !== undefined) {
+    tokenizer = readFileSync(llama2);
+    tokNote = 'Llama 2 tokenizer';
+  } else {
+    if (entry.tokenizer === 'llama2') opts.log?.('marginal: Llama 2 tokenizer not found (set MARGINAL_LLAMA2_TOKENIZER); using a synthetic tokenizer');
+    tokenizer = syntheticTokenizerBuffer(entry.shape.vocabSize);
+    tokNote = 'synthetic tokenizer';
+  }
+  const o = {
+    dir: out,
+    name: `synthetic-${shapeName}`,
+    shape: entry.shape,
+    weights: syntheticWeights(),
+    tokenizer,
+    synthetic: true,
+    description: `synthetic ${entry.about}, random weights, ${tokNote}`,
+  };
+  return writeModelDir(opts.flavours ? { ...o, flavours: opts.flavours } : o);
+}
+
+export const DEFAULT_SHAPE = 'stories15m';
+
+/** The built-in default model, generated on first use. */
+export function defaultModelDir(log?: (s: string) => void): string {
+  const dir = process.env.MARGINAL_DEFAULT_MODEL ?? join(packageRoot(), 'models', `synthetic-${DEFAULT_SHAPE}`);
+  if (!existsSync(join(dir, 'marginal.json'))) {
+    log?.(`marginal: generating the default model (synthetic ${DEFAULT_SHAPE} shape, random weights) in ${dir}`);
+    synthesize(DEFAULT_SHAPE, dir, log ? { log } : {});
+  }
+  return dir;
+}

@@ -1,0 +1,260 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import onnxProto from 'onnx-proto';
+import { ModelFormatError, ModelNotFoundError } from '../errors.js';
+import { ExternalDataWriter, DType, tensorBytes } from './onnx/builder.js';
+import { buildFastGraph, buildHfGraph } from './llama/graph.js';
+import { checkShape, headDim, parameterCount, weightSpecs, type LlamaShape } from './llama/shape.js';
+import type { WeightSource } from './llama/weights.js';
+import { Llama2cTokenizer, writeHfTokenizerJson, writeHfTokenizerConfigJson } from './tokenizer/llama2c.js';
+import { HfTokenizer } from './tokenizer/hf.js';
+import type { Tokenizer } from './tokenizer/types.js';
+
+type ITensorProto = onnxProto.onnx.ITensorProto;
+
+export type Flavour = 'fast' | 'hf';
+
+export const CONFIG_FILE = 'marginal.json';
+
+/**
+ * `marginal.json`: what the engine needs to run a model directory. The same directory is
+ * also a Hugging Face-style folder (config.json, tokenizer.json, onnx/model.onnx) so that
+ * transformers.js and other ONNX tooling can load the `hf` flavour.
+ */
+export interface ModelConfig {
+  format: 'marginal-model';
+  version: 1;
+  name: string;
+  architecture: 'llama';
+  /** Random weights: the text is meaningless, and everything that shows the model says so. */
+  synthetic: boolean;
+  description: string;
+  shape: LlamaShape;
+  /** Positions the graphs' rotary tables cover: the context plus one scratch position. */
+  ropePositions: number;
+  tokenizer: { type: 'llama2c'; file: string; bosId: number; eosId: number; stopIds: number[]; addBos: boolean };
+  graphs: Partial<Record<Flavour, string>>;
+}
+
+export interface LoadedModel {
+  dir: string;
+  name: string;
+  synthetic: boolean;
+  description: string;
+  /** Undefined for foreign folders whose graph sizes come from config.json instead. */
+  shape: LlamaShape | undefined;
+  kv: { layers: number; kvHeads: number; headDim: number; maxContext: number };
+  vocabSize: number;
+  tokenizer: Tokenizer;
+  bosId: number;
+  stopIds: number[];
+  addBos: boolean;
+  graphPath(flavour: Flavour): string;
+  flavours: Flavour[];
+}
+
+export interface WriteModelOptions {
+  dir: string;
+  name: string;
+  shape: LlamaShape;
+  weights: WeightSource;
+  tokenizer: Buffer;
+  synthetic: boolean;
+  description: string;
+  flavours?: Flavour[];
+}
+
+export function writeModelDir(o: WriteModelOptions): ModelConfig {
+  const problem = checkShape(o.shape);
+  if (problem !== undefined) throw new ModelFormatError(problem);
+  const flavours = o.flavours ?? ['fast', 'hf'];
+  mkdirSync(join(o.dir, 'onnx'), { recursive: true });
+  const tokenizer = Llama2cTokenizer.fromBuffer(o.tokenizer, o.shape.vocabSize);
+  writeFileSync(join(o.dir, 'tokenizer.bin'), o.tokenizer);
+
+  const data = new ExternalDataWriter(join(o.dir, 'onnx', 'model.onnx_data'), 'model.onnx_data');
+  const tensors = new Map<string, ITensorProto>();
+  try {
+    for (const spec of weightSpecs(o.shape)) {
+      const values = o.weights(spec);
+      const expected = spec.dims.reduce((a, b) => a * b, 1);
+      if (values.length !== expected) throw new ModelFormatError(`weight ${spec.name} has ${values.length} values, expected ${expected}`);
+      tensors.set(spec.name, data.add(spec.name, spec.dims, DType.float, tensorBytes(values)));
+    }
+  } finally {
+    data.close();
+  }
+  const ropePositions = o.shape.maxSeqLen + 1;
+  const graphs: Partial<Record<Flavour, string>> = {};
+  if (flavours.includes('hf')) {
+    writeFileSync(join(o.dir, 'onnx', 'model.onnx'), buildHfGraph(o.shape, tensors, { ropePositions }));
+    graphs.hf = 'onnx/model.onnx';
+  }
+  if (flavours.includes('fast')) {
+    writeFileSync(join(o.dir, 'onnx', 'model_fast.onnx'), buildFastGraph(o.shape, tensors, { ropePositions }));
+    graphs.fast = 'onnx/model_fast.onnx';
+  }
+
+  const config: ModelConfig = {
+    format: 'marginal-model',
+    version: 1,
+    name: o.name,
+    architecture: 'llama',
+    synthetic: o.synthetic,
+    description: o.description,
+    shape: o.shape,
+    ropePositions,
+    tokenizer: { type: 'llama2c', file: 'tokenizer.bin', bosId: 1, eosId: 2, stopIds: [1, 2], addBos: true },
+    graphs,
+  };
+  writeFileSync(join(o.dir, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
+  writeHfFiles(o.dir, config, tokenizer);
+  return config;
+}
+
+function writeHfFiles(dir: string, c: ModelConfig, tokenizer: Llama2cTokenizer): void {
+  const s = c.shape;
+  const hf = {
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    hidden_size: s.dim,
+    intermediate_size: s.hiddenDim,
+    num_hidden_layers: s.nLayers,
+    num_attention_heads: s.nHeads,
+    num_key_value_heads: s.nKvHeads,
+    head_dim: headDim(s),
+    vocab_size: s.vocabSize,
+    max_position_embeddings: s.maxSeqLen,
+    rms_norm_eps: s.normEps,
+    rope_theta: s.ropeTheta,
+    tie_word_embeddings: s.sharedClassifier,
+    bos_token_id: c.tokenizer.bosId,
+    eos_token_id: c.tokenizer.eosId,
+    torch_dtype: 'float32',
+    'transformers.js_config': { use_external_data_format: true },
+  };
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(hf, null, 2) + '\n');
+  writeFileSync(
+    join(dir, 'generation_config.json'),
+    JSON.stringify({ bos_token_id: c.tokenizer.bosId, eos_token_id: c.tokenizer.stopIds }, null, 2) + '\n',
+  );
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(writeHfTokenizerJson(tokenizer)) + '\n');
+  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify(writeHfTokenizerConfigJson({ modelMaxLength: c.shape.maxSeqLen }), null, 2) + '\n');
+}
+
+export async function loadModelDir(dirArg: string): Promise<LoadedModel> {
+  const dir = resolve(dirArg);
+  if (!existsSync(dir)) throw new ModelNotFoundError(`${dirArg} does not exist`);
+  if (existsSync(join(dir, CONFIG_FILE))) return loadMarginalDir(dir);
+  if (existsSync(join(dir, 'config.json'))) return loadHfFolder(dir);
+  throw new ModelNotFoundError(`${dirArg} has neither ${CONFIG_FILE} nor a Hugging Face config.json`);
+}
+
+function readJson(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ModelFormatError(`cannot read ${path}: ${(e as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new ModelFormatError(`${path} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+function loadMarginalDir(dir: string): LoadedModel {
+  const c = readJson(join(dir, CONFIG_FILE)) as ModelConfig;
+  if (c === null || typeof c !== 'object' || c.format !== 'marginal-model' || c.version !== 1) {
+    throw new ModelFormatError(`${join(dir, CONFIG_FILE)} is not a marginal model config (format/version)`);
+  }
+  const problem = c.shape ? checkShape(c.shape) : 'missing shape';
+  if (problem !== undefined) throw new ModelFormatError(`${join(dir, CONFIG_FILE)}: ${problem}`);
+  const flavours = (Object.keys(c.graphs ?? {}) as Flavour[]).filter((f) => f === 'fast' || f === 'hf');
+  if (flavours.length === 0) throw new ModelFormatError(`${join(dir, CONFIG_FILE)} lists no graphs`);
+  for (const f of flavours) {
+    const p = join(dir, c.graphs[f] as string);
+    if (!existsSync(p)) throw new ModelFormatError(`graph file ${p} (${f} flavour) is missing`);
+  }
+  const tokPath = join(dir, c.tokenizer.file);
+  if (!existsSync(tokPath)) throw new ModelFormatError(`tokenizer file ${tokPath} is missing`);
+  const tokenizer = Llama2cTokenizer.fromFileSync(tokPath, c.shape.vocabSize);
+  return {
+    dir,
+    name: c.name,
+    synthetic: c.synthetic,
+    description: c.description,
+    shape: c.shape,
+    kv: { layers: c.shape.nLayers, kvHeads: c.shape.nKvHeads, headDim: headDim(c.shape), maxContext: c.shape.maxSeqLen },
+    vocabSize: c.shape.vocabSize,
+    tokenizer,
+    bosId: c.tokenizer.bosId,
+    stopIds: c.tokenizer.stopIds,
+    addBos: c.tokenizer.addBos,
+    graphPath: (f) => {
+      const rel = c.graphs[f];
+      if (rel === undefined) throw new ModelFormatError(`model ${c.name} has no ${f} graph (it has ${flavours.join(', ')})`);
+      return join(dir, rel);
+    },
+    flavours,
+  };
+}
+
+/**
+ * A Hugging Face / Optimum decoder export we did not write: config.json for the cache
+ * geometry, tokenizer.json, and the graph at onnx/model.onnx (or model.onnx).
+ */
+async function loadHfFolder(dir: string): Promise<LoadedModel> {
+  const hf = readJson(join(dir, 'config.json')) as Record<string, unknown>;
+  const num = (...keys: string[]): number | undefined => {
+    for (const k of keys) if (typeof hf[k] === 'number') return hf[k] as number;
+    return undefined;
+  };
+  const layers = num('num_hidden_layers', 'n_layer');
+  const heads = num('num_attention_heads', 'n_head');
+  const hidden = num('hidden_size', 'n_embd');
+  const vocab = num('vocab_size');
+  if (layers === undefined || heads === undefined || hidden === undefined || vocab === undefined) {
+    throw new ModelFormatError(`${join(dir, 'config.json')} lacks layer/head/hidden/vocab sizes`);
+  }
+  const kvHeads = num('num_key_value_heads') ?? heads;
+  const hd = num('head_dim') ?? hidden / heads;
+  const maxContext = num('max_position_embeddings', 'n_positions', 'n_ctx') ?? 2048;
+  const graph = ['onnx/model.onnx', 'model.onnx', 'onnx/decoder_model_merged.onnx', 'decoder_model_merged.onnx']
+    .map((p) => join(dir, p))
+    .find((p) => existsSync(p));
+  if (graph === undefined) throw new ModelFormatError(`${dir} has no onnx/model.onnx`);
+  if (!existsSync(join(dir, 'tokenizer.json'))) throw new ModelFormatError(`${dir} has no tokenizer.json`);
+  const cfgPath = join(dir, 'tokenizer_config.json');
+  const tokenizer = await HfTokenizer.fromFiles(join(dir, 'tokenizer.json'), existsSync(cfgPath) ? cfgPath : undefined);
+  const ids = (v: unknown): number[] => (Array.isArray(v) ? v.filter((x): x is number => typeof x === 'number') : typeof v === 'number' ? [v] : []);
+  const gen = existsSync(join(dir, 'generation_config.json')) ? (readJson(join(dir, 'generation_config.json')) as Record<string, unknown>) : {};
+  const stopIds = [...new Set([...ids(gen.eos_token_id), ...ids(hf.eos_token_id), tokenizer.eosId])];
+  const modelType = typeof hf.model_type === 'string' ? hf.model_type : 'decoder';
+  return {
+    dir,
+    name: dir.split('/').filter(Boolean).pop() ?? modelType,
+    synthetic: false,
+    description: `Hugging Face ${modelType} export`,
+    shape: undefined,
+    kv: { layers, kvHeads, headDim: hd, maxContext },
+    vocabSize: vocab,
+    tokenizer,
+    bosId: tokenizer.bosId,
+    stopIds,
+    // Llama-family tokenizers add BOS themselves through their post-processor; GPT-2's never do.
+    addBos: false,
+    graphPath: (f) => {
+      if (f !== 'hf') throw new ModelFormatError(`${dir} is a Hugging Face export: only the hf flavour is available`);
+      return graph;
+    },
+    flavours: ['hf'],
+  };
+}
+
+export function describeModel(m: LoadedModel): string {
+  const size = m.shape ? `${(parameterCount(m.shape) / 1e6).toFixed(2)}M parameters` : `${m.kv.layers} layers`;
+  const warn = m.synthetic ? ' [synthetic: random weights, its text is meaningless]' : '';
+  return `${m.name} (${m.description}; ${size})${warn}`;
+}
