@@ -17,6 +17,8 @@ export const EngineCapacityError = createError<[string]>('MARGINAL_ENGINE_CAPACI
 export interface MarginalError extends Error {
   code: string;
   statusCode?: number;
+  /** The request field at fault, reported as OpenAI's `error.param`. */
+  param?: string;
 }
 
 export function isMarginalError(e: unknown): e is MarginalError {

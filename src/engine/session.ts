@@ -1,5 +1,7 @@
 import * as ort from 'onnxruntime-node';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { ModelFormatError } from '../errors.js';
 import type { ExecutionProvider } from './types.js';
 
@@ -28,6 +30,11 @@ export async function openSession(path: string, cfg: SessionConfig = {}): Promis
   const log = cfg.log ?? ((line: string) => process.stderr.write(line + '\n'));
   const failures: string[] = [];
   for (const provider of wanted) {
+    if (provider === 'cuda' && !cudaProviderInstalled()) {
+      // Asking ONNX Runtime anyway would print its own multi-line error before ours.
+      failures.push('CUDA execution provider not installed (on a GPU box: ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci)');
+      continue;
+    }
     const options: ort.InferenceSession.SessionOptions = {
       executionProviders: [provider],
       graphOptimizationLevel: 'all',
@@ -61,4 +68,27 @@ function envProviders(): ExecutionProvider[] | undefined {
   if (!v) return undefined;
   const list = v.split(',').map((s) => s.trim()).filter((s): s is ExecutionProvider => s === 'cuda' || s === 'cpu');
   return list.length > 0 ? list : undefined;
+}
+
+let cudaInstalled: boolean | undefined;
+
+/** Whether onnxruntime-node's binary folder holds the CUDA provider library. */
+export function cudaProviderInstalled(): boolean {
+  if (cudaInstalled !== undefined) return cudaInstalled;
+  try {
+    const pkg = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
+    const bin = join(pkg, 'bin');
+    const stack = [bin];
+    cudaInstalled = false;
+    while (stack.length > 0 && !cudaInstalled) {
+      const dir = stack.pop() as string;
+      for (const entry of readdirSync(dir, { withFileTypes: true })) {
+        if (entry.isDirectory()) stack.push(join(dir, entry.name));
+        else if (entry.name.startsWith('libonnxruntime_providers_cuda')) cudaInstalled = true;
+      }
+    }
+  } catch {
+    cudaInstalled = false;
+  }
+  return cudaInstalled;
 }

@@ -243,8 +243,8 @@ async function loadHfFolder(dir: string): Promise<LoadedModel> {
     tokenizer,
     bosId: tokenizer.bosId,
     stopIds,
-    // Llama-family tokenizers add BOS themselves through their post-processor; GPT-2's never do.
-    addBos: false,
+    // HfTokenizer adds BOS only where the tokenizer's own post-processor does (Llama yes, GPT-2 no).
+    addBos: true,
     graphPath: (f) => {
       if (f !== 'hf') throw new ModelFormatError(`${dir} is a Hugging Face export: only the hf flavour is available`);
       return graph;

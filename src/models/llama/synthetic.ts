@@ -39,8 +39,7 @@ export function syntheticShape(name: string): (typeof SYNTHETIC_SHAPES)[string] 
 
 /**
  * Deterministic pseudo-random weights: each tensor is seeded from its name, so a tensor's
- * values do not depend on which others were generated before it. Norm weights are 1 and
- * projections are scaled by 1/sqrt(fan_in) so activations stay in range across layers.
+ * values do not depend on which others were generated before it. Norm weights are 1.
  */
 export function syntheticWeights(seed = 0): WeightSource {
   return (spec: WeightSpec) => {
@@ -48,7 +47,9 @@ export function syntheticWeights(seed = 0): WeightSource {
     const out = new Float32Array(n);
     if (spec.dims.length === 1) return out.fill(1);
     const fanIn = spec.dims[spec.dims.length - 1] as number;
-    const scale = spec.name === 'model.embed_tokens.weight' ? 1 : 1 / Math.sqrt(fanIn);
+    // Embeddings small (GPT-2's 0.02) so the tied classifier does not simply echo the input
+    // token; projections at unit gain so every layer moves the residual stream.
+    const scale = spec.name === 'model.embed_tokens.weight' ? 0.02 : 1 / Math.sqrt(fanIn);
     let state = (hashString(spec.name) ^ seed) >>> 0;
     for (let i = 0; i < n; i++) {
       // mulberry32: tiny and fast; quality is ample for weights that only need to look random.

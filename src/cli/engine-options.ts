@@ -1,0 +1,32 @@
+import { InvalidArgumentError } from '../errors.js';
+import { OnnxEngine, type OnnxEngineOptions } from '../engine/onnx-engine.js';
+import type { ExecutionProvider } from '../engine/types.js';
+import { describeModel, loadModelDir, type Flavour, type LoadedModel } from '../models/modeldir.js';
+import { defaultModelDir } from '../models/importers.js';
+
+export interface EngineCliOptions {
+  model?: string;
+  flavour: string;
+  providers: string;
+  threads?: number;
+  maxSequences?: number;
+}
+
+const log = (s: string) => process.stderr.write(s + '\n');
+
+export async function openModelAndEngine(o: EngineCliOptions): Promise<{ model: LoadedModel; engine: OnnxEngine }> {
+  if (o.flavour !== 'fast' && o.flavour !== 'hf') throw new InvalidArgumentError(`--flavour must be fast or hf, got ${o.flavour}`);
+  const providers = o.providers.split(',').map((p) => p.trim());
+  for (const p of providers) if (p !== 'cuda' && p !== 'cpu') throw new InvalidArgumentError(`unknown execution provider ${p} (cuda, cpu)`);
+  const model = await loadModelDir(o.model ?? defaultModelDir(log));
+  if (model.synthetic) log(`marginal: ${describeModel(model)}`);
+  const engineOpts: OnnxEngineOptions = {
+    flavour: (model.flavours.includes(o.flavour as Flavour) ? o.flavour : model.flavours[0]) as Flavour,
+    providers: providers as ExecutionProvider[],
+    log,
+  };
+  if (o.threads !== undefined) engineOpts.intraOpThreads = o.threads;
+  if (o.maxSequences !== undefined) engineOpts.maxSequences = o.maxSequences;
+  const engine = await OnnxEngine.create(model, engineOpts);
+  return { model, engine };
+}

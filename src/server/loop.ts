@@ -1,0 +1,52 @@
+import type { Generator } from '../engine/generator.js';
+
+/**
+ * Drives the generator while it has work and sleeps when it has none; `wake()` after each
+ * submit. Steps are chained with setImmediate so I/O callbacks (new requests, disconnects)
+ * run between steps.
+ */
+export class EngineLoop {
+  private active = false;
+  private stopped = false;
+  private idle: Promise<void> = Promise.resolve();
+  private settle: (() => void) | undefined;
+
+  constructor(
+    private readonly generator: Generator,
+    private readonly onError: (e: unknown) => void,
+  ) {}
+
+  wake(): void {
+    if (this.active || this.stopped) return;
+    this.active = true;
+    this.idle = new Promise((r) => (this.settle = r));
+    setImmediate(() => void this.run());
+  }
+
+  private async run(): Promise<void> {
+    try {
+      while (this.generator.pending > 0) {
+        try {
+          await this.generator.step();
+        } catch (e) {
+          this.onError(e);
+        }
+        await new Promise((r) => setImmediate(r));
+      }
+    } finally {
+      this.active = false;
+      this.settle?.();
+    }
+  }
+
+  /** Resolves once everything submitted so far has finished. */
+  async drain(): Promise<void> {
+    this.stopped = true;
+    if (this.generator.pending > 0 && !this.active) {
+      this.stopped = false;
+      this.wake();
+      this.stopped = true;
+    }
+    await this.idle;
+  }
+}

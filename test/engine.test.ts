@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict';
+import { before, describe, test } from 'node:test';
+import * as ort from 'onnxruntime-node';
+import { OnnxEngine } from '../src/engine/onnx-engine.js';
+import { Generator, type Completion } from '../src/engine/generator.js';
+import { Rng, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
+import { loadModelDir, type Flavour, type LoadedModel } from '../src/models/modeldir.js';
+import { IO } from '../src/models/llama/graph.js';
+import { importStories260K, stories260K } from './helpers/models.js';
+import { sharedSkipReason } from './helpers/shared.js';
+
+const greedy = (maxTokens: number): SamplingParams => validateSamplingParams({ temperature: 0, max_tokens: maxTokens });
+
+describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
+  let model: LoadedModel;
+  before(async () => {
+    model = await loadModelDir(importStories260K());
+  });
+
+  for (const flavour of ['fast', 'hf'] as Flavour[]) {
+    test(`${flavour}: greedy decoding reproduces llama2.c's reference texts`, async () => {
+      const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: 2 });
+      const g = new Generator(engine, model);
+      const zooPrompt = model.tokenizer.encode('Zoo', { bos: true });
+      // llama2.c's -n counts positions: the prompt after BOS plus the generated tokens.
+      const a = g.submit({ prompt: '', sampling: greedy(200) });
+      const b = g.submit({ prompt: 'Zoo', sampling: greedy(60 - (zooPrompt.length - 1)) });
+      await g.runUntilIdle();
+      assert.equal((await a).text, stories260K.reference200);
+      assert.equal('Zoo' + (await b).text, stories260K.referenceZoo);
+      await engine.dispose();
+    });
+
+    test(`${flavour}: eight prompts batched, joining at different steps, give exactly their solo tokens`, async () => {
+      const prompts = [
+        'Once upon a time',
+        'The cat',
+        'Tom and Sue went to the park to play with a ball and a kite',
+        'A',
+        'She was happy because',
+        'The big red dog barked at the little bird in the tree',
+        'One day',
+        'Lily and Ben',
+      ];
+      const params = prompts.map((_, i) =>
+        i % 2 === 0 ? greedy(24 + i) : validateSamplingParams({ temperature: 0.9, top_p: 0.9, seed: 1000 + i, max_tokens: 20 + i }),
+      );
+      const solo: Completion[] = [];
+      {
+        const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: 1 });
+        for (let i = 0; i < prompts.length; i++) {
+          const g = new Generator(engine, model);
+          const done = g.submit({ prompt: prompts[i] as string, sampling: params[i] as SamplingParams });
+          await g.runUntilIdle();
+          solo.push(await done);
+        }
+        await engine.dispose();
+      }
+      const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: 8 });
+      const g = new Generator(engine, model, { prefillChunk: 5 });
+      const batched: Promise<Completion>[] = [];
+      let step = 0;
+      // Sequence i joins at step 2i, so prefills overlap other sequences' decodes.
+      while (batched.length < prompts.length || g.pending > 0) {
+        while (batched.length < prompts.length && batched.length * 2 <= step) {
+          const i = batched.length;
+          batched.push(g.submit({ prompt: prompts[i] as string, sampling: params[i] as SamplingParams }));
+        }
+        await g.step();
+        step++;
+        assert.ok(step < 500, 'bounded loop');
+      }
+      const results = await Promise.all(batched);
+      for (let i = 0; i < prompts.length; i++) {
+        assert.deepEqual(results[i]?.tokens, solo[i]?.tokens, `prompt ${i} (${prompts[i]})`);
+      }
+      assert.equal(engine.freeBlocks, engine.info.totalBlocks, 'every KV block returned');
+      await engine.dispose();
+    });
+  }
+
+  test('cached decode logits equal a full recompute within 1e-4', async () => {
+    const fast = await OnnxEngine.create(model, { flavour: 'fast', providers: ['cpu'], maxSequences: 1 });
+    const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], maxSequences: 1 });
+    const prompt = model.tokenizer.encode('Once upon a time, there was a', { bos: true });
+    fast.open(0, greedy(100), new Rng(1));
+    let r = await fast.execute({ items: [{ seq: 0, tokens: prompt, sample: true }], keepLogits: true });
+    const seq = [...prompt];
+    let worst = 0;
+    for (let stepNo = 0; stepNo < 40; stepNo++) {
+      const cached = (r.logits as Float32Array).slice();
+      if (stepNo % 8 === 0) {
+        // Recompute from scratch: a fresh sequence, the whole text as one prefill.
+        hf.open(1, greedy(1), new Rng(1));
+        const full = await hf.execute({ items: [{ seq: 1, tokens: seq, sample: true }], keepLogits: true });
+        hf.close(1);
+        const ref = full.logits as Float32Array;
+        for (let i = 0; i < cached.length; i++) worst = Math.max(worst, Math.abs((cached[i] as number) - (ref[i] as number)));
+      }
+      const next = r.tokens[0] as number;
+      seq.push(next);
+      r = await fast.execute({ items: [{ seq: 0, tokens: [next], sample: true }], keepLogits: true });
+    }
+    assert.ok(worst < 1e-4, `max |cached - recomputed| = ${worst}`);
+    await fast.dispose();
+    await hf.dispose();
+  });
+
+  test('fast graph: a decode step writes one position in place and leaves the rest of the cache untouched', async () => {
+    const session = await ort.InferenceSession.create(model.graphPath('fast'), { executionProviders: ['cpu'] });
+    const meta = session.inputMetadata.find((m) => m.name === IO.pastKey(0));
+    const dims = (meta && meta.isTensor ? meta.shape : []).map((d) => (typeof d === 'number' ? d : 0));
+    const [, heads, , lanes] = dims as [number, number, number, number];
+    const capacity = 33;
+    const feeds: Record<string, ort.Tensor> = {
+      [IO.inputIds]: new ort.Tensor('int64', BigInt64Array.from([1n]), [1, 1]),
+      [IO.seqlensK]: new ort.Tensor('int32', Int32Array.from([5]), [1]),
+      [IO.totalSeqLen]: new ort.Tensor('int32', Int32Array.from([6]), []),
+      [IO.logitsRows]: new ort.Tensor('int64', BigInt64Array.from([0n]), [1]),
+    };
+    const fetches: Record<string, ort.Tensor> = {};
+    const buffers: Float32Array[] = [];
+    for (let l = 0; l < model.kv.layers; l++) {
+      for (const [input, output] of [[IO.pastKey(l), IO.presentKey(l)], [IO.pastValue(l), IO.presentValue(l)]] as const) {
+        const buf = new Float32Array(heads * capacity * lanes).fill(7);
+        buffers.push(buf);
+        const t = new ort.Tensor('float32', buf, [1, heads, capacity, lanes]);
+        feeds[input] = t;
+        fetches[output] = t;
+      }
+    }
+    await session.run(feeds, fetches);
+    for (const buf of buffers) {
+      for (let h = 0; h < heads; h++) {
+        for (let p = 0; p < capacity; p++) {
+          const row = buf.subarray((h * capacity + p) * lanes, (h * capacity + p + 1) * lanes);
+          const changed = row.some((x) => x !== 7);
+          assert.equal(changed, p === 5, `head ${h} position ${p}`);
+        }
+      }
+    }
+    await session.release();
+  });
+});
