@@ -25,10 +25,9 @@ const FREE = -1;
  * The token loop on ONNX Runtime. KV memory is one buffer per layer and per K/V of shape
  * [maxSequences, kvHeads, capacity, headDim]; a sequence owns one slot of it while open.
  *
- * - `fast` graphs update that buffer in place (GroupQueryAttention with past and present bound
- *   to the same memory): a step's decodes run as one batch over the slot range they occupy,
- *   idle slots in between riding along with a throw-away token written past their end, and
- *   each prefill chunk runs on its own slot. Nothing is copied but the new keys and values.
+ * - `fast` graphs read that buffer in place (views, no copy) and return only the new tokens'
+ *   keys and values, which the engine writes at each sequence's end: a step's decodes run as
+ *   one batch over the slot range they occupy, and each prefill chunk runs on its own slot.
  * - `hf` graphs take packed past tensors and return the concatenated present: the engine
  *   packs each step's sequences (left-padded, masked) and copies the new positions back. This
  *   is what serving a Hugging Face / Optimum export costs, and the benchmark shows by how much.
@@ -38,7 +37,7 @@ export class OnnxEngine implements Engine {
   private readonly layers: number;
   private readonly kvHeads: number;
   private readonly headDim: number;
-  /** Positions per slot: the context plus one scratch position for idle slots' throw-away writes. */
+  /** Positions per slot. The fast graph attends over all of them (masked), so it is the engine's context, not the model's. */
   private readonly capacity: number;
   private readonly slotStride: number;
   private readonly keys: Float32Array[];
@@ -55,9 +54,8 @@ export class OnnxEngine implements Engine {
   // Reused across steps: a step allocates tensors' wrappers, never their data.
   private readonly idsBuf: BigInt64Array;
   private readonly rowsBuf: BigInt64Array;
-  private readonly seqlensBuf: Int32Array;
-  private readonly totalBuf = new Int32Array(1);
-  private readonly logitsBuf: Float32Array;
+  private readonly posBuf: BigInt64Array;
+  private readonly lengthsBuf: BigInt64Array;
   private hfScratch: { k: Float32Array[]; v: Float32Array[] } = { k: [], v: [] };
 
   private constructor(
@@ -75,13 +73,9 @@ export class OnnxEngine implements Engine {
     if (!Number.isInteger(blockSize) || blockSize < 1) throw new InvalidArgumentError(`blockSize must be a positive integer`);
     this.layers = model.kv.layers;
     this.kvHeads = model.kv.kvHeads;
-    // The fast graph may pad heads (GroupQueryAttention wants multiples of 16): trust the graph.
-    const declared = session.inputMetadata.find((m) => m.name === IO.pastKey(0));
-    const lanes = declared && declared.isTensor ? declared.shape[3] : undefined;
-    this.headDim = typeof lanes === 'number' ? lanes : model.kv.headDim;
+    this.headDim = model.kv.headDim;
     this.vocab = model.vocabSize;
-    // The fast graph's past tensors must have the capacity its rotary table was built for.
-    this.capacity = flavour === 'fast' ? model.kv.maxContext + 1 : maxContext + 1;
+    this.capacity = maxContext;
     this.slotStride = this.kvHeads * this.capacity * this.headDim;
     const floats = maxSequences * this.slotStride;
     this.keys = Array.from({ length: this.layers }, () => new Float32Array(floats));
@@ -96,8 +90,8 @@ export class OnnxEngine implements Engine {
     this.inputNames = new Set(session.inputNames);
     this.idsBuf = new BigInt64Array(maxSequences);
     this.rowsBuf = new BigInt64Array(maxSequences);
-    this.seqlensBuf = new Int32Array(maxSequences);
-    this.logitsBuf = new Float32Array(maxSequences * this.vocab);
+    this.posBuf = new BigInt64Array(maxSequences);
+    this.lengthsBuf = new BigInt64Array(maxSequences);
     this.info = {
       flavour,
       provider,
@@ -122,7 +116,7 @@ export class OnnxEngine implements Engine {
 
   private checkGraph(): void {
     const needed = this.flavour === 'fast'
-      ? [IO.inputIds, IO.seqlensK, IO.totalSeqLen, IO.logitsRows, IO.pastKey(0)]
+      ? [IO.inputIds, IO.positionIds, IO.pastLengths, IO.logitsRows, IO.pastKey(0)]
       : [IO.inputIds, IO.attentionMask, IO.pastKey(0)];
     const missing = needed.filter((n) => !this.inputNames.has(n));
     if (missing.length > 0) {
@@ -217,17 +211,17 @@ export class OnnxEngine implements Engine {
     if (this.flavour === 'fast') {
       if (decodes.length > 0) {
         const r0 = performance.now();
-        await this.runFast(plan.items, decodes);
+        const out = await this.runFast(plan.items, decodes);
         runMs += performance.now() - r0;
         runs++;
-        sampleRows(decodes, (k) => k, this.logitsBuf);
+        sampleRows(decodes, (k) => k, out);
       }
       for (const i of prefills) {
         const r0 = performance.now();
-        await this.runFast(plan.items, [i]);
+        const out = await this.runFast(plan.items, [i]);
         runMs += performance.now() - r0;
         runs++;
-        sampleRows([i], () => 0, this.logitsBuf);
+        sampleRows([i], () => 0, out);
       }
     } else {
       const groups = decodes.length > 0 ? [decodes, ...prefills.map((i) => [i])] : prefills.map((i) => [i]);
@@ -252,8 +246,12 @@ export class OnnxEngine implements Engine {
     return result;
   }
 
-  /** One fast-graph run over the contiguous slot range holding `group`'s sequences. */
-  private async runFast(items: StepItem[], group: number[]): Promise<void> {
+  /**
+   * One fast-graph run over the contiguous slot range holding `group`'s sequences (idle slots in
+   * between ride along with a dummy token whose outputs are dropped), then the new keys and
+   * values written into the cache at each sequence's end.
+   */
+  private async runFast(items: StepItem[], group: number[]): Promise<Float32Array> {
     let lo = Infinity;
     let hi = -1;
     for (const i of group) {
@@ -263,46 +261,55 @@ export class OnnxEngine implements Engine {
     }
     const b = hi - lo + 1;
     const width = (items[group[0] as number] as StepItem).tokens.length;
-    const ids = width === 1 ? this.idsBuf.subarray(0, b) : new BigInt64Array(width);
-    const seqlens = this.seqlensBuf.subarray(0, b);
-    for (let s = 0; s < b; s++) {
-      // Idle slots in the range: a throw-away token written at their end (or the scratch position).
-      ids[s] = 0n;
-      seqlens[s] = Math.min(this.slotLen[lo + s] as number, this.capacity - 1);
-    }
+    const ids = width === 1 ? this.idsBuf.subarray(0, b) : new BigInt64Array(b * width);
+    const pos = width === 1 ? this.posBuf.subarray(0, b) : new BigInt64Array(b * width);
+    const lengths = this.lengthsBuf.subarray(0, b);
+    ids.fill(0n);
+    pos.fill(0n);
+    lengths.fill(0n);
     const rows = this.rowsBuf.subarray(0, group.length);
     for (let k = 0; k < group.length; k++) {
       const item = items[group[k] as number] as StepItem;
       const s = (this.slotOf.get(item.seq) as number) - lo;
       const len = this.slotLen[lo + s] as number;
-      for (let t = 0; t < width; t++) ids[s * width + t] = BigInt(item.tokens[t] as number);
-      seqlens[s] = len + width - 1;
+      for (let t = 0; t < width; t++) {
+        ids[s * width + t] = BigInt(item.tokens[t] as number);
+        pos[s * width + t] = BigInt(len + t);
+      }
+      lengths[s] = BigInt(len);
       rows[k] = BigInt(s * width + width - 1);
     }
-    let total = 0;
-    for (let s = 0; s < b; s++) total = Math.max(total, (seqlens[s] as number) + 1);
-    this.totalBuf[0] = total;
     const feeds: Record<string, ort.Tensor> = {
       [IO.inputIds]: new ort.Tensor('int64', ids, [b, width]),
-      [IO.seqlensK]: new ort.Tensor('int32', seqlens, [b]),
-      [IO.totalSeqLen]: new ort.Tensor('int32', this.totalBuf, []),
+      [IO.positionIds]: new ort.Tensor('int64', pos, [b, width]),
+      [IO.pastLengths]: new ort.Tensor('int64', lengths, [b]),
       [IO.logitsRows]: new ort.Tensor('int64', rows, [group.length]),
-    };
-    const fetches: Record<string, ort.Tensor> = {
-      [IO.logits]: new ort.Tensor('float32', this.logitsBuf.subarray(0, group.length * this.vocab), [group.length, this.vocab]),
     };
     const dims = [b, this.kvHeads, this.capacity, this.headDim];
     const from = lo * this.slotStride;
     const to = (hi + 1) * this.slotStride;
     for (let l = 0; l < this.layers; l++) {
-      const k = new ort.Tensor('float32', (this.keys[l] as Float32Array).subarray(from, to), dims);
-      const v = new ort.Tensor('float32', (this.values[l] as Float32Array).subarray(from, to), dims);
-      feeds[IO.pastKey(l)] = k;
-      feeds[IO.pastValue(l)] = v;
-      fetches[IO.presentKey(l)] = k;
-      fetches[IO.presentValue(l)] = v;
+      feeds[IO.pastKey(l)] = new ort.Tensor('float32', (this.keys[l] as Float32Array).subarray(from, to), dims);
+      feeds[IO.pastValue(l)] = new ort.Tensor('float32', (this.values[l] as Float32Array).subarray(from, to), dims);
     }
-    await this.session.run(feeds, fetches);
+    const out = await this.session.run(feeds);
+    const hd = this.headDim;
+    for (let l = 0; l < this.layers; l++) {
+      const newK = out[IO.newKey(l)]?.data as Float32Array;
+      const newV = out[IO.newValue(l)]?.data as Float32Array;
+      for (const i of group) {
+        const slot = this.slotOf.get((items[i] as StepItem).seq) as number;
+        const s = slot - lo;
+        const len = this.slotLen[slot] as number;
+        for (let h = 0; h < this.kvHeads; h++) {
+          const src = ((s * this.kvHeads + h) * width) * hd;
+          const dst = slot * this.slotStride + (h * this.capacity + len) * hd;
+          (this.keys[l] as Float32Array).set(newK.subarray(src, src + width * hd), dst);
+          (this.values[l] as Float32Array).set(newV.subarray(src, src + width * hd), dst);
+        }
+      }
+    }
+    return out[IO.logits]?.data as Float32Array;
   }
 
   /** One hf-interface run: pack the group's caches (left-padded), run, copy the new positions back. */

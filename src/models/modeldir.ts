@@ -30,7 +30,7 @@ export interface ModelConfig {
   synthetic: boolean;
   description: string;
   shape: LlamaShape;
-  /** Positions the graphs' rotary tables cover: the context plus one scratch position. */
+  /** Positions the graphs' rotary tables cover: the model's context. */
   ropePositions: number;
   tokenizer: { type: 'llama2c'; file: string; bosId: number; eosId: number; stopIds: number[]; addBos: boolean };
   graphs: Partial<Record<Flavour, string>>;
@@ -84,7 +84,7 @@ export function writeModelDir(o: WriteModelOptions): ModelConfig {
   } finally {
     data.close();
   }
-  const ropePositions = o.shape.maxSeqLen + 1;
+  const ropePositions = o.shape.maxSeqLen;
   const graphs: Partial<Record<Flavour, string>> = {};
   if (flavours.includes('hf')) {
     writeFileSync(join(o.dir, 'onnx', 'model.onnx'), buildHfGraph(o.shape, tensors, { ropePositions }));

@@ -12,20 +12,16 @@ export const IO = {
   inputIds: 'input_ids',
   attentionMask: 'attention_mask',
   positionIds: 'position_ids',
-  seqlensK: 'seqlens_k',
-  totalSeqLen: 'total_sequence_length',
+  pastLengths: 'past_lengths',
   logitsRows: 'logits_rows',
   logits: 'logits',
   pastKey: (l: number) => `past_key_values.${l}.key`,
   pastValue: (l: number) => `past_key_values.${l}.value`,
   presentKey: (l: number) => `present.${l}.key`,
   presentValue: (l: number) => `present.${l}.value`,
+  newKey: (l: number) => `new_key_values.${l}.key`,
+  newValue: (l: number) => `new_key_values.${l}.value`,
 } as const;
-
-/** Head size of the fast graph's KV cache: the model's, rounded up to GroupQueryAttention's multiple of 16. */
-export function fastCacheHeadDim(s: LlamaShape): number {
-  return Math.ceil(headDim(s) / 16) * 16;
-}
 
 /** Rotary tables as llama2.c computes them (interleaved pairs, float32 arithmetic). */
 export function ropeTables(s: LlamaShape, positions: number): { cos: Float32Array; sin: Float32Array } {
@@ -44,117 +40,183 @@ export function ropeTables(s: LlamaShape, positions: number): { cos: Float32Arra
   return { cos, sin };
 }
 
-function padRopeTables(s: LlamaShape, t: { cos: Float32Array; sin: Float32Array }, positions: number, width: number): { cos: Float32Array; sin: Float32Array } {
-  const half = headDim(s) / 2;
-  if (width === half) return t;
-  const cos = new Float32Array(positions * width).fill(1);
-  const sin = new Float32Array(positions * width);
-  for (let p = 0; p < positions; p++) {
-    cos.set(t.cos.subarray(p * half, (p + 1) * half), p * width);
-    sin.set(t.sin.subarray(p * half, (p + 1) * half), p * width);
-  }
-  return { cos, sin };
-}
-
-interface Common {
-  g: GraphBuilder;
-  s: LlamaShape;
-  w: (name: string) => string;
-}
-
-function rmsNorm({ g, s }: Common, x: string, weight: string): string {
-  // Emitted in the Pow/ReduceMean/Add/Sqrt/Div/Mul form that ONNX Runtime fuses into
-  // SimplifiedLayerNormalization, so both flavours get the fused kernel without a contrib op.
-  const sq = g.op1('Pow', [x, g.constFloat([2], true)]);
-  const mean = g.op1('ReduceMean', [sq], { axes: [-1], keepdims: 1 });
-  const eps = g.op1('Add', [mean, g.constFloat([s.normEps], true)]);
-  const root = g.op1('Sqrt', [eps]);
-  const normed = g.op1('Div', [x, root]);
-  return g.op1('Mul', [normed, weight]);
-}
-
-function linear({ g, w }: Common, x: string, weight: string): string {
-  return g.op1('Gemm', [x, w(weight)], { transB: 1 });
-}
-
-function feedForward(c: Common, x: string, l: number): string {
-  const { g, w } = c;
-  const h = rmsNorm(c, x, w(`model.layers.${l}.post_attention_layernorm.weight`));
-  const gate = linear(c, h, `model.layers.${l}.mlp.gate_proj.weight`);
-  const up = linear(c, h, `model.layers.${l}.mlp.up_proj.weight`);
-  const silu = g.op1('Mul', [gate, g.op1('Sigmoid', [gate])]);
-  const down = linear(c, g.op1('Mul', [silu, up]), `model.layers.${l}.mlp.down_proj.weight`);
-  return g.op1('Add', [x, down]);
-}
-
 export interface GraphOptions {
-  /** Length of the rotary tables: the largest position (plus padding headroom) a graph can see. */
+  /** Length of the rotary tables: the largest position a graph can see, plus one. */
   ropePositions: number;
 }
 
+/** What both flavours share: weights, the per-token layers, and Q/K/V with rotary applied. */
+class LlamaGraph {
+  readonly g: GraphBuilder;
+  readonly hd: number;
+  readonly groups: number;
+  readonly ids: string;
+  readonly pos: string;
+  readonly B: string;
+  readonly S: string;
+  private readonly cosP: string;
+  private readonly sinP: string;
+
+  constructor(
+    name: string,
+    readonly s: LlamaShape,
+    weights: Map<string, ITensorProto>,
+    opts: GraphOptions,
+    dims: { batch: string; seq: string },
+  ) {
+    const g = (this.g = new GraphBuilder(name));
+    for (const t of weights.values()) g.initializer(t);
+    this.hd = headDim(s);
+    this.groups = s.nHeads / s.nKvHeads;
+    this.ids = g.input(IO.inputIds, DType.int64, [dims.batch, dims.seq]);
+    this.pos = g.input(IO.positionIds, DType.int64, [dims.batch, dims.seq]);
+    const idsShape = g.op1('Shape', [this.ids]);
+    this.B = g.op1('Slice', [idsShape, g.constInt64([0]), g.constInt64([1])]);
+    this.S = g.op1('Slice', [idsShape, g.constInt64([1]), g.constInt64([2])]);
+    const { cos, sin } = ropeTables(s, opts.ropePositions);
+    const cosT = g.initializer(inlineTensor('rope_cos', [opts.ropePositions, this.hd / 2], cos));
+    const sinT = g.initializer(inlineTensor('rope_sin', [opts.ropePositions, this.hd / 2], sin));
+    // [B, S, 1, hd/2, 1]: broadcast over heads and over the (even, odd) pair axis.
+    const at = (table: string) => g.op1('Unsqueeze', [g.op1('Gather', [table, this.pos]), g.constInt64([2, 4])]);
+    this.cosP = at(cosT);
+    this.sinP = at(sinT);
+  }
+
+  cat(parts: string[]): string {
+    return this.g.op1('Concat', parts, { axis: 0 });
+  }
+
+  embed(): string {
+    const { g } = this;
+    return g.op1('Reshape', [g.op1('Gather', ['model.embed_tokens.weight', this.ids]), g.constInt64([-1, this.s.dim])]);
+  }
+
+  rmsNorm(x: string, weight: string): string {
+    // Emitted in the Pow/ReduceMean/Add/Sqrt/Div/Mul form that ONNX Runtime fuses into
+    // SimplifiedLayerNormalization, so both flavours get the fused kernel without a contrib op.
+    const { g } = this;
+    const sq = g.op1('Pow', [x, g.constFloat([2], true)]);
+    const mean = g.op1('ReduceMean', [sq], { axes: [-1], keepdims: 1 });
+    const root = g.op1('Sqrt', [g.op1('Add', [mean, g.constFloat([this.s.normEps], true)])]);
+    return g.op1('Mul', [g.op1('Div', [x, root]), weight]);
+  }
+
+  linear(x: string, weight: string): string {
+    return this.g.op1('Gemm', [x, weight], { transB: 1 });
+  }
+
+  /** Interleaved rotary (llama2.c), from [B*S, heads*hd] to [B, heads, S, hd]. */
+  private rotate(x2d: string, heads: number): string {
+    const { g, hd } = this;
+    const x5 = g.op1('Reshape', [x2d, this.cat([this.B, this.S, g.constInt64([heads, hd / 2, 2])])]);
+    const [even, odd] = g.op('Split', [x5, g.constInt64([1, 1])], { axis: 4 }, { outputs: 2 }) as [string, string];
+    const re = g.op1('Sub', [g.op1('Mul', [even, this.cosP]), g.op1('Mul', [odd, this.sinP])]);
+    const ro = g.op1('Add', [g.op1('Mul', [even, this.sinP]), g.op1('Mul', [odd, this.cosP])]);
+    const r = g.op1('Reshape', [g.op1('Concat', [re, ro], { axis: 4 }), this.cat([this.B, this.S, g.constInt64([heads, hd])])]);
+    return g.op1('Transpose', [r], { perm: [0, 2, 1, 3] });
+  }
+
+  /** Q as [B, kvH, groups*S, hd] (query heads sharing a KV head are adjacent, as in llama2.c), K and V as [B, kvH, S, hd]. */
+  qkv(h: string, l: number): { q: string; k: string; v: string } {
+    const { g, s, hd } = this;
+    const q = this.rotate(this.linear(h, `model.layers.${l}.self_attn.q_proj.weight`), s.nHeads);
+    const k = this.rotate(this.linear(h, `model.layers.${l}.self_attn.k_proj.weight`), s.nKvHeads);
+    const v = g.op1('Transpose', [
+      g.op1('Reshape', [this.linear(h, `model.layers.${l}.self_attn.v_proj.weight`), this.cat([this.B, this.S, g.constInt64([s.nKvHeads, hd])])]),
+    ], { perm: [0, 2, 1, 3] });
+    return { q: g.op1('Reshape', [q, g.constInt64([0, s.nKvHeads, -1, hd])]), k, v };
+  }
+
+  /** Scores [B, kvH, groups*S, T] viewed as [B, kvH, groups, S, T] so a [B, 1, 1, S, T] bias broadcasts. */
+  grouped(scores: string, T: string): string {
+    return this.g.op1('Reshape', [scores, this.cat([this.B, this.g.constInt64([this.s.nKvHeads, this.groups]), this.S, T])]);
+  }
+
+  ungrouped(probs: string, T: string): string {
+    return this.g.op1('Reshape', [probs, this.cat([this.B, this.g.constInt64([this.s.nKvHeads, -1]), T])]);
+  }
+
+  /** Attention context [B, kvH, groups*S, hd] back to [B*S, H*hd], then the output projection and the residual. */
+  finishAttention(x: string, ctx: string, l: number): string {
+    const { g, s, hd } = this;
+    const heads = g.op1('Reshape', [ctx, g.constInt64([0, s.nHeads, -1, hd])]);
+    const merged = g.op1('Reshape', [g.op1('Transpose', [heads], { perm: [0, 2, 1, 3] }), g.constInt64([-1, s.nHeads * hd])]);
+    return g.op1('Add', [x, this.linear(merged, `model.layers.${l}.self_attn.o_proj.weight`)]);
+  }
+
+  feedForward(x: string, l: number): string {
+    const { g } = this;
+    const h = this.rmsNorm(x, `model.layers.${l}.post_attention_layernorm.weight`);
+    const gate = this.linear(h, `model.layers.${l}.mlp.gate_proj.weight`);
+    const up = this.linear(h, `model.layers.${l}.mlp.up_proj.weight`);
+    const silu = g.op1('Mul', [gate, g.op1('Sigmoid', [gate])]);
+    return g.op1('Add', [x, this.linear(g.op1('Mul', [silu, up]), `model.layers.${l}.mlp.down_proj.weight`)]);
+  }
+
+  /** Finite so a fully masked row stays NaN-free (and NaN never reaches a masked value). */
+  bias(allowed: string): string {
+    return this.g.op1('Where', [allowed, this.g.constFloat([0], true), this.g.constFloat([-1e9], true)]);
+  }
+
+  get scale(): number {
+    return 1 / Math.sqrt(this.hd);
+  }
+}
+
 /**
- * The engine's own flavour. Attention is com.microsoft GroupQueryAttention with past and
- * present bound to one buffer per layer ([slots, kv_heads, capacity, head_dim]), so a step
- * writes only its new keys and values in place and never copies the cache. Logits are
- * computed only for the rows the caller asks for (the last token of each sequence), which
- * spares the vocabulary projection for every prefill token but one.
+ * The engine's own flavour. The KV cache is an input the graph only reads (one buffer per layer,
+ * [slots, kvHeads, capacity, headDim], handed over without a copy), and the graph returns only
+ * the new tokens' keys and values, which the engine writes into the cache at their positions:
+ * a step never copies the cache. Attention is split so the cache needs no concatenation:
+ * scores against the cache (positions at or past each row's length masked) and against the new
+ * tokens (causal) share one softmax. Logits are computed only for the rows asked for, which
+ * spares the vocabulary projection for every prefill token but the last.
  */
 export function buildFastGraph(s: LlamaShape, weights: Map<string, ITensorProto>, opts: GraphOptions): Uint8Array {
-  const g = new GraphBuilder('marginal_llama_fast');
-  const w = addWeights(g, weights);
-  const c: Common = { g, s, w };
-  const hd = headDim(s);
-  const ids = g.input(IO.inputIds, DType.int64, ['batch', 'sequence']);
-  const seqlensK = g.input(IO.seqlensK, DType.int32, ['batch']);
-  const total = g.input(IO.totalSeqLen, DType.int32, []);
+  const m = new LlamaGraph('marginal_llama_fast', s, weights, opts, { batch: 'batch', seq: 'sequence' });
+  const { g, hd } = m;
+  const pastLengths = g.input(IO.pastLengths, DType.int64, ['batch']);
   const rows = g.input(IO.logitsRows, DType.int64, ['rows']);
-  const cacheHd = fastCacheHeadDim(s);
-  const { cos, sin } = padRopeTables(s, ropeTables(s, opts.ropePositions), opts.ropePositions, cacheHd / 2);
-  const cosT = g.initializer(inlineTensor('rope_cos', [opts.ropePositions, cacheHd / 2], cos));
-  const sinT = g.initializer(inlineTensor('rope_sin', [opts.ropePositions, cacheHd / 2], sin));
+  const cacheDims = ['batch', s.nKvHeads, 'capacity', hd];
+  const newDims = ['batch', s.nKvHeads, 'sequence', hd];
+  // The cache's capacity is the engine's choice; read it from the first layer's input.
+  g.input(IO.pastKey(0), DType.float, cacheDims);
+  const C = g.op1('Slice', [g.op1('Shape', [IO.pastKey(0)]), g.constInt64([2]), g.constInt64([3])]);
+  const zero = g.constInt64([0], true);
+  const one = g.constInt64([1], true);
+  const Cs = g.op1('Squeeze', [C, g.constInt64([0])]);
+  const Ss = g.op1('Squeeze', [m.S, g.constInt64([0])]);
+  // [B, 1, 1, 1, C]: cache position j is visible while j < past_lengths[b].
+  const cachePos = g.op1('Unsqueeze', [g.op1('Range', [zero, Cs, one]), g.constInt64([0])]);
+  const pastOk = g.op1('Less', [cachePos, g.op1('Unsqueeze', [pastLengths, g.constInt64([1])])]);
+  const pastBias = g.op1('Reshape', [m.bias(pastOk), m.cat([m.B, g.constInt64([1, 1, 1]), C])]);
+  // [S, S]: new token j is visible to new token i while j <= i.
+  const newPos = g.op1('Range', [zero, Ss, one]);
+  const causal = g.op1('LessOrEqual', [g.op1('Unsqueeze', [newPos, g.constInt64([0])]), g.op1('Unsqueeze', [newPos, g.constInt64([1])])]);
+  const newBias = m.bias(causal);
 
-  const bs = g.op1('Shape', [ids]);
-  const bsMinus1 = g.op1('Concat', [bs, g.constInt64([-1])], { axis: 0 });
-  let x = g.op1('Gather', [w('model.embed_tokens.weight'), ids]);
-  x = g.op1('Reshape', [x, g.constInt64([-1, s.dim])]);
-  // ONNX Runtime's CPU GroupQueryAttention wants head sizes in multiples of 16. Smaller heads
-  // are zero-padded: padded query and key lanes add nothing to the scores, padded value lanes
-  // produce zeros that are sliced off, and the rotary tables turn padded lanes by angle 0.
-  const padHeads = (x2d: string, heads: number): string => {
-    if (cacheHd === hd) return x2d;
-    const x3 = g.op1('Reshape', [x2d, g.constInt64([-1, heads, hd])]);
-    const padded = g.op1('Pad', [x3, g.constInt64([0, 0, 0, 0, 0, cacheHd - hd])]);
-    return g.op1('Reshape', [padded, g.constInt64([-1, heads * cacheHd])]);
-  };
-  const unpadHeads = (attn: string): string => {
-    if (cacheHd === hd) return g.op1('Reshape', [attn, g.constInt64([-1, s.nHeads * hd])]);
-    const x3 = g.op1('Reshape', [attn, g.constInt64([-1, s.nHeads, cacheHd])]);
-    const real = g.op1('Slice', [x3, g.constInt64([0]), g.constInt64([hd]), g.constInt64([2])]);
-    return g.op1('Reshape', [real, g.constInt64([-1, s.nHeads * hd])]);
-  };
-  const pastDims = ['batch', s.nKvHeads, 'kv_capacity', cacheHd];
+  let x = m.embed();
   for (let l = 0; l < s.nLayers; l++) {
-    const h = rmsNorm(c, x, w(`model.layers.${l}.input_layernorm.weight`));
-    const q = g.op1('Reshape', [padHeads(linear(c, h, `model.layers.${l}.self_attn.q_proj.weight`), s.nHeads), bsMinus1]);
-    const k = g.op1('Reshape', [padHeads(linear(c, h, `model.layers.${l}.self_attn.k_proj.weight`), s.nKvHeads), bsMinus1]);
-    const v = g.op1('Reshape', [padHeads(linear(c, h, `model.layers.${l}.self_attn.v_proj.weight`), s.nKvHeads), bsMinus1]);
-    const pk = g.input(IO.pastKey(l), DType.float, pastDims);
-    const pv = g.input(IO.pastValue(l), DType.float, pastDims);
-    const [attn] = g.op(
-      'GroupQueryAttention',
-      [q, k, v, pk, pv, seqlensK, total, cosT, sinT],
-      { num_heads: s.nHeads, kv_num_heads: s.nKvHeads, do_rotary: 1, rotary_interleaved: 1, scale: { float: 1 / Math.sqrt(hd) } },
-      { domain: 'com.microsoft', outputs: [`attn_${l}`, IO.presentKey(l), IO.presentValue(l)] },
-    );
-    g.output(IO.presentKey(l), DType.float, pastDims);
-    g.output(IO.presentValue(l), DType.float, pastDims);
-    const o = linear(c, unpadHeads(attn as string), `model.layers.${l}.self_attn.o_proj.weight`);
-    x = g.op1('Add', [x, o]);
-    x = feedForward(c, x, l);
+    const h = m.rmsNorm(x, `model.layers.${l}.input_layernorm.weight`);
+    const { q, k, v } = m.qkv(h, l);
+    if (l > 0) g.input(IO.pastKey(l), DType.float, cacheDims);
+    const cacheV = g.input(IO.pastValue(l), DType.float, cacheDims);
+    g.op1('Identity', [k], {}, { output: IO.newKey(l) });
+    g.op1('Identity', [v], {}, { output: IO.newValue(l) });
+    g.output(IO.newKey(l), DType.float, newDims);
+    g.output(IO.newValue(l), DType.float, newDims);
+    // FusedMatMul's transB reads the cache as stored: no transposed copy.
+    const fm = (a: string, b: string) => g.op1('FusedMatMul', [a, b], { transB: 1, alpha: { float: m.scale } }, { domain: 'com.microsoft' });
+    const sPast = g.op1('Add', [m.grouped(fm(q, IO.pastKey(l)), C), pastBias]);
+    const sNew = g.op1('Add', [m.grouped(fm(q, k), m.S), newBias]);
+    const probs = g.op1('Softmax', [g.op1('Concat', [sPast, sNew], { axis: 4 })], { axis: -1 });
+    const [pPast, pNew] = g.op('Split', [probs, m.cat([C, m.S])], { axis: 4 }, { outputs: 2 }) as [string, string];
+    const ctx = g.op1('Add', [g.op1('MatMul', [m.ungrouped(pPast, C), cacheV]), g.op1('MatMul', [m.ungrouped(pNew, m.S), v])]);
+    x = m.feedForward(m.finishAttention(x, ctx, l), l);
   }
   const picked = g.op1('Gather', [x, rows], { axis: 0 });
-  const normed = rmsNorm(c, picked, w('model.norm.weight'));
-  g.op1('Gemm', [normed, w(classifierName(s))], { transB: 1 }, { output: IO.logits });
+  const normed = m.rmsNorm(picked, 'model.norm.weight');
+  g.op1('Gemm', [normed, classifierName(s)], { transB: 1 }, { output: IO.logits });
   g.output(IO.logits, DType.float, ['rows', s.vocabSize]);
   return g.encode({ '': 17, 'com.microsoft': 1 }, { flavour: 'fast' });
 }
@@ -165,65 +227,29 @@ export function buildFastGraph(s: LlamaShape, weights: Map<string, ITensorProto>
  * concatenated present comes out (a copy of the cache every step; that is the interface's cost).
  */
 export function buildHfGraph(s: LlamaShape, weights: Map<string, ITensorProto>, opts: GraphOptions): Uint8Array {
-  const g = new GraphBuilder('marginal_llama_hf');
-  const w = addWeights(g, weights);
-  const c: Common = { g, s, w };
-  const hd = headDim(s);
-  const groups = s.nHeads / s.nKvHeads;
-  const ids = g.input(IO.inputIds, DType.int64, ['batch_size', 'sequence_length']);
+  const m = new LlamaGraph('marginal_llama_hf', s, weights, opts, { batch: 'batch_size', seq: 'sequence_length' });
+  const { g, hd } = m;
   const mask = g.input(IO.attentionMask, DType.int64, ['batch_size', 'total_sequence_length']);
-  const pos = g.input(IO.positionIds, DType.int64, ['batch_size', 'sequence_length']);
-  const { cos, sin } = ropeTables(s, opts.ropePositions);
-  const cosT = g.initializer(inlineTensor('rope_cos', [opts.ropePositions, hd / 2], cos));
-  const sinT = g.initializer(inlineTensor('rope_sin', [opts.ropePositions, hd / 2], sin));
-
-  const idsShape = g.op1('Shape', [ids]);
-  const B = g.op1('Slice', [idsShape, g.constInt64([0]), g.constInt64([1])]);
-  const S = g.op1('Slice', [idsShape, g.constInt64([1]), g.constInt64([2])]);
   const T = g.op1('Slice', [g.op1('Shape', [mask]), g.constInt64([1]), g.constInt64([2])]);
-  const cat = (parts: string[]) => g.op1('Concat', parts, { axis: 0 });
-
-  // [B, S, 1, hd/2, 1]: broadcast over heads and over the (even, odd) pair axis.
-  const ropeAt = (table: string) => g.op1('Unsqueeze', [g.op1('Gather', [table, pos]), g.constInt64([2, 4])]);
-  const cosP = ropeAt(cosT);
-  const sinP = ropeAt(sinT);
-  const rotate = (x2d: string, heads: number): string => {
-    const x5 = g.op1('Reshape', [x2d, cat([B, S, g.constInt64([heads, hd / 2, 2])])]);
-    const [even, odd] = g.op('Split', [x5, g.constInt64([1, 1])], { axis: 4 }, { outputs: 2 }) as [string, string];
-    const re = g.op1('Sub', [g.op1('Mul', [even, cosP]), g.op1('Mul', [odd, sinP])]);
-    const ro = g.op1('Add', [g.op1('Mul', [even, sinP]), g.op1('Mul', [odd, cosP])]);
-    const r = g.op1('Reshape', [g.op1('Concat', [re, ro], { axis: 4 }), cat([B, S, g.constInt64([heads, hd])])]);
-    return g.op1('Transpose', [r], { perm: [0, 2, 1, 3] });
-  };
-
-  // Additive bias [B, 1, 1, S, T]: key j is visible to new token i when j <= P + i (causal
-  // over the concatenation past ++ new) and attention_mask[j] = 1. Finite, so a fully padded
-  // row stays NaN-free.
+  // [B, 1, 1, S, T]: key j is visible to new token i when j <= P + i (causal over the
+  // concatenation past ++ new) and attention_mask[j] = 1.
   const zero = g.constInt64([0], true);
   const one = g.constInt64([1], true);
-  const Tscalar = g.op1('Squeeze', [T, g.constInt64([0])]);
-  const Sscalar = g.op1('Squeeze', [S, g.constInt64([0])]);
-  const Pscalar = g.op1('Sub', [Tscalar, Sscalar]);
-  const keyPos = g.op1('Unsqueeze', [g.op1('Range', [zero, Tscalar, one]), g.constInt64([0])]);
-  const queryPos = g.op1('Unsqueeze', [g.op1('Range', [Pscalar, Tscalar, one]), g.constInt64([1])]);
-  const causal = g.op1('LessOrEqual', [keyPos, queryPos]);
-  const padOk = g.op1('Unsqueeze', [g.op1('Cast', [mask], { to: DType.bool }), g.constInt64([1])]);
-  const allowed = g.op1('And', [causal, padOk]);
-  const bias = g.op1('Unsqueeze', [
-    g.op1('Where', [allowed, g.constFloat([0], true), g.constFloat([-1e9], true)]),
-    g.constInt64([1, 2]),
+  const Ts = g.op1('Squeeze', [T, g.constInt64([0])]);
+  const Ps = g.op1('Sub', [Ts, g.op1('Squeeze', [m.S, g.constInt64([0])])]);
+  const keyPos = g.op1('Unsqueeze', [g.op1('Range', [zero, Ts, one]), g.constInt64([0])]);
+  const queryPos = g.op1('Unsqueeze', [g.op1('Range', [Ps, Ts, one]), g.constInt64([1])]);
+  const allowed = g.op1('And', [
+    g.op1('LessOrEqual', [keyPos, queryPos]),
+    g.op1('Unsqueeze', [g.op1('Cast', [mask], { to: DType.bool }), g.constInt64([1])]),
   ]);
-  const scale = g.constFloat([1 / Math.sqrt(hd)], true);
+  const bias = g.op1('Unsqueeze', [m.bias(allowed), g.constInt64([1, 2])]);
+  const scale = g.constFloat([m.scale], true);
 
-  let x = g.op1('Gather', [w('model.embed_tokens.weight'), ids]);
-  x = g.op1('Reshape', [x, g.constInt64([-1, s.dim])]);
+  let x = m.embed();
   for (let l = 0; l < s.nLayers; l++) {
-    const h = rmsNorm(c, x, w(`model.layers.${l}.input_layernorm.weight`));
-    const q = rotate(linear(c, h, `model.layers.${l}.self_attn.q_proj.weight`), s.nHeads);
-    const k = rotate(linear(c, h, `model.layers.${l}.self_attn.k_proj.weight`), s.nKvHeads);
-    const v = g.op1('Transpose', [
-      g.op1('Reshape', [linear(c, h, `model.layers.${l}.self_attn.v_proj.weight`), cat([B, S, g.constInt64([s.nKvHeads, hd])])]),
-    ], { perm: [0, 2, 1, 3] });
+    const h = m.rmsNorm(x, `model.layers.${l}.input_layernorm.weight`);
+    const { q, k, v } = m.qkv(h, l);
     const pastDims = ['batch_size', s.nKvHeads, 'past_sequence_length', hd];
     const presentDims = ['batch_size', s.nKvHeads, 'total_sequence_length', hd];
     const pk = g.input(IO.pastKey(l), DType.float, pastDims);
@@ -232,29 +258,14 @@ export function buildHfGraph(s: LlamaShape, weights: Map<string, ITensorProto>, 
     const presentV = g.op1('Concat', [pv, v], { axis: 2 }, { output: IO.presentValue(l) });
     g.output(IO.presentKey(l), DType.float, presentDims);
     g.output(IO.presentValue(l), DType.float, presentDims);
-    // Query heads that share a KV head are adjacent (llama2.c: kv head = h / groups), so
-    // [B, H, S, hd] regroups to [B, kvH, groups*S, hd] without repeating keys or values.
-    const qg = g.op1('Reshape', [q, g.constInt64([0, s.nKvHeads, -1, hd])]);
-    const scores = g.op1('Mul', [g.op1('MatMul', [qg, g.op1('Transpose', [presentK], { perm: [0, 1, 3, 2] })]), scale]);
-    const scores5 = g.op1('Reshape', [scores, cat([B, g.constInt64([s.nKvHeads, groups]), S, T])]);
-    const probs = g.op1('Softmax', [g.op1('Add', [scores5, bias])], { axis: -1 });
-    const probs4 = g.op1('Reshape', [probs, cat([B, g.constInt64([s.nKvHeads, -1]), T])]);
-    const ctx = g.op1('Reshape', [g.op1('MatMul', [probs4, presentV]), g.constInt64([0, s.nHeads, -1, hd])]);
-    const merged = g.op1('Reshape', [g.op1('Transpose', [ctx], { perm: [0, 2, 1, 3] }), g.constInt64([-1, s.nHeads * hd])]);
-    x = g.op1('Add', [x, linear(c, merged, `model.layers.${l}.self_attn.o_proj.weight`)]);
-    x = feedForward(c, x, l);
+    const scores = g.op1('Mul', [g.op1('MatMul', [q, g.op1('Transpose', [presentK], { perm: [0, 1, 3, 2] })]), scale]);
+    const probs = g.op1('Softmax', [g.op1('Add', [m.grouped(scores, T), bias])], { axis: -1 });
+    const ctx = g.op1('MatMul', [m.ungrouped(probs, T), presentV]);
+    x = m.feedForward(m.finishAttention(x, ctx, l), l);
   }
-  const normed = rmsNorm(c, x, w('model.norm.weight'));
-  const logits2d = g.op1('Gemm', [normed, w(classifierName(s))], { transB: 1 });
-  g.op1('Reshape', [logits2d, cat([B, S, g.constInt64([s.vocabSize])])], {}, { output: IO.logits });
+  const normed = m.rmsNorm(x, 'model.norm.weight');
+  const logits2d = g.op1('Gemm', [normed, classifierName(s)], { transB: 1 });
+  g.op1('Reshape', [logits2d, m.cat([m.B, m.S, g.constInt64([s.vocabSize])])], {}, { output: IO.logits });
   g.output(IO.logits, DType.float, ['batch_size', 'sequence_length', s.vocabSize]);
   return g.encode({ '': 17 }, { flavour: 'hf' });
-}
-
-function addWeights(g: GraphBuilder, weights: Map<string, ITensorProto>): (name: string) => string {
-  for (const t of weights.values()) g.initializer(t);
-  return (name: string) => {
-    if (!weights.has(name)) throw new Error(`graph refers to missing weight ${name}`);
-    return name;
-  };
 }

@@ -1,0 +1,181 @@
+/**
+ * Engine throughput: aggregate decode tokens/s at several batch sizes, for the `fast` graph
+ * (in-place KV), the `hf` graph (packed past/present, what an Optimum export costs) and a
+ * naive loop (one sequence at a time, the textbook Hugging Face generate loop), measured side
+ * by side in one run, with the split of a fast step into ONNX Runtime, sampling and glue.
+ *
+ *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--steps 32] [--json FILE]
+ */
+import { Command } from 'commander';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import * as ort from 'onnxruntime-node';
+import { OnnxEngine } from '../src/engine/onnx-engine.js';
+import { Rng, Sampler, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
+import type { StepItem } from '../src/engine/types.js';
+import { IO } from '../src/models/llama/graph.js';
+import { importLlama2c, packageRoot, synthesize } from '../src/models/importers.js';
+import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
+import { parameterCount } from '../src/models/llama/shape.js';
+
+const program = new Command()
+  .option('--models <list>', 'stories260K and/or synthetic shapes', 'stories260K,stories15m')
+  .option('--batches <list>', 'batch sizes', '1,4,16,32,64')
+  .option('--steps <n>', 'decode steps measured per batch', '32')
+  .option('--prompt <n>', 'prompt tokens per sequence', '16')
+  .option('--threads <n>', 'ONNX Runtime intra-op threads (default: all cores)')
+  .option('--naive-max-batch <n>', 'largest batch the naive loop runs (it is slow)', '64')
+  .option('--temperature <t>', 'sampling temperature (0 = greedy)', '0')
+  .option('--top-p <p>', 'nucleus mass when sampling', '1')
+  .option('--json <file>', 'write the results as JSON')
+  .parse();
+const o = program.opts<{ models: string; batches: string; steps: string; prompt: string; threads?: string; naiveMaxBatch: string; temperature: string; topP: string; json?: string }>();
+const batches = o.batches.split(',').map(Number);
+const steps = Number(o.steps);
+const promptLen = Number(o.prompt);
+const threads = o.threads ? Number(o.threads) : cpus().length;
+const sampling: SamplingParams = validateSamplingParams({ temperature: Number(o.temperature), top_p: Number(o.topP), seed: 1, max_tokens: steps + 1 });
+
+function modelDir(name: string): string {
+  const dir = join(packageRoot(), 'models', `bench-${name}`);
+  if (existsSync(join(dir, 'marginal.json'))) return dir;
+  mkdirSync(dir, { recursive: true });
+  if (name === 'stories260K') {
+    const shared = join(packageRoot(), '..', 'shared', 'models', 'stories260K');
+    if (!existsSync(shared)) throw new Error(`stories260K needs ../shared (looked in ${shared})`);
+    importLlama2c(join(shared, 'stories260K.bin'), join(shared, 'tok512.bin'), dir);
+  } else {
+    synthesize(name, dir);
+  }
+  return dir;
+}
+
+/** Deterministic prompts of `promptLen` ordinary tokens (ids past the specials and byte pieces). */
+function prompt(model: LoadedModel, i: number): number[] {
+  const ids = [model.bosId];
+  for (let k = 1; k < promptLen; k++) ids.push(259 + ((i * 131 + k * 17) % (model.vocabSize - 259)));
+  return ids;
+}
+
+interface Row {
+  model: string;
+  mode: 'fast' | 'hf' | 'naive';
+  batch: number;
+  tokS: number;
+  stepMs: number;
+  ortMs?: number;
+  sampleMs?: number;
+  glueMs?: number;
+  /** Model FLOPs per second inside ONNX Runtime: 2 × parameters × tokens plus attention. */
+  gflops?: number;
+}
+
+async function engineRun(model: LoadedModel, name: string, flavour: 'fast' | 'hf', batch: number): Promise<Row> {
+  const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: batch, intraOpThreads: threads, maxContext: promptLen + steps + 8 });
+  for (let i = 0; i < batch; i++) engine.open(i, sampling, new Rng(i));
+  const last = new Int32Array(batch);
+  for (let i = 0; i < batch; i++) {
+    const r = await engine.execute({ items: [{ seq: i, tokens: prompt(model, i), sample: true }] });
+    last[i] = r.tokens[0] as number;
+  }
+  const items: StepItem[] = Array.from({ length: batch }, (_, i) => ({ seq: i, tokens: [0], sample: true }));
+  let ortMs = 0;
+  let sampleMs = 0;
+  let glueMs = 0;
+  // One warm-up step so allocation and first-run costs stay out of the figure.
+  for (let s = -1; s < steps; s++) {
+    if (s === 0) ortMs = sampleMs = glueMs = 0;
+    for (let i = 0; i < batch; i++) ((items[i] as StepItem).tokens as number[])[0] = last[i] as number;
+    const t0 = performance.now();
+    const r = await engine.execute({ items });
+    if (s >= 0) {
+      ortMs += r.timing.runMs;
+      sampleMs += r.timing.sampleMs;
+      glueMs += performance.now() - t0 - r.timing.runMs - r.timing.sampleMs;
+    }
+    last.set(r.tokens);
+  }
+  await engine.dispose();
+  const total = ortMs + sampleMs + glueMs;
+  const hd = model.kv.headDim;
+  const ctx = promptLen + steps / 2;
+  const flopsPerToken = model.shape ? 2 * parameterCount(model.shape) + 4 * model.kv.layers * ctx * hd * model.shape.nHeads : 0;
+  const gflops = (flopsPerToken * batch * steps) / (ortMs / 1000) / 1e9;
+  return { model: name, mode: flavour, batch, tokS: (batch * steps) / (total / 1000), stepMs: total / steps, ortMs: ortMs / steps, sampleMs: sampleMs / steps, glueMs: glueMs / steps, gflops };
+}
+
+/** The textbook loop: each sequence alone, its present fed back as its next past. */
+async function naiveRun(model: LoadedModel, name: string, session: ort.InferenceSession, batch: number): Promise<Row> {
+  const sampler = new Sampler(model.vocabSize);
+  const hd = model.kv.headDim;
+  const H = model.kv.kvHeads;
+  const state = [] as { past: Record<string, ort.Tensor>; len: number; last: number; rng: Rng }[];
+  const runOne = async (st: (typeof state)[number], tokens: number[]) => {
+    const S = tokens.length;
+    const feeds: Record<string, ort.Tensor> = {
+      [IO.inputIds]: new ort.Tensor('int64', BigInt64Array.from(tokens.map(BigInt)), [1, S]),
+      [IO.attentionMask]: new ort.Tensor('int64', new BigInt64Array(st.len + S).fill(1n), [1, st.len + S]),
+      [IO.positionIds]: new ort.Tensor('int64', BigInt64Array.from(tokens.map((_, k) => BigInt(st.len + k))), [1, S]),
+      ...st.past,
+    };
+    const out = await session.run(feeds);
+    for (let l = 0; l < model.kv.layers; l++) {
+      st.past[IO.pastKey(l)] = out[IO.presentKey(l)] as ort.Tensor;
+      st.past[IO.pastValue(l)] = out[IO.presentValue(l)] as ort.Tensor;
+    }
+    st.len += S;
+    st.last = sampler.sample(out[IO.logits]?.data as Float32Array, (S - 1) * model.vocabSize, sampling, st.rng);
+  };
+  for (let i = 0; i < batch; i++) {
+    const past: Record<string, ort.Tensor> = {};
+    for (let l = 0; l < model.kv.layers; l++) {
+      past[IO.pastKey(l)] = new ort.Tensor('float32', new Float32Array(0), [1, H, 0, hd]);
+      past[IO.pastValue(l)] = new ort.Tensor('float32', new Float32Array(0), [1, H, 0, hd]);
+    }
+    const st = { past, len: 0, last: 0, rng: new Rng(i) };
+    await runOne(st, prompt(model, i));
+    state.push(st);
+  }
+  for (const st of state) await runOne(st, [st.last]);
+  const t0 = performance.now();
+  for (let s = 0; s < steps; s++) for (const st of state) await runOne(st, [st.last]);
+  const ms = performance.now() - t0;
+  return { model: name, mode: 'naive', batch, tokS: (batch * steps) / (ms / 1000), stepMs: ms / steps };
+}
+
+const rows: Row[] = [];
+const fmt = (x: number | undefined, d = 1) => (x === undefined ? '' : x.toFixed(d));
+process.stderr.write(`engine bench: ${cpus().length} cores, ${threads} ORT threads, prompt ${promptLen}, ${steps} decode steps, temperature ${o.temperature}, top-p ${o.topP}\n`);
+for (const name of o.models.split(',')) {
+  const model = await loadModelDir(modelDir(name));
+  const naiveSession = await ort.InferenceSession.create(model.graphPath('hf'), { executionProviders: ['cpu'], intraOpNumThreads: threads, graphOptimizationLevel: 'all' });
+  for (const batch of batches) {
+    for (const mode of ['fast', 'hf', 'naive'] as const) {
+      if (mode === 'naive' && batch > Number(o.naiveMaxBatch)) continue;
+      const row = mode === 'naive' ? await naiveRun(model, name, naiveSession, batch) : await engineRun(model, name, mode, batch);
+      rows.push(row);
+      process.stderr.write(`  ${name} ${mode} b=${batch}: ${row.tokS.toFixed(0)} tok/s\n`);
+    }
+  }
+  await naiveSession.release();
+}
+
+console.log('| model | batch | fast tok/s | hf tok/s | naive tok/s | fast/hf | fast/naive | fast step ms | ORT ms | sample ms | glue ms | ORT GFLOP/s |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+for (const name of o.models.split(',')) {
+  for (const batch of batches) {
+    const f = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'fast');
+    const h = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'hf');
+    const n = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'naive');
+    if (!f) continue;
+    console.log(
+      `| ${name} | ${batch} | ${fmt(f.tokS, 0)} | ${fmt(h?.tokS, 0)} | ${fmt(n?.tokS, 0)} | ${h ? fmt(f.tokS / h.tokS, 2) + '×' : ''} | ${n ? fmt(f.tokS / n.tokS, 2) + '×' : ''} | ${fmt(f.stepMs, 2)} | ${fmt(f.ortMs, 2)} | ${fmt(f.sampleMs, 2)} | ${fmt(f.glueMs, 2)} | ${fmt(f.gflops, 1)} |`,
+    );
+  }
+  const b1 = rows.find((r) => r.model === name && r.batch === 1 && r.mode === 'fast');
+  const b32 = rows.find((r) => r.model === name && r.batch === 32 && r.mode === 'fast');
+  if (b1 && b32) console.log(`\n${name}: fast batch 32 / batch 1 aggregate tokens/s = ${(b32.tokS / b1.tokS).toFixed(2)}×`);
+}
+if (o.json) writeFileSync(o.json, JSON.stringify({ threads, cores: cpus().length, promptLen, steps, rows }, null, 2) + '\n');
