@@ -77,10 +77,11 @@ async function engineRun(model: LoadedModel, name: string, flavour: 'fast' | 'hf
   for (let i = 0; i < batch; i++) engine.open(i, sampling, new Rng(i));
   const last = new Int32Array(batch);
   for (let i = 0; i < batch; i++) {
-    const r = await engine.execute({ items: [{ seq: i, tokens: prompt(model, i), sample: true }] });
+    const p = prompt(model, i);
+    const r = await engine.execute({ items: [{ seq: i, tokens: p, offset: 0, count: p.length, sample: true }] });
     last[i] = r.tokens[0] as number;
   }
-  const items: StepItem[] = Array.from({ length: batch }, (_, i) => ({ seq: i, tokens: [0], sample: true }));
+  const items: StepItem[] = Array.from({ length: batch }, (_, i) => ({ seq: i, tokens: [0], offset: 0, count: 1, sample: true }));
   let ortMs = 0;
   let sampleMs = 0;
   let glueMs = 0;

@@ -84,7 +84,7 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
     const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], maxSequences: 1 });
     const prompt = model.tokenizer.encode('Once upon a time, there was a', { bos: true });
     fast.open(0, greedy(100), new Rng(1));
-    let r = await fast.execute({ items: [{ seq: 0, tokens: prompt, sample: true }], keepLogits: true });
+    let r = await fast.execute({ items: [{ seq: 0, tokens: prompt, offset: 0, count: prompt.length, sample: true }], keepLogits: true });
     const seq = [...prompt];
     let worst = 0;
     for (let stepNo = 0; stepNo < 40; stepNo++) {
@@ -92,14 +92,14 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
       if (stepNo % 8 === 0) {
         // Recompute from scratch: a fresh sequence, the whole text as one prefill.
         hf.open(1, greedy(1), new Rng(1));
-        const full = await hf.execute({ items: [{ seq: 1, tokens: seq, sample: true }], keepLogits: true });
+        const full = await hf.execute({ items: [{ seq: 1, tokens: seq, offset: 0, count: seq.length, sample: true }], keepLogits: true });
         hf.close(1);
         const ref = full.logits as Float32Array;
         for (let i = 0; i < cached.length; i++) worst = Math.max(worst, Math.abs((cached[i] as number) - (ref[i] as number)));
       }
       const next = r.tokens[0] as number;
       seq.push(next);
-      r = await fast.execute({ items: [{ seq: 0, tokens: [next], sample: true }], keepLogits: true });
+      r = await fast.execute({ items: [{ seq: 0, tokens: [next], offset: 0, count: 1, sample: true }], keepLogits: true });
     }
     assert.ok(worst < 1e-4, `max |cached - recomputed| = ${worst}`);
     await fast.dispose();

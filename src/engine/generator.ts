@@ -123,9 +123,9 @@ export class Generator {
     const items: StepItem[] = this.running.map((r) => {
       if (r.fed < r.prompt.length) {
         const end = Math.min(r.prompt.length, r.fed + this.prefillChunk);
-        return { seq: r.id, tokens: r.prompt.slice(r.fed, end), sample: end === r.prompt.length };
+        return { seq: r.id, tokens: r.prompt, offset: r.fed, count: end - r.fed, sample: end === r.prompt.length };
       }
-      return { seq: r.id, tokens: [r.last], sample: true };
+      return { seq: r.id, tokens: [r.last], offset: 0, count: 1, sample: true };
     });
     let result;
     try {
@@ -143,7 +143,7 @@ export class Generator {
     for (let i = 0; i < items.length; i++) {
       const r = this.running[i] as Running;
       const item = items[i] as StepItem;
-      r.fed = Math.min(r.prompt.length, r.fed + (r.fed < r.prompt.length ? item.tokens.length : 0));
+      r.fed = Math.min(r.prompt.length, r.fed + (r.fed < r.prompt.length ? item.count : 0));
       const token = result.tokens[i] as number;
       if (token < 0) continue;
       if (this.finishIfDone(r, token)) finished.push(r);

@@ -177,10 +177,12 @@ export class OnnxEngine implements Engine {
       if (slot === undefined) throw new InvalidArgumentError(`sequence ${item.seq} is not open`);
       if (seen.has(item.seq)) throw new InvalidArgumentError(`sequence ${item.seq} appears twice in one step`);
       seen.add(item.seq);
-      const count = item.tokens.length;
-      if (count < 1) throw new InvalidArgumentError(`sequence ${item.seq}: a step item needs at least one token`);
+      const count = item.count;
+      if (!Number.isInteger(count) || count < 1 || item.offset < 0 || item.offset + count > item.tokens.length) {
+        throw new InvalidArgumentError(`sequence ${item.seq}: a step item needs 1 or more tokens inside its array`);
+      }
       for (let k = 0; k < count; k++) {
-        const t = item.tokens[k] as number;
+        const t = item.tokens[item.offset + k] as number;
         if (!Number.isInteger(t) || t < 0 || t >= this.vocab) throw new InvalidArgumentError(`token ${t} is outside the vocabulary (0..${this.vocab - 1})`);
       }
       const after = (this.slotLen[slot] as number) + count;
@@ -237,8 +239,8 @@ export class OnnxEngine implements Engine {
     let batchTokens = 0;
     for (const item of plan.items) {
       const slot = this.slotOf.get(item.seq) as number;
-      this.slotLen[slot] = (this.slotLen[slot] as number) + item.tokens.length;
-      batchTokens += item.tokens.length;
+      this.slotLen[slot] = (this.slotLen[slot] as number) + item.count;
+      batchTokens += item.count;
     }
     const totalMs = performance.now() - t0;
     const result: StepResult = { tokens, timing: { totalMs, runMs, sampleMs, glueMs: totalMs - runMs - sampleMs, runs, batchTokens } };
@@ -260,7 +262,7 @@ export class OnnxEngine implements Engine {
       if (slot > hi) hi = slot;
     }
     const b = hi - lo + 1;
-    const width = (items[group[0] as number] as StepItem).tokens.length;
+    const width = (items[group[0] as number] as StepItem).count;
     const ids = width === 1 ? this.idsBuf.subarray(0, b) : new BigInt64Array(b * width);
     const pos = width === 1 ? this.posBuf.subarray(0, b) : new BigInt64Array(b * width);
     const lengths = this.lengthsBuf.subarray(0, b);
@@ -273,7 +275,7 @@ export class OnnxEngine implements Engine {
       const s = (this.slotOf.get(item.seq) as number) - lo;
       const len = this.slotLen[lo + s] as number;
       for (let t = 0; t < width; t++) {
-        ids[s * width + t] = BigInt(item.tokens[t] as number);
+        ids[s * width + t] = BigInt(item.tokens[item.offset + t] as number);
         pos[s * width + t] = BigInt(len + t);
       }
       lengths[s] = BigInt(len);
@@ -320,7 +322,7 @@ export class OnnxEngine implements Engine {
     const slots = group.map((i) => this.slotOf.get((items[i] as StepItem).seq) as number);
     for (let k = 0; k < b; k++) {
       P = Math.max(P, this.slotLen[slots[k] as number] as number);
-      S = Math.max(S, (items[group[k] as number] as StepItem).tokens.length);
+      S = Math.max(S, (items[group[k] as number] as StepItem).count);
     }
     const T = P + S;
     const hd = this.headDim;
@@ -331,12 +333,12 @@ export class OnnxEngine implements Engine {
     for (let k = 0; k < b; k++) {
       const slot = slots[k] as number;
       const len = this.slotLen[slot] as number;
-      const toks = (items[group[k] as number] as StepItem).tokens;
-      const padS = S - toks.length;
+      const item = items[group[k] as number] as StepItem;
+      const padS = S - item.count;
       mask.fill(1n, k * T + (P - len), k * T + P);
       mask.fill(1n, k * T + P + padS, (k + 1) * T);
-      for (let t = 0; t < toks.length; t++) {
-        ids[k * S + padS + t] = BigInt(toks[t] as number);
+      for (let t = 0; t < item.count; t++) {
+        ids[k * S + padS + t] = BigInt(item.tokens[item.offset + t] as number);
         pos[k * S + padS + t] = BigInt(len + t);
       }
     }
@@ -377,7 +379,7 @@ export class OnnxEngine implements Engine {
       for (let k = 0; k < b; k++) {
         const slot = slots[k] as number;
         const len = this.slotLen[slot] as number;
-        const count = (items[group[k] as number] as StepItem).tokens.length;
+        const count = (items[group[k] as number] as StepItem).count;
         for (let h = 0; h < H; h++) {
           const src = ((k * H + h) * T + (T - count)) * hd;
           const dst = slot * this.slotStride + (h * this.capacity + len) * hd;

@@ -12,11 +12,16 @@ export interface EngineInfo {
   vocabSize: number;
 }
 
-/** One sequence's share of a step: the tokens to feed and whether to sample after them. */
+/**
+ * One sequence's share of a step: tokens[offset, offset + count) to feed (a prefill chunk, or
+ * the last sampled token when decoding) and whether to sample after them. Offset and count
+ * let the scheduler hand over its own token array without a view per item per step.
+ */
 export interface StepItem {
   seq: number;
-  /** A prefill chunk (several tokens) or the last sampled token (decode). */
   tokens: ArrayLike<number>;
+  offset: number;
+  count: number;
   /** False for prefill chunks that are not a prompt's last: their logits are not needed. */
   sample: boolean;
 }
@@ -62,4 +67,10 @@ export interface Engine {
   readonly freeBlocks: number;
   close(seq: number): void;
   dispose(): Promise<void>;
+  /**
+   * Prefix-cache support: keep a copy of `seq`'s block `index` under `blockId`, and start an
+   * empty sequence from such copies. Engines without it get no prefix reuse.
+   */
+  storeBlock?(seq: number, index: number, blockId: number): void;
+  loadBlocks?(seq: number, blockIds: readonly number[]): void;
 }
