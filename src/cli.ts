@@ -4,6 +4,7 @@ import { isMarginalError } from './errors.js';
 import { runGenerate } from './cli/generate.js';
 import { runImportLlama2c, runSynth } from './cli/models.js';
 import { runServe } from './cli/serve.js';
+import { runCalibrate, runSim } from './cli/sim.js';
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -70,6 +71,46 @@ engineOptions(
     .option('--port <port>', 'listen port', intArg('--port'), 8000)
     .option('--max-sequences <n>', 'sequences resident at once', intArg('--max-sequences'), 32),
 ).action(runServe);
+
+const traceOptions = (c: Command) =>
+  c
+    .requiredOption('--trace <file>', 'trace: JSON Lines contract, msgpack, Azure 2023 CSV or Mooncake JSONL')
+    .option('--format <name>', 'jsonl | msgpack | azure | mooncake (default: detected)')
+    .option('--rate-scale <x>', 'arrivals x times faster', numArg('--rate-scale'))
+    .option('--length-scale <x>', 'multiply prompt and output lengths (and prefix blocks) by x', numArg('--length-scale'))
+    .option('--limit <n>', 'first n requests', intArg('--limit'))
+    .option('--start <n>', 'skip the first n requests', intArg('--start'))
+    .option('--duration <s>', 'requests arriving in the first s seconds', numArg('--duration'))
+    .option('--max-prompt-tokens <n>', 'clamp prompts', intArg('--max-prompt-tokens'))
+    .option('--max-output-tokens <n>', 'clamp outputs', intArg('--max-output-tokens'))
+    .option('--workload <file>', 'tenants, values and SLOs for traces that carry none (default: built-in three-tenant mix)')
+    .option('--seed <n>', 'workload seed', intArg('--seed'));
+
+traceOptions(
+  program
+    .command('sim')
+    .description('replay a trace through the scheduler on the calibrated cost model')
+    .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
+    .option('--curve <file>', 'price curve file')
+    .option('--profile <file>', 'step-time profile from marginal calibrate')
+    .option('--json', 'print the summary as one JSON object')
+    .option('--requests-out <file>', 'write one JSON line per request')
+    .option('--max-running <n>', 'sequences at once', intArg('--max-running'))
+    .option('--max-batch-tokens <n>', 'token budget per step', intArg('--max-batch-tokens'))
+    .option('--max-context <n>', 'context per sequence', intArg('--max-context'))
+    .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
+    .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price')),
+).action(runSim);
+
+program
+  .command('calibrate')
+  .description("measure the real engine and fit the simulator's step-time model")
+  .requiredOption('--model <dir>', 'model directory')
+  .requiredOption('--out <file>', 'profile JSON to write')
+  .option('--providers <list>', 'execution providers', 'cpu')
+  .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'))
+  .option('--repeats <n>', 'measurements per shape', intArg('--repeats'))
+  .action(runCalibrate);
 
 try {
   await program.parseAsync(process.argv);

@@ -57,6 +57,12 @@ export class OnnxEngine implements Engine {
   private readonly posBuf: BigInt64Array;
   private readonly lengthsBuf: BigInt64Array;
   private hfScratch: { k: Float32Array[]; v: Float32Array[] } = { k: [], v: [] };
+  /**
+   * Prefix-cache copies, keyed by the scheduler's block id: per block, every layer's keys then
+   * values, [layer][k|v][kvHead][blockSize][headDim]. Filled when a block is registered, read
+   * when a later sequence hits it; the scheduler's block manager decides which ids are live.
+   */
+  private readonly blockStore = new Map<number, Float32Array>();
 
   private constructor(
     private readonly model: LoadedModel,
@@ -148,6 +154,52 @@ export class OnnxEngine implements Engine {
     this.slotParams[slot] = undefined;
     this.slotRng[slot] = undefined;
     this.pool.release(seq);
+  }
+
+  storeBlock(seq: number, index: number, blockId: number): void {
+    const slot = this.slotOf.get(seq);
+    if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
+    const bs = this.info.blockSize;
+    if ((index + 1) * bs > (this.slotLen[slot] as number)) throw new InvalidArgumentError(`block ${index} of sequence ${seq} is not computed yet`);
+    const span = bs * this.headDim;
+    const perLayer = 2 * this.kvHeads * span;
+    let copy = this.blockStore.get(blockId);
+    if (copy === undefined) {
+      copy = new Float32Array(this.layers * perLayer);
+      this.blockStore.set(blockId, copy);
+    }
+    for (let l = 0; l < this.layers; l++) {
+      for (let h = 0; h < this.kvHeads; h++) {
+        const src = slot * this.slotStride + (h * this.capacity + index * bs) * this.headDim;
+        const dst = l * perLayer + h * span;
+        copy.set((this.keys[l] as Float32Array).subarray(src, src + span), dst);
+        copy.set((this.values[l] as Float32Array).subarray(src, src + span), dst + this.kvHeads * span);
+      }
+    }
+  }
+
+  loadBlocks(seq: number, blockIds: readonly number[]): void {
+    const slot = this.slotOf.get(seq);
+    if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
+    if ((this.slotLen[slot] as number) !== 0) throw new InvalidArgumentError(`sequence ${seq} is not empty`);
+    const bs = this.info.blockSize;
+    if (blockIds.length * bs > this.info.maxContext) throw new ContextLengthError(`${blockIds.length} blocks exceed the context`);
+    const span = bs * this.headDim;
+    const perLayer = 2 * this.kvHeads * span;
+    for (let b = 0; b < blockIds.length; b++) {
+      const copy = this.blockStore.get(blockIds[b] as number);
+      if (copy === undefined) throw new InvalidArgumentError(`block ${blockIds[b]} was never stored`);
+      for (let l = 0; l < this.layers; l++) {
+        for (let h = 0; h < this.kvHeads; h++) {
+          const dst = slot * this.slotStride + (h * this.capacity + b * bs) * this.headDim;
+          const src = l * perLayer + h * span;
+          (this.keys[l] as Float32Array).set(copy.subarray(src, src + span), dst);
+          (this.values[l] as Float32Array).set(copy.subarray(src + this.kvHeads * span, src + this.kvHeads * span + span), dst);
+        }
+      }
+    }
+    this.slotLen[slot] = blockIds.length * bs;
+    this.pool.ensure(seq, blockIds.length * bs);
   }
 
   contextLength(seq: number): number {

@@ -26,8 +26,10 @@ export interface RequestSpec {
   priority?: number;
   sampling: SamplingParams;
   rng: Rng;
-  /** Treat this many output tokens as the known length (simulator); else the estimator's guess. */
+  /** Treat this many output tokens as the known length; else the estimator's guess. */
   knownOutputTokens?: number;
+  /** The caller's own index for this request (the simulator's trace position), untouched here. */
+  tag?: number;
 }
 
 export type RequestState = 'waiting' | 'running' | 'swapped' | 'done';
@@ -84,6 +86,12 @@ export class SchedRequest {
   expectedOutput: number;
   /** Tokens computed again after preemption: waste, never billed. */
   recomputed = 0;
+  /** Positions [0, billedTo) have been billed (prompt) or fed back after sampling (output). */
+  billedTo = 0;
+  /** A stop sequence matched mid-step: finish as completed once the step commits. */
+  stopRequested = false;
+  /** Bumped on every enqueue, so lazily deleted queue entries can tell they are stale. */
+  epoch = 0;
 
   constructor(
     readonly seq: number,

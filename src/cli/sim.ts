@@ -1,0 +1,105 @@
+import { createWriteStream, existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InvalidArgumentError } from '../errors.js';
+import { loadCurveFile } from '../economy/curves.js';
+import { loadProfile, type StepProfile } from '../engine/cost-model.js';
+import { calibrate } from '../engine/calibrate.js';
+import { loadModelDir } from '../models/modeldir.js';
+import { packageRoot } from '../models/importers.js';
+import { simulate, type SimOptions } from '../sim/simulator.js';
+import { readTrace, type TraceOptions, type TraceRequest } from '../sim/trace.js';
+import { defaultWorkload, loadWorkload } from '../sim/workload.js';
+import type { Summary } from '../sim/metrics.js';
+
+export const DEFAULT_PROFILE = 'bench/profiles/stories15m-cpu.json';
+
+export interface TraceCliOptions {
+  trace: string;
+  format?: string;
+  rateScale?: number;
+  lengthScale?: number;
+  limit?: number;
+  start?: number;
+  duration?: number;
+  maxPromptTokens?: number;
+  maxOutputTokens?: number;
+  workload?: string;
+  seed?: number;
+}
+
+/** Reads a trace the way every tool (sim, tune, bench) does, a default workload where it has no economics. */
+export async function readTraceFromCli(o: TraceCliOptions): Promise<TraceRequest[]> {
+  const opts: TraceOptions = { workload: o.workload ? await loadWorkload(o.workload) : defaultWorkload() };
+  if (o.format !== undefined) opts.format = o.format as NonNullable<TraceOptions['format']>;
+  for (const k of ['rateScale', 'lengthScale', 'limit', 'start', 'duration', 'maxPromptTokens', 'maxOutputTokens', 'seed'] as const) {
+    const v = o[k];
+    if (v !== undefined) opts[k] = v;
+  }
+  const reqs = await readTrace(o.trace, opts);
+  if (reqs.length === 0) throw new InvalidArgumentError(`${o.trace}: no requests (after start/limit/duration)`);
+  return reqs;
+}
+
+export async function profileFromCli(path: string | undefined): Promise<StepProfile> {
+  const p = path ?? join(packageRoot(), DEFAULT_PROFILE);
+  if (!existsSync(p)) throw new InvalidArgumentError(`profile ${p} not found (make one with marginal calibrate)`);
+  return loadProfile(p);
+}
+
+interface SimCliOptions extends TraceCliOptions {
+  policy: string;
+  curve?: string;
+  profile?: string;
+  json?: boolean;
+  requestsOut?: string;
+  maxRunning?: number;
+  maxBatchTokens?: number;
+  maxContext?: number;
+  blocks?: number;
+  basePrice?: number;
+}
+
+export async function simOptionsFromCli(o: SimCliOptions): Promise<SimOptions> {
+  const s: SimOptions = { policy: o.policy, profile: await profileFromCli(o.profile) };
+  if (o.curve) s.curves = await loadCurveFile(o.curve);
+  if (o.maxRunning !== undefined) s.maxRunning = o.maxRunning;
+  if (o.maxBatchTokens !== undefined) s.maxBatchTokens = o.maxBatchTokens;
+  if (o.maxContext !== undefined) s.maxContext = o.maxContext;
+  if (o.blocks !== undefined) s.totalBlocks = o.blocks;
+  if (o.basePrice !== undefined) s.basePrice = o.basePrice;
+  return s;
+}
+
+export async function runSim(o: SimCliOptions): Promise<void> {
+  const opts = await simOptionsFromCli(o);
+  const trace = await readTraceFromCli(o);
+  const { summary, outcomes } = simulate(trace, opts);
+  if (o.requestsOut) {
+    const out = createWriteStream(o.requestsOut);
+    for (const line of outcomes) out.write(JSON.stringify(line) + '\n');
+    await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
+  }
+  process.stdout.write(o.json ? JSON.stringify(summary) + '\n' : formatSummary(summary));
+}
+
+export function formatSummary(s: Summary): string {
+  const f = (x: number | null, d = 1) => (x === null ? '-' : x.toFixed(d));
+  return [
+    `policy ${s.policy}: ${s.requests} requests, ${s.completed} completed, ${s.rejected} rejected, ${s.aborted} aborted, ${s.lost} lost, ${s.preempted} preemptions`,
+    `welfare ${s.welfare.toFixed(3)}  value realized ${s.value_realized.toFixed(3)}  SLO met ${s.slo_met} (${f(s.goodput_rps, 3)} req/s)  revenue ${s.revenue.toFixed(3)}`,
+    `throughput ${f(s.throughput_tok_s, 0)} tok/s over ${f(s.duration_s, 1)} s  cache hit rate ${(s.cache_hit_rate * 100).toFixed(1)}%  recomputed ${s.recomputed_tokens} tokens`,
+    `TTFT p50 ${f(s.ttft_p50_ms, 0)} ms  p99 ${f(s.ttft_p99_ms, 0)} ms   TPOT p50 ${f(s.tpot_p50_ms, 1)} ms  p99 ${f(s.tpot_p99_ms, 1)} ms`,
+    '',
+  ].join('\n');
+}
+
+export async function runCalibrate(o: { model: string; out: string; providers: string; threads?: number; repeats?: number }): Promise<void> {
+  const model = await loadModelDir(o.model);
+  const opts: Parameters<typeof calibrate>[1] = { providers: o.providers.split(',') as ('cuda' | 'cpu')[], log: (l) => process.stderr.write(l + '\n') };
+  if (o.threads !== undefined) opts.intraOpThreads = o.threads;
+  if (o.repeats !== undefined) opts.repeats = o.repeats;
+  const profile = await calibrate(model, opts);
+  await writeFile(o.out, JSON.stringify(profile, null, 2) + '\n');
+  process.stderr.write(`wrote ${o.out}: base ${profile.baseMs.toFixed(3)} ms + ${profile.perTokenMs.toFixed(4)} ms/token + ${profile.perContextMs.toFixed(4)} ms/1k context + ${profile.perSequenceMs.toFixed(4)} ms/sequence + ${profile.perRunMs.toFixed(3)} ms/extra run (R² ${profile.r2?.toFixed(3)})\n`);
+}

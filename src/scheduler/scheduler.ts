@@ -1,0 +1,451 @@
+import { ContextLengthError, InvalidArgumentError } from '../errors.js';
+import { defaultCurves, type PriceCurves } from '../economy/curves.js';
+import { LengthEstimator } from '../economy/estimator.js';
+import type { Ledger } from '../economy/ledger.js';
+import type { Engine, StepItem, StepPlan, StepResult } from '../engine/types.js';
+import { BlockManager } from '../kv/block-manager.js';
+import type { AdmitResult, Policy, SchedulerView } from './policy.js';
+import { SchedRequest, type FinishReason, type Quote, type RequestSpec } from './request.js';
+
+export interface SchedulerConfig {
+  /** Tokens one step may process (decodes count one each, prefill chunks their length). */
+  maxBatchTokens: number;
+  /** Sequences running at once (at most the engine's slots). */
+  maxRunning: number;
+  /** Largest prefill chunk one request gets per step. */
+  prefillChunk: number;
+  totalBlocks: number;
+  blockSize: number;
+  maxContext: number;
+  stopIds?: readonly number[];
+  curves?: PriceCurves;
+  /** Steps after a preemption during which a stream is not preempted again. */
+  antiThrashSteps?: number;
+  cachedDiscount?: number;
+  ledger?: Ledger;
+  prefixCaching?: boolean;
+  /** Seconds per step assumed before any step has been measured. */
+  initialStepSeconds?: number;
+}
+
+export interface SchedulerListener {
+  onToken?(r: SchedRequest, token: number, now: number): void;
+  onFinish?(r: SchedRequest, now: number): void;
+}
+
+export interface SchedulerCounters {
+  steps: number;
+  preemptions: number;
+  recomputedTokens: number;
+  promptTokens: number;
+  cachedTokens: number;
+  rejected: number;
+  completed: number;
+  aborted: number;
+}
+
+/**
+ * The continuous-batching scheduler: deterministic given its inputs and the clock values it is
+ * handed, and free of I/O. Each step `plan(now)` chooses what runs (decodes first, then prefill
+ * chunks of running requests, then admissions, all within a token budget and the KV blocks),
+ * an engine executes the plan, and `commit(result, now, seconds)` records tokens, bills,
+ * prefix-cache blocks and finished requests. The policy decides order, admission, victims and
+ * eviction; the mechanics here are the same for all of them.
+ */
+export class Scheduler implements SchedulerView {
+  readonly blocks: BlockManager;
+  readonly estimator = new LengthEstimator();
+  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0 };
+  readonly prices = { token: 0, kv: 0 };
+  readonly floorTokenPrice: number;
+  readonly maxRunning: number;
+  readonly prefillChunk: number;
+  now = 0;
+  step = 0;
+  tokenUtilization = 0;
+
+  private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds'>>;
+  private readonly curves: PriceCurves;
+  private readonly stopIds: Set<number>;
+  private readonly byId = new Map<number, SchedRequest>();
+  private readonly runningList: SchedRequest[] = [];
+  private readonly planned: SchedRequest[] = [];
+  private readonly plannedStep = new Map<number, number>();
+  private readonly items: StepItem[] = [];
+  private readonly itemPool: StepItem[] = [];
+  private readonly plan_: StepPlan = { items: this.items };
+  private budget = 0;
+  private nextSeq = 0;
+  private stepEma: number;
+  private perTokenEma: number;
+  private readonly prefixOk: boolean;
+  private readonly deferredAborts = new Set<number>();
+  private inFlight = false;
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly policy: Policy,
+    config: SchedulerConfig,
+    private readonly listener: SchedulerListener = {},
+  ) {
+    for (const k of ['maxBatchTokens', 'maxRunning', 'prefillChunk', 'totalBlocks', 'blockSize', 'maxContext'] as const) {
+      const v = config[k];
+      if (!Number.isInteger(v) || v < 1) throw new InvalidArgumentError(`scheduler ${k} must be a positive integer, got ${v}`);
+    }
+    if (config.maxRunning > engine.info.maxSequences) {
+      throw new InvalidArgumentError(`maxRunning ${config.maxRunning} exceeds the engine's ${engine.info.maxSequences} sequence slots`);
+    }
+    this.cfg = {
+      maxBatchTokens: config.maxBatchTokens,
+      maxRunning: config.maxRunning,
+      prefillChunk: config.prefillChunk,
+      totalBlocks: config.totalBlocks,
+      blockSize: config.blockSize,
+      maxContext: Math.min(config.maxContext, engine.info.maxContext),
+      antiThrashSteps: config.antiThrashSteps ?? 32,
+      cachedDiscount: config.cachedDiscount ?? 0.1,
+      prefixCaching: config.prefixCaching ?? true,
+      initialStepSeconds: config.initialStepSeconds ?? 0.02,
+    };
+    this.maxRunning = config.maxRunning;
+    this.prefillChunk = config.prefillChunk;
+    this.curves = config.curves ?? defaultCurves();
+    this.floorTokenPrice = this.curves.tokens.price(0);
+    this.stopIds = new Set(config.stopIds ?? []);
+    this.blocks = new BlockManager(config.totalBlocks, config.blockSize);
+    this.prefixOk = this.cfg.prefixCaching && typeof engine.loadBlocks === 'function' && typeof engine.storeBlock === 'function';
+    this.stepEma = this.cfg.initialStepSeconds;
+    this.perTokenEma = this.cfg.initialStepSeconds / 64;
+    this.ledger = config.ledger;
+    policy.attach(this);
+  }
+
+  readonly ledger: Ledger | undefined;
+
+  get config(): Readonly<SchedulerConfig> {
+    return this.cfg;
+  }
+  get running(): readonly SchedRequest[] {
+    return this.runningList;
+  }
+  get policyName(): string {
+    return this.policy.name;
+  }
+  get waiting(): number {
+    return this.policy.waiting();
+  }
+  /** Requests not yet finished, rejected or aborted. */
+  get pending(): number {
+    return this.runningList.length + this.policy.waiting();
+  }
+  get(seq: number): SchedRequest | undefined {
+    return this.byId.get(seq);
+  }
+
+  stepSeconds(): number {
+    return this.stepEma;
+  }
+  secondsPerToken(): number {
+    return this.perTokenEma;
+  }
+
+  /** Registers a request; it waits for a step (or is rejected at once with a quote). */
+  submit(spec: RequestSpec): SchedRequest {
+    if (spec.prompt.length < 1) throw new InvalidArgumentError('the prompt encodes to no tokens');
+    if (!Number.isInteger(spec.maxTokens) || spec.maxTokens < 1) throw new InvalidArgumentError('max_tokens must be a positive integer');
+    const ctx = this.cfg.maxContext;
+    if (spec.prompt.length >= ctx) {
+      throw new ContextLengthError(`the prompt is ${spec.prompt.length} tokens; this model's context is ${ctx} tokens, which leaves no room to generate`);
+    }
+    if (spec.prompt.length + spec.maxTokens > ctx) {
+      throw new ContextLengthError(
+        `this model's maximum context length is ${ctx} tokens; the prompt is ${spec.prompt.length} tokens and max_tokens is ${spec.maxTokens} (total ${spec.prompt.length + spec.maxTokens})`,
+      );
+    }
+    const expected = spec.knownOutputTokens ?? this.estimator.estimate(spec.tenant, spec.prompt.length, spec.maxTokens);
+    const r = new SchedRequest(this.nextSeq++, spec, expected, this.cfg.cachedDiscount);
+    this.byId.set(r.seq, r);
+    if (this.ledger && !this.ledger.canAfford(spec.tenant, 0)) {
+      this.reject(r, { ...this.quote(r, 'budget'), reason: `tenant ${spec.tenant} has spent its budget` });
+      return r;
+    }
+    this.policy.enqueue(r, false);
+    return r;
+  }
+
+  /** The client went away: free everything it held, now or (mid-step) right after the step. */
+  abort(seq: number, now = this.now): void {
+    const r = this.byId.get(seq);
+    if (r === undefined || r.state === 'done') return;
+    if (this.inFlight && this.plannedStep.get(seq) === this.step) {
+      this.deferredAborts.add(seq);
+      return;
+    }
+    this.finish(r, 'abort', now);
+  }
+
+  /** Ends a running request early (a stop sequence matched in its text). */
+  stop(seq: number, now = this.now): void {
+    const r = this.byId.get(seq);
+    if (r === undefined || r.state === 'done') return;
+    if (this.inFlight && this.plannedStep.get(seq) === this.step) {
+      // Finish after the step commits, as completed.
+      r.stopRequested = true;
+      return;
+    }
+    this.finish(r, 'stop', now);
+  }
+
+  plan(now: number): StepPlan {
+    if (this.inFlight) throw new InvalidArgumentError('plan() called twice without commit()');
+    this.now = now;
+    this.step++;
+    this.counters.steps++;
+    this.planned.length = 0;
+    for (const it of this.items) this.itemPool.push(it);
+    this.items.length = 0;
+    this.budget = this.cfg.maxBatchTokens;
+
+    this.curves.tokens.observe(this.tokenUtilization);
+    this.curves.kv.observe(this.blocks.utilization);
+    this.prices.token = this.curves.tokens.price(this.tokenUtilization);
+    this.prices.kv = this.curves.kv.price(this.blocks.utilization);
+    this.policy.beginStep();
+
+    // Decodes first (Sarathi-style stall-free batching), then prefill chunks of running requests.
+    for (let pass = 0; pass < 2; pass++) {
+      for (let i = 0; i < this.runningList.length && this.budget > 0; i++) {
+        const r = this.runningList[i] as SchedRequest;
+        if (this.plannedStep.get(r.seq) === this.step || r.state !== 'running') continue;
+        const decoding = r.pending === 1 && r.computed > 0;
+        if (decoding !== (pass === 0)) continue;
+        const n = Math.min(r.pending, this.cfg.prefillChunk, this.budget);
+        if (!this.ensureBlocks(r, r.computed + n)) continue;
+        // ensureBlocks may have preempted requests earlier in the list.
+        if (r.state !== 'running') continue;
+        this.addItem(r, n);
+        if (this.runningList[i] !== r) i = this.runningList.indexOf(r);
+      }
+    }
+    if (this.budget > 0 && this.runningList.length < this.cfg.maxRunning) this.policy.admit();
+    this.tokenUtilization = (this.cfg.maxBatchTokens - this.budget) / this.cfg.maxBatchTokens;
+    this.inFlight = this.items.length > 0;
+    return this.plan_;
+  }
+
+  commit(result: StepResult, now: number, stepSeconds: number): void {
+    this.inFlight = false;
+    this.now = now;
+    const tokensThisStep = this.cfg.maxBatchTokens - this.budget;
+    if (this.items.length > 0 && stepSeconds > 0) {
+      this.stepEma = 0.8 * this.stepEma + 0.2 * stepSeconds;
+      this.perTokenEma = 0.9 * this.perTokenEma + 0.1 * (stepSeconds / Math.max(1, tokensThisStep));
+    }
+    for (let i = 0; i < this.planned.length; i++) {
+      const r = this.planned[i] as SchedRequest;
+      const n = (this.items[i] as StepItem).count;
+      const start = r.computed;
+      const end = start + n;
+      const fresh = Math.max(0, end - Math.max(start, r.billedTo));
+      const freshPrompt = Math.max(0, Math.min(end, r.promptLength) - Math.max(start, r.billedTo));
+      if (freshPrompt > 0) r.bill.addPrompt(freshPrompt, 0, this.prices.token);
+      if (n > fresh) {
+        r.recomputed += n - fresh;
+        this.counters.recomputedTokens += n - fresh;
+      }
+      r.billedTo = Math.max(r.billedTo, end);
+      r.computed = end;
+      this.policy.served(r, freshPrompt, 0);
+      this.registerBlocks(r);
+      const token = result.tokens[i] as number;
+      if (token >= 0 && r.state === 'running' && !this.deferredAborts.has(r.seq)) this.sampled(r, token, now);
+    }
+    if (stepSeconds > 0) {
+      for (const r of this.runningList) r.bill.addKvRent(r.blocks.length * stepSeconds, this.prices.kv);
+    }
+    for (const r of this.planned) {
+      if (this.deferredAborts.has(r.seq)) this.finish(r, 'abort', now);
+      else if (r.stopRequested && r.state !== 'done') this.finish(r, 'stop', now);
+    }
+    this.deferredAborts.clear();
+  }
+
+  private sampled(r: SchedRequest, token: number, now: number): void {
+    if (this.stopIds.has(token)) {
+      this.finish(r, 'stop', now);
+      return;
+    }
+    r.tokens[r.length++] = token;
+    r.generated++;
+    if (Number.isNaN(r.firstTokenAt)) r.firstTokenAt = now;
+    r.lastTokenAt = now;
+    r.bill.addCompletion(1, this.prices.token);
+    this.policy.served(r, 0, 1);
+    this.listener.onToken?.(r, token, now);
+    if (r.state !== 'running' || r.stopRequested) return;
+    if (r.generated >= r.spec.maxTokens || r.length >= this.cfg.maxContext) this.finish(r, 'length', now);
+  }
+
+  private finish(r: SchedRequest, reason: FinishReason, now: number): void {
+    if (r.state === 'done') return;
+    if (r.state === 'waiting') this.policy.remove(r);
+    else this.leaveRunning(r);
+    r.state = 'done';
+    r.finishedAt = now;
+    r.finishReason = reason;
+    r.outcome = reason === 'abort' ? 'aborted' : 'completed';
+    r.finalBill = r.bill.bill();
+    if (reason === 'abort') this.counters.aborted++;
+    else {
+      this.counters.completed++;
+      this.estimator.observe(r.tenant, r.promptLength, r.generated);
+    }
+    this.ledger?.charge(r.tenant, r.finalBill, reason !== 'abort');
+    this.byId.delete(r.seq);
+    this.listener.onFinish?.(r, now);
+  }
+
+  reject(r: SchedRequest, quote: Quote): void {
+    if (r.state === 'done') return;
+    if (r.state === 'waiting') this.policy.remove(r);
+    else this.leaveRunning(r);
+    r.state = 'done';
+    r.finishedAt = this.now;
+    r.outcome = 'rejected';
+    r.finishReason = 'rejected';
+    r.quote = quote;
+    r.finalBill = r.bill.bill();
+    this.counters.rejected++;
+    this.ledger?.reject(r.tenant);
+    this.byId.delete(r.seq);
+    this.listener.onFinish?.(r, this.now);
+  }
+
+  quote(r: SchedRequest, reason: string): Quote {
+    const out = r.remainingOutput();
+    const prompt = r.promptLength - this.cachedPrefixTokens(r);
+    const lifetime = (Math.ceil(prompt / this.cfg.prefillChunk) + out) * this.stepEma;
+    const rent = this.blocks.blocksFor(r.promptLength + out / 2) * lifetime * this.prices.kv;
+    const minValue = (prompt + out) * this.prices.token + rent;
+    // Expected wait: the queue ahead drains at the current token throughput.
+    const throughput = this.cfg.maxBatchTokens / Math.max(this.stepEma, 1e-6);
+    const ahead = this.policy.waiting() * (r.promptLength + out);
+    return { pricePerToken: minValue / out, minValue, expectedWaitMs: Math.round((ahead / throughput) * 1000), reason };
+  }
+
+  isPreemptible(r: SchedRequest): boolean {
+    return r.state === 'running' && this.plannedStep.get(r.seq) !== this.step && this.step - r.lastPreemptStep > (this.cfg.antiThrashSteps as number);
+  }
+
+  cachedPrefixTokens(r: SchedRequest): number {
+    if (!this.prefixOk) return 0;
+    const maxBlocks = Math.floor((r.length - 1) / this.cfg.blockSize);
+    if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
+    return this.blocks.matchPrefix(r.tokens, r.chain, maxBlocks) * this.cfg.blockSize;
+  }
+
+  tryAdmit(r: SchedRequest): AdmitResult {
+    if (this.runningList.length >= this.cfg.maxRunning) return 'no-slot';
+    if (this.budget <= 0) return 'no-budget';
+    const bs = this.cfg.blockSize;
+    let hitBlocks = 0;
+    if (this.prefixOk) {
+      const maxBlocks = Math.floor((r.length - 1) / bs);
+      if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
+      hitBlocks = this.blocks.matchPrefix(r.tokens, r.chain, maxBlocks);
+      if (hitBlocks > 0) this.blocks.acquireCached(r.chain, hitBlocks, this.now, r.blocks);
+    }
+    const n = Math.min(r.length - hitBlocks * bs, this.cfg.prefillChunk, this.budget);
+    const need = this.blocks.blocksFor(hitBlocks * bs + n) - hitBlocks;
+    if (need > this.blocks.availableBlocks) {
+      if (hitBlocks > 0) this.blocks.release(r.blocks, this.now);
+      return 'no-blocks';
+    }
+    this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
+    this.policy.remove(r);
+    this.engine.open(r.seq, r.spec.sampling, r.spec.rng);
+    if (hitBlocks > 0) (this.engine.loadBlocks as (seq: number, ids: readonly number[]) => void)(r.seq, r.blocks.slice(0, hitBlocks));
+    r.computed = hitBlocks * bs;
+    r.registered = hitBlocks;
+    if (r.preemptions === 0) {
+      r.cachedTokens = hitBlocks * bs;
+      this.counters.promptTokens += r.promptLength;
+      this.counters.cachedTokens += r.cachedTokens;
+      if (r.cachedTokens > 0) r.bill.addPrompt(0, r.cachedTokens, this.prices.token);
+      r.billedTo = Math.max(r.billedTo, r.cachedTokens);
+    }
+    r.state = 'running';
+    r.admittedStep = this.step;
+    this.insertRunning(r);
+    this.addItem(r, n);
+    return 'admitted';
+  }
+
+  preempt(r: SchedRequest): void {
+    if (r.state !== 'running') return;
+    this.leaveRunning(r);
+    r.state = 'waiting';
+    r.computed = 0;
+    r.registered = 0;
+    r.preemptions++;
+    r.lastPreemptStep = this.step;
+    this.counters.preemptions++;
+    this.policy.enqueue(r, true);
+  }
+
+  /** Blocks for `r` to hold `tokens`; preempts the policy's victims if memory is short. */
+  private ensureBlocks(r: SchedRequest, tokens: number): boolean {
+    const need = this.blocks.blocksFor(tokens) - r.blocks.length;
+    if (need <= 0) return true;
+    while (need > this.blocks.availableBlocks) {
+      const v = this.policy.victim(r);
+      if (v === undefined) return false;
+      this.preempt(v);
+      if (v === r) return false;
+    }
+    this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
+    return true;
+  }
+
+  private addItem(r: SchedRequest, n: number): void {
+    const item = this.itemPool.pop() ?? { seq: 0, tokens: r.tokens, offset: 0, count: 0, sample: false };
+    item.seq = r.seq;
+    item.tokens = r.tokens;
+    item.offset = r.computed;
+    item.count = n;
+    item.sample = r.computed + n === r.length;
+    this.items.push(item);
+    this.planned.push(r);
+    this.plannedStep.set(r.seq, this.step);
+    this.budget -= n;
+  }
+
+  private registerBlocks(r: SchedRequest): void {
+    if (!this.prefixOk) return;
+    const full = Math.floor(r.computed / this.cfg.blockSize);
+    if (full <= r.registered) return;
+    if (r.chain.length < full) this.blocks.chainHashes(r.tokens, full, r.chain);
+    for (let b = r.registered; b < full; b++) {
+      const id = r.blocks[b] as number;
+      if (this.blocks.register(id, r.chain[b] as number, b, r.tokens, b * this.cfg.blockSize)) {
+        (this.engine.storeBlock as (seq: number, index: number, blockId: number) => void)(r.seq, b, id);
+      }
+    }
+    r.registered = full;
+  }
+
+  private insertRunning(r: SchedRequest): void {
+    const list = this.runningList;
+    let i = list.length;
+    while (i > 0 && this.policy.before(r, list[i - 1] as SchedRequest)) i--;
+    list.splice(i, 0, r);
+  }
+
+  private leaveRunning(r: SchedRequest): void {
+    const i = this.runningList.indexOf(r);
+    if (i >= 0) this.runningList.splice(i, 1);
+    this.blocks.release(r.blocks, this.now);
+    this.engine.close(r.seq);
+    this.plannedStep.delete(r.seq);
+  }
+}

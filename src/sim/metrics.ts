@@ -1,0 +1,144 @@
+import type { Bill } from '../economy/ledger.js';
+import type { Quote } from '../scheduler/request.js';
+
+/** One line of `--requests-out` (DESIGN.md §5): what happened to one trace request. */
+export interface RequestOutcome {
+  id: string;
+  tenant: string;
+  outcome: 'completed' | 'rejected' | 'aborted';
+  ttft_ms: number | null;
+  tpot_ms: number | null;
+  e2e_ms: number | null;
+  prompt_tokens: number;
+  cached_tokens: number;
+  output_tokens: number;
+  preemptions: number;
+  /** Realized value: the request's value if it met its SLO, else 0. */
+  value: number;
+  /** Whether it met every SLO and deadline it carries. */
+  met_slo: boolean;
+  bill: Bill | null;
+  quote?: Quote;
+}
+
+/** What a request asked for, as far as judging its outcome needs. */
+export interface Expectation {
+  arrival: number;
+  value?: number;
+  bid?: number;
+  slo?: { ttftMs?: number; tpotMs?: number };
+  deadlineMs?: number;
+}
+
+/** vLLM's TPOT: (E2EL − TTFT) / (output tokens − 1); null for one-token completions. */
+export function tpotMs(e2eMs: number, ttftMs: number, outputTokens: number): number | null {
+  return outputTokens > 1 ? (e2eMs - ttftMs) / (outputTokens - 1) : null;
+}
+
+/**
+ * DESIGN.md §5: a request meets its SLO when it completed, its TTFT ≤ slo.ttft_ms, its TPOT ≤
+ * slo.tpot_ms and its end ≤ t + deadline_ms, for each of those it carries.
+ */
+export function meetsSlo(e: Expectation, o: Pick<RequestOutcome, 'outcome' | 'ttft_ms' | 'tpot_ms' | 'e2e_ms'>): boolean {
+  if (o.outcome !== 'completed') return false;
+  if (e.slo?.ttftMs !== undefined && (o.ttft_ms === null || o.ttft_ms > e.slo.ttftMs)) return false;
+  if (e.slo?.tpotMs !== undefined && o.tpot_ms !== null && o.tpot_ms > e.slo.tpotMs) return false;
+  if (e.deadlineMs !== undefined && (o.e2e_ms === null || o.e2e_ms > e.deadlineMs)) return false;
+  return true;
+}
+
+/** A line with `value` realizes it; a line with only `bid` realizes bid × output tokens. */
+export function realizedValue(e: Expectation, met: boolean, outputTokens: number): number {
+  if (!met) return 0;
+  if (e.value !== undefined) return e.value;
+  return (e.bid ?? 0) * outputTokens;
+}
+
+/** Nearest-rank percentile over finite values; null when there are none. */
+export function percentile(values: readonly number[], p: number): number | null {
+  const xs = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (xs.length === 0) return null;
+  const rank = Math.min(xs.length - 1, Math.max(0, Math.ceil((p / 100) * xs.length) - 1));
+  return xs[rank] as number;
+}
+
+export function mean(values: readonly number[]): number | null {
+  const xs = values.filter((x) => Number.isFinite(x));
+  return xs.length === 0 ? null : xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+
+/** The summary object of `marginal sim --json` (DESIGN.md §5), plus what only we measure. */
+export interface Summary {
+  policy: string;
+  requests: number;
+  completed: number;
+  rejected: number;
+  aborted: number;
+  /** Preemption events. */
+  preempted: number;
+  /** Requests that ended neither completed, rejected nor aborted: must be 0. */
+  lost: number;
+  welfare: number;
+  value_realized: number;
+  goodput_rps: number;
+  throughput_tok_s: number;
+  ttft_p50_ms: number | null;
+  ttft_p99_ms: number | null;
+  tpot_p50_ms: number | null;
+  tpot_p99_ms: number | null;
+  cache_hit_rate: number;
+  duration_s: number;
+  /** Last arrival − first arrival: the denominator of goodput_rps. */
+  arrival_span_s: number;
+  slo_met: number;
+  output_tokens: number;
+  computed_tokens: number;
+  recomputed_tokens: number;
+  revenue: number;
+  base_price: number;
+}
+
+export function summarize(
+  policy: string,
+  outcomes: readonly RequestOutcome[],
+  opts: { requests: number; durationS: number; arrivalSpanS: number; preemptions: number; computedTokens: number; recomputedTokens: number; basePrice: number },
+): Summary {
+  const done = outcomes.filter((o) => o.outcome === 'completed');
+  const valueRealized = outcomes.reduce((s, o) => s + o.value, 0);
+  const met = outcomes.filter((o) => o.met_slo).length;
+  const promptTokens = outcomes.reduce((s, o) => s + (o.outcome === 'rejected' ? 0 : o.prompt_tokens), 0);
+  const cached = outcomes.reduce((s, o) => s + o.cached_tokens, 0);
+  const outputTokens = outcomes.reduce((s, o) => s + o.output_tokens, 0);
+  const dur = Math.max(opts.durationS, 1e-9);
+  // Per second of offered load, so a policy that sheds work does not shorten its own denominator.
+  const span = opts.arrivalSpanS > 0 ? opts.arrivalSpanS : dur;
+  const completed = done.length;
+  const rejected = outcomes.filter((o) => o.outcome === 'rejected').length;
+  const aborted = outcomes.filter((o) => o.outcome === 'aborted').length;
+  return {
+    policy,
+    requests: opts.requests,
+    completed,
+    rejected,
+    aborted,
+    preempted: opts.preemptions,
+    lost: opts.requests - completed - rejected - aborted,
+    welfare: valueRealized - opts.computedTokens * opts.basePrice,
+    value_realized: valueRealized,
+    goodput_rps: met / span,
+    throughput_tok_s: outputTokens / dur,
+    ttft_p50_ms: percentile(done.map((o) => o.ttft_ms ?? NaN), 50),
+    ttft_p99_ms: percentile(done.map((o) => o.ttft_ms ?? NaN), 99),
+    tpot_p50_ms: percentile(done.map((o) => o.tpot_ms ?? NaN), 50),
+    tpot_p99_ms: percentile(done.map((o) => o.tpot_ms ?? NaN), 99),
+    cache_hit_rate: promptTokens > 0 ? cached / promptTokens : 0,
+    duration_s: opts.durationS,
+    arrival_span_s: span,
+    slo_met: met,
+    output_tokens: outputTokens,
+    computed_tokens: opts.computedTokens,
+    recomputed_tokens: opts.recomputedTokens,
+    revenue: outcomes.reduce((s, o) => s + (o.bill?.total ?? 0), 0),
+    base_price: opts.basePrice,
+  };
+}
