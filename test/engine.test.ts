@@ -61,7 +61,7 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
       const batched: Promise<Completion>[] = [];
       let step = 0;
       // Sequence i joins at step 2i, so prefills overlap other sequences' decodes.
-      while (batched.length < prompts.length || g.pending > 0) {
+      while (batched.length < prompts.length || g.inFlight > 0) {
         while (batched.length < prompts.length && batched.length * 2 <= step) {
           const i = batched.length;
           batched.push(g.submit({ prompt: prompts[i] as string, sampling: params[i] as SamplingParams }));

@@ -15,7 +15,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
   const shutdown = async (signal: string) => {
     if (closing) return;
     closing = true;
-    app.log.info(`${signal}: no new requests; draining ${generator.pending} in flight`);
+    app.log.info(`${signal}: no new requests; draining ${generator.inFlight} in flight`);
     const closed = app.close();
     await loop.drain();
     await closed;

@@ -1,16 +1,32 @@
-import { ContextLengthError, InvalidArgumentError } from '../errors.js';
+import { performance } from 'node:perf_hooks';
+import createError from '@fastify/error';
+import { InvalidArgumentError } from '../errors.js';
+import type { PriceCurves } from '../economy/curves.js';
+import type { Ledger } from '../economy/ledger.js';
 import type { LoadedModel } from '../models/modeldir.js';
 import { StreamDetokenizer } from '../models/tokenizer/stream.js';
+import { createPolicy } from '../scheduler/policies/index.js';
+import type { Policy } from '../scheduler/policy.js';
+import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
+import type { Bill } from '../economy/ledger.js';
+import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
 import { Rng, StopMatcher, type SamplingParams } from './sampling.js';
-import type { Engine, StepItem, StepTiming } from './types.js';
+import type { Engine, StepTiming } from './types.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
+
+/** A request the scheduler turned away: HTTP 429 with the quote (402 when a budget is spent). */
+export const RejectedError = createError<[string]>('MARGINAL_REJECTED', '%s', 429);
+export type Rejected = InstanceType<typeof RejectedError> & { quote: Quote };
 
 export interface Completion {
   text: string;
   tokens: number[];
   promptTokens: number;
+  cachedTokens: number;
   finishReason: FinishReason;
+  bill: Bill | undefined;
+  preemptions: number;
 }
 
 export interface GenerationRequest {
@@ -19,40 +35,50 @@ export interface GenerationRequest {
   sampling: SamplingParams;
   /** Called with each piece of completion text as it becomes final (never a broken UTF-8 sequence). */
   onText?: (delta: string) => void;
+  /** Called once the request is admitted or rejected (e.g. to send headers). */
+  tenant?: string;
+  value?: number;
+  bid?: number;
+  slo?: Slo;
+  deadlineMs?: number;
+  priority?: number;
+  /** Aborts the request when signalled (client disconnect). */
+  signal?: AbortSignal;
 }
 
-interface Running {
-  id: number;
-  prompt: number[];
-  fed: number;
-  generated: number[];
-  sampling: SamplingParams;
+interface Pending {
   detok: StreamDetokenizer;
   stop: StopMatcher;
   text: string;
   onText: ((delta: string) => void) | undefined;
   resolve: (c: Completion) => void;
   reject: (e: unknown) => void;
-  /** The token to feed next when decoding. */
-  last: number;
 }
 
 export interface GeneratorOptions {
+  policy?: string | Policy;
   /** Largest prompt slice fed in one step. */
   prefillChunk?: number;
+  /** Tokens per step (decodes plus prefill chunks). */
+  maxBatchTokens?: number;
+  curves?: PriceCurves;
+  ledger?: Ledger;
+  prefixCaching?: boolean;
+  antiThrashSteps?: number;
+  /** Seconds; injected for tests. */
+  clock?: () => number;
 }
 
 /**
- * A continuous-batching token loop in its simplest form: first come, first served, every
- * resident sequence advances each step (decodes plus prefill chunks), sequences join and leave
- * between steps. The pricing scheduler replaces the admission and planning; the stop rules,
- * detokenization and bookkeeping here are what every request goes through.
+ * The real engine under the scheduler, with the text around it: prompts are tokenized,
+ * sampled tokens detokenized as a stream that never splits a UTF-8 sequence, stop sequences
+ * matched on the text (the scheduler stops the request when one matches), and each request's
+ * promise settles with its completion and bill, or rejects with a quote.
  */
 export class Generator {
-  private readonly waiting: Running[] = [];
-  private readonly running: Running[] = [];
-  private nextId = 0;
-  private readonly prefillChunk: number;
+  readonly scheduler: Scheduler;
+  private readonly pending = new Map<number, Pending>();
+  private readonly clock: () => number;
   lastTiming: StepTiming | undefined;
 
   constructor(
@@ -60,146 +86,168 @@ export class Generator {
     readonly model: LoadedModel,
     opts: GeneratorOptions = {},
   ) {
-    this.prefillChunk = opts.prefillChunk ?? 64;
-    if (!Number.isInteger(this.prefillChunk) || this.prefillChunk < 1) throw new InvalidArgumentError('prefillChunk must be a positive integer');
+    const policy = typeof opts.policy === 'object' ? opts.policy : createPolicy(opts.policy ?? 'fcfs');
+    const info = engine.info;
+    const config: SchedulerConfig = {
+      maxBatchTokens: opts.maxBatchTokens ?? Math.max(256, info.maxSequences),
+      maxRunning: info.maxSequences,
+      prefillChunk: opts.prefillChunk ?? 64,
+      totalBlocks: info.totalBlocks,
+      blockSize: info.blockSize,
+      maxContext: info.maxContext,
+      stopIds: model.stopIds,
+    };
+    if (opts.curves) config.curves = opts.curves;
+    if (opts.ledger) config.ledger = opts.ledger;
+    if (opts.prefixCaching !== undefined) config.prefixCaching = opts.prefixCaching;
+    if (opts.antiThrashSteps !== undefined) config.antiThrashSteps = opts.antiThrashSteps;
+    this.clock = opts.clock ?? (() => performance.now() / 1000);
+    this.scheduler = new Scheduler(engine, policy, config, this);
   }
 
-  get pending(): number {
-    return this.waiting.length + this.running.length;
+  /** Requests submitted and not yet settled. */
+  get inFlight(): number {
+    return this.scheduler.pending;
   }
 
-  /** Tokenizes and checks a prompt the way a request will see it. */
+  /** Tokenizes a prompt the way a request will see it. */
   encodePrompt(prompt: string | number[]): number[] {
     if (typeof prompt !== 'string') return prompt.slice();
-    const ids = this.model.tokenizer.encode(prompt, { bos: this.model.addBos });
-    return ids;
+    return this.model.tokenizer.encode(prompt, { bos: this.model.addBos });
   }
 
-  checkFits(promptTokens: number, maxTokens: number): void {
-    const ctx = this.engine.info.maxContext;
-    if (promptTokens < 1) throw new InvalidArgumentError('the prompt encodes to no tokens');
-    if (promptTokens >= ctx) {
-      throw new ContextLengthError(`the prompt is ${promptTokens} tokens; this model's context is ${ctx} tokens, which leaves no room to generate`);
-    }
-    if (promptTokens + maxTokens > ctx) {
-      throw new ContextLengthError(
-        `this model's maximum context length is ${ctx} tokens; the prompt is ${promptTokens} tokens and max_tokens is ${maxTokens} (total ${promptTokens + maxTokens})`,
-      );
-    }
-  }
-
+  /**
+   * Queues a request. Input errors (context length, bad tokens) throw synchronously; the
+   * returned promise settles when the request completes, is aborted, or is rejected.
+   */
   submit(req: GenerationRequest): Promise<Completion> {
     const prompt = this.encodePrompt(req.prompt);
     for (const t of prompt) {
       if (!Number.isInteger(t) || t < 0 || t >= this.model.vocabSize) throw new InvalidArgumentError(`prompt token ${t} is outside the vocabulary`);
     }
-    this.checkFits(prompt.length, req.sampling.maxTokens);
+    this.scheduler.checkFits(prompt.length, req.sampling.maxTokens);
     return new Promise<Completion>((resolve, reject) => {
-      this.waiting.push({
-        id: this.nextId++,
+      const spec = {
+        id: '',
+        tenant: req.tenant ?? 'default',
+        arrival: this.clock(),
         prompt,
-        fed: 0,
-        generated: [],
+        maxTokens: req.sampling.maxTokens,
         sampling: req.sampling,
+        rng: Rng.create(req.sampling.seed),
+        ...(req.value !== undefined ? { value: req.value } : {}),
+        ...(req.bid !== undefined ? { bid: req.bid } : {}),
+        ...(req.slo !== undefined ? { slo: req.slo } : {}),
+        ...(req.deadlineMs !== undefined ? { deadlineMs: req.deadlineMs } : {}),
+        ...(req.priority !== undefined ? { priority: req.priority } : {}),
+      };
+      const entry: Pending = {
         detok: new StreamDetokenizer(this.model.tokenizer, prompt[prompt.length - 1] ?? -1),
         stop: new StopMatcher(req.sampling.stop),
         text: '',
         onText: req.onText,
         resolve,
         reject,
-        last: -1,
-      });
+      };
+      // Registered before submit: the scheduler may settle the request (reject it) at once.
+      const seq = this.scheduler.nextSeq;
+      this.pending.set(seq, entry);
+      try {
+        this.scheduler.submit(spec);
+      } catch (e) {
+        this.pending.delete(seq);
+        throw e;
+      }
+      if (req.signal) {
+        if (req.signal.aborted) this.scheduler.abort(seq, this.clock());
+        else req.signal.addEventListener('abort', () => this.scheduler.abort(seq, this.clock()), { once: true });
+      }
     });
   }
 
-  /** Runs one engine step. Returns false when there was nothing to do. */
+  /** Runs one engine step. Returns false when nothing could run (idle, or everyone waiting). */
   async step(): Promise<boolean> {
-    while (this.waiting.length > 0 && this.running.length < this.engine.info.maxSequences) {
-      const r = this.waiting.shift() as Running;
-      this.engine.open(r.id, r.sampling, Rng.create(r.sampling.seed));
-      this.running.push(r);
+    const plan = this.scheduler.plan(this.clock());
+    if (plan.items.length === 0) {
+      this.scheduler.commit({ tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0 } }, this.clock(), 0);
+      return false;
     }
-    if (this.running.length === 0) return false;
-    const items: StepItem[] = this.running.map((r) => {
-      if (r.fed < r.prompt.length) {
-        const end = Math.min(r.prompt.length, r.fed + this.prefillChunk);
-        return { seq: r.id, tokens: r.prompt, offset: r.fed, count: end - r.fed, sample: end === r.prompt.length };
-      }
-      return { seq: r.id, tokens: [r.last], offset: 0, count: 1, sample: true };
-    });
     let result;
     try {
-      result = await this.engine.execute({ items });
+      result = await this.engine.execute(plan);
     } catch (e) {
-      // A failed step fails the requests in it, never silently: their slots are freed.
-      for (const r of this.running.splice(0)) {
-        this.engine.close(r.id);
-        r.reject(e);
+      // A failed step fails the requests in it, never silently: their blocks are freed.
+      for (const item of plan.items) {
+        const p = this.pending.get(item.seq);
+        this.pending.delete(item.seq);
+        this.scheduler.abort(item.seq, this.clock());
+        p?.reject(e);
       }
+      this.scheduler.commit({ tokens: new Int32Array(plan.items.length).fill(-1), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0 } }, this.clock(), 0);
       throw e;
     }
     this.lastTiming = result.timing;
-    const finished: Running[] = [];
-    for (let i = 0; i < items.length; i++) {
-      const r = this.running[i] as Running;
-      const item = items[i] as StepItem;
-      r.fed = Math.min(r.prompt.length, r.fed + (r.fed < r.prompt.length ? item.count : 0));
-      const token = result.tokens[i] as number;
-      if (token < 0) continue;
-      if (this.finishIfDone(r, token)) finished.push(r);
+    this.scheduler.commit(result, this.clock(), result.timing.totalMs / 1000);
+    return true;
+  }
+
+  async runUntilIdle(maxIdleSteps = 1000): Promise<void> {
+    let idle = 0;
+    while (this.scheduler.pending > 0) {
+      if (await this.step()) idle = 0;
+      else if (++idle > maxIdleSteps) throw new Error(`${this.scheduler.pending} requests cannot be scheduled`);
+      else await new Promise((r) => setTimeout(r, 1));
     }
-    for (const r of finished) this.finish(r);
-    return true;
   }
 
-  /** Records a sampled token; returns true when the sequence is done. */
-  private finishIfDone(r: Running, token: number): boolean {
-    if (this.model.stopIds.includes(token)) return this.markDone(r, 'stop');
-    r.generated.push(token);
-    r.last = token;
-    const piece = r.detok.push(token);
-    if (piece.length > 0 && this.emit(r, piece)) return this.markDone(r, 'stop');
-    if (r.generated.length >= r.sampling.maxTokens) return this.markDone(r, 'length');
-    if (this.engine.contextLength(r.id) + 1 >= this.engine.info.maxContext) return this.markDone(r, 'length');
-    return false;
+  // --- scheduler listener ------------------------------------------------------------------
+
+  onToken(r: SchedRequest, token: number): void {
+    const p = this.pending.get(r.seq);
+    if (p === undefined) return;
+    const piece = p.detok.push(token);
+    if (piece.length > 0 && this.emit(p, piece)) this.scheduler.stop(r.seq, this.clock());
   }
 
-  private reason = new Map<number, FinishReason>();
-
-  private markDone(r: Running, why: FinishReason): boolean {
-    this.reason.set(r.id, why);
-    return true;
+  onFinish(r: SchedRequest): void {
+    const p = this.pending.get(r.seq);
+    if (p === undefined) return;
+    this.pending.delete(r.seq);
+    if (r.outcome === 'rejected') {
+      const err = new RejectedError(`request rejected: ${r.quote?.reason ?? 'it cannot clear at current prices'}`) as Rejected;
+      err.quote = r.quote as Quote;
+      if (r.quote?.reason.includes('budget')) err.statusCode = 402;
+      p.reject(err);
+      return;
+    }
+    if (!p.stop.stopped) {
+      const tail = p.detok.flush();
+      if (tail.length > 0) this.emit(p, tail);
+      const rest = p.stop.flush();
+      if (rest.length > 0) {
+        p.text += rest;
+        p.onText?.(rest);
+      }
+    }
+    p.resolve({
+      text: p.text,
+      tokens: Array.from(r.tokens.subarray(r.promptLength, r.length)),
+      promptTokens: r.promptLength,
+      cachedTokens: r.cachedTokens,
+      finishReason: r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
+      bill: r.finalBill,
+      preemptions: r.preemptions,
+    });
   }
 
   /** Passes text through the stop matcher; returns true when a stop sequence matched. */
-  private emit(r: Running, piece: string): boolean {
-    const { emit, stopped } = r.stop.push(piece);
+  private emit(p: Pending, piece: string): boolean {
+    const { emit, stopped } = p.stop.push(piece);
     if (emit.length > 0) {
-      r.text += emit;
-      r.onText?.(emit);
+      p.text += emit;
+      p.onText?.(emit);
     }
     return stopped;
-  }
-
-  private finish(r: Running): void {
-    const why = this.reason.get(r.id) ?? 'stop';
-    this.reason.delete(r.id);
-    if (!r.stop.stopped) {
-      const tail = r.detok.flush();
-      if (tail.length > 0) this.emit(r, tail);
-      const rest = r.stop.flush();
-      if (rest.length > 0) {
-        r.text += rest;
-        r.onText?.(rest);
-      }
-    }
-    this.engine.close(r.id);
-    this.running.splice(this.running.indexOf(r), 1);
-    r.resolve({ text: r.text, tokens: r.generated, promptTokens: r.prompt.length, finishReason: why });
-  }
-
-  async runUntilIdle(): Promise<void> {
-    while (await this.step());
   }
 }
 

@@ -75,7 +75,7 @@ export class Scheduler implements SchedulerView {
   private readonly itemPool: StepItem[] = [];
   private readonly plan_: StepPlan = { items: this.items };
   private budget = 0;
-  private nextSeq = 0;
+  private nextSeqNo = 0;
   private stepEma: number;
   private perTokenEma: number;
   private readonly prefixOk: boolean;
@@ -138,6 +138,11 @@ export class Scheduler implements SchedulerView {
   get pending(): number {
     return this.runningList.length + this.policy.waiting();
   }
+  /** The sequence number the next `submit` will assign (callers key their own state by it). */
+  get nextSeq(): number {
+    return this.nextSeqNo;
+  }
+
   get(seq: number): SchedRequest | undefined {
     return this.byId.get(seq);
   }
@@ -149,21 +154,26 @@ export class Scheduler implements SchedulerView {
     return this.perTokenEma;
   }
 
-  /** Registers a request; it waits for a step (or is rejected at once with a quote). */
-  submit(spec: RequestSpec): SchedRequest {
-    if (spec.prompt.length < 1) throw new InvalidArgumentError('the prompt encodes to no tokens');
-    if (!Number.isInteger(spec.maxTokens) || spec.maxTokens < 1) throw new InvalidArgumentError('max_tokens must be a positive integer');
+  /** Throws the error a request of this size gets (OpenAI/vLLM semantics: prompt + max_tokens must fit). */
+  checkFits(promptTokens: number, maxTokens: number): void {
+    if (promptTokens < 1) throw new InvalidArgumentError('the prompt encodes to no tokens');
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new InvalidArgumentError('max_tokens must be a positive integer');
     const ctx = this.cfg.maxContext;
-    if (spec.prompt.length >= ctx) {
-      throw new ContextLengthError(`the prompt is ${spec.prompt.length} tokens; this model's context is ${ctx} tokens, which leaves no room to generate`);
+    if (promptTokens >= ctx) {
+      throw new ContextLengthError(`the prompt is ${promptTokens} tokens; this model's context is ${ctx} tokens, which leaves no room to generate`);
     }
-    if (spec.prompt.length + spec.maxTokens > ctx) {
+    if (promptTokens + maxTokens > ctx) {
       throw new ContextLengthError(
-        `this model's maximum context length is ${ctx} tokens; the prompt is ${spec.prompt.length} tokens and max_tokens is ${spec.maxTokens} (total ${spec.prompt.length + spec.maxTokens})`,
+        `this model's maximum context length is ${ctx} tokens; the prompt is ${promptTokens} tokens and max_tokens is ${maxTokens} (total ${promptTokens + maxTokens})`,
       );
     }
+  }
+
+  /** Registers a request; it waits for a step (or is rejected at once with a quote). */
+  submit(spec: RequestSpec): SchedRequest {
+    this.checkFits(spec.prompt.length, spec.maxTokens);
     const expected = spec.knownOutputTokens ?? this.estimator.estimate(spec.tenant, spec.prompt.length, spec.maxTokens);
-    const r = new SchedRequest(this.nextSeq++, spec, expected, this.cfg.cachedDiscount);
+    const r = new SchedRequest(this.nextSeqNo++, spec, expected, this.cfg.cachedDiscount);
     this.byId.set(r.seq, r);
     if (this.ledger && !this.ledger.canAfford(spec.tenant, 0)) {
       this.reject(r, { ...this.quote(r, 'budget'), reason: `tenant ${spec.tenant} has spent its budget` });

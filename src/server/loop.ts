@@ -25,13 +25,15 @@ export class EngineLoop {
 
   private async run(): Promise<void> {
     try {
-      while (this.generator.pending > 0) {
+      while (this.generator.inFlight > 0) {
+        let ran = false;
         try {
-          await this.generator.step();
+          ran = await this.generator.step();
         } catch (e) {
           this.onError(e);
         }
-        await new Promise((r) => setImmediate(r));
+        // Nothing runnable (requests waiting for prices to fall): poll gently instead of spinning.
+        await new Promise((r) => (ran ? setImmediate(r) : setTimeout(r, 2)));
       }
     } finally {
       this.active = false;
@@ -42,7 +44,7 @@ export class EngineLoop {
   /** Resolves once everything submitted so far has finished. */
   async drain(): Promise<void> {
     this.stopped = true;
-    if (this.generator.pending > 0 && !this.active) {
+    if (this.generator.inFlight > 0 && !this.active) {
       this.stopped = false;
       this.wake();
       this.stopped = true;
