@@ -111,6 +111,8 @@ export class Scheduler implements SchedulerView {
     this.prefillChunk = config.prefillChunk;
     this.curves = config.curves ?? defaultCurves();
     this.floorTokenPrice = this.curves.tokens.price(0);
+    this.prices.token = this.floorTokenPrice;
+    this.prices.kv = this.curves.kv.price(0);
     this.stopIds = new Set(config.stopIds ?? []);
     this.blocks = new BlockManager(config.totalBlocks, config.blockSize);
     this.prefixOk = this.cfg.prefixCaching && typeof engine.loadBlocks === 'function' && typeof engine.storeBlock === 'function';
@@ -336,7 +338,7 @@ export class Scheduler implements SchedulerView {
     const prompt = r.promptLength - this.cachedPrefixTokens(r);
     const lifetime = (Math.ceil(prompt / this.cfg.prefillChunk) + out) * this.stepEma;
     const rent = this.blocks.blocksFor(r.promptLength + out / 2) * lifetime * this.prices.kv;
-    const minValue = (prompt + out) * this.prices.token + rent;
+    const minValue = (prompt + out) * Math.max(this.prices.token, this.floorTokenPrice) + rent;
     // Expected wait: the queue ahead drains at the current token throughput.
     const throughput = this.cfg.maxBatchTokens / Math.max(this.stepEma, 1e-6);
     const ahead = this.policy.waiting() * (r.promptLength + out);
