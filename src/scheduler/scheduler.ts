@@ -70,7 +70,6 @@ export class Scheduler implements SchedulerView {
   private readonly byId = new Map<number, SchedRequest>();
   private readonly runningList: SchedRequest[] = [];
   private readonly planned: SchedRequest[] = [];
-  private readonly plannedStep = new Map<number, number>();
   private readonly items: StepItem[] = [];
   private readonly itemPool: StepItem[] = [];
   private readonly plan_: StepPlan = { items: this.items };
@@ -189,7 +188,7 @@ export class Scheduler implements SchedulerView {
   abort(seq: number, now = this.now): void {
     const r = this.byId.get(seq);
     if (r === undefined || r.state === 'done') return;
-    if (this.inFlight && this.plannedStep.get(seq) === this.step) {
+    if (this.inFlight && r.plannedStep === this.step) {
       this.deferredAborts.add(seq);
       return;
     }
@@ -200,7 +199,7 @@ export class Scheduler implements SchedulerView {
   stop(seq: number, now = this.now): void {
     const r = this.byId.get(seq);
     if (r === undefined || r.state === 'done') return;
-    if (this.inFlight && this.plannedStep.get(seq) === this.step) {
+    if (this.inFlight && r.plannedStep === this.step) {
       // Finish after the step commits, as completed.
       r.stopRequested = true;
       return;
@@ -228,7 +227,7 @@ export class Scheduler implements SchedulerView {
     for (let pass = 0; pass < 2; pass++) {
       for (let i = 0; i < this.runningList.length && this.budget > 0; i++) {
         const r = this.runningList[i] as SchedRequest;
-        if (this.plannedStep.get(r.seq) === this.step || r.state !== 'running') continue;
+        if (r.plannedStep === this.step || r.state !== 'running') continue;
         const decoding = r.pending === 1 && r.computed > 0;
         if (decoding !== (pass === 0)) continue;
         const n = Math.min(r.pending, this.cfg.prefillChunk, this.budget);
@@ -346,7 +345,7 @@ export class Scheduler implements SchedulerView {
   }
 
   isPreemptible(r: SchedRequest): boolean {
-    return r.state === 'running' && this.plannedStep.get(r.seq) !== this.step && this.step - r.lastPreemptStep > (this.cfg.antiThrashSteps as number);
+    return r.state === 'running' && r.plannedStep !== this.step && this.step - r.lastPreemptStep > (this.cfg.antiThrashSteps as number);
   }
 
   cachedPrefixTokens(r: SchedRequest): number {
@@ -428,7 +427,7 @@ export class Scheduler implements SchedulerView {
     item.sample = r.computed + n === r.length;
     this.items.push(item);
     this.planned.push(r);
-    this.plannedStep.set(r.seq, this.step);
+    r.plannedStep = this.step;
     this.budget -= n;
   }
 
@@ -458,6 +457,6 @@ export class Scheduler implements SchedulerView {
     if (i >= 0) this.runningList.splice(i, 1);
     this.blocks.release(r.blocks, this.now);
     this.engine.close(r.seq);
-    this.plannedStep.delete(r.seq);
+    r.plannedStep = -1;
   }
 }
