@@ -238,6 +238,42 @@ describe('policy behaviour', () => {
   });
 });
 
+describe('swap', () => {
+  test('where moving KV both ways is cheaper than recomputing, preemption swaps: no recompute, nothing lost', () => {
+    const trace = workload(7, 200, 400);
+    const swapProfile = { ...profile, swapMsPerToken: 1e-5 };
+    const engine = new CostModelEngine(swapProfile, { maxSequences: 16, maxContext: 512 });
+    const sched = new Scheduler(engine, createPolicy('fcfs'), { maxBatchTokens: 256, maxRunning: 16, prefillChunk: 64, totalBlocks: 100, blockSize: 16, maxContext: 512, antiThrashSteps: 8 });
+    const reqs = trace.map((t, i) => sched.submit(spec({ ...t, t: 0 }, i)));
+    let clock = 0;
+    while (sched.pending > 0) {
+      const plan = sched.plan(clock);
+      const res = engine.executeSync(plan);
+      clock += Math.max(res.timing.totalMs, 0.1) / 1000;
+      sched.commit(res, clock, res.timing.totalMs / 1000);
+      sched.blocks.check();
+    }
+    assert.ok(sched.counters.swaps > 0, 'memory pressure forced swaps');
+    assert.equal(sched.counters.swaps, sched.counters.preemptions);
+    assert.equal(sched.counters.recomputedTokens, 0);
+    assert.ok(reqs.every((r) => r.outcome === 'completed' && r.generated === r.spec.maxTokens));
+  });
+});
+
+describe('budgets', () => {
+  test('a tenant whose budget is spent is turned away with a budget quote; others are served', async () => {
+    const { Ledger } = await import('../src/economy/ledger.js');
+    const ledger = new Ledger();
+    ledger.setBudget('poor', 0);
+    const trace = workload(8, 40, 1000).map((t, i) => ({ ...t, tenant: i % 2 ? 'poor' : 'rich' }));
+    const run = drive(trace, 'shadow', { ledger }, {});
+    const poor = run.finished.filter((r) => r.tenant === 'poor');
+    assert.ok(poor.length > 0 && poor.every((r) => r.outcome === 'rejected' && /budget/.test(r.quote?.reason ?? '')));
+    assert.ok(run.finished.filter((r) => r.tenant === 'rich').every((r) => r.outcome === 'completed'));
+    assert.ok(ledger.account('rich').spent > 0);
+  });
+});
+
 describe('prefix cache', () => {
   test('a shared prefix is served from cache: fewer prompt tokens computed, hits verified and counted', () => {
     const shared = [101, 102, 103, 104, 105, 106];
@@ -274,9 +310,9 @@ describe('prefix cache', () => {
 describe('the real engine under the scheduler', { skip: sharedSkipReason() }, () => {
   test('a preempted greedy request resumes and finishes with exactly its unpreempted output; a repeated prompt hits the cache', async () => {
     const model = await loadModelDir(importStories260K());
-    const run = async (preemptAt: number[]) => {
+    const run = async (preemptAt: number[], swap = false) => {
       const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 2 });
-      const sched = new Scheduler(engine, createPolicy('fcfs'), { maxBatchTokens: 64, maxRunning: 2, prefillChunk: 8, totalBlocks: 64, blockSize: 16, maxContext: 512, stopIds: model.stopIds });
+      const sched = new Scheduler(engine, createPolicy('fcfs'), { maxBatchTokens: 64, maxRunning: 2, prefillChunk: 8, totalBlocks: 64, blockSize: 16, maxContext: 512, stopIds: model.stopIds, swap });
       const prompt = model.tokenizer.encode('Once upon a time, there was a little dog who lived in a small house near the park. Every day he ran to the park to play with his red ball and his friend the', { bos: true });
       assert.ok(prompt.length > 33);
       const outputs: number[][] = [];
@@ -294,14 +330,18 @@ describe('the real engine under the scheduler', { skip: sharedSkipReason() }, ()
         outputs.push(Array.from(r.tokens.subarray(r.promptLength, r.length)));
         if (k === 1) assert.ok(r.cachedTokens >= 32, `second run hits the prefix cache (${r.cachedTokens} tokens)`);
         if (k === 0) assert.equal(r.preemptions, preemptAt.length);
+        if (k === 0) assert.equal(sched.counters.swaps, swap ? preemptAt.length : 0);
+        if (k === 0 && !swap && preemptAt.length > 0) assert.ok(r.recomputed > 0, 'recompute preemption recomputes');
       }
       await engine.dispose();
       return outputs;
     };
     const [plain, repeat] = await run([]);
     const [preempted] = await run([5, 30, 60]);
+    const [swapped] = await run([5, 30, 60], true);
     assert.ok((plain as number[]).length > 20);
-    assert.deepEqual(preempted, plain);
+    assert.deepEqual(preempted, plain, 'recomputed');
+    assert.deepEqual(swapped, plain, 'swapped out and back in');
     assert.deepEqual(repeat, plain, 'served from the prefix cache, same tokens');
   });
 });

@@ -27,6 +27,8 @@ export interface StepProfile {
   maxSequences: number;
   maxContext: number;
   blockSize: number;
+  /** Time to move one token's keys and values between the slot and host memory, one way. */
+  swapMsPerToken?: number;
   /** Fit quality on the calibration samples. */
   r2?: number;
   samples?: number;
@@ -68,6 +70,7 @@ export function parseProfile(json: unknown, source = 'profile'): StepProfile {
     maxSequences: int('maxSequences'),
     maxContext: int('maxContext'),
     blockSize: int('blockSize'),
+    ...(typeof o.swapMsPerToken === 'number' ? { swapMsPerToken: o.swapMsPerToken } : {}),
     ...(typeof o.r2 === 'number' ? { r2: o.r2 } : {}),
     ...(typeof o.samples === 'number' ? { samples: o.samples } : {}),
   };
@@ -97,7 +100,11 @@ export async function loadProfile(path: string): Promise<StepProfile> {
 export class CostModelEngine implements Engine {
   readonly info: EngineInfo;
   private readonly context = new Map<number, number>();
+  private readonly swapped = new Map<number, number>();
   private readonly blockSize: number;
+  /** Swap traffic since the last step, charged to the next step's time. */
+  private swapMs = 0;
+  readonly swapSecondsPerToken: number | undefined;
   static readonly TOKEN = 3;
 
   constructor(
@@ -116,6 +123,24 @@ export class CostModelEngine implements Engine {
       totalBlocks: geometry.totalBlocks ?? maxSequences * Math.ceil(maxContext / profile.blockSize),
       vocabSize: 32000,
     };
+    this.swapSecondsPerToken = profile.swapMsPerToken === undefined ? undefined : profile.swapMsPerToken / 1000;
+  }
+
+  swapOut(seq: number): void {
+    const len = this.context.get(seq);
+    if (len === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
+    this.context.delete(seq);
+    this.swapped.set(seq, len);
+    this.swapMs += len * (this.profile.swapMsPerToken ?? 0);
+  }
+
+  swapIn(seq: number): void {
+    const len = this.swapped.get(seq);
+    if (len === undefined) throw new InvalidArgumentError(`sequence ${seq} is not swapped out`);
+    if (this.context.size >= this.info.maxSequences) throw new EngineCapacityError(`all ${this.info.maxSequences} sequence slots are in use`);
+    this.swapped.delete(seq);
+    this.context.set(seq, len);
+    this.swapMs += len * (this.profile.swapMsPerToken ?? 0);
   }
 
   get freeBlocks(): number {
@@ -132,6 +157,7 @@ export class CostModelEngine implements Engine {
 
   close(seq: number): void {
     this.context.delete(seq);
+    this.swapped.delete(seq);
   }
 
   contextLength(seq: number): number {
@@ -172,7 +198,8 @@ export class CostModelEngine implements Engine {
       if (it.sample) tokens[i] = CostModelEngine.TOKEN;
     }
     const runs = (decodes > 0 ? 1 : 0) + prefills;
-    const ms = items.length === 0 ? 0 : predictStepMs(this.profile, { tokens: batch, contextTokens: ctx, sequences: items.length, runs });
+    const ms = (items.length === 0 ? 0 : predictStepMs(this.profile, { tokens: batch, contextTokens: ctx, sequences: items.length, runs })) + this.swapMs;
+    this.swapMs = 0;
     return { tokens, timing: { totalMs: ms, runMs: ms, sampleMs: 0, glueMs: 0, runs, batchTokens: batch } };
   }
 

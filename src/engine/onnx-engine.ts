@@ -63,6 +63,10 @@ export class OnnxEngine implements Engine {
    * when a later sequence hits it; the scheduler's block manager decides which ids are live.
    */
   private readonly blockStore = new Map<number, Float32Array>();
+  /** Swapped-out sequences: their keys and values ([layer][k|v][kvHead][position][headDim]) and sampling state. */
+  private readonly swappedOut = new Map<number, { len: number; data: Float32Array; sampling: SamplingParams; rng: Rng }>();
+  /** memcpy-bound: bytes per token over a conservative 4 GB/s. */
+  readonly swapSecondsPerToken: number;
 
   private constructor(
     private readonly model: LoadedModel,
@@ -98,6 +102,7 @@ export class OnnxEngine implements Engine {
     this.rowsBuf = new BigInt64Array(maxSequences);
     this.posBuf = new BigInt64Array(maxSequences);
     this.lengthsBuf = new BigInt64Array(maxSequences);
+    this.swapSecondsPerToken = (this.layers * 2 * this.kvHeads * this.headDim * 4) / 4e9;
     this.info = {
       flavour,
       provider,
@@ -145,7 +150,46 @@ export class OnnxEngine implements Engine {
     this.slotOf.set(seq, slot);
   }
 
+  swapOut(seq: number): void {
+    const slot = this.slotOf.get(seq);
+    if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
+    const len = this.slotLen[slot] as number;
+    const span = len * this.headDim;
+    const data = new Float32Array(this.layers * 2 * this.kvHeads * span);
+    for (let l = 0; l < this.layers; l++) {
+      for (let h = 0; h < this.kvHeads; h++) {
+        const src = slot * this.slotStride + h * this.capacity * this.headDim;
+        const dst = ((l * 2) * this.kvHeads + h) * span;
+        data.set((this.keys[l] as Float32Array).subarray(src, src + span), dst);
+        data.set((this.values[l] as Float32Array).subarray(src, src + span), dst + this.kvHeads * span);
+      }
+    }
+    const state = { len, data, sampling: this.slotParams[slot] as SamplingParams, rng: this.slotRng[slot] as Rng };
+    this.close(seq);
+    this.swappedOut.set(seq, state);
+  }
+
+  swapIn(seq: number): void {
+    const state = this.swappedOut.get(seq);
+    if (state === undefined) throw new InvalidArgumentError(`sequence ${seq} is not swapped out`);
+    this.open(seq, state.sampling, state.rng);
+    this.swappedOut.delete(seq);
+    const slot = this.slotOf.get(seq) as number;
+    const span = state.len * this.headDim;
+    for (let l = 0; l < this.layers; l++) {
+      for (let h = 0; h < this.kvHeads; h++) {
+        const dst = slot * this.slotStride + h * this.capacity * this.headDim;
+        const src = ((l * 2) * this.kvHeads + h) * span;
+        (this.keys[l] as Float32Array).set(state.data.subarray(src, src + span), dst);
+        (this.values[l] as Float32Array).set(state.data.subarray(src + this.kvHeads * span, src + this.kvHeads * span + span), dst);
+      }
+    }
+    this.slotLen[slot] = state.len;
+    this.pool.ensure(seq, state.len);
+  }
+
   close(seq: number): void {
+    this.swappedOut.delete(seq);
     const slot = this.slotOf.get(seq);
     if (slot === undefined) return;
     this.slotOf.delete(seq);

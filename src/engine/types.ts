@@ -73,4 +73,12 @@ export interface Engine {
    */
   storeBlock?(seq: number, index: number, blockId: number): void;
   loadBlocks?(seq: number, blockIds: readonly number[]): void;
+  /**
+   * Swap support: move `seq`'s keys and values out of its slot to host memory (freeing the
+   * slot), and back. `close` also discards a swapped-out sequence.
+   */
+  swapOut?(seq: number): void;
+  swapIn?(seq: number): void;
+  /** Seconds to move one token's keys and values one way, for the swap-or-recompute choice. */
+  readonly swapSecondsPerToken?: number;
 }

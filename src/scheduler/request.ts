@@ -90,6 +90,8 @@ export class SchedRequest {
   billedTo = 0;
   /** A stop sequence matched mid-step: finish as completed once the step commits. */
   stopRequested = false;
+  /** Preempted by swapping: its keys and values wait in host memory, `computed` still counts them. */
+  swapped = false;
   /** The step this request was last planned in (-1 when not running). */
   plannedStep = -1;
   /** Bumped on every enqueue, so lazily deleted queue entries can tell they are stale. */

@@ -26,6 +26,8 @@ export interface SchedulerConfig {
   prefixCaching?: boolean;
   /** Seconds per step assumed before any step has been measured. */
   initialStepSeconds?: number;
+  /** Preempt by swapping where the engine supports it and it is quicker than recomputing (default true). */
+  swap?: boolean;
 }
 
 export interface SchedulerListener {
@@ -42,6 +44,8 @@ export interface SchedulerCounters {
   rejected: number;
   completed: number;
   aborted: number;
+  /** Preemptions done by swapping instead of recomputing. */
+  swaps: number;
 }
 
 /**
@@ -55,7 +59,7 @@ export interface SchedulerCounters {
 export class Scheduler implements SchedulerView {
   readonly blocks: BlockManager;
   readonly estimator = new LengthEstimator();
-  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0 };
+  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0 };
   readonly prices = { token: 0, kv: 0 };
   readonly floorTokenPrice: number;
   readonly maxRunning: number;
@@ -78,6 +82,7 @@ export class Scheduler implements SchedulerView {
   private stepEma: number;
   private perTokenEma: number;
   private readonly prefixOk: boolean;
+  private readonly swapOk: boolean;
   private readonly deferredAborts = new Set<number>();
   private inFlight = false;
 
@@ -105,6 +110,7 @@ export class Scheduler implements SchedulerView {
       cachedDiscount: config.cachedDiscount ?? 0.1,
       prefixCaching: config.prefixCaching ?? true,
       initialStepSeconds: config.initialStepSeconds ?? 0.02,
+      swap: config.swap ?? true,
     };
     this.maxRunning = config.maxRunning;
     this.prefillChunk = config.prefillChunk;
@@ -115,6 +121,7 @@ export class Scheduler implements SchedulerView {
     this.stopIds = new Set(config.stopIds ?? []);
     this.blocks = new BlockManager(config.totalBlocks, config.blockSize);
     this.prefixOk = this.cfg.prefixCaching && typeof engine.loadBlocks === 'function' && typeof engine.storeBlock === 'function';
+    this.swapOk = this.cfg.swap && typeof engine.swapOut === 'function' && typeof engine.swapIn === 'function' && engine.swapSecondsPerToken !== undefined;
     this.stepEma = this.cfg.initialStepSeconds;
     this.perTokenEma = this.cfg.initialStepSeconds / 64;
     this.ledger = config.ledger;
@@ -176,11 +183,11 @@ export class Scheduler implements SchedulerView {
     const expected = spec.knownOutputTokens ?? this.estimator.estimate(spec.tenant, spec.prompt.length, spec.maxTokens);
     const r = new SchedRequest(this.nextSeqNo++, spec, expected, this.cfg.cachedDiscount);
     this.byId.set(r.seq, r);
-    if (this.ledger && !this.ledger.canAfford(spec.tenant, 0)) {
-      this.reject(r, { ...this.quote(r, 'budget'), reason: `tenant ${spec.tenant} has spent its budget` });
-      return r;
-    }
+    // Enqueued first even when it is turned away at once, so the policy's count stays exact.
     this.policy.enqueue(r, false);
+    if (this.ledger && r.state === 'waiting' && !this.ledger.canAfford(spec.tenant, 0)) {
+      this.reject(r, { ...this.quote(r, 'budget'), reason: `tenant ${spec.tenant} has spent its budget` });
+    }
     return r;
   }
 
@@ -299,8 +306,10 @@ export class Scheduler implements SchedulerView {
 
   private finish(r: SchedRequest, reason: FinishReason, now: number): void {
     if (r.state === 'done') return;
-    if (r.state === 'waiting') this.policy.remove(r);
-    else this.leaveRunning(r);
+    if (r.state === 'waiting') {
+      this.policy.remove(r);
+      if (r.swapped) this.engine.close(r.seq);
+    } else this.leaveRunning(r);
     r.state = 'done';
     r.finishedAt = now;
     r.finishReason = reason;
@@ -318,8 +327,10 @@ export class Scheduler implements SchedulerView {
 
   reject(r: SchedRequest, quote: Quote): void {
     if (r.state === 'done') return;
-    if (r.state === 'waiting') this.policy.remove(r);
-    else this.leaveRunning(r);
+    if (r.state === 'waiting') {
+      this.policy.remove(r);
+      if (r.swapped) this.engine.close(r.seq);
+    } else this.leaveRunning(r);
     r.state = 'done';
     r.finishedAt = this.now;
     r.outcome = 'rejected';
@@ -349,6 +360,7 @@ export class Scheduler implements SchedulerView {
   }
 
   cachedPrefixTokens(r: SchedRequest): number {
+    if (r.swapped) return r.computed;
     if (!this.prefixOk) return 0;
     const maxBlocks = Math.floor((r.length - 1) / this.cfg.blockSize);
     if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
@@ -359,6 +371,7 @@ export class Scheduler implements SchedulerView {
     if (this.runningList.length >= this.cfg.maxRunning) return 'no-slot';
     if (this.budget <= 0) return 'no-budget';
     const bs = this.cfg.blockSize;
+    if (r.swapped) return this.swapBackIn(r);
     let hitBlocks = 0;
     if (this.prefixOk) {
       const maxBlocks = Math.floor((r.length - 1) / bs);
@@ -392,11 +405,41 @@ export class Scheduler implements SchedulerView {
     return 'admitted';
   }
 
+  /** A swapped-out request returns with its keys and values: no prefill, only blocks and a slot. */
+  private swapBackIn(r: SchedRequest): AdmitResult {
+    const n = Math.min(r.pending, this.cfg.prefillChunk, this.budget);
+    const need = this.blocks.blocksFor(r.computed + n);
+    if (need > this.blocks.availableBlocks) return 'no-blocks';
+    this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
+    this.policy.remove(r);
+    (this.engine.swapIn as (seq: number) => void)(r.seq);
+    r.swapped = false;
+    r.registered = 0;
+    r.state = 'running';
+    r.admittedStep = this.step;
+    this.insertRunning(r);
+    this.addItem(r, n);
+    return 'admitted';
+  }
+
+  /**
+   * Takes `r` off the engine: by swapping its keys and values to host memory when the engine
+   * can and moving them both ways is quicker than recomputing them, else by dropping them (its
+   * full blocks stay in the prefix cache, so the recompute may be partly a cache hit).
+   */
   preempt(r: SchedRequest): void {
     if (r.state !== 'running') return;
-    this.leaveRunning(r);
+    const swap = this.swapOk && r.computed > 0 && 2 * r.computed * (this.engine.swapSecondsPerToken as number) < r.computed * this.perTokenEma;
+    if (swap) {
+      (this.engine.swapOut as (seq: number) => void)(r.seq);
+      this.leaveRunning(r, false);
+      r.swapped = true;
+      this.counters.swaps++;
+    } else {
+      this.leaveRunning(r);
+      r.computed = 0;
+    }
     r.state = 'waiting';
-    r.computed = 0;
     r.registered = 0;
     r.preemptions++;
     r.lastPreemptStep = this.step;
@@ -452,11 +495,11 @@ export class Scheduler implements SchedulerView {
     list.splice(i, 0, r);
   }
 
-  private leaveRunning(r: SchedRequest): void {
+  private leaveRunning(r: SchedRequest, close = true): void {
     const i = this.runningList.indexOf(r);
     if (i >= 0) this.runningList.splice(i, 1);
     this.blocks.release(r.blocks, this.now);
-    this.engine.close(r.seq);
+    if (close) this.engine.close(r.seq);
     r.plannedStep = -1;
   }
 }
