@@ -56,7 +56,7 @@ for (const t of traces) {
   const sat = simulate(burst, { ...base, policy: 'fcfs' }).summary;
   const capacity = sat.completed / sat.duration_s;
   console.log(`\n## ${t.name}: ${reqs.length} requests, native ${nativeRate.toFixed(2)} req/s, capacity ${capacity.toFixed(2)} req/s (fcfs, all at once: ${sat.duration_s.toFixed(1)} s)\n`);
-  console.log('| load | policy | welfare | value | SLO met | goodput req/s | TTFT p50/p99 ms | TPOT p50/p99 ms | tok/s | recomputed | cache hit | rejected | preempted | lost |');
+  console.log('| load | policy | welfare | value | SLO met | goodput req/s | TTFT p50/p99 ms | TPOT p50/p99 ms | tok/s | recomputed | cache hit | rejected | preempted (swapped) | lost |');
   console.log('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   const commands: string[] = [];
   for (const load of loads) {
@@ -67,7 +67,7 @@ for (const t of traces) {
       const s = simulate(scaled, { ...base, policy }).summary;
       all.push({ trace: t.name, load, rateScale, summary: s });
       console.log(
-        `| ${load}× | ${policy} | ${s.welfare.toFixed(1)} | ${s.value_realized.toFixed(1)} | ${s.slo_met} | ${f(s.goodput_rps, 3)} | ${f(s.ttft_p50_ms, 0)} / ${f(s.ttft_p99_ms, 0)} | ${f(s.tpot_p50_ms)} / ${f(s.tpot_p99_ms)} | ${f(s.throughput_tok_s, 0)} | ${s.recomputed_tokens} | ${(s.cache_hit_rate * 100).toFixed(1)}% | ${s.rejected} | ${s.preempted} | ${s.lost} |`,
+        `| ${load}× | ${policy} | ${s.welfare.toFixed(1)} | ${s.value_realized.toFixed(1)} | ${s.slo_met} | ${f(s.goodput_rps, 3)} | ${f(s.ttft_p50_ms, 0)} / ${f(s.ttft_p99_ms, 0)} | ${f(s.tpot_p50_ms)} / ${f(s.tpot_p99_ms)} | ${f(s.throughput_tok_s, 0)} | ${s.recomputed_tokens} | ${(s.cache_hit_rate * 100).toFixed(1)}% | ${s.rejected} | ${s.preempted} (${s.swaps}) | ${s.lost} |`,
       );
       process.stderr.write(`  ${t.name} ${load}× ${policy}: ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
     }
@@ -86,7 +86,7 @@ for (const t of traces) {
     const lost = all.filter((a) => a.trace === t.name).reduce((n, a) => n + a.summary.lost, 0);
     console.log(`\nTargets (${t.name}): 2× welfare shadow/fcfs = ${w} (≥ 1.5 ${wMet ? 'met' : 'MISSED'}); 2× goodput shadow/fcfs = ${g.toFixed(2)} (≥ 1.3 ${g >= 1.3 ? 'met' : 'MISSED'}); 0.5× throughput shadow/fcfs = ${(th * 100).toFixed(1)}% (≥ 98% ${th >= 0.98 ? 'met' : 'MISSED'}); lost = ${lost}`);
   }
-  for (const [metric, label] of [['welfare', 'welfare (value realized − compute at base price)'], ['goodput_rps', 'SLO goodput (req/s)']] as const) {
+  for (const [metric, label] of [['welfare', 'welfare'], ['goodput_rps', 'SLO goodput (req/s)']] as const) {
     const svg = lineChart(
       POLICIES.map((p) => ({ name: p, points: loads.map((l) => [l, pick(l, p)[metric]] as [number, number]) })),
       { title: `${t.name}: ${label} against load`, xLabel: 'offered load (× capacity)', yLabel: label, logX: true },

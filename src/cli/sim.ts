@@ -5,6 +5,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { loadCurveFile } from '../economy/curves.js';
 import { loadProfile, type StepProfile } from '../engine/cost-model.js';
 import { calibrate } from '../engine/calibrate.js';
+import { createPolicy } from '../scheduler/policies/index.js';
 import { loadModelDir } from '../models/modeldir.js';
 import { packageRoot } from '../models/importers.js';
 import { simulate, type SimOptions } from '../sim/simulator.js';
@@ -61,6 +62,7 @@ interface SimCliOptions extends TraceCliOptions {
 }
 
 export async function simOptionsFromCli(o: SimCliOptions): Promise<SimOptions> {
+  createPolicy(o.policy);
   const s: SimOptions = { policy: o.policy, profile: await profileFromCli(o.profile) };
   if (o.curve) s.curves = await loadCurveFile(o.curve);
   if (o.maxRunning !== undefined) s.maxRunning = o.maxRunning;

@@ -105,6 +105,7 @@ export async function calibrate(model: LoadedModel, o: CalibrateOptions = {}): P
     maxSequences: maxSequences - 1,
     maxContext,
     blockSize: engine.info.blockSize,
+    swapMsPerToken: engine.swapSecondsPerToken * 1000,
     samples: samples.length,
   };
 }

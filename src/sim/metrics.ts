@@ -76,6 +76,8 @@ export interface Summary {
   aborted: number;
   /** Preemption events. */
   preempted: number;
+  /** Of those, preemptions by swap (the rest recompute). */
+  swaps: number;
   /** Requests that ended neither completed, rejected nor aborted: must be 0. */
   lost: number;
   welfare: number;
@@ -88,7 +90,7 @@ export interface Summary {
   tpot_p99_ms: number | null;
   cache_hit_rate: number;
   duration_s: number;
-  /** Last arrival − first arrival: the denominator of goodput_rps. */
+  /** Last arrival − first arrival. */
   arrival_span_s: number;
   slo_met: number;
   output_tokens: number;
@@ -101,7 +103,7 @@ export interface Summary {
 export function summarize(
   policy: string,
   outcomes: readonly RequestOutcome[],
-  opts: { requests: number; durationS: number; arrivalSpanS: number; preemptions: number; computedTokens: number; recomputedTokens: number; basePrice: number },
+  opts: { requests: number; durationS: number; arrivalSpanS: number; preemptions: number; swaps: number; computedTokens: number; recomputedTokens: number; basePrice: number },
 ): Summary {
   const done = outcomes.filter((o) => o.outcome === 'completed');
   const valueRealized = outcomes.reduce((s, o) => s + o.value, 0);
@@ -110,7 +112,6 @@ export function summarize(
   const cached = outcomes.reduce((s, o) => s + o.cached_tokens, 0);
   const outputTokens = outcomes.reduce((s, o) => s + o.output_tokens, 0);
   const dur = Math.max(opts.durationS, 1e-9);
-  // Per second of offered load, so a policy that sheds work does not shorten its own denominator.
   const span = opts.arrivalSpanS > 0 ? opts.arrivalSpanS : dur;
   const completed = done.length;
   const rejected = outcomes.filter((o) => o.outcome === 'rejected').length;
@@ -122,10 +123,12 @@ export function summarize(
     rejected,
     aborted,
     preempted: opts.preemptions,
+    swaps: opts.swaps,
     lost: opts.requests - completed - rejected - aborted,
     welfare: valueRealized - opts.computedTokens * opts.basePrice,
     value_realized: valueRealized,
-    goodput_rps: met / span,
+    // vLLM's definition: good requests over the run's duration (first arrival to last completion).
+    goodput_rps: met / dur,
     throughput_tok_s: outputTokens / dur,
     ttft_p50_ms: percentile(done.map((o) => o.ttft_ms ?? NaN), 50),
     ttft_p99_ms: percentile(done.map((o) => o.ttft_ms ?? NaN), 99),

@@ -171,6 +171,7 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
     durationS: Math.max(end, clock) - start,
     arrivalSpanS: trace.length > 0 ? (trace[trace.length - 1] as TraceRequest).t - start : 0,
     preemptions: sched.counters.preemptions,
+    swaps: sched.counters.swaps,
     computedTokens: computed,
     recomputedTokens: sched.counters.recomputedTokens,
     basePrice,

@@ -28,13 +28,13 @@ function ticks(lo: number, hi: number, n = 5): number[] {
   return out;
 }
 
-const fmt = (v: number) => (Math.abs(v) >= 1000 || (Math.abs(v) < 0.01 && v !== 0) ? v.toExponential(1) : String(Number(v.toPrecision(3))));
+const fmt = (v: number) => (Math.abs(v) >= 1e5 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(1) : String(Number(v.toPrecision(4))));
 
 /** A self-contained SVG line chart: axes, ticks, a legend, one line per series. */
 export function lineChart(series: readonly Series[], o: ChartOptions): string {
   const W = o.width ?? 640;
   const H = o.height ?? 400;
-  const m = { l: 70, r: 150, t: 40, b: 50 };
+  const m = { l: 80, r: 130, t: 40, b: 50 };
   const fx = (x: number) => (o.logX ? Math.log2(x) : x);
   const xs = series.flatMap((s) => s.points.map((p) => fx(p[0])));
   const ys = series.flatMap((s) => s.points.map((p) => p[1])).filter(Number.isFinite);
@@ -51,7 +51,7 @@ export function lineChart(series: readonly Series[], o: ChartOptions): string {
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${W / 2 - m.r / 2}" y="20" text-anchor="middle" font-size="14">${esc(o.title)}</text>`,
+    `<text x="${m.l - 50}" y="22" font-size="14">${esc(o.title)}</text>`,
   ];
   const xTicks = o.logX ? [...new Set(series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b) : ticks(x0, x1);
   for (const t of xTicks) {
@@ -64,7 +64,7 @@ export function lineChart(series: readonly Series[], o: ChartOptions): string {
     `<line x1="${m.l}" y1="${H - m.b}" x2="${W - m.r}" y2="${H - m.b}" stroke="black"/>`,
     `<line x1="${m.l}" y1="${H - m.b}" x2="${m.l}" y2="${m.t}" stroke="black"/>`,
     `<text x="${(m.l + W - m.r) / 2}" y="${H - 12}" text-anchor="middle">${esc(o.xLabel)}</text>`,
-    `<text x="16" y="${(m.t + H - m.b) / 2}" text-anchor="middle" transform="rotate(-90 16 ${(m.t + H - m.b) / 2})">${esc(o.yLabel)}</text>`,
+    `<text x="18" y="${(m.t + H - m.b) / 2}" text-anchor="middle" font-size="11" transform="rotate(-90 18 ${(m.t + H - m.b) / 2})">${esc(o.yLabel)}</text>`,
   );
   series.forEach((s, i) => {
     const color = PALETTE[i % PALETTE.length] as string;

@@ -1,0 +1,120 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { fitProfile, predictStepMs, type StepProfile } from '../src/engine/cost-model.js';
+import { meetsSlo, percentile, realizedValue, tpotMs } from '../src/sim/metrics.js';
+import { simulate } from '../src/sim/simulator.js';
+import { writeTrace, type TraceRequest } from '../src/sim/trace.js';
+import { generateWorkload } from '../src/sim/workload.js';
+import { tempDir } from './helpers/models.js';
+import { sharedDir, sharedSkipReason } from './helpers/shared.js';
+
+const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+
+const SUMMARY_FIELDS = ['policy', 'requests', 'completed', 'rejected', 'preempted', 'lost', 'welfare', 'value_realized', 'goodput_rps', 'throughput_tok_s', 'ttft_p50_ms', 'ttft_p99_ms', 'tpot_p50_ms', 'tpot_p99_ms', 'cache_hit_rate'];
+const OUTCOME_FIELDS = ['id', 'tenant', 'outcome', 'ttft_ms', 'tpot_ms', 'e2e_ms', 'prompt_tokens', 'cached_tokens', 'output_tokens', 'preemptions', 'value', 'bill'];
+
+describe('cost model', () => {
+  test('the fit recovers the coefficients of a known step-time model', () => {
+    const truth = { baseMs: 1.5, perTokenMs: 0.06, perContextMs: 0.4, perSequenceMs: 0.12, perRunMs: 1.8 };
+    const p = { ...truth, model: 'x', machine: 'x', flavour: 'fast', maxSequences: 64, maxContext: 1024, blockSize: 16 } as StepProfile;
+    const samples = [];
+    for (const tokens of [1, 8, 32, 64, 128, 256]) {
+      for (const seqs of [1, 4, 16, 32]) {
+        for (const runs of [1, 2, 3]) {
+          const shape = { tokens: Math.max(tokens, seqs), contextTokens: seqs * 200 + tokens * 3, sequences: seqs, runs };
+          samples.push({ shape, ms: predictStepMs(p, shape) });
+        }
+      }
+    }
+    const fit = fitProfile(samples);
+    for (const [k, v] of Object.entries(truth)) assert.ok(Math.abs((fit as Record<string, number>)[k] as number - v) < 1e-6, `${k}: ${(fit as Record<string, number>)[k]} vs ${v}`);
+    assert.ok((fit.r2 ?? 0) > 0.999999);
+  });
+});
+
+describe('metrics (DESIGN.md §5 definitions)', () => {
+  test('TPOT, SLO judgement and realized value on hand-made outcomes', () => {
+    assert.equal(tpotMs(1000, 100, 10), 100);
+    assert.equal(tpotMs(1000, 100, 1), null);
+    const e = { arrival: 0, value: 2, slo: { ttftMs: 200, tpotMs: 50 }, deadlineMs: 3000 };
+    assert.equal(meetsSlo(e, { outcome: 'completed', ttft_ms: 150, tpot_ms: 40, e2e_ms: 2000 }), true);
+    assert.equal(meetsSlo(e, { outcome: 'completed', ttft_ms: 250, tpot_ms: 40, e2e_ms: 2000 }), false);
+    assert.equal(meetsSlo(e, { outcome: 'completed', ttft_ms: 150, tpot_ms: 60, e2e_ms: 2000 }), false);
+    assert.equal(meetsSlo(e, { outcome: 'completed', ttft_ms: 150, tpot_ms: 40, e2e_ms: 3500 }), false);
+    assert.equal(meetsSlo(e, { outcome: 'rejected', ttft_ms: null, tpot_ms: null, e2e_ms: null }), false);
+    assert.equal(realizedValue(e, true, 10), 2);
+    assert.equal(realizedValue({ arrival: 0, bid: 0.01 }, true, 50), 0.5);
+    assert.equal(realizedValue(e, false, 10), 0);
+    assert.equal(percentile([5, 1, 3, 2, 4], 50), 3);
+    assert.equal(percentile([5, 1, 3, 2, 4], 99), 5);
+    assert.equal(percentile([], 50), null);
+  });
+});
+
+describe('simulator', () => {
+  const profile: StepProfile = { model: 't', machine: 't', flavour: 'fast', baseMs: 2, perTokenMs: 0.05, perContextMs: 0.5, perSequenceMs: 0.1, perRunMs: 1, maxSequences: 16, maxContext: 512, blockSize: 16 };
+  test('is deterministic and loses nothing', () => {
+    const trace = generateWorkload({ seed: 3, requests: 300, rate: 60, promptTokens: { mean: 100, sigma: 0.5 }, outputTokens: { mean: 40, sigma: 0.5 }, maxPromptTokens: 300, maxOutputTokens: 100 });
+    for (const policy of ['shadow', 'fcfs', 'priority', 'vtc']) {
+      const a = simulate(trace, { policy, profile });
+      const b = simulate(trace, { policy, profile });
+      assert.deepEqual(a.summary, b.summary);
+      assert.equal(a.summary.lost, 0);
+      assert.equal(a.outcomes.length, 300);
+      assert.deepEqual(a.outcomes.map((o) => o.id), trace.map((t) => t.id));
+    }
+  });
+
+  test('marginal sim --json prints the contract summary; --requests-out one line per request in trace order', () => {
+    const dir = tempDir('sim');
+    const tracePath = join(dir, 'trace.jsonl');
+    const trace: TraceRequest[] = generateWorkload({ seed: 5, requests: 120, rate: 30, promptTokens: { mean: 80, sigma: 0.4 }, outputTokens: { mean: 30, sigma: 0.4 }, maxPromptTokens: 200, maxOutputTokens: 60 });
+    return writeTrace(tracePath, trace).then(() => {
+      const out = join(dir, 'requests.jsonl');
+      const r = run('sim', '--trace', tracePath, '--policy', 'shadow', '--json', '--requests-out', out);
+      assert.equal(r.status, 0, r.stderr);
+      const summary = JSON.parse(r.stdout) as Record<string, unknown>;
+      for (const f of SUMMARY_FIELDS) assert.ok(f in summary, `summary has ${f}`);
+      assert.equal(summary.lost, 0);
+      assert.equal(summary.requests, 120);
+      const lines = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      assert.equal(lines.length, 120);
+      assert.deepEqual(lines.map((l) => l.id), trace.map((t) => t.id));
+      for (const f of OUTCOME_FIELDS) assert.ok(f in (lines[0] as object), `outcome has ${f}`);
+    });
+  });
+
+  test('bad input: exit 2 with a clear message', () => {
+    const dir = tempDir('simbad');
+    const bad = join(dir, 'bad.jsonl');
+    writeFileSync(bad, '{"t": 0, "prompt_tokens": 10, "output_tokens": 5}\n{"t": 1, "prompt_tokens": -3, "output_tokens": 5}\n');
+    const cases: [string[], RegExp][] = [
+      [['sim', '--trace', bad], /line 2: prompt_tokens/],
+      [['sim', '--trace', join(dir, 'missing.jsonl')], /missing\.jsonl/],
+      [['sim', '--trace', bad, '--policy', 'lottery'], /unknown policy "lottery"/],
+      [['sim', '--trace', bad, '--curve', join(dir, 'nope.json')], /nope\.json/],
+      [['sim', '--trace', bad, '--profile', join(dir, 'nope.json')], /nope\.json/],
+    ];
+    for (const [args, message] of cases) {
+      const r = run(...args);
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, message);
+    }
+  });
+});
+
+describe('simulator on the public traces', { skip: sharedSkipReason() }, () => {
+  test('Mooncake replay: prefix sharing shows up as cache hits, nothing lost', () => {
+    const r = run('sim', '--trace', join(sharedDir, 'traces', 'mooncake_fast25_conversation_trace.jsonl'), '--length-scale', '0.03125', '--max-prompt-tokens', '768', '--max-output-tokens', '192', '--limit', '400', '--max-context', '1024', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const s = JSON.parse(r.stdout) as { lost: number; cache_hit_rate: number; completed: number; rejected: number };
+    assert.equal(s.lost, 0);
+    assert.equal(s.completed + s.rejected, 400);
+    assert.ok(s.cache_hit_rate > 0.02, `cache hit rate ${s.cache_hit_rate}`);
+  });
+});
