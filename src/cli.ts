@@ -69,7 +69,10 @@ engineOptions(
     .option('--model <dir>', 'model directory (default: the built-in synthetic model)')
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', intArg('--port'), 8000)
-    .option('--max-sequences <n>', 'sequences resident at once', intArg('--max-sequences'), 32),
+    .option('--max-sequences <n>', 'sequences resident at once', intArg('--max-sequences'), 32)
+    .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
+    .option('--curve <file>', 'price curve file')
+    .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
 ).action(runServe);
 
 const traceOptions = (c: Command) =>

@@ -1,15 +1,22 @@
+import { loadCurveFile } from '../economy/curves.js';
 import { Generator } from '../engine/generator.js';
+import { createPolicy } from '../scheduler/policies/index.js';
 import { buildServer } from '../server/app.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 
 interface ServeOptions extends EngineCliOptions {
   host: string;
   port: number;
+  policy: string;
+  curve?: string;
+  defaultBid: number;
 }
 
 export async function runServe(o: ServeOptions): Promise<void> {
+  createPolicy(o.policy);
+  const curves = o.curve ? await loadCurveFile(o.curve) : undefined;
   const { model, engine } = await openModelAndEngine(o);
-  const generator = new Generator(engine, model);
+  const generator = new Generator(engine, model, { policy: o.policy, ...(curves ? { curves } : {}), defaultBid: () => o.defaultBid });
   const { app, loop } = buildServer({ model, generator, logger: true });
   let closing = false;
   const shutdown = async (signal: string) => {

@@ -65,6 +65,8 @@ export interface GeneratorOptions {
   ledger?: Ledger;
   prefixCaching?: boolean;
   antiThrashSteps?: number;
+  /** Value per output token of requests that carry no `value` or `bid`, by tenant. */
+  defaultBid?: (tenant: string) => number | undefined;
   /** Seconds; injected for tests. */
   clock?: () => number;
 }
@@ -101,6 +103,7 @@ export class Generator {
     if (opts.ledger) config.ledger = opts.ledger;
     if (opts.prefixCaching !== undefined) config.prefixCaching = opts.prefixCaching;
     if (opts.antiThrashSteps !== undefined) config.antiThrashSteps = opts.antiThrashSteps;
+    if (opts.defaultBid) config.defaultBid = opts.defaultBid;
     this.clock = opts.clock ?? (() => performance.now() / 1000);
     this.scheduler = new Scheduler(engine, policy, config, this);
   }

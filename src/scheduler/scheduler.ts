@@ -28,6 +28,8 @@ export interface SchedulerConfig {
   initialStepSeconds?: number;
   /** Preempt by swapping where the engine supports it and it is quicker than recomputing (default true). */
   swap?: boolean;
+  /** Value per output token for requests that carry neither `value` nor `bid` (a tenant's default). */
+  defaultBid?: (tenant: string) => number | undefined;
 }
 
 export interface SchedulerListener {
@@ -68,7 +70,8 @@ export class Scheduler implements SchedulerView {
   step = 0;
   tokenUtilization = 0;
 
-  private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds'>>;
+  private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds' | 'defaultBid'>>;
+  private readonly defaultBid: ((tenant: string) => number | undefined) | undefined;
   private readonly curves: PriceCurves;
   private readonly stopIds: Set<number>;
   private readonly byId = new Map<number, SchedRequest>();
@@ -125,6 +128,7 @@ export class Scheduler implements SchedulerView {
     this.stepEma = this.cfg.initialStepSeconds;
     this.perTokenEma = this.cfg.initialStepSeconds / 64;
     this.ledger = config.ledger;
+    this.defaultBid = config.defaultBid;
     policy.attach(this);
   }
 
@@ -180,6 +184,10 @@ export class Scheduler implements SchedulerView {
   /** Registers a request; it waits for a step (or is rejected at once with a quote). */
   submit(spec: RequestSpec): SchedRequest {
     this.checkFits(spec.prompt.length, spec.maxTokens);
+    if (spec.value === undefined && spec.bid === undefined) {
+      const bid = this.defaultBid?.(spec.tenant);
+      if (bid !== undefined) spec = { ...spec, bid };
+    }
     const expected = spec.knownOutputTokens ?? this.estimator.estimate(spec.tenant, spec.prompt.length, spec.maxTokens);
     const r = new SchedRequest(this.nextSeqNo++, spec, expected, this.cfg.cachedDiscount);
     this.byId.set(r.seq, r);
