@@ -72,6 +72,7 @@ engineOptions(
     .option('--max-sequences <n>', 'sequences resident at once', intArg('--max-sequences'), 32)
     .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
     .option('--curve <file>', 'price curve file')
+    .option('--api-keys <file>', 'API keys with tenants, default bids and budgets (default: one anonymous tenant)')
     .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
 ).action(runServe);
 

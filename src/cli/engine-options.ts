@@ -1,6 +1,7 @@
 import { InvalidArgumentError } from '../errors.js';
 import { OnnxEngine, type OnnxEngineOptions } from '../engine/onnx-engine.js';
-import type { ExecutionProvider } from '../engine/types.js';
+import type { Engine, ExecutionProvider } from '../engine/types.js';
+import { WorkerEngine } from '../engine/worker-engine.js';
 import { describeModel, loadModelDir, type Flavour, type LoadedModel } from '../models/modeldir.js';
 import { defaultModelDir } from '../models/importers.js';
 
@@ -10,11 +11,13 @@ export interface EngineCliOptions {
   providers: string;
   threads?: number;
   maxSequences?: number;
+  /** Run the engine in a worker thread (the server: its event loop must never wait on a step). */
+  worker?: boolean;
 }
 
 const log = (s: string) => process.stderr.write(s + '\n');
 
-export async function openModelAndEngine(o: EngineCliOptions): Promise<{ model: LoadedModel; engine: OnnxEngine }> {
+export async function openModelAndEngine(o: EngineCliOptions): Promise<{ model: LoadedModel; engine: Engine }> {
   if (o.flavour !== 'fast' && o.flavour !== 'hf') throw new InvalidArgumentError(`--flavour must be fast or hf, got ${o.flavour}`);
   const providers = o.providers.split(',').map((p) => p.trim());
   for (const p of providers) if (p !== 'cuda' && p !== 'cpu') throw new InvalidArgumentError(`unknown execution provider ${p} (cuda, cpu)`);
@@ -27,6 +30,6 @@ export async function openModelAndEngine(o: EngineCliOptions): Promise<{ model: 
   };
   if (o.threads !== undefined) engineOpts.intraOpThreads = o.threads;
   if (o.maxSequences !== undefined) engineOpts.maxSequences = o.maxSequences;
-  const engine = await OnnxEngine.create(model, engineOpts);
+  const engine = o.worker ? await WorkerEngine.create(model.dir, engineOpts) : await OnnxEngine.create(model, engineOpts);
   return { model, engine };
 }

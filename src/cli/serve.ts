@@ -1,7 +1,9 @@
 import { loadCurveFile } from '../economy/curves.js';
+import { Ledger } from '../economy/ledger.js';
 import { Generator } from '../engine/generator.js';
 import { createPolicy } from '../scheduler/policies/index.js';
 import { buildServer } from '../server/app.js';
+import { loadApiKeys, openDirectory } from '../server/tenants.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 
 interface ServeOptions extends EngineCliOptions {
@@ -9,28 +11,34 @@ interface ServeOptions extends EngineCliOptions {
   port: number;
   policy: string;
   curve?: string;
+  apiKeys?: string;
   defaultBid: number;
 }
 
 export async function runServe(o: ServeOptions): Promise<void> {
+  // Everything that can be wrong with the command line fails before the model loads.
   createPolicy(o.policy);
   const curves = o.curve ? await loadCurveFile(o.curve) : undefined;
-  const { model, engine } = await openModelAndEngine(o);
-  const generator = new Generator(engine, model, { policy: o.policy, ...(curves ? { curves } : {}), defaultBid: () => o.defaultBid });
-  const { app, loop } = buildServer({ model, generator, logger: true });
+  const tenants = o.apiKeys ? await loadApiKeys(o.apiKeys) : openDirectory(o.defaultBid);
+  const ledger = new Ledger();
+  for (const t of tenants.tenants()) if (Number.isFinite(t.budget)) ledger.setBudget(t.name, t.budget);
+  const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
+
+  const { model, engine } = await openModelAndEngine({ ...o, worker: true });
+  const generator = new Generator(engine, model, { policy: o.policy, ledger, defaultBid: (tenant) => defaults.get(tenant), ...(curves ? { curves } : {}) });
+  const server = buildServer({ model, generator, tenants, logger: true });
+  const { app } = server;
   let closing = false;
   const shutdown = async (signal: string) => {
     if (closing) return;
     closing = true;
     app.log.info(`${signal}: no new requests; draining ${generator.inFlight} in flight`);
-    const closed = app.close();
-    await loop.drain();
-    await closed;
+    await server.drain();
     await engine.dispose();
     process.exit(0);
   };
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
   process.once('SIGINT', () => void shutdown('SIGINT'));
   await app.listen({ host: o.host, port: o.port });
-  app.log.info(`serving ${model.name} on ${engine.info.provider.toUpperCase()} (${engine.info.flavour} graph)`);
+  app.log.info(`serving ${model.name} on ${engine.info.provider.toUpperCase()} (${engine.info.flavour} graph, ${o.policy} policy)`);
 }

@@ -69,6 +69,8 @@ export interface GeneratorOptions {
   defaultBid?: (tenant: string) => number | undefined;
   /** Seconds; injected for tests. */
   clock?: () => number;
+  /** Sees every token and every finished request (metrics). */
+  observer?: { onToken?(r: SchedRequest, now: number): void; onFinish?(r: SchedRequest, now: number): void };
 }
 
 /**
@@ -81,6 +83,7 @@ export class Generator {
   readonly scheduler: Scheduler;
   private readonly pending = new Map<number, Pending>();
   private readonly clock: () => number;
+  private observer: GeneratorOptions['observer'];
   lastTiming: StepTiming | undefined;
 
   constructor(
@@ -105,6 +108,7 @@ export class Generator {
     if (opts.antiThrashSteps !== undefined) config.antiThrashSteps = opts.antiThrashSteps;
     if (opts.defaultBid) config.defaultBid = opts.defaultBid;
     this.clock = opts.clock ?? (() => performance.now() / 1000);
+    this.observer = opts.observer;
     this.scheduler = new Scheduler(engine, policy, config, this);
   }
 
@@ -117,6 +121,15 @@ export class Generator {
   encodePrompt(prompt: string | number[]): number[] {
     if (typeof prompt !== 'string') return prompt.slice();
     return this.model.tokenizer.encode(prompt, { bos: this.model.addBos });
+  }
+
+  setObserver(observer: GeneratorOptions['observer']): void {
+    this.observer = observer;
+  }
+
+  /** Clock the generator stamps arrivals and steps with, seconds. */
+  now(): number {
+    return this.clock();
   }
 
   /**
@@ -205,14 +218,16 @@ export class Generator {
 
   // --- scheduler listener ------------------------------------------------------------------
 
-  onToken(r: SchedRequest, token: number): void {
+  onToken(r: SchedRequest, token: number, now: number): void {
+    this.observer?.onToken?.(r, now);
     const p = this.pending.get(r.seq);
     if (p === undefined) return;
     const piece = p.detok.push(token);
     if (piece.length > 0 && this.emit(p, piece)) this.scheduler.stop(r.seq, this.clock());
   }
 
-  onFinish(r: SchedRequest): void {
+  onFinish(r: SchedRequest, now: number): void {
+    this.observer?.onFinish?.(r, now);
     const p = this.pending.get(r.seq);
     if (p === undefined) return;
     this.pending.delete(r.seq);

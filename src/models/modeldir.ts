@@ -51,6 +51,10 @@ export interface LoadedModel {
   addBos: boolean;
   graphPath(flavour: Flavour): string;
   flavours: Flavour[];
+  /** The model's own Jinja chat template (Hugging Face tokenizer_config.json), if it has one. */
+  chatTemplate: string | undefined;
+  /** Special token strings the chat template may refer to. */
+  specialTokens: { bos: string; eos: string };
 }
 
 export interface WriteModelOptions {
@@ -192,6 +196,8 @@ function loadMarginalDir(dir: string): LoadedModel {
     bosId: c.tokenizer.bosId,
     stopIds: c.tokenizer.stopIds,
     addBos: c.tokenizer.addBos,
+    chatTemplate: undefined,
+    specialTokens: { bos: '<s>', eos: '</s>' },
     graphPath: (f) => {
       const rel = c.graphs[f];
       if (rel === undefined) throw new ModelFormatError(`model ${c.name} has no ${f} graph (it has ${flavours.join(', ')})`);
@@ -232,6 +238,16 @@ async function loadHfFolder(dir: string): Promise<LoadedModel> {
   const gen = existsSync(join(dir, 'generation_config.json')) ? (readJson(join(dir, 'generation_config.json')) as Record<string, unknown>) : {};
   const stopIds = [...new Set([...ids(gen.eos_token_id), ...ids(hf.eos_token_id), tokenizer.eosId])];
   const modelType = typeof hf.model_type === 'string' ? hf.model_type : 'decoder';
+  const tokCfg = existsSync(cfgPath) ? (readJson(cfgPath) as Record<string, unknown>) : {};
+  const rawTemplate = tokCfg.chat_template;
+  const chatTemplate =
+    typeof rawTemplate === 'string'
+      ? rawTemplate
+      : Array.isArray(rawTemplate)
+        ? ((rawTemplate.find((t) => (t as { name?: unknown }).name === 'default') as { template?: string } | undefined)?.template ?? undefined)
+        : undefined;
+  const tokenString = (v: unknown, fallback: string): string =>
+    typeof v === 'string' ? v : v !== null && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string' ? (v as { content: string }).content : fallback;
   return {
     dir,
     name: dir.split('/').filter(Boolean).pop() ?? modelType,
@@ -245,6 +261,8 @@ async function loadHfFolder(dir: string): Promise<LoadedModel> {
     stopIds,
     // HfTokenizer adds BOS only where the tokenizer's own post-processor does (Llama yes, GPT-2 no).
     addBos: true,
+    chatTemplate,
+    specialTokens: { bos: tokenString(tokCfg.bos_token, ''), eos: tokenString(tokCfg.eos_token, '') },
     graphPath: (f) => {
       if (f !== 'hf') throw new ModelFormatError(`${dir} is a Hugging Face export: only the hf flavour is available`);
       return graph;

@@ -70,8 +70,12 @@ export class SchedRequest {
   preemptions = 0;
   lastPreemptStep = -Infinity;
   admittedStep = -Infinity;
+  /** When it was first admitted (scheduled), for queue-time metrics. */
+  admittedAt = NaN;
   firstTokenAt = NaN;
   lastTokenAt = NaN;
+  /** The previous token's time, kept by observers that measure inter-token latency. */
+  prevTokenAt = NaN;
   finishedAt = NaN;
   outcome: Outcome | undefined;
   finishReason: FinishReason | undefined;

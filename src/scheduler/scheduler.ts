@@ -48,6 +48,8 @@ export interface SchedulerCounters {
   aborted: number;
   /** Preemptions done by swapping instead of recomputing. */
   swaps: number;
+  /** Prompt tokens computed for the first time (not cache hits, not recompute). */
+  prefillTokens: number;
 }
 
 /**
@@ -61,7 +63,7 @@ export interface SchedulerCounters {
 export class Scheduler implements SchedulerView {
   readonly blocks: BlockManager;
   readonly estimator = new LengthEstimator();
-  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0 };
+  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0 };
   readonly prices = { token: 0, kv: 0 };
   readonly floorTokenPrice: number;
   readonly maxRunning: number;
@@ -274,7 +276,10 @@ export class Scheduler implements SchedulerView {
       const end = start + n;
       const fresh = Math.max(0, end - Math.max(start, r.billedTo));
       const freshPrompt = Math.max(0, Math.min(end, r.promptLength) - Math.max(start, r.billedTo));
-      if (freshPrompt > 0) r.bill.addPrompt(freshPrompt, 0, this.prices.token);
+      if (freshPrompt > 0) {
+        r.bill.addPrompt(freshPrompt, 0, this.prices.token);
+        this.counters.prefillTokens += freshPrompt;
+      }
       if (n > fresh) {
         r.recomputed += n - fresh;
         this.counters.recomputedTokens += n - fresh;
@@ -408,6 +413,7 @@ export class Scheduler implements SchedulerView {
     }
     r.state = 'running';
     r.admittedStep = this.step;
+    if (Number.isNaN(r.admittedAt)) r.admittedAt = this.now;
     this.insertRunning(r);
     this.addItem(r, n);
     return 'admitted';

@@ -14,6 +14,7 @@ export class EngineLoop {
   constructor(
     private readonly generator: Generator,
     private readonly onError: (e: unknown) => void,
+    private readonly onStep: () => void = () => {},
   ) {}
 
   wake(): void {
@@ -29,6 +30,7 @@ export class EngineLoop {
         let ran = false;
         try {
           ran = await this.generator.step();
+          if (ran) this.onStep();
         } catch (e) {
           this.onError(e);
         }
