@@ -4,6 +4,7 @@ import { Generator } from '../engine/generator.js';
 import { createPolicy } from '../scheduler/policies/index.js';
 import { buildServer } from '../server/app.js';
 import { loadApiKeys, openDirectory } from '../server/tenants.js';
+import { TokenizePool } from '../server/tokenize-pool.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 
 interface ServeOptions extends EngineCliOptions {
@@ -26,7 +27,9 @@ export async function runServe(o: ServeOptions): Promise<void> {
 
   const { model, engine } = await openModelAndEngine({ ...o, worker: true });
   const generator = new Generator(engine, model, { policy: o.policy, ledger, defaultBid: (tenant) => defaults.get(tenant), ...(curves ? { curves } : {}) });
-  const server = buildServer({ model, generator, tenants, logger: true });
+  // Long prompts are tokenized on a worker pool: inline they would stall every stream's SSE.
+  const pool = await TokenizePool.create(model.dir, { tokenizer: model.tokenizer });
+  const server = buildServer({ model, generator, tenants, logger: true, tokenize: (text, bos) => pool.encode(text, bos) });
   const { app } = server;
   let closing = false;
   const shutdown = async (signal: string) => {
@@ -34,6 +37,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
     closing = true;
     app.log.info(`${signal}: no new requests; draining ${generator.inFlight} in flight`);
     await server.drain();
+    await pool.close();
     await engine.dispose();
     process.exit(0);
   };
