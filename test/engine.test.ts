@@ -79,6 +79,23 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
     });
   }
 
+  test('in-graph top-k: greedy and top-k sampling give the same tokens as sampling the full logits', async () => {
+    const run = async (rankedCandidates: number) => {
+      const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 4, rankedCandidates });
+      const g = new Generator(engine, model);
+      const done = [
+        g.submit({ prompt: 'The cat', sampling: greedy(40) }),
+        g.submit({ prompt: 'The dog', sampling: validateSamplingParams({ temperature: 0.9, top_k: 20, seed: 3, max_tokens: 40 }) }),
+        g.submit({ prompt: 'A bird', sampling: validateSamplingParams({ temperature: 1.2, top_k: 5, top_p: 0.8, seed: 4, max_tokens: 40 }) }),
+        g.submit({ prompt: 'A fish', sampling: validateSamplingParams({ temperature: 0.7, top_p: 0.9, seed: 5, max_tokens: 40 }) }),
+      ];
+      await g.runUntilIdle();
+      await engine.dispose();
+      return (await Promise.all(done)).map((c) => c.tokens);
+    };
+    assert.deepEqual(await run(64), await run(0));
+  });
+
   test('cached decode logits equal a full recompute within 1e-4', async () => {
     const fast = await OnnxEngine.create(model, { flavour: 'fast', providers: ['cpu'], maxSequences: 1 });
     const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], maxSequences: 1 });
@@ -116,6 +133,7 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
       [IO.positionIds]: new ort.Tensor('int64', BigInt64Array.from([5n, 0n]), [2, 1]),
       [IO.pastLengths]: new ort.Tensor('int64', BigInt64Array.from([5n, 0n]), [2]),
       [IO.logitsRows]: new ort.Tensor('int64', BigInt64Array.from([0n, 1n]), [2]),
+      [IO.topK]: new ort.Tensor('int64', BigInt64Array.from([4n]), [1]),
     };
     const buffers: Float32Array[] = [];
     for (let l = 0; l < model.kv.layers; l++) {
@@ -129,6 +147,16 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
     for (const buf of buffers) assert.ok(buf.every((x) => x === 0.5), 'the cache is an input only');
     assert.deepEqual(out[IO.newKey(0)]?.dims, [2, heads, 1, lanes]);
     assert.deepEqual(out[IO.logits]?.dims, [2, model.vocabSize]);
+    // The in-graph top-k: each row's 4 best logits, best first, with their ids.
+    const vals = out[IO.topKValues]?.data as Float32Array;
+    const ids = out[IO.topKIndices]?.data as BigInt64Array;
+    const full = out[IO.logits]?.data as Float32Array;
+    for (let r = 0; r < 2; r++) {
+      const row = Array.from(full.subarray(r * model.vocabSize, (r + 1) * model.vocabSize));
+      const best = row.map((v, i) => [v, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, 4);
+      assert.deepEqual(Array.from(ids.subarray(r * 4, r * 4 + 4), Number), best.map((b) => b[1]));
+      assert.deepEqual(Array.from(vals.subarray(r * 4, r * 4 + 4)), best.map((b) => Math.fround(b[0])));
+    }
     // Row 1 has an empty past: its cache contents (0.5 everywhere) must not reach its logits.
     const alone = await session.run({
       ...feeds,

@@ -430,3 +430,23 @@ describe('StopMatcher', () => {
     assert.deepEqual(noStop, { out: 'abc zz done z', stopped: false });
   });
 });
+
+it('sampleRanked over in-graph top-k candidates equals sample over the full row (greedy and top-k)', () => {
+  const [S, R, v] = [Sampler, Rng, validateSamplingParams];
+  const V = 1000;
+  const sampler = new S(V);
+  const gen = new R(99);
+  const logits = new Float32Array(V);
+  for (let trial = 0; trial < 300; trial++) {
+    for (let i = 0; i < V; i++) logits[i] = Math.round((gen.next() * 8 - 4) * (trial % 3 === 0 ? 4 : 100)) / 8;
+    const ranked = Array.from(logits, (x, i) => [x, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, 64);
+    const values = Float32Array.from(ranked.map((r) => r[0]));
+    const ids = BigInt64Array.from(ranked.map((r) => BigInt(r[1])));
+    for (const p of [v({ temperature: 0 }), v({ temperature: 0.8, top_k: 40, seed: trial }), v({ temperature: 1.5, top_k: 64, top_p: 0.7, seed: trial }), v({ temperature: 0.3, top_k: 1, seed: trial })]) {
+      const a = new R(trial);
+      const b = new R(trial);
+      assert.equal(sampler.sampleRanked(values, ids, 0, 64, p, a), sampler.sample(logits, 0, p, b), JSON.stringify(p));
+      assert.equal(a.next(), b.next(), 'the same random stream consumed');
+    }
+  }
+});

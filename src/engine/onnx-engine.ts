@@ -17,9 +17,22 @@ export interface OnnxEngineOptions extends SessionConfig {
   maxContext?: number;
   /** Tokens per KV block: the accounting unit the scheduler prices. */
   blockSize?: number;
+  /**
+   * Largest k fetched from the graph's in-graph top-k; steps whose sampled rows are all greedy
+   * or top-k ≤ this skip copying full logits. 0 disables it.
+   */
+  rankedCandidates?: number;
 }
 
 const FREE = -1;
+
+/** A run's output for sampling: full logits rows, or each row's k best (values and ids, best first). */
+interface RunOutput {
+  logits?: Float32Array;
+  values?: Float32Array;
+  ids?: BigInt64Array;
+  k: number;
+}
 
 /**
  * The token loop on ONNX Runtime. KV memory is one buffer per layer and per K/V of shape
@@ -51,6 +64,8 @@ export class OnnxEngine implements Engine {
   private readonly sampler: Sampler;
   private readonly vocab: number;
   private readonly inputNames: Set<string>;
+  private readonly maxRanked: number;
+  private readonly kBuf = new BigInt64Array(1);
   // Reused across steps: a step allocates tensors' wrappers, never their data.
   private readonly idsBuf: BigInt64Array;
   private readonly rowsBuf: BigInt64Array;
@@ -98,6 +113,7 @@ export class OnnxEngine implements Engine {
     this.pool = new BlockPool(maxSequences * blocksPerSeq, blockSize);
     this.sampler = new Sampler(this.vocab);
     this.inputNames = new Set(session.inputNames);
+    this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
     this.idsBuf = new BigInt64Array(maxSequences);
     this.rowsBuf = new BigInt64Array(maxSequences);
     this.posBuf = new BigInt64Array(maxSequences);
@@ -292,16 +308,22 @@ export class OnnxEngine implements Engine {
     let runMs = 0;
     let sampleMs = 0;
     let runs = 0;
-    const sampleRows = (batchItems: number[], rowOf: (k: number) => number, source: Float32Array) => {
+    const sampleRows = (batchItems: number[], rowOf: (k: number) => number, out: RunOutput) => {
       const s0 = performance.now();
       for (let k = 0; k < batchItems.length; k++) {
         const i = batchItems[k] as number;
         const item = plan.items[i] as StepItem;
         if (!item.sample) continue;
         const slot = this.slotOf.get(item.seq) as number;
-        const offset = rowOf(k) * this.vocab;
-        tokens[i] = this.sampler.sample(source, offset, this.slotParams[slot] as SamplingParams, this.slotRng[slot] as Rng);
-        if (logits) logits.set(source.subarray(offset, offset + this.vocab), i * this.vocab);
+        const params = this.slotParams[slot] as SamplingParams;
+        const rng = this.slotRng[slot] as Rng;
+        if (out.logits) {
+          const offset = rowOf(k) * this.vocab;
+          tokens[i] = this.sampler.sample(out.logits, offset, params, rng);
+          if (logits) logits.set(out.logits.subarray(offset, offset + this.vocab), i * this.vocab);
+        } else {
+          tokens[i] = this.sampler.sampleRanked(out.values as Float32Array, out.ids as BigInt64Array, rowOf(k) * out.k, out.k, params, rng);
+        }
       }
       sampleMs += performance.now() - s0;
     };
@@ -309,14 +331,14 @@ export class OnnxEngine implements Engine {
     if (this.flavour === 'fast') {
       if (decodes.length > 0) {
         const r0 = performance.now();
-        const out = await this.runFast(plan.items, decodes);
+        const out = await this.runFast(plan.items, decodes, plan.keepLogits === true);
         runMs += performance.now() - r0;
         runs++;
         sampleRows(decodes, (k) => k, out);
       }
       for (const i of prefills) {
         const r0 = performance.now();
-        const out = await this.runFast(plan.items, [i]);
+        const out = await this.runFast(plan.items, [i], plan.keepLogits === true);
         runMs += performance.now() - r0;
         runs++;
         sampleRows([i], () => 0, out);
@@ -329,7 +351,7 @@ export class OnnxEngine implements Engine {
         runMs += performance.now() - r0;
         runs++;
         // Left-padded new tokens end at the last column, so each sequence's last token is row S-1.
-        sampleRows(group, (k) => k * seqLen + seqLen - 1, out);
+        sampleRows(group, (k) => k * seqLen + seqLen - 1, { logits: out, k: 0 });
       }
     }
     let batchTokens = 0;
@@ -349,7 +371,7 @@ export class OnnxEngine implements Engine {
    * between ride along with a dummy token whose outputs are dropped), then the new keys and
    * values written into the cache at each sequence's end.
    */
-  private async runFast(items: StepItem[], group: number[]): Promise<Float32Array> {
+  private async runFast(items: StepItem[], group: number[], fullLogits: boolean): Promise<RunOutput> {
     let lo = Infinity;
     let hi = -1;
     for (const i of group) {
@@ -390,7 +412,23 @@ export class OnnxEngine implements Engine {
       feeds[IO.pastKey(l)] = new ort.Tensor('float32', (this.keys[l] as Float32Array).subarray(from, to), dims);
       feeds[IO.pastValue(l)] = new ort.Tensor('float32', (this.values[l] as Float32Array).subarray(from, to), dims);
     }
-    const out = await this.session.run(feeds);
+    // Rank in the graph when every sampled row can be served from its k best logits.
+    let k = 1;
+    let ranked = this.maxRanked > 0 && !fullLogits;
+    for (const i of group) {
+      const item = items[i] as StepItem;
+      if (!item.sample || !ranked) continue;
+      const params = this.slotParams[this.slotOf.get(item.seq) as number] as SamplingParams;
+      if (!Sampler.rankedSuffices(params, this.maxRanked)) ranked = false;
+      else if (params.temperature > 0) k = Math.max(k, params.topK);
+    }
+    if (this.inputNames.has(IO.topK)) {
+      this.kBuf[0] = BigInt(k);
+      feeds[IO.topK] = new ort.Tensor('int64', this.kBuf, [1]);
+    }
+    const fetches: string[] = ranked ? [IO.topKValues, IO.topKIndices] : [IO.logits];
+    for (let l = 0; l < this.layers; l++) fetches.push(IO.newKey(l), IO.newValue(l));
+    const out = await this.session.run(feeds, fetches);
     const hd = this.headDim;
     for (let l = 0; l < this.layers; l++) {
       const newK = out[IO.newKey(l)]?.data as Float32Array;
@@ -407,7 +445,8 @@ export class OnnxEngine implements Engine {
         }
       }
     }
-    return out[IO.logits]?.data as Float32Array;
+    if (ranked) return { values: out[IO.topKValues]?.data as Float32Array, ids: out[IO.topKIndices]?.data as BigInt64Array, k };
+    return { logits: out[IO.logits]?.data as Float32Array, k: 0 };
   }
 
   /** One hf-interface run: pack the group's caches (left-padded), run, copy the new positions back. */

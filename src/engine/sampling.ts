@@ -289,6 +289,57 @@ export class Sampler {
     return this.sampleFull(logits, offset, invT, u);
   }
 
+  /**
+   * Samples from candidates already ranked best-first — the output of an in-graph TopK
+   * (values descending, ties by lower id) — without the full row of logits. Gives exactly the
+   * token `sample` gives on the full row when the request is greedy or has 0 < top_k ≤ `count`:
+   * the same weights in the same order, the same single draw.
+   */
+  sampleRanked(values: Float32Array, ids: ArrayLike<number | bigint>, offset: number, count: number, params: SamplingParams, rng: Rng): number {
+    const id = (j: number) => Number(ids[offset + j]);
+    const T = params.temperature;
+    if (!(T > 0)) return id(0);
+    const u = rng.next();
+    const invT = 1 / T;
+    if (invT === Infinity) return id(0);
+    const size = params.topK > 0 ? Math.min(params.topK, count) : count;
+    const max = values[offset]!;
+    if (!(max > -Infinity && max < Infinity)) return id(0);
+    const w = this.weights;
+    let total = 0;
+    for (let j = 0; j < size; j++) {
+      const z = (values[offset + j]! - max) * invT;
+      const e = z > -Infinity ? Math.exp(z) : 0;
+      w[j] = e;
+      total += e;
+    }
+    let n = size;
+    let kept = total;
+    if (params.topP < 1) {
+      const target = params.topP * total;
+      let cum = 0;
+      n = 0;
+      while (n < size) {
+        cum += w[n]!;
+        n++;
+        if (cum >= target) break;
+      }
+      kept = cum;
+    }
+    const x = u * kept;
+    let cum = 0;
+    for (let j = 0; j < n; j++) {
+      cum += w[j]!;
+      if (cum > x) return id(j);
+    }
+    return id(0);
+  }
+
+  /** Whether `sampleRanked` over `k` ranked candidates reproduces `sample` for these parameters. */
+  static rankedSuffices(params: SamplingParams, k: number): boolean {
+    return !(params.temperature > 0) || (params.topK > 0 && params.topK <= k);
+  }
+
   private argmax(logits: Float32Array, off: number): number {
     const V = this.vocabSize;
     let best = -Infinity;

@@ -19,6 +19,9 @@ export const IO = {
   pastValue: (l: number) => `past_key_values.${l}.value`,
   presentKey: (l: number) => `present.${l}.key`,
   presentValue: (l: number) => `present.${l}.value`,
+  topK: 'topk',
+  topKValues: 'topk_values',
+  topKIndices: 'topk_indices',
   newKey: (l: number) => `new_key_values.${l}.key`,
   newValue: (l: number) => `new_key_values.${l}.value`,
 } as const;
@@ -218,6 +221,13 @@ export function buildFastGraph(s: LlamaShape, weights: Map<string, ITensorProto>
   const normed = m.rmsNorm(picked, 'model.norm.weight');
   g.op1('Gemm', [normed, classifierName(s)], { transB: 1 }, { output: IO.logits });
   g.output(IO.logits, DType.float, ['rows', s.vocabSize]);
+  // The k best logits per row, best first (ties: lower id first, as ONNX specifies): a step
+  // whose rows are all greedy or top-k fetches these instead of rows × vocab floats, which on
+  // a GPU is the difference between copying kilobytes and megabytes to the host.
+  const k = g.input(IO.topK, DType.int64, [1]);
+  g.op('TopK', [IO.logits, k], { axis: -1, largest: 1, sorted: 1 }, { outputs: [IO.topKValues, IO.topKIndices] });
+  g.output(IO.topKValues, DType.float, ['rows', 'k']);
+  g.output(IO.topKIndices, DType.int64, ['rows', 'k']);
   return g.encode({ '': 17, 'com.microsoft': 1 }, { flavour: 'fast' });
 }
 

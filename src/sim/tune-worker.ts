@@ -1,0 +1,64 @@
+/**
+ * Piscina worker for `tune` (src/sim/tune.ts): simulates one (candidate curves, load) pair per
+ * task. The trace arrives once per thread, msgpack-packed in a SharedArrayBuffer in workerData,
+ * so the main thread packs it once instead of structured-cloning every request into every
+ * worker; tasks carry only the curve specs as JSON-able objects and the arrival rate scale.
+ *
+ * Runs compiled (dist/sim/tune-worker.js, loaded with import()) or from source under
+ * `node --import tsx`: the worker inherits that flag through execArgv, and on Node 20, where
+ * tsx installs its ESM hooks on the main thread only, piscina's require() of this file goes
+ * through tsx's CommonJS hook. So nothing this file imports may need ESM-only features (no
+ * top-level await; dependencies must offer a require entry).
+ */
+import { workerData } from 'node:worker_threads';
+import { unpack } from 'msgpackr';
+import { parseCurveFile } from '../economy/curves.js';
+import type { Summary } from './metrics.js';
+import { simulate, type SimOptions } from './simulator.js';
+import type { TraceRequest } from './trace.js';
+
+/** The simulator options every task shares: SimOptions without curves, policy or callbacks. */
+export type TuneSimOptions = Omit<SimOptions, 'curves' | 'policy' | 'onProgress' | 'checkInvariants'>;
+
+export interface TuneWorkerData {
+  /** msgpackr.pack(trace) copied into a SharedArrayBuffer. */
+  trace: SharedArrayBuffer;
+  sim: TuneSimOptions;
+}
+
+export interface TuneTask {
+  /** Echoed back so results can be put in candidate order whatever order they finish in. */
+  candidate: number;
+  load: number;
+  policy: string;
+  /** Arrival times are divided by this, as `marginal sim --rate-scale` does. */
+  rateScale: number;
+  /** A curve file's JSON (parseCurveFile's input). */
+  curves: { tokens: object; kv: object };
+}
+
+export type TuneTaskResult = { candidate: number; load: number; summary: Summary } | { candidate: number; load: number; error: string };
+
+let base: TraceRequest[] | undefined;
+let scaled: { rateScale: number; trace: TraceRequest[] } | undefined;
+
+/** Tasks come load-major from the pool, so one cached scaling serves long runs of them. */
+function traceAt(rateScale: number): TraceRequest[] {
+  // A private copy first: msgpackr's native string extractor refuses shared memory.
+  base ??= unpack(new Uint8Array((workerData as TuneWorkerData).trace).slice()) as TraceRequest[];
+  if (scaled?.rateScale !== rateScale) scaled = { rateScale, trace: base.map((r) => ({ ...r, t: r.t / rateScale })) };
+  return scaled.trace;
+}
+
+export default function runTuneTask(task: TuneTask): TuneTaskResult {
+  const { sim } = workerData as TuneWorkerData;
+  try {
+    const curves = parseCurveFile(task.curves, `candidate ${task.candidate}`);
+    const { summary } = simulate(traceAt(task.rateScale), { ...sim, policy: task.policy, curves });
+    return { candidate: task.candidate, load: task.load, summary };
+  } catch (e) {
+    // One candidate that stalls the simulator must not sink the sweep: it is reported and
+    // left off the frontier.
+    return { candidate: task.candidate, load: task.load, error: e instanceof Error ? e.message : String(e) };
+  }
+}
