@@ -5,6 +5,7 @@ import { runGenerate } from './cli/generate.js';
 import { runImportLlama2c, runSynth } from './cli/models.js';
 import { runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
+import { runTune } from './cli/tune.js';
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -105,6 +106,25 @@ traceOptions(
     .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
     .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price')),
 ).action(runSim);
+
+traceOptions(
+  program
+    .command('tune')
+    .description('sweep price curves with the simulator on every core; write the frontier, plots and the best curve file')
+    .option('--grid <file>', 'curve families and parameters to sweep (default: built-in grid over all five kinds)')
+    .option('--out <dir>', 'where tune.json, best-curve.json and the SVG plots go', 'tune-out')
+    .option('--profile <file>', 'step-time profile from marginal calibrate')
+    .option('--loads <list>', 'offered loads as multiples of capacity (default: the grid\'s, else 1,2)')
+    .option('--policy <name>', "overrides the grid's policy")
+    .option('--threads <n>', 'worker threads (default: all cores)', intArg('--threads'))
+    .option('--json', 'print the result summary as JSON')
+    .option('--quiet', 'no progress bar')
+    .option('--max-running <n>', 'sequences at once', intArg('--max-running'))
+    .option('--max-batch-tokens <n>', 'token budget per step', intArg('--max-batch-tokens'))
+    .option('--max-context <n>', 'context per sequence', intArg('--max-context'))
+    .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
+    .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price')),
+).action(runTune);
 
 program
   .command('calibrate')

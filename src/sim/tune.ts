@@ -90,7 +90,7 @@ const isObject = (x: unknown): x is Record<string, unknown> => typeof x === 'obj
 function isAlternatives(field: string, v: unknown): v is unknown[] {
   if (!Array.isArray(v)) return false;
   // A single table is itself a list (of pairs): only a list of lists of pairs is alternatives.
-  if (field === 'points') return v.length === 0 || Array.isArray(v[0]) && (v[0] as unknown[]).length > 0 && Array.isArray((v[0] as unknown[])[0]);
+  if (field === 'points') return v.length === 0 || (Array.isArray(v[0]) && Array.isArray((v[0] as unknown[])[0]));
   return true;
 }
 

@@ -1,0 +1,22 @@
+{
+  "targets": [
+    {
+      "target_name": "marginal_native",
+      "sources": ["src/addon.cc", "src/sampler.cc"],
+      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      # -ffp-contract=off: a fused multiply-add rounds once where the JavaScript sampler rounds
+      # twice (GCC fuses by default wherever the target has FMA, e.g. arm64), which would break
+      # bit-for-bit agreement with it. No -ffast-math for the same reason: sums must stay in order.
+      "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math"],
+      "xcode_settings": {
+        "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
+        "GCC_OPTIMIZATION_LEVEL": "3",
+        "OTHER_CPLUSPLUSFLAGS": ["-ffp-contract=off", "-fno-fast-math"]
+      },
+      "msvs_settings": {
+        "VCCLCompilerTool": {"AdditionalOptions": ["/std:c++17", "/fp:precise"]}
+      }
+    }
+  ]
+}

@@ -1,0 +1,218 @@
+// Node-API surface of marginal_native. Every entry point validates all of its inputs before it
+// writes anything, so a bad call throws without having advanced any random state or copied any
+// part of a block (the TypeScript wrappers check the same things first, with the same results).
+#include <napi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fdlibm.h"
+#include "sampler.h"
+
+namespace {
+
+// Bumped whenever an export's signature or meaning changes, so that a stale build left in
+// native/build is refused by src/native/index.ts instead of being called with the wrong layout.
+constexpr int32_t kAbiVersion = 1;
+
+template <typename T>
+struct Span {
+  T* data;
+  size_t length;
+};
+
+template <typename T>
+Span<T> typed_array(const Napi::Value& v, napi_typedarray_type type, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) {
+    throw Napi::TypeError::New(v.Env(), std::string(what) + " has the wrong type");
+  }
+  auto a = v.As<Napi::TypedArrayOf<T>>();
+  return {a.Data(), a.ElementLength()};
+}
+
+std::vector<Span<float>> float32_arrays(const Napi::Value& v, const char* what) {
+  if (!v.IsArray()) throw Napi::TypeError::New(v.Env(), std::string(what) + " must be an array of Float32Array");
+  auto arr = v.As<Napi::Array>();
+  std::vector<Span<float>> out;
+  out.reserve(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); i++) out.push_back(typed_array<float>(arr.Get(i), napi_float32_array, what));
+  return out;
+}
+
+/** A JavaScript number that must be an integer in [0, 2^53); returned as a double for exact bounds math. */
+double whole(const Napi::Value& v, const char* what) {
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (!(d >= 0 && d <= 9007199254740991.0 && std::floor(d) == d)) {
+    throw Napi::RangeError::New(v.Env(), std::string(what) + " must be a non-negative integer");
+  }
+  return d;
+}
+
+class MarginalNative : public Napi::Addon<MarginalNative> {
+ public:
+  MarginalNative(Napi::Env env, Napi::Object exports) {
+    DefineAddon(exports, {
+                             InstanceValue("abiVersion", Napi::Number::New(env, kAbiVersion)),
+                             InstanceValue("hardwareThreads", Napi::Number::New(env, std::max(1u, std::thread::hardware_concurrency()))),
+                             InstanceMethod("sampleBatch", &MarginalNative::SampleBatch),
+                             InstanceMethod("kvCopy", &MarginalNative::KvCopy),
+                             InstanceMethod("fdlibmExp", &MarginalNative::FdlibmExp),
+                             InstanceMethod("fdlibmLog", &MarginalNative::FdlibmLog),
+                         });
+  }
+
+ private:
+  // Scratch per worker, kept between calls (three vocab-sized buffers each) and per addon
+  // instance, so engines in different worker_threads never share one.
+  std::vector<std::unique_ptr<marginal::RowSampler>> samplers_;
+
+  marginal::RowSampler& sampler(size_t index, int32_t vocab) {
+    if (samplers_.size() <= index) samplers_.resize(index + 1);
+    auto& s = samplers_[index];
+    if (!s || s->vocab() != vocab) s = std::make_unique<marginal::RowSampler>(vocab);
+    return *s;
+  }
+
+  // sampleBatch(logits, vocab, rows, params, rngState, out, threads?)
+  Napi::Value SampleBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 6) throw Napi::TypeError::New(env, "sampleBatch(logits, vocab, rows, params, rngState, out, threads?)");
+    const auto logits = typed_array<float>(info[0], napi_float32_array, "logits");
+    const double vocab_d = whole(info[1], "vocab");
+    if (vocab_d < 1 || vocab_d > 2147483647.0) throw Napi::RangeError::New(env, "vocab must be in [1, 2^31)");
+    const int32_t vocab = static_cast<int32_t>(vocab_d);
+    const auto rows = typed_array<int32_t>(info[2], napi_int32_array, "rows");
+    const auto params = typed_array<double>(info[3], napi_float64_array, "params");
+    const auto state = typed_array<uint32_t>(info[4], napi_uint32_array, "rngState");
+    const auto out = typed_array<int32_t>(info[5], napi_int32_array, "out");
+    size_t threads = 1;
+    if (info.Length() > 6 && !info[6].IsUndefined()) threads = static_cast<size_t>(std::max(1.0, std::min(64.0, whole(info[6], "threads"))));
+
+    const size_t n = rows.length;
+    if (params.length < 3 * n) throw Napi::RangeError::New(env, "params needs 3 numbers per row (temperature, topP, topK)");
+    if (state.length < 4 * n) throw Napi::RangeError::New(env, "rngState needs 4 words per row");
+    if (out.length < n) throw Napi::RangeError::New(env, "out is shorter than rows");
+    for (size_t i = 0; i < n; i++) {
+      const int32_t r = rows.data[i];
+      if (r < 0 || (static_cast<uint64_t>(r) + 1) * static_cast<uint64_t>(vocab) > logits.length) {
+        throw Napi::RangeError::New(env, "row " + std::to_string(r) + " is outside logits");
+      }
+    }
+    if (n == 0) return env.Undefined();
+
+    // Rows are independent (own random state, own output), so splitting them across threads
+    // cannot change any result; it only pays when a call has enough work to cover the spawns.
+    threads = std::min(threads, n);
+    for (size_t t = 0; t < threads; t++) sampler(t, vocab);
+    auto run = [&](size_t t, size_t begin, size_t end) {
+      marginal::RowSampler& s = *samplers_[t];
+      for (size_t i = begin; i < end; i++) {
+        const float* row = logits.data + static_cast<size_t>(rows.data[i]) * static_cast<size_t>(vocab);
+        const double* p = params.data + 3 * i;
+        out.data[i] = s.sample(row, p[0], p[1], p[2], state.data + 4 * i);
+      }
+    };
+    if (threads == 1) {
+      run(0, 0, n);
+      return env.Undefined();
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(threads - 1);
+    const size_t chunk = (n + threads - 1) / threads;
+    for (size_t t = 1; t < threads; t++) {
+      const size_t begin = std::min(n, t * chunk);
+      const size_t end = std::min(n, begin + chunk);
+      pool.emplace_back(run, t, begin, end);
+    }
+    run(0, 0, std::min(n, chunk));
+    for (auto& th : pool) th.join();
+    return env.Undefined();
+  }
+
+  // kvCopy(toCache, keys[], values[], packed[], kvHeads, capacity, headDim, slot, from, n)
+  //
+  // Cache arrays (one per layer) are [slot][kvHead][capacity][headDim]; packed[b] is
+  // [layer][k|v][kvHead][n][headDim] and pairs with positions [from + b*n, from + (b+1)*n).
+  Napi::Value KvCopy(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 10) throw Napi::TypeError::New(env, "kvCopy(toCache, keys, values, packed, kvHeads, capacity, headDim, slot, from, n)");
+    const bool to_cache = info[0].ToBoolean().Value();
+    const auto keys = float32_arrays(info[1], "keys");
+    const auto values = float32_arrays(info[2], "values");
+    const auto packed = float32_arrays(info[3], "packed");
+    const double H = whole(info[4], "kvHeads");
+    const double capacity = whole(info[5], "capacity");
+    const double hd = whole(info[6], "headDim");
+    const double slot = whole(info[7], "slot");
+    const double from = whole(info[8], "from");
+    const double n = whole(info[9], "n");
+    if (keys.size() != values.size()) throw Napi::RangeError::New(env, "keys and values must have one array per layer each");
+    const double layers = static_cast<double>(keys.size());
+    const double blocks = static_cast<double>(packed.size());
+    // Bounds in doubles: exact below 2^53, and anything beyond is far past any array length.
+    if (from + blocks * n > capacity) throw Napi::RangeError::New(env, "positions run past the slot's capacity");
+    if (n == 0 || H == 0 || hd == 0 || layers == 0 || blocks == 0) return env.Undefined();
+    const double slot_base = slot * H * capacity * hd;
+    const double cache_end = slot_base + (H - 1) * capacity * hd + (from + blocks * n) * hd;
+    for (size_t l = 0; l < keys.size(); l++) {
+      if (cache_end > static_cast<double>(keys[l].length) || cache_end > static_cast<double>(values[l].length)) {
+        throw Napi::RangeError::New(env, "slot " + std::to_string(static_cast<int64_t>(slot)) + " is outside layer " + std::to_string(l) + "'s cache");
+      }
+    }
+    const double packed_len = layers * 2 * H * n * hd;
+    for (size_t b = 0; b < packed.size(); b++) {
+      if (packed_len > static_cast<double>(packed[b].length)) throw Napi::RangeError::New(env, "packed[" + std::to_string(b) + "] is too short");
+    }
+
+    const size_t heads = static_cast<size_t>(H);
+    const size_t head_stride = static_cast<size_t>(capacity * hd);
+    const size_t base = static_cast<size_t>(slot_base);
+    const size_t span = static_cast<size_t>(n * hd);
+    const size_t bytes = span * sizeof(float);
+    for (size_t b = 0; b < packed.size(); b++) {
+      const size_t pos_off = static_cast<size_t>((from + static_cast<double>(b) * n) * hd);
+      float* p = packed[b].data;
+      for (size_t l = 0; l < keys.size(); l++) {
+        float* k = keys[l].data;
+        float* v = values[l].data;
+        const size_t k_base = l * 2 * heads * span;
+        const size_t v_base = k_base + heads * span;
+        for (size_t h = 0; h < heads; h++) {
+          const size_t c = base + h * head_stride + pos_off;
+          // memmove: TypedArray.prototype.set is defined for overlapping views, so the fallback is too.
+          if (to_cache) {
+            std::memmove(k + c, p + k_base + h * span, bytes);
+            std::memmove(v + c, p + v_base + h * span, bytes);
+          } else {
+            std::memmove(p + k_base + h * span, k + c, bytes);
+            std::memmove(p + v_base + h * span, v + c, bytes);
+          }
+        }
+      }
+    }
+    return env.Undefined();
+  }
+
+  // Test hooks: the port of V8's exp and log, element-wise, so the test can compare them with
+  // Math.exp and Math.log directly rather than only through sampled tokens.
+  Napi::Value FdlibmExp(const Napi::CallbackInfo& info) { return Elementwise(info, marginal::fdlibm::exp); }
+  Napi::Value FdlibmLog(const Napi::CallbackInfo& info) { return Elementwise(info, marginal::fdlibm::log); }
+
+  Napi::Value Elementwise(const Napi::CallbackInfo& info, double (*f)(double)) {
+    const auto in = typed_array<double>(info[0], napi_float64_array, "input");
+    const auto out = typed_array<double>(info[1], napi_float64_array, "output");
+    if (out.length < in.length) throw Napi::RangeError::New(info.Env(), "output is shorter than input");
+    for (size_t i = 0; i < in.length; i++) out.data[i] = f(in.data[i]);
+    return info.Env().Undefined();
+  }
+};
+
+}  // namespace
+
+NODE_API_ADDON(MarginalNative)

@@ -1,0 +1,87 @@
+/**
+ * Loader for the optional Node-API addon built from native/ (issue 6). Everything it offers has
+ * a TypeScript twin giving identical results, so a missing or refused addon only costs speed:
+ * callers test `native` and fall back, and `nativeStatus()` says which path runs and why.
+ *
+ * `MARGINAL_NATIVE=0` forces the fallback (to compare, or to rule the addon out of a bug).
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/** Must equal kAbiVersion in native/src/addon.cc; a stale build with another number is refused. */
+export const NATIVE_ABI_VERSION = 1;
+
+export interface NativeAddon {
+  readonly abiVersion: number;
+  /** std::thread::hardware_concurrency(), at least 1. */
+  readonly hardwareThreads: number;
+  /**
+   * out[i] = the Sampler's pick from logits[rows[i] * vocab, (rows[i] + 1) * vocab) with
+   * params[3i .. 3i+3) = (temperature, topP, topK) and the xoshiro128** state
+   * rngState[4i .. 4i+4), which it advances in place (one draw per non-greedy row). Validates
+   * everything before sampling anything. Rows are split over `threads` (default 1) threads.
+   */
+  sampleBatch(logits: Float32Array, vocab: number, rows: Int32Array, params: Float64Array, rngState: Uint32Array, out: Int32Array, threads?: number): void;
+  /**
+   * Copies positions [from + b*n, from + (b+1)*n) of one slot of the per-layer caches
+   * ([slot][kvHead][capacity][headDim]) to or from packed[b] ([layer][k|v][kvHead][n][headDim]).
+   */
+  kvCopy(
+    toCache: boolean,
+    keys: readonly Float32Array[],
+    values: readonly Float32Array[],
+    packed: readonly Float32Array[],
+    kvHeads: number,
+    capacity: number,
+    headDim: number,
+    slot: number,
+    from: number,
+    n: number,
+  ): void;
+  /** The addon's port of V8's Math.exp / Math.log, element-wise (for the agreement test). */
+  fdlibmExp(input: Float64Array, out: Float64Array): void;
+  fdlibmLog(input: Float64Array, out: Float64Array): void;
+}
+
+/**
+ * Resolved from this module, two levels below the package root in both src/native (tsx) and
+ * dist/native (built), so the same relative path serves both.
+ */
+export const nativeAddonPath = fileURLToPath(new URL('../../native/build/Release/marginal_native.node', import.meta.url));
+
+function load(): { addon: NativeAddon | undefined; status: string } {
+  if (process.env.MARGINAL_NATIVE === '0') return { addon: undefined, status: 'TypeScript fallback: MARGINAL_NATIVE=0' };
+  let addon: NativeAddon;
+  try {
+    addon = createRequire(import.meta.url)(nativeAddonPath) as NativeAddon;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const reason = e.code === 'MODULE_NOT_FOUND'
+      ? `${nativeAddonPath} is not built (run \`npm run build:native\`)`
+      : `${nativeAddonPath} failed to load: ${e.message.split('\n')[0]}`;
+    return { addon: undefined, status: `TypeScript fallback: ${reason}` };
+  }
+  if (addon.abiVersion !== NATIVE_ABI_VERSION) {
+    return {
+      addon: undefined,
+      status: `TypeScript fallback: ${nativeAddonPath} has ABI ${String(addon.abiVersion)}, this code needs ${NATIVE_ABI_VERSION} (rebuild with \`npm run build:native\`)`,
+    };
+  }
+  return { addon, status: `native addon loaded from ${nativeAddonPath}` };
+}
+
+const loaded = load();
+
+/** The addon, or undefined when the TypeScript fallback is in use (see nativeStatus()). */
+export const native: NativeAddon | undefined = loaded.addon;
+
+/** "native addon loaded from …" or "TypeScript fallback: <reason>", for startup logs and tests. */
+export function nativeStatus(): string {
+  return loaded.status;
+}
+
+/** The addon, or an Error carrying the reason it is unavailable. */
+export function requireNative(): NativeAddon {
+  if (native === undefined) throw new Error(`the native addon is required but unavailable: ${loaded.status}`);
+  return native;
+}
