@@ -6,6 +6,7 @@ import { runImportLlama2c, runSynth } from './cli/models.js';
 import { runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
+import { runBenchServe } from './cli/bench-serve.js';
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -125,6 +126,44 @@ traceOptions(
     .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
     .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price')),
 ).action(runTune);
+
+program
+  .command('bench')
+  .description('benchmarks against a running server')
+  .command('serve')
+  .description("serving benchmark with vLLM's metric definitions (TTFT, TPOT, ITL, E2EL, goodput) plus value, welfare and quotes")
+  .requiredOption('--url <url>', 'server base URL, e.g. http://127.0.0.1:8000')
+  .option('--endpoint <path>', '/v1/completions or /v1/chat/completions')
+  .option('--model <name>', 'model name to send (default: the server\'s)')
+  .option('--rate <r>', 'open-loop request rate, req/s (inf: all at once)')
+  .option('--burstiness <k>', 'gamma shape of the gaps (1 = Poisson)')
+  .option('--max-concurrency <n>', 'closed loop: at most n requests in flight')
+  .option('--requests <n>', 'number of requests')
+  .option('--input-len <n>', 'random prompts: tokens in')
+  .option('--output-len <n>', 'random prompts: tokens out (max_tokens)')
+  .option('--range-ratio <r>', 'random lengths vary by ±r')
+  .option('--seed <n>', 'random prompts and arrivals seed')
+  .option('--temperature <t>', 'sampling temperature (default 0)')
+  .option('--slo <pairs...>', 'goodput SLOs: ttft:MS tpot:MS e2el:MS')
+  .option('--percentiles <list>', 'e.g. 50,90,99')
+  .option('--trace <file>', 'replay a trace (any format marginal sim reads)')
+  .option('--format <name>', 'trace format')
+  .option('--rate-scale <x>', 'trace arrivals x times faster')
+  .option('--length-scale <x>', 'trace lengths × x')
+  .option('--limit <n>', 'first n trace requests')
+  .option('--start <n>', 'skip the first n trace requests')
+  .option('--duration <s>', 'trace requests arriving in the first s seconds')
+  .option('--max-prompt-tokens <n>', 'clamp trace prompts')
+  .option('--max-output-tokens <n>', 'clamp trace outputs')
+  .option('--workload <file>', 'tenants, values and SLOs for traces that carry none')
+  .option('--json', 'print the summary as JSON (vLLM key names plus ours)')
+  .option('--requests-out <file>', 'one JSON line per request')
+  .option('--api-key <key>', 'bearer key (default: OPENAI_API_KEY)')
+  .option('--api-keys <file>', "the server's keys file: each tenant sends with its own key")
+  .option('--base-price <p>', 'compute cost per token for welfare')
+  .option('--timeout <s>', 'per-request timeout, seconds')
+  .option('--quiet', 'no progress bar')
+  .action(runBenchServe);
 
 program
   .command('calibrate')

@@ -555,7 +555,11 @@ export interface BenchServeOptions {
   /** Default [99]. */
   percentiles?: readonly number[];
   basePrice?: number;
-  /** Per request, ms (default 600 000). A request past it is lost. */
+  /**
+   * Per request, ms (default 300 000). A request past it is lost. Node's fetch (undici) gives up
+   * on its own after 300 s without headers or body bytes, and a marginal server holds its
+   * headers until the first token, so longer values only help against other servers.
+   */
   timeoutMs?: number;
   /** Aborting stops sending and cancels what is in flight; the result covers what was sent. */
   signal?: AbortSignal;
@@ -828,7 +832,7 @@ export async function benchServe(o: BenchServeOptions): Promise<BenchServeResult
   const base = normalizeBaseUrl(o.url);
   const endpoint: BenchEndpoint = o.endpoint ?? '/v1/completions';
   if (endpoint !== '/v1/completions' && endpoint !== '/v1/chat/completions') throw new InvalidArgumentError(`--endpoint must be /v1/completions or /v1/chat/completions (got ${String(endpoint)})`);
-  const timeoutMs = o.timeoutMs ?? 600_000;
+  const timeoutMs = o.timeoutMs ?? 300_000;
   const warnings: string[] = [];
   const auth = (key: string | undefined): Record<string, string> => (key ? { authorization: `Bearer ${key}` } : {});
 

@@ -32,7 +32,7 @@ export interface BenchServeCliOptions extends Partial<TraceCliOptions> {
   /** The server's --api-keys file: a trace's tenants send with their own keys. */
   apiKeys?: string;
   basePrice?: number | string;
-  /** Per-request timeout, seconds (default 600). */
+  /** Per-request timeout, seconds (default 300). */
   timeout?: number | string;
   quiet?: boolean;
 }

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { TokenizerFormatError } from '../errors.js';
 import { readLlama2cCheckpoint } from './llama/weights.js';
 import { syntheticShape, syntheticWeights } from './llama/synthetic.js';
-import { writeModelDir, type Flavour, type ModelConfig } from './modeldir.js';
+import { GRAPH_VERSION, writeModelDir, type Flavour, type ModelConfig } from './modeldir.js';
 import { syntheticTokenizerBuffer } from './synthetic-tokenizer.js';
 import { Llama2cTokenizer } from './tokenizer/llama2c.js';
 
@@ -79,7 +79,8 @@ export const DEFAULT_SHAPE = 'stories15m';
 /** The built-in default model, generated on first use. */
 export function defaultModelDir(log?: (s: string) => void): string {
   const dir = process.env.MARGINAL_DEFAULT_MODEL ?? join(packageRoot(), 'models', `synthetic-${DEFAULT_SHAPE}`);
-  if (!existsSync(join(dir, 'marginal.json'))) {
+  const stale = existsSync(join(dir, 'marginal.json')) && (JSON.parse(readFileSync(join(dir, 'marginal.json'), 'utf8')) as { graphVersion?: number }).graphVersion !== GRAPH_VERSION;
+  if (!existsSync(join(dir, 'marginal.json')) || stale) {
     log?.(`marginal: generating the default model (synthetic ${DEFAULT_SHAPE} shape, random weights) in ${dir}`);
     synthesize(DEFAULT_SHAPE, dir, log ? { log } : {});
   }

@@ -15,6 +15,8 @@ type ITensorProto = onnxProto.onnx.ITensorProto;
 export type Flavour = 'fast' | 'hf';
 
 export const CONFIG_FILE = 'marginal.json';
+/** Bumped when the graphs' interfaces change; model directories of another version must be re-imported. */
+export const GRAPH_VERSION = 2;
 
 /**
  * `marginal.json`: what the engine needs to run a model directory. The same directory is
@@ -34,6 +36,7 @@ export interface ModelConfig {
   ropePositions: number;
   tokenizer: { type: 'llama2c'; file: string; bosId: number; eosId: number; stopIds: number[]; addBos: boolean };
   graphs: Partial<Record<Flavour, string>>;
+  graphVersion?: number;
 }
 
 export interface LoadedModel {
@@ -110,6 +113,7 @@ export function writeModelDir(o: WriteModelOptions): ModelConfig {
     ropePositions,
     tokenizer: { type: 'llama2c', file: 'tokenizer.bin', bosId: 1, eosId: 2, stopIds: [1, 2], addBos: true },
     graphs,
+    graphVersion: GRAPH_VERSION,
   };
   writeFileSync(join(o.dir, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
   writeHfFiles(o.dir, config, tokenizer);
@@ -175,6 +179,9 @@ function loadMarginalDir(dir: string): LoadedModel {
   }
   const problem = c.shape ? checkShape(c.shape) : 'missing shape';
   if (problem !== undefined) throw new ModelFormatError(`${join(dir, CONFIG_FILE)}: ${problem}`);
+  if ((c.graphVersion ?? 1) !== GRAPH_VERSION) {
+    throw new ModelFormatError(`${dir} was written by an older marginal (graph version ${c.graphVersion ?? 1}, now ${GRAPH_VERSION}); import or synthesize it again`);
+  }
   const flavours = (Object.keys(c.graphs ?? {}) as Flavour[]).filter((f) => f === 'fast' || f === 'hf');
   if (flavours.length === 0) throw new ModelFormatError(`${join(dir, CONFIG_FILE)} lists no graphs`);
   for (const f of flavours) {

@@ -207,6 +207,7 @@ export function buildServer(deps: ServerDeps): Server {
         max_model_len: info.maxContext,
         synthetic: model.synthetic,
         description: describeModel(model),
+        policy: sched.policyName,
       },
     ],
   }));
