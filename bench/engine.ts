@@ -7,7 +7,7 @@
  *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--steps 32] [--json FILE]
  */
 import { Command } from 'commander';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -16,8 +16,8 @@ import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { Rng, Sampler, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
 import type { StepItem } from '../src/engine/types.js';
 import { IO } from '../src/models/llama/graph.js';
-import { importLlama2c, packageRoot, synthesize } from '../src/models/importers.js';
-import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
+import { ensureSynthetic, importLlama2c, packageRoot } from '../src/models/importers.js';
+import { GRAPH_VERSION, loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
 import { parameterCount } from '../src/models/llama/shape.js';
 
 const program = new Command()
@@ -40,15 +40,12 @@ const sampling: SamplingParams = validateSamplingParams({ temperature: Number(o.
 
 function modelDir(name: string): string {
   const dir = join(packageRoot(), 'models', `bench-${name}`);
-  if (existsSync(join(dir, 'marginal.json'))) return dir;
+  if (name !== 'stories260K') return ensureSynthetic(name, dir);
+  if (existsSync(join(dir, 'marginal.json')) && (JSON.parse(readFileSync(join(dir, 'marginal.json'), 'utf8')) as { graphVersion?: number }).graphVersion === GRAPH_VERSION) return dir;
   mkdirSync(dir, { recursive: true });
-  if (name === 'stories260K') {
-    const shared = join(packageRoot(), '..', 'shared', 'models', 'stories260K');
-    if (!existsSync(shared)) throw new Error(`stories260K needs ../shared (looked in ${shared})`);
-    importLlama2c(join(shared, 'stories260K.bin'), join(shared, 'tok512.bin'), dir);
-  } else {
-    synthesize(name, dir);
-  }
+  const shared = join(packageRoot(), '..', 'shared', 'models', 'stories260K');
+  if (!existsSync(shared)) throw new Error(`stories260K needs ../shared (looked in ${shared})`);
+  importLlama2c(join(shared, 'stories260K.bin'), join(shared, 'tok512.bin'), dir);
   return dir;
 }
 

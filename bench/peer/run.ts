@@ -7,11 +7,10 @@
  *   npm run bench:peer -- [--model stories15m] [--output-len 64]
  */
 import { Command } from 'commander';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { benchServe } from '../../src/bench/serve.js';
-import { packageRoot, synthesize } from '../../src/models/importers.js';
+import { ensureSynthetic, packageRoot } from '../../src/models/importers.js';
 import { freePort, startServer } from '../servers.js';
 
 const o = new Command()
@@ -23,7 +22,7 @@ const o = new Command()
   .opts<{ shape: string; concurrency: string; inputLen: string; outputLen: string }>();
 
 const dir = join(packageRoot(), 'models', `bench-${o.shape}`);
-if (!existsSync(join(dir, 'marginal.json'))) synthesize(o.shape, dir);
+ensureSynthetic(o.shape, dir);
 const cli = join(packageRoot(), 'dist', 'cli.js');
 const peer = fileURLToPath(new URL('./tjs-server.ts', import.meta.url));
 const levels = o.concurrency.split(',').map(Number);

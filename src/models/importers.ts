@@ -76,13 +76,18 @@ export function synthesize(shapeName: string, out: string, opts: { log?: (s: str
 
 export const DEFAULT_SHAPE = 'stories15m';
 
-/** The built-in default model, generated on first use. */
-export function defaultModelDir(log?: (s: string) => void): string {
-  const dir = process.env.MARGINAL_DEFAULT_MODEL ?? join(packageRoot(), 'models', `synthetic-${DEFAULT_SHAPE}`);
-  const stale = existsSync(join(dir, 'marginal.json')) && (JSON.parse(readFileSync(join(dir, 'marginal.json'), 'utf8')) as { graphVersion?: number }).graphVersion !== GRAPH_VERSION;
-  if (!existsSync(join(dir, 'marginal.json')) || stale) {
-    log?.(`marginal: generating the default model (synthetic ${DEFAULT_SHAPE} shape, random weights) in ${dir}`);
-    synthesize(DEFAULT_SHAPE, dir, log ? { log } : {});
+/** Writes a synthetic model into `dir` unless an up-to-date one is already there. */
+export function ensureSynthetic(shape: string, dir: string, log?: (s: string) => void): string {
+  const cfg = join(dir, 'marginal.json');
+  const current = existsSync(cfg) && (JSON.parse(readFileSync(cfg, 'utf8')) as { graphVersion?: number }).graphVersion === GRAPH_VERSION;
+  if (!current) {
+    log?.(`marginal: generating a synthetic ${shape} model (random weights) in ${dir}`);
+    synthesize(shape, dir, log ? { log } : {});
   }
   return dir;
+}
+
+/** The built-in default model, generated on first use. */
+export function defaultModelDir(log?: (s: string) => void): string {
+  return ensureSynthetic(DEFAULT_SHAPE, process.env.MARGINAL_DEFAULT_MODEL ?? join(packageRoot(), 'models', `synthetic-${DEFAULT_SHAPE}`), log);
 }
