@@ -1,1 +1,0 @@
-cmd_Release/marginal_native.node := ln -f "Release/obj.target/marginal_native.node" "Release/marginal_native.node" 2>/dev/null || (rm -rf "Release/marginal_native.node" && cp -af "Release/obj.target/marginal_native.node" "Release/marginal_native.node")

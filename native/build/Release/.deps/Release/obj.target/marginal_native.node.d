@@ -1,1 +1,0 @@
-cmd_Release/obj.target/marginal_native.node := g++ -o Release/obj.target/marginal_native.node -shared -pthread -rdynamic -m64  -Wl,-soname=marginal_native.node -Wl,--start-group Release/obj.target/marginal_native/src/addon.o Release/obj.target/marginal_native/src/sampler.o -Wl,--end-group 
