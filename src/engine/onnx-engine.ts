@@ -336,12 +336,12 @@ export class OnnxEngine implements Engine {
         runs++;
         sampleRows(decodes, (k) => k, out);
       }
-      for (const i of prefills) {
+      for (const group of this.prefillGroups(plan.items, prefills)) {
         const r0 = performance.now();
-        const out = await this.runFast(plan.items, [i], plan.keepLogits === true);
+        const out = await this.runFast(plan.items, group, plan.keepLogits === true);
         runMs += performance.now() - r0;
         runs++;
-        sampleRows([i], () => 0, out);
+        sampleRows(group, (k) => k, out);
       }
     } else {
       const groups = decodes.length > 0 ? [decodes, ...prefills.map((i) => [i])] : prefills.map((i) => [i]);
@@ -364,6 +364,34 @@ export class OnnxEngine implements Engine {
     const result: StepResult = { tokens, timing: { totalMs, runMs, sampleMs, glueMs: totalMs - runMs - sampleMs, runs, batchTokens } };
     if (logits) result.logits = logits;
     return result;
+  }
+
+  /**
+   * Prefill chunks of equal length share one run (requests that arrive together usually have
+   * similar prompts), unless their slots are so spread out that the idle slots riding along in
+   * between would cost more than separate runs; unequal ones run alone, never padded.
+   */
+  private prefillGroups(items: StepItem[], prefills: number[]): number[][] {
+    const byWidth = new Map<number, number[]>();
+    for (const i of prefills) {
+      const w = (items[i] as StepItem).count;
+      const g = byWidth.get(w);
+      if (g === undefined) byWidth.set(w, [i]);
+      else g.push(i);
+    }
+    const groups: number[][] = [];
+    for (const g of byWidth.values()) {
+      let lo = Infinity;
+      let hi = -1;
+      for (const i of g) {
+        const slot = this.slotOf.get((items[i] as StepItem).seq) as number;
+        lo = Math.min(lo, slot);
+        hi = Math.max(hi, slot);
+      }
+      if (g.length > 1 && hi - lo + 1 <= 2 * g.length) groups.push(g);
+      else for (const i of g) groups.push([i]);
+    }
+    return groups;
   }
 
   /**

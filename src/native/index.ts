@@ -38,9 +38,22 @@ export interface NativeAddon {
     from: number,
     n: number,
   ): void;
-  /** The addon's port of V8's Math.exp / Math.log, element-wise (for the agreement test). */
+  /** Which SIMD kernels the sampler uses on this machine: "avx2", "vector" (portable) or "scalar". */
+  readonly kernels: string;
+
+  // Test hooks, so test/native.test.ts can hold each piece to its TypeScript definition directly.
+  /** The addon's port of V8's Math.exp / Math.log, element-wise. */
   fdlibmExp(input: Float64Array, out: Float64Array): void;
   fdlibmLog(input: Float64Array, out: Float64Array): void;
+  /**
+   * With the named kernel set (default: the one in use); undefined when this machine lacks it.
+   * softmaxWeights: out[i] = z > -Infinity ? Math.exp(z) : 0 with z = (row[i] - max) * invT.
+   * argmax: first index of the largest non-NaN value, 0 when none is above -Infinity.
+   * firstAbove: first i >= from with row[i] > threshold, or row.length.
+   */
+  softmaxWeights(row: Float32Array, max: number, invT: number, out: Float64Array, kernel?: string): true | undefined;
+  argmax(row: Float32Array, kernel?: string): number | undefined;
+  firstAbove(row: Float32Array, from: number, threshold: number, kernel?: string): number | undefined;
 }
 
 /**
@@ -67,7 +80,7 @@ function load(): { addon: NativeAddon | undefined; status: string } {
       status: `TypeScript fallback: ${nativeAddonPath} has ABI ${String(addon.abiVersion)}, this code needs ${NATIVE_ABI_VERSION} (rebuild with \`npm run build:native\`)`,
     };
   }
-  return { addon, status: `native addon loaded from ${nativeAddonPath}` };
+  return { addon, status: `native addon loaded from ${nativeAddonPath} (${addon.kernels} kernels)` };
 }
 
 const loaded = load();
