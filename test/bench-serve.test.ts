@@ -365,7 +365,7 @@ describe('bench serve against the real server on a synthetic model', () => {
     assert.equal(r.samples.itl.length, itls);
     assert.equal(r.summary.total_output_tokens, out);
     assert.equal(r.samples.ttft.length, n);
-    assert.equal(r.summary.policy, 'unknown');
+    assert.equal(r.summary.policy, 'fcfs', 'read from /v1/models');
     assert.equal(r.model, 'synthetic-tiny');
   };
 
