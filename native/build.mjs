@@ -23,7 +23,7 @@ const addonPath = join(here, 'build', 'Release', 'marginal_native.node');
 const logPath = join(here, 'build', 'build.log');
 const shown = (p) => relative(process.cwd(), p) || p;
 
-function give_up(reason, detail = '') {
+function giveUp(reason, detail = '') {
   if (required) {
     if (detail) process.stderr.write(detail.endsWith('\n') ? detail : `${detail}\n`);
     console.error(`marginal: native addon build failed (${reason}) and MARGINAL_REQUIRE_NATIVE=1`);
@@ -54,11 +54,11 @@ function localNodedir() {
 }
 
 const nodeGyp = findNodeGyp();
-if (!nodeGyp) give_up('npm\'s node-gyp was not found');
+if (!nodeGyp) giveUp('npm\'s node-gyp was not found');
 try {
   createRequire(join(here, 'binding.gyp')).resolve('node-addon-api');
 } catch {
-  give_up('the node-addon-api package is not installed');
+  giveUp('the node-addon-api package is not installed');
 }
 
 const args = [nodeGyp, 'rebuild', '--jobs', 'max'];
@@ -69,10 +69,16 @@ const res = spawnSync(process.execPath, args, {
   stdio: verbose ? 'inherit' : 'pipe',
   encoding: 'utf8',
   maxBuffer: 64 * 1024 * 1024,
+  // A build takes seconds; this only stops an install from hanging on a stuck toolchain.
+  timeout: 10 * 60 * 1000,
 });
 const output = verbose ? '' : `${res.stdout ?? ''}${res.stderr ?? ''}`;
 if (res.error || res.status !== 0 || !existsSync(addonPath)) {
-  const why = res.error ? res.error.message : res.status !== 0 ? `node-gyp exited with ${res.status ?? res.signal}` : `${shown(addonPath)} is missing`;
+  const why = res.error
+    ? res.error.message
+    : res.status !== 0
+      ? `node-gyp exited with ${res.status ?? res.signal}`
+      : `${shown(addonPath)} is missing`;
   if (!verbose) {
     try {
       mkdirSync(dirname(logPath), { recursive: true });
@@ -81,7 +87,7 @@ if (res.error || res.status !== 0 || !existsSync(addonPath)) {
       // Only the log is lost; the one-line message still goes out.
     }
   }
-  give_up(verbose ? why : `${why}; log: ${shown(logPath)}`, output.slice(-8000));
+  giveUp(verbose ? why : `${why}; log: ${shown(logPath)}`, output.slice(-8000));
 }
 if (!verbose) writeFileSync(logPath, output);
 console.log(`marginal: native addon built: ${shown(addonPath)}`);

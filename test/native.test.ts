@@ -85,7 +85,7 @@ function gaussian(g: Rng): number {
 }
 
 const ROW_KINDS = [
-  'uniform', 'ties', 'neginf', 'nan', 'flat', 'nearflat', 'peaked', 'allNegInf', 'allNaN', 'posInf', 'huge', 'single', 'wide', 'mixed',
+  'uniform', 'ties', 'neginf', 'nan', 'flat', 'nearflat', 'peaked', 'allNegInf', 'allNaN', 'posInf', 'huge', 'single', 'wide', 'mixed', 'zeros',
 ] as const;
 type RowKind = (typeof ROW_KINDS)[number];
 
@@ -138,6 +138,12 @@ function fillRow(row: Float32Array, kind: RowKind, g: Rng): void {
       case 'mixed': {
         const r = g.next();
         row[i] = r < 0.1 ? NaN : r < 0.25 ? -Infinity : Math.round(v);
+        break;
+      }
+      case 'zeros': {
+        // -0 and +0 compare equal, so the id must decide between them, as between any tie.
+        const r = g.next();
+        row[i] = r < 0.3 ? -0 : r < 0.6 ? 0 : r < 0.7 ? -Infinity : Math.round(v * 4) / 8;
         break;
       }
     }
@@ -263,6 +269,88 @@ describe('native addon', () => {
   });
 });
 
+describe('native kernels (every SIMD set this machine has)', { skip: nativeSkip }, () => {
+  const sets = (): string[] => ['avx2', 'vector', 'scalar'].filter((k) => native!.argmax(new Float32Array(1), k) !== undefined);
+
+  function rows(g: Rng): Float32Array[] {
+    const out: Float32Array[] = [];
+    for (const kind of ROW_KINDS) {
+      for (const V of [1, 3, 4, 7, 8, 9, 31, 1000, 4099]) {
+        const row = new Float32Array(V);
+        fillRow(row, kind, g);
+        out.push(row);
+      }
+    }
+    const bits = new Float32Array(5000);
+    const u = new Uint32Array(bits.buffer);
+    for (let i = 0; i < u.length; i++) u[i] = g.nextUint32();
+    out.push(bits);
+    return out;
+  }
+
+  it('softmax weights and their sum equal the TypeScript loop bit for bit', (t) => {
+    if (!requireAddon(t)) return;
+    const g = new Rng(21);
+    for (const k of sets()) {
+      for (const row of rows(g)) {
+        let max = -Infinity;
+        for (const l of row) if (l > max) max = l;
+        if (!(max > -Infinity && max < Infinity)) max = 0.5;
+        for (const T of [0.01, 0.05, 0.3, 0.7, 1, 1.3, 2, 1e-5, 50]) {
+          const invT = 1 / T;
+          const want = new Float64Array(row.length);
+          let total = 0;
+          for (let i = 0; i < row.length; i++) {
+            const z = (row[i]! - max) * invT;
+            want[i] = z > -Infinity ? Math.exp(z) : 0;
+            total += want[i]!;
+          }
+          const got = new Float64Array(row.length);
+          assert.ok(Object.is(native!.softmaxWeights(row, max, invT, got, false, k), total), `${k}: sum, V=${row.length}, T=${T}`);
+          for (let i = 0; i < row.length; i++) {
+            if (!Object.is(got[i], want[i])) assert.fail(`${k}: weight of ${row[i]} (max ${max}, T ${T}) is ${got[i]}, TypeScript gives ${want[i]}`);
+          }
+          native!.softmaxWeights(row, max, invT, got, true, k);
+          let cum = 0;
+          for (let i = 0; i < row.length; i++) {
+            cum += want[i]!;
+            if (!Object.is(got[i], cum)) assert.fail(`${k}: running sum ${i} is ${got[i]}, TypeScript gives ${cum}`);
+          }
+        }
+      }
+    }
+  });
+
+  it('argmax and firstAbove keep the first index, skip NaN, and treat -0 as +0', (t) => {
+    if (!requireAddon(t)) return;
+    const g = new Rng(22);
+    for (const k of sets()) {
+      for (const row of rows(g)) {
+        let best = -Infinity;
+        let bi = 0;
+        for (let i = 0; i < row.length; i++) {
+          if (row[i]! > best) {
+            best = row[i]!;
+            bi = i;
+          }
+        }
+        assert.equal(native!.argmax(row, k), bi, `${k}: argmax, V=${row.length}`);
+        for (const threshold of [row[bi]!, row[Math.floor(g.next() * row.length)]!, 0, -0, -Infinity, Infinity, 1.5]) {
+          const from = Math.floor(g.next() * (row.length + 1));
+          let want = row.length;
+          for (let i = from; i < row.length; i++) {
+            if (row[i]! > Math.fround(threshold)) {
+              want = i;
+              break;
+            }
+          }
+          assert.equal(native!.firstAbove(row, from, threshold, k), want, `${k}: firstAbove(${from}, ${threshold}), V=${row.length}`);
+        }
+      }
+    }
+  });
+});
+
 describe('BatchSampler (TypeScript path)', () => {
   it('equals a loop of Sampler.sample, Rng by Rng', () => {
     const g = new Rng(5);
@@ -317,6 +405,17 @@ describe('BatchSampler: native agrees with TypeScript', { skip: nativeSkip }, ()
       const V = pick(g, [1, 2, 3, 7, 50, 257, 1000]);
       const b = randomBatch(g, V, Math.floor(g.next() * 13));
       assertSameRun(b, nat(V), ts(V), 3, `iteration ${iter}`);
+    }
+  });
+
+  it('on top-p candidate sets large enough for the radix sort (>= 1024 tokens)', () => {
+    const g = new Rng(1024);
+    for (let iter = 0; iter < 150; iter++) {
+      const V = pick(g, [1024, 1031, 2048, 4099]);
+      const b = randomBatch(g, V, 1 + Math.floor(g.next() * 6));
+      // Broad nuclei: high temperature, high top-p, no top-k, so most of the row is a candidate.
+      b.params = b.params.map((p) => (g.next() < 0.8 ? params(pick(g, [1, 2, 5, 50]), pick(g, [0.9, 0.99, 0.999999, 0.5]), 0) : p));
+      assertSameRun(b, nat(V), ts(V), 2, `iteration ${iter}`);
     }
   });
 

@@ -4,16 +4,19 @@
 #include <napi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "fdlibm.h"
 #include "sampler.h"
+#include "kernels.h"
 
 namespace {
 
@@ -64,12 +67,16 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
                              InstanceMethod("kvCopy", &MarginalNative::KvCopy),
                              InstanceMethod("fdlibmExp", &MarginalNative::FdlibmExp),
                              InstanceMethod("fdlibmLog", &MarginalNative::FdlibmLog),
+                             InstanceMethod("softmaxWeights", &MarginalNative::SoftmaxWeights),
+                             InstanceMethod("argmax", &MarginalNative::Argmax),
+                             InstanceMethod("firstAbove", &MarginalNative::FirstAbove),
+                             InstanceValue("kernels", Napi::String::New(env, marginal::kernel_name())),
                          });
   }
 
  private:
-  // Scratch per worker, kept between calls (three vocab-sized buffers each) and per addon
-  // instance, so engines in different worker_threads never share one.
+  // Scratch per sampling thread (a few vocab-sized buffers each), kept between calls, and per
+  // addon instance, so engines in different worker_threads never share one.
   std::vector<std::unique_ptr<marginal::RowSampler>> samplers_;
 
   marginal::RowSampler& sampler(size_t index, int32_t vocab) {
@@ -79,7 +86,8 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
     return *s;
   }
 
-  // sampleBatch(logits, vocab, rows, params, rngState, out, threads?)
+  // sampleBatch(logits, vocab, rows, params, rngState, out, threads?): threads is the most it
+  // may use (default 1).
   Napi::Value SampleBatch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 6) throw Napi::TypeError::New(env, "sampleBatch(logits, vocab, rows, params, rngState, out, threads?)");
@@ -98,39 +106,53 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
     if (params.length < 3 * n) throw Napi::RangeError::New(env, "params needs 3 numbers per row (temperature, topP, topK)");
     if (state.length < 4 * n) throw Napi::RangeError::New(env, "rngState needs 4 words per row");
     if (out.length < n) throw Napi::RangeError::New(env, "out is shorter than rows");
+    // Copied before checking: `out` or `rngState` may share memory with `rows`, and a row index
+    // overwritten after its check would let a read escape `logits`.
+    std::vector<int32_t> row_ids(rows.data, rows.data + n);
     for (size_t i = 0; i < n; i++) {
-      const int32_t r = rows.data[i];
+      const int32_t r = row_ids[i];
       if (r < 0 || (static_cast<uint64_t>(r) + 1) * static_cast<uint64_t>(vocab) > logits.length) {
         throw Napi::RangeError::New(env, "row " + std::to_string(r) + " is outside logits");
       }
     }
     if (n == 0) return env.Undefined();
 
-    // Rows are independent (own random state, own output), so splitting them across threads
-    // cannot change any result; it only pays when a call has enough work to cover the spawns.
-    threads = std::min(threads, n);
+    // Rows are independent (own random state, own output), so spreading them over threads
+    // cannot change any result. A thread is spawned per call, so only for enough work to
+    // cover the spawn: rows are weighted by their mode's rough cost per logit (greedy and
+    // top-k scan the row; full and top-p exponentiate it), in units of about 0.15 ns.
+    double work = 0;
+    for (size_t i = 0; i < n; i++) {
+      const double* p = params.data + 3 * i;
+      const bool scans = !(p[0] > 0) || (p[2] > 0 && p[2] < vocab_d);
+      work += vocab_d * (scans ? 4 : 40);
+    }
+    constexpr double kWorkPerThread = 700000;  // ~100 us
+    threads = std::min({threads, n, static_cast<size_t>(std::max(1.0, work / kWorkPerThread))});
     for (size_t t = 0; t < threads; t++) sampler(t, vocab);
-    auto run = [&](size_t t, size_t begin, size_t end) {
+    std::atomic<size_t> next{0};
+    auto run = [&](size_t t) {
       marginal::RowSampler& s = *samplers_[t];
-      for (size_t i = begin; i < end; i++) {
-        const float* row = logits.data + static_cast<size_t>(rows.data[i]) * static_cast<size_t>(vocab);
+      for (size_t i = next.fetch_add(1, std::memory_order_relaxed); i < n; i = next.fetch_add(1, std::memory_order_relaxed)) {
+        const float* row = logits.data + static_cast<size_t>(row_ids[i]) * static_cast<size_t>(vocab);
         const double* p = params.data + 3 * i;
         out.data[i] = s.sample(row, p[0], p[1], p[2], state.data + 4 * i);
       }
     };
     if (threads == 1) {
-      run(0, 0, n);
+      run(0);
       return env.Undefined();
     }
     std::vector<std::thread> pool;
     pool.reserve(threads - 1);
-    const size_t chunk = (n + threads - 1) / threads;
     for (size_t t = 1; t < threads; t++) {
-      const size_t begin = std::min(n, t * chunk);
-      const size_t end = std::min(n, begin + chunk);
-      pool.emplace_back(run, t, begin, end);
+      try {
+        pool.emplace_back(run, t);
+      } catch (const std::system_error&) {
+        break;  // Out of threads: rows are handed out one at a time, so fewer workers still do them all.
+      }
     }
-    run(0, 0, std::min(n, chunk));
+    run(0);
     for (auto& th : pool) th.join();
     return env.Undefined();
   }
@@ -203,6 +225,53 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
   // Math.exp and Math.log directly rather than only through sampled tokens.
   Napi::Value FdlibmExp(const Napi::CallbackInfo& info) { return Elementwise(info, marginal::fdlibm::exp); }
   Napi::Value FdlibmLog(const Napi::CallbackInfo& info) { return Elementwise(info, marginal::fdlibm::log); }
+
+  // Test hooks for one named kernel set (default: the one in use), so the test can hold every
+  // set this machine has to the TypeScript definitions. Each returns undefined when the named
+  // set is unavailable here.
+  static const marginal::KernelSet* NamedKernels(const Napi::CallbackInfo& info, size_t at) {
+    if (info.Length() > at && info[at].IsString()) return marginal::kernel_set(info[at].As<Napi::String>().Utf8Value().c_str());
+    return marginal::kernel_set(marginal::kernel_name());
+  }
+
+  static Span<float> Row(const Napi::CallbackInfo& info) {
+    const auto row = typed_array<float>(info[0], napi_float32_array, "row");
+    if (row.length > 2147483647u) throw Napi::RangeError::New(info.Env(), "row is too long");
+    return row;
+  }
+
+  // softmaxWeights(row, max, invT, out, prefix, kernel?): out[i] = the sampler's weight of
+  // row[i] (or with prefix, the running sum through i); returns the sum.
+  Napi::Value SoftmaxWeights(const Napi::CallbackInfo& info) {
+    const auto row = Row(info);
+    const double max = info[1].As<Napi::Number>().DoubleValue();
+    const double inv_t = info[2].As<Napi::Number>().DoubleValue();
+    const auto out = typed_array<double>(info[3], napi_float64_array, "out");
+    if (out.length < row.length) throw Napi::RangeError::New(info.Env(), "out is shorter than row");
+    const bool prefix = info[4].ToBoolean().Value();
+    const marginal::KernelSet* k = NamedKernels(info, 5);
+    if (k == nullptr) return info.Env().Undefined();
+    return Napi::Number::New(info.Env(), k->weights(row.data, static_cast<int32_t>(row.length), max, inv_t, out.data, prefix));
+  }
+
+  // argmax(row, kernel?)
+  Napi::Value Argmax(const Napi::CallbackInfo& info) {
+    const auto row = Row(info);
+    const marginal::KernelSet* k = NamedKernels(info, 1);
+    if (k == nullptr) return info.Env().Undefined();
+    return Napi::Number::New(info.Env(), k->argmax(row.data, static_cast<int32_t>(row.length)));
+  }
+
+  // firstAbove(row, from, threshold, kernel?)
+  Napi::Value FirstAbove(const Napi::CallbackInfo& info) {
+    const auto row = Row(info);
+    const double from = whole(info[1], "from");
+    if (from > static_cast<double>(row.length)) throw Napi::RangeError::New(info.Env(), "from is past the row");
+    const float threshold = static_cast<float>(info[2].As<Napi::Number>().DoubleValue());
+    const marginal::KernelSet* k = NamedKernels(info, 3);
+    if (k == nullptr) return info.Env().Undefined();
+    return Napi::Number::New(info.Env(), k->first_above(row.data, static_cast<int32_t>(from), static_cast<int32_t>(row.length), threshold));
+  }
 
   Napi::Value Elementwise(const Napi::CallbackInfo& info, double (*f)(double)) {
     const auto in = typed_array<double>(info[0], napi_float64_array, "input");

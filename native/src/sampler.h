@@ -1,6 +1,13 @@
 // The C++ twin of Sampler and Rng in src/engine/sampling.ts. That file's header is the
-// specification; this port follows its control flow statement by statement, so a change there
-// must be mirrored here (test/native.test.ts compares the two on every kind of row).
+// specification, and every result here equals the TypeScript one bit for bit: the same float64
+// operations in the same order wherever a rounded value is produced (weights, totals, running
+// sums). Where only comparisons are involved the work is organised differently, with identical
+// outcomes: vector scans (kernels.h), a binary search over running sums instead of the linear
+// scan (the sums are non-decreasing, so the first one above x is the same element), and, for a
+// large top-p candidate set, a stable radix sort into rank order instead of heap pops (rank
+// order is a total order, so both list the same tokens in the same order). A change to the
+// TypeScript sampler must be mirrored here; test/native.test.ts compares the two on every kind
+// of row.
 #pragma once
 
 #include <cstdint>
@@ -41,7 +48,7 @@ class RowSampler {
   int32_t sample(const float* row, double temperature, double top_p, double top_k, uint32_t* state);
 
  private:
-  int32_t argmax(const float* row) const;
+  int32_t rank_sort(const float* row, int32_t m);
   int32_t sample_full(const float* row, double inv_t, double u);
   int32_t sample_top_k(const float* row, double inv_t, double k, double top_p, double u);
   int32_t sample_top_p(const float* row, double t, double inv_t, double top_p, double u);
@@ -53,6 +60,11 @@ class RowSampler {
   std::vector<double> weights_;
   std::vector<int32_t> heap_;
   std::vector<int32_t> ranked_;
+  /** Running sums in the order a draw scans them, so the draw is a binary search. */
+  std::vector<double> prefix_;
+  std::vector<uint32_t> keys_a_;
+  std::vector<uint32_t> keys_b_;
+  std::vector<uint32_t> counts_;
 };
 
 }  // namespace marginal

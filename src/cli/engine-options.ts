@@ -2,6 +2,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { OnnxEngine, type OnnxEngineOptions } from '../engine/onnx-engine.js';
 import type { Engine, ExecutionProvider } from '../engine/types.js';
 import { WorkerEngine } from '../engine/worker-engine.js';
+import { nativeStatus } from '../native/index.js';
 import { describeModel, loadModelDir, type Flavour, type LoadedModel } from '../models/modeldir.js';
 import { defaultModelDir } from '../models/importers.js';
 
@@ -23,6 +24,7 @@ export async function openModelAndEngine(o: EngineCliOptions): Promise<{ model: 
   for (const p of providers) if (p !== 'cuda' && p !== 'cpu') throw new InvalidArgumentError(`unknown execution provider ${p} (cuda, cpu)`);
   const model = await loadModelDir(o.model ?? defaultModelDir(log));
   if (model.synthetic) log(`marginal: ${describeModel(model)}`);
+  log(`marginal: ${nativeStatus()}`);
   const engineOpts: OnnxEngineOptions = {
     flavour: (model.flavours.includes(o.flavour as Flavour) ? o.flavour : model.flavours[0]) as Flavour,
     providers: providers as ExecutionProvider[],

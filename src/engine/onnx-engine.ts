@@ -4,6 +4,8 @@ import { ContextLengthError, EngineCapacityError, InvalidArgumentError, ModelFor
 import { BlockPool } from '../kv/blocks.js';
 import type { Flavour, LoadedModel } from '../models/modeldir.js';
 import { IO } from '../models/llama/graph.js';
+import { BatchSampler } from '../native/sampling.js';
+import { kvCopy, type KvShape } from '../native/kv-copy.js';
 import { Sampler, type Rng, type SamplingParams } from './sampling.js';
 import { openSession, type SessionConfig } from './session.js';
 import type { Engine, EngineInfo, ExecutionProvider, StepItem, StepPlan, StepResult } from './types.js';
@@ -62,6 +64,14 @@ export class OnnxEngine implements Engine {
   private readonly slotRng: (Rng | undefined)[];
   private readonly pool: BlockPool;
   private readonly sampler: Sampler;
+  /** Full-logits rows go through the native batch sampler when the addon is built (identical results). */
+  private readonly batchSampler: BatchSampler;
+  private readonly kvShape: KvShape;
+  private batchRows = new Int32Array(0);
+  private batchOut = new Int32Array(0);
+  private readonly batchParams: SamplingParams[] = [];
+  private readonly batchRngs: Rng[] = [];
+  private readonly batchItems: number[] = [];
   private readonly vocab: number;
   private readonly inputNames: Set<string>;
   private readonly maxRanked: number;
@@ -112,6 +122,8 @@ export class OnnxEngine implements Engine {
     const blocksPerSeq = Math.ceil(maxContext / blockSize);
     this.pool = new BlockPool(maxSequences * blocksPerSeq, blockSize);
     this.sampler = new Sampler(this.vocab);
+    this.batchSampler = new BatchSampler(this.vocab);
+    this.kvShape = { kvHeads: this.kvHeads, capacity: this.capacity, headDim: this.headDim };
     this.inputNames = new Set(session.inputNames);
     this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
     this.idsBuf = new BigInt64Array(maxSequences);
@@ -170,16 +182,8 @@ export class OnnxEngine implements Engine {
     const slot = this.slotOf.get(seq);
     if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
     const len = this.slotLen[slot] as number;
-    const span = len * this.headDim;
-    const data = new Float32Array(this.layers * 2 * this.kvHeads * span);
-    for (let l = 0; l < this.layers; l++) {
-      for (let h = 0; h < this.kvHeads; h++) {
-        const src = slot * this.slotStride + h * this.capacity * this.headDim;
-        const dst = ((l * 2) * this.kvHeads + h) * span;
-        data.set((this.keys[l] as Float32Array).subarray(src, src + span), dst);
-        data.set((this.values[l] as Float32Array).subarray(src, src + span), dst + this.kvHeads * span);
-      }
-    }
+    const data = new Float32Array(this.layers * 2 * this.kvHeads * len * this.headDim);
+    if (len > 0) kvCopy('gather', this.keys, this.values, this.kvShape, slot, 0, len, [data]);
     const state = { len, data, sampling: this.slotParams[slot] as SamplingParams, rng: this.slotRng[slot] as Rng };
     this.close(seq);
     this.swappedOut.set(seq, state);
@@ -191,15 +195,7 @@ export class OnnxEngine implements Engine {
     this.open(seq, state.sampling, state.rng);
     this.swappedOut.delete(seq);
     const slot = this.slotOf.get(seq) as number;
-    const span = state.len * this.headDim;
-    for (let l = 0; l < this.layers; l++) {
-      for (let h = 0; h < this.kvHeads; h++) {
-        const dst = slot * this.slotStride + h * this.capacity * this.headDim;
-        const src = ((l * 2) * this.kvHeads + h) * span;
-        (this.keys[l] as Float32Array).set(state.data.subarray(src, src + span), dst);
-        (this.values[l] as Float32Array).set(state.data.subarray(src + this.kvHeads * span, src + this.kvHeads * span + span), dst);
-      }
-    }
+    if (state.len > 0) kvCopy('scatter', this.keys, this.values, this.kvShape, slot, 0, state.len, [state.data]);
     this.slotLen[slot] = state.len;
     this.pool.ensure(seq, state.len);
   }
@@ -221,21 +217,12 @@ export class OnnxEngine implements Engine {
     if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
     const bs = this.info.blockSize;
     if ((index + 1) * bs > (this.slotLen[slot] as number)) throw new InvalidArgumentError(`block ${index} of sequence ${seq} is not computed yet`);
-    const span = bs * this.headDim;
-    const perLayer = 2 * this.kvHeads * span;
     let copy = this.blockStore.get(blockId);
     if (copy === undefined) {
-      copy = new Float32Array(this.layers * perLayer);
+      copy = new Float32Array(this.layers * 2 * this.kvHeads * bs * this.headDim);
       this.blockStore.set(blockId, copy);
     }
-    for (let l = 0; l < this.layers; l++) {
-      for (let h = 0; h < this.kvHeads; h++) {
-        const src = slot * this.slotStride + (h * this.capacity + index * bs) * this.headDim;
-        const dst = l * perLayer + h * span;
-        copy.set((this.keys[l] as Float32Array).subarray(src, src + span), dst);
-        copy.set((this.values[l] as Float32Array).subarray(src, src + span), dst + this.kvHeads * span);
-      }
-    }
+    kvCopy('gather', this.keys, this.values, this.kvShape, slot, index * bs, bs, [copy]);
   }
 
   loadBlocks(seq: number, blockIds: readonly number[]): void {
@@ -244,20 +231,12 @@ export class OnnxEngine implements Engine {
     if ((this.slotLen[slot] as number) !== 0) throw new InvalidArgumentError(`sequence ${seq} is not empty`);
     const bs = this.info.blockSize;
     if (blockIds.length * bs > this.info.maxContext) throw new ContextLengthError(`${blockIds.length} blocks exceed the context`);
-    const span = bs * this.headDim;
-    const perLayer = 2 * this.kvHeads * span;
-    for (let b = 0; b < blockIds.length; b++) {
-      const copy = this.blockStore.get(blockIds[b] as number);
-      if (copy === undefined) throw new InvalidArgumentError(`block ${blockIds[b]} was never stored`);
-      for (let l = 0; l < this.layers; l++) {
-        for (let h = 0; h < this.kvHeads; h++) {
-          const dst = slot * this.slotStride + (h * this.capacity + b * bs) * this.headDim;
-          const src = l * perLayer + h * span;
-          (this.keys[l] as Float32Array).set(copy.subarray(src, src + span), dst);
-          (this.values[l] as Float32Array).set(copy.subarray(src + this.kvHeads * span, src + this.kvHeads * span + span), dst);
-        }
-      }
-    }
+    const copies = blockIds.map((id) => {
+      const copy = this.blockStore.get(id);
+      if (copy === undefined) throw new InvalidArgumentError(`block ${id} was never stored`);
+      return copy;
+    });
+    kvCopy('scatter', this.keys, this.values, this.kvShape, slot, 0, bs, copies);
     this.slotLen[slot] = blockIds.length * bs;
     this.pool.ensure(seq, blockIds.length * bs);
   }
@@ -310,19 +289,36 @@ export class OnnxEngine implements Engine {
     let runs = 0;
     const sampleRows = (batchItems: number[], rowOf: (k: number) => number, out: RunOutput) => {
       const s0 = performance.now();
-      for (let k = 0; k < batchItems.length; k++) {
-        const i = batchItems[k] as number;
-        const item = plan.items[i] as StepItem;
-        if (!item.sample) continue;
-        const slot = this.slotOf.get(item.seq) as number;
-        const params = this.slotParams[slot] as SamplingParams;
-        const rng = this.slotRng[slot] as Rng;
-        if (out.logits) {
-          const offset = rowOf(k) * this.vocab;
-          tokens[i] = this.sampler.sample(out.logits, offset, params, rng);
-          if (logits) logits.set(out.logits.subarray(offset, offset + this.vocab), i * this.vocab);
-        } else {
-          tokens[i] = this.sampler.sampleRanked(out.values as Float32Array, out.ids as BigInt64Array, rowOf(k) * out.k, out.k, params, rng);
+      if (out.logits) {
+        // One call for the whole batch: the native sampler when built, else the same loop in TypeScript.
+        let n = 0;
+        if (this.batchRows.length < batchItems.length) {
+          this.batchRows = new Int32Array(batchItems.length);
+          this.batchOut = new Int32Array(batchItems.length);
+        }
+        this.batchParams.length = 0;
+        this.batchRngs.length = 0;
+        this.batchItems.length = 0;
+        for (let k = 0; k < batchItems.length; k++) {
+          const i = batchItems[k] as number;
+          const item = plan.items[i] as StepItem;
+          if (!item.sample) continue;
+          const slot = this.slotOf.get(item.seq) as number;
+          this.batchRows[n++] = rowOf(k);
+          this.batchParams.push(this.slotParams[slot] as SamplingParams);
+          this.batchRngs.push(this.slotRng[slot] as Rng);
+          this.batchItems.push(i);
+          if (logits) logits.set(out.logits.subarray(rowOf(k) * this.vocab, (rowOf(k) + 1) * this.vocab), i * this.vocab);
+        }
+        this.batchSampler.sample(out.logits, this.batchRows, this.batchParams, this.batchRngs, this.batchOut, n);
+        for (let j = 0; j < n; j++) tokens[this.batchItems[j] as number] = this.batchOut[j] as number;
+      } else {
+        for (let k = 0; k < batchItems.length; k++) {
+          const i = batchItems[k] as number;
+          const item = plan.items[i] as StepItem;
+          if (!item.sample) continue;
+          const slot = this.slotOf.get(item.seq) as number;
+          tokens[i] = this.sampler.sampleRanked(out.values as Float32Array, out.ids as BigInt64Array, rowOf(k) * out.k, out.k, this.slotParams[slot] as SamplingParams, this.slotRng[slot] as Rng);
         }
       }
       sampleMs += performance.now() - s0;

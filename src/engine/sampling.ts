@@ -159,6 +159,22 @@ export class Rng {
   private s2: number;
   private s3: number;
 
+  /** Copies the four state words to into[at .. at + 4), the native sampler's layout (s0..s3). */
+  saveState(into: Uint32Array, at: number): void {
+    into[at] = this.s0;
+    into[at + 1] = this.s1;
+    into[at + 2] = this.s2;
+    into[at + 3] = this.s3;
+  }
+
+  /** Restores the state saveState wrote at from[at .. at + 4). */
+  loadState(from: Uint32Array, at: number): void {
+    this.s0 = from[at]! | 0;
+    this.s1 = from[at + 1]! | 0;
+    this.s2 = from[at + 2]! | 0;
+    this.s3 = from[at + 3]! | 0;
+  }
+
   constructor(seed: number) {
     if (!Number.isSafeInteger(seed)) throw new RangeError(`Rng seed must be a safe integer, got ${seed}`);
     this.seed = seed;

@@ -47,11 +47,12 @@ export interface NativeAddon {
   fdlibmLog(input: Float64Array, out: Float64Array): void;
   /**
    * With the named kernel set (default: the one in use); undefined when this machine lacks it.
-   * softmaxWeights: out[i] = z > -Infinity ? Math.exp(z) : 0 with z = (row[i] - max) * invT.
+   * softmaxWeights: out[i] = z > -Infinity ? Math.exp(z) : 0 with z = (row[i] - max) * invT
+   * (with `prefix`, the running sum through i instead); returns the sum in index order.
    * argmax: first index of the largest non-NaN value, 0 when none is above -Infinity.
    * firstAbove: first i >= from with row[i] > threshold, or row.length.
    */
-  softmaxWeights(row: Float32Array, max: number, invT: number, out: Float64Array, kernel?: string): true | undefined;
+  softmaxWeights(row: Float32Array, max: number, invT: number, out: Float64Array, prefix: boolean, kernel?: string): number | undefined;
   argmax(row: Float32Array, kernel?: string): number | undefined;
   firstAbove(row: Float32Array, from: number, threshold: number, kernel?: string): number | undefined;
 }

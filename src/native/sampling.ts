@@ -29,8 +29,9 @@ export interface BatchSamplerOptions {
  * Samples many rows of one logits buffer in one call: out[i] is what
  * `new Sampler(vocab).sample(logits, rows[i] * vocab, params[i], rngs[i])` returns, run for
  * i = 0, 1, … in order, and every Rng ends in the state that loop leaves it in — whichever
- * backend runs. The addon is a statement-by-statement port of Sampler (with V8's own exp and
- * log), so the two agree bit for bit; test/native.test.ts holds them to it.
+ * backend runs. The addon performs the Sampler's float64 arithmetic in the same order (with a
+ * port of V8's own exp and log) and reorganises only comparisons, so the two agree bit for bit
+ * (native/src/sampler.h says how); test/native.test.ts holds them to it.
  *
  * Inputs are validated before anything is sampled, so a bad row throws with every Rng untouched
  * (the plain Sampler loop would have advanced the rows before it).
