@@ -114,7 +114,8 @@ export class Generator {
 
   /** Requests submitted and not yet settled. */
   get inFlight(): number {
-    return this.scheduler.pending;
+    // Settled only once flushed: a request the scheduler finished may still await delivery.
+    return this.pending.size;
   }
 
   /** Tokenizes a prompt the way a request will see it. */
@@ -186,12 +187,17 @@ export class Generator {
     const plan = this.scheduler.plan(this.clock());
     if (plan.items.length === 0) {
       this.scheduler.commit({ tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0 } }, this.clock(), 0);
+      this.flush();
       return false;
     }
     let result;
     try {
-      result = await this.engine.execute(plan);
+      const running = this.engine.execute(plan);
+      // The previous step's text goes out while this step computes (in the engine's worker).
+      this.flush();
+      result = await running;
     } catch (e) {
+      this.flush();
       // A failed step fails the requests in it, never silently: their blocks are freed.
       for (const item of plan.items) {
         const p = this.pending.get(item.seq);
@@ -214,20 +220,51 @@ export class Generator {
       else if (++idle > maxIdleSteps) throw new Error(`${this.scheduler.pending} requests cannot be scheduled`);
       else await new Promise((r) => setTimeout(r, 1));
     }
+    this.flush();
   }
 
   // --- scheduler listener ------------------------------------------------------------------
 
+  // Tokens and finishes are queued during commit and turned into text by `flush`, which runs
+  // while the next step computes: detokenizing, stop matching and writing to clients then
+  // overlap the engine instead of delaying it.
+  private readonly queuedRequests: SchedRequest[] = [];
+  private readonly queuedTokens: number[] = [];
+
   onToken(r: SchedRequest, token: number, now: number): void {
     this.observer?.onToken?.(r, now);
+    this.queuedRequests.push(r);
+    this.queuedTokens.push(token);
+  }
+
+  onFinish(r: SchedRequest, now: number): void {
+    this.observer?.onFinish?.(r, now);
+    this.queuedRequests.push(r);
+    this.queuedTokens.push(-1);
+  }
+
+  /** Delivers queued tokens and completions to their requests, in order. */
+  flush(): void {
+    const rs = this.queuedRequests;
+    const ts = this.queuedTokens;
+    for (let i = 0; i < rs.length; i++) {
+      const r = rs[i] as SchedRequest;
+      const t = ts[i] as number;
+      if (t >= 0) this.deliverToken(r, t);
+      else this.deliverFinish(r);
+    }
+    rs.length = 0;
+    ts.length = 0;
+  }
+
+  private deliverToken(r: SchedRequest, token: number): void {
     const p = this.pending.get(r.seq);
     if (p === undefined) return;
     const piece = p.detok.push(token);
     if (piece.length > 0 && this.emit(p, piece)) this.scheduler.stop(r.seq, this.clock());
   }
 
-  onFinish(r: SchedRequest, now: number): void {
-    this.observer?.onFinish?.(r, now);
+  private deliverFinish(r: SchedRequest): void {
     const p = this.pending.get(r.seq);
     if (p === undefined) return;
     this.pending.delete(r.seq);

@@ -38,6 +38,7 @@ export class EngineLoop {
         await new Promise((r) => (ran ? setImmediate(r) : setTimeout(r, 2)));
       }
     } finally {
+      this.generator.flush();
       this.active = false;
       this.settle?.();
     }
