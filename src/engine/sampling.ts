@@ -329,26 +329,8 @@ export class Sampler {
       w[j] = e;
       total += e;
     }
-    let n = size;
-    let kept = total;
-    if (params.topP < 1) {
-      const target = params.topP * total;
-      let cum = 0;
-      n = 0;
-      while (n < size) {
-        cum += w[n]!;
-        n++;
-        if (cum >= target) break;
-      }
-      kept = cum;
-    }
-    const x = u * kept;
-    let cum = 0;
-    for (let j = 0; j < n; j++) {
-      cum += w[j]!;
-      if (cum > x) return id(j);
-    }
-    return id(0);
+    const j = this.drawRank(size, total, params.topP, u);
+    return id(j < 0 ? 0 : j);
   }
 
   /** Whether `sampleRanked` over `k` ranked candidates reproduces `sample` for these parameters. */
@@ -430,6 +412,17 @@ export class Sampler {
       w[j] = e;
       total += e;
     }
+    const j = this.drawRank(size, total, topP, u);
+    return j < 0 ? first : h[j]!;
+  }
+
+  /**
+   * The draw shared by top-k over the heap and over in-graph candidates: weights w[0..size) in
+   * rank order summing to `total`, cut to the top-p nucleus, one uniform `u`. Returns the
+   * chosen rank, or -1 when rounding leaves nothing chosen (callers take the best).
+   */
+  private drawRank(size: number, total: number, topP: number, u: number): number {
+    const w = this.weights;
     let n = size;
     let kept = total;
     if (topP < 1) {
@@ -447,9 +440,9 @@ export class Sampler {
     let cum = 0;
     for (let j = 0; j < n; j++) {
       cum += w[j]!;
-      if (cum > x) return h[j]!;
+      if (cum > x) return j;
     }
-    return first;
+    return -1;
   }
 
   private sampleTopP(logits: Float32Array, off: number, T: number, invT: number, topP: number, u: number): number {
