@@ -69,7 +69,7 @@ export function synthesize(shapeName: string, out: string, opts: { log?: (s: str
     weights: syntheticWeights(),
     tokenizer,
     synthetic: true,
-    description: `synthetic ${entry.about}, random weights, ${tokNote}`,
+    description: `synthetic model in ${entry.about}, random weights, ${tokNote}`,
   };
   return writeModelDir(opts.flavours ? { ...o, flavours: opts.flavours } : o);
 }

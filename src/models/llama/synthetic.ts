@@ -10,7 +10,7 @@ export const SYNTHETIC_SHAPES: Record<string, { shape: LlamaShape; tokenizer: 'l
   tiny: {
     shape: { dim: 64, hiddenDim: 172, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 512, maxSeqLen: 256, normEps: 1e-5, ropeTheta: 10000, sharedClassifier: true },
     tokenizer: 'synthetic',
-    about: 'a tiny Llama for unit tests',
+    about: 'the shape of a tiny Llama for unit tests',
   },
   stories15m: {
     shape: { dim: 288, hiddenDim: 768, nLayers: 6, nHeads: 6, nKvHeads: 6, vocabSize: 32000, maxSeqLen: 256, normEps: 1e-5, ropeTheta: 10000, sharedClassifier: true },
