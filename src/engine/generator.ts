@@ -191,13 +191,18 @@ export class Generator {
       return false;
     }
     let result;
+    const running = this.engine.execute(plan);
+    // The previous step's text goes out while this step computes (in the engine's worker). A
+    // client callback that throws must not look like an engine failure: the step still runs.
     try {
-      const running = this.engine.execute(plan);
-      // The previous step's text goes out while this step computes (in the engine's worker).
       this.flush();
+    } catch (e) {
+      void running.catch(() => {});
+      throw e;
+    }
+    try {
       result = await running;
     } catch (e) {
-      this.flush();
       // A failed step fails the requests in it, never silently: their blocks are freed.
       for (const item of plan.items) {
         const p = this.pending.get(item.seq);
@@ -289,7 +294,7 @@ export class Generator {
       tokens: Array.from(r.tokens.subarray(r.promptLength, r.length)),
       promptTokens: r.promptLength,
       cachedTokens: r.cachedTokens,
-      finishReason: r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
+      finishReason: p.stop.stopped ? 'stop' : r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
       bill: r.finalBill,
       preemptions: r.preemptions,
     });

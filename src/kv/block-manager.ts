@@ -15,7 +15,6 @@ export interface CachedBlockInfo {
   readonly lastUsedAt: number;
 }
 
-const NONE = -1;
 
 /**
  * Paged KV memory in fixed-size blocks, with a content-addressed prefix cache in the manner of
@@ -173,13 +172,12 @@ export class BlockManager {
   }
 
   private evictOne(now: number, policy: EvictionPolicy | undefined): void {
-    let victim = NONE;
-    if (policy === undefined) {
-      victim = this.cached.keys().next().value as number;
-    } else {
+    // LRU order's first key is also the fallback when every keep-value is NaN or Infinity.
+    let victim = this.cached.keys().next().value as number;
+    if (policy !== undefined) {
       let best = Infinity;
       for (const id of this.cached.keys()) {
-        const v = policy.keepValue(this.info(id), now);
+        const v = policy.keepValue(this.fill(id), now);
         if (v < best) {
           best = v;
           victim = id;
@@ -187,6 +185,31 @@ export class BlockManager {
       }
     }
     this.dropCached(victim);
+  }
+
+  /** One reused record for scans over every cached block (no allocation per block). */
+  private readonly scratch = { id: 0, depth: 0, hits: 0, createdAt: 0, lastUsedAt: 0 };
+
+  private fill(id: number): CachedBlockInfo {
+    const s = this.scratch;
+    s.id = id;
+    s.depth = this.depthOf[id] as number;
+    s.hits = this.hits[id] as number;
+    s.createdAt = this.createdAt[id] as number;
+    s.lastUsedAt = this.lastUsedAt[id] as number;
+    return s;
+  }
+
+  /** Of `ids`, how many only their holder references: what preempting that holder frees. */
+  exclusiveBlocks(ids: readonly number[]): number {
+    let n = 0;
+    for (const id of ids) if (this.refCount[id] === 1) n++;
+    return n;
+  }
+
+  /** keepValue of one cached block, through the reused record. */
+  keepValueOf(id: number, now: number, policy: EvictionPolicy): number {
+    return policy.keepValue(this.fill(id), now);
   }
 
   /** Evicts a specific cached block (the pricing policy drops blocks whose keep-value is below rent). */

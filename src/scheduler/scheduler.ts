@@ -248,11 +248,13 @@ export class Scheduler implements SchedulerView {
         const decoding = r.pending === 1 && r.computed > 0;
         if (decoding !== (pass === 0)) continue;
         const n = Math.min(r.pending, this.cfg.prefillChunk, this.budget);
-        if (!this.ensureBlocks(r, r.computed + n)) continue;
-        // ensureBlocks may have preempted requests earlier in the list.
-        if (r.state !== 'running') continue;
-        this.addItem(r, n);
-        if (this.runningList[i] !== r) i = this.runningList.indexOf(r);
+        const ok = this.ensureBlocks(r, r.computed + n);
+        if (ok && r.state === 'running') this.addItem(r, n);
+        // ensureBlocks may have preempted requests, r itself included: resume from r's place.
+        if (this.runningList[i] !== r) {
+          const at = this.runningList.indexOf(r);
+          i = at >= 0 ? at : i - 1;
+        }
       }
     }
     if (this.budget > 0 && this.runningList.length < this.cfg.maxRunning) this.policy.admit();
@@ -271,6 +273,8 @@ export class Scheduler implements SchedulerView {
     }
     for (let i = 0; i < this.planned.length; i++) {
       const r = this.planned[i] as SchedRequest;
+      // Aborted mid-step (or the step failed): no progress, no bill, no blocks registered.
+      if (this.deferredAborts.has(r.seq)) continue;
       const n = (this.items[i] as StepItem).count;
       const start = r.computed;
       const end = start + n;
@@ -289,7 +293,8 @@ export class Scheduler implements SchedulerView {
       this.policy.served(r, freshPrompt, 0);
       this.registerBlocks(r);
       const token = result.tokens[i] as number;
-      if (token >= 0 && r.state === 'running' && !this.deferredAborts.has(r.seq)) this.sampled(r, token, now);
+      // A stop sequence matched while this step ran: the token it sampled is not part of the answer.
+      if (token >= 0 && r.state === 'running' && !r.stopRequested) this.sampled(r, token, now);
     }
     if (stepSeconds > 0) {
       for (const r of this.runningList) r.bill.addKvRent(r.blocks.length * stepSeconds, this.prices.kv);

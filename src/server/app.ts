@@ -188,7 +188,12 @@ export function buildServer(deps: ServerDeps): Server {
     return t;
   };
 
-  app.get('/health', async (_req, reply) => (draining ? reply.code(503).send({ status: 'draining' }) : { status: 'ok' }));
+  app.get('/health', async (_req, reply) => {
+    if (draining) return reply.code(503).send({ status: 'draining' });
+    // A dead engine worker means nothing can be served: say so to the load balancer.
+    if ((generator.engine as { alive?: boolean }).alive === false) return reply.code(503).send({ status: 'engine down' });
+    return { status: 'ok' };
+  });
 
   app.get('/metrics', async (_req, reply) => {
     // Gauges as of now: an idle server runs no steps, yet a disconnect may just have freed memory.
@@ -253,6 +258,8 @@ export function buildServer(deps: ServerDeps): Server {
     res.on('close', () => {
       if (!res.writableFinished) abort.abort();
     });
+    // The client may have gone while the prompt was being tokenized.
+    if (res.destroyed || req.raw.socket?.destroyed) abort.abort();
 
     if (body.stream !== true) {
       const pending = generator.submit({ prompt, sampling, signal: abort.signal, ...economics(body, tenant) });

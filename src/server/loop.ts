@@ -18,7 +18,8 @@ export class EngineLoop {
   ) {}
 
   wake(): void {
-    if (this.active || this.stopped) return;
+    // Also while draining: a request accepted before the drain began must still run.
+    if (this.active) return;
     this.active = true;
     this.idle = new Promise((r) => (this.settle = r));
     setImmediate(() => void this.run());
@@ -47,11 +48,11 @@ export class EngineLoop {
   /** Resolves once everything submitted so far has finished. */
   async drain(): Promise<void> {
     this.stopped = true;
-    if (this.generator.inFlight > 0 && !this.active) {
-      this.stopped = false;
-      this.wake();
-      this.stopped = true;
+    // Requests still being tokenized when the drain began arrive later: wait for them too.
+    for (let rounds = 0; rounds < 10_000 && (this.generator.inFlight > 0 || this.active); rounds++) {
+      if (!this.active) this.wake();
+      await this.idle;
+      if (this.generator.inFlight === 0) await new Promise((r) => setTimeout(r, 5));
     }
-    await this.idle;
   }
 }

@@ -227,7 +227,8 @@ export class ShadowPolicy implements Policy, EvictionPolicy {
       loss += this.preemptionLoss(x);
       if (gain <= loss * (1 + this.opts.hysteresis)) return false;
       victims.push(x);
-      freed += x.blocks.length;
+      // Blocks shared through the prefix cache stay held by others: they free nothing.
+      freed += v.blocks.exclusiveBlocks(x.blocks);
     }
     for (const x of victims) v.preempt(x);
     return true;
@@ -278,7 +279,7 @@ export class ShadowPolicy implements Policy, EvictionPolicy {
     const v = this.view;
     const rent = v.prices.kv * this.opts.reuseHorizon;
     const drop: number[] = [];
-    for (const id of v.blocks.cachedIds()) if (this.keepValue(v.blocks.info(id), v.now) < rent) drop.push(id);
+    for (const id of v.blocks.cachedIds()) if (v.blocks.keepValueOf(id, v.now, this) < rent) drop.push(id);
     for (const id of drop) v.blocks.dropCached(id);
   }
 }
