@@ -174,3 +174,53 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
     await session.release();
   });
 });
+
+describe('generator failure and stop handling', { skip: sharedSkipReason() }, () => {
+  let model: LoadedModel;
+  before(async () => {
+    model = await loadModelDir(importStories260K());
+  });
+
+  test('a failed engine step fails its requests, frees everything, and the next request is served', async () => {
+    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 4 });
+    const g = new Generator(engine, model);
+    const real = engine.execute.bind(engine);
+    let calls = 0;
+    engine.execute = async (plan) => {
+      if (++calls === 1) throw new Error('simulated ONNX Runtime failure');
+      return real(plan);
+    };
+    const first = g.submit({ prompt: 'Once upon a time, there was a little girl named Lily. She loved to play outside', sampling: greedy(5) });
+    const firstFailed = assert.rejects(first, /simulated/);
+    await assert.rejects(g.step(), /simulated/);
+    await firstFailed;
+    assert.equal(g.scheduler.running.length, 0);
+    assert.equal(g.scheduler.blocks.heldBlocks, 0);
+    assert.equal(engine.freeBlocks, engine.info.totalBlocks);
+    const second = g.submit({ prompt: 'Zoo', sampling: greedy(57) });
+    await g.runUntilIdle();
+    assert.equal('Zoo' + (await second).text, stories260K.referenceZoo);
+    await engine.dispose();
+  });
+
+  test('a stop sequence ends the completion before it: no token after it is counted or billed, finish_reason stop', async () => {
+    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 2 });
+    const g = new Generator(engine, model);
+    const plain = g.submit({ prompt: 'Once', sampling: greedy(40) });
+    await g.runUntilIdle();
+    const full = (await plain).text;
+    const at = full.indexOf('Lily');
+    assert.ok(at > 0, full);
+    for (const maxTokens of [40, 13]) {
+      const stopped = g.submit({ prompt: 'Once', sampling: validateSamplingParams({ temperature: 0, max_tokens: maxTokens, stop: ['Lily'] }) });
+      await g.runUntilIdle();
+      const c = await stopped;
+      assert.equal(c.text, full.slice(0, at));
+      assert.equal(c.finishReason, 'stop');
+      assert.equal(c.bill?.completion_tokens, c.tokens.length);
+      assert.ok(model.tokenizer.decode([1, ...c.tokens]).includes('Lily'), 'the tokens end with the stop sequence, not past it');
+      assert.ok(!model.tokenizer.decode([1, ...c.tokens.slice(0, -1)]).includes('Lily'));
+    }
+    await engine.dispose();
+  });
+});
