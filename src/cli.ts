@@ -78,6 +78,15 @@ engineOptions(
     .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
 ).action(runServe);
 
+/** Server geometry and welfare pricing, shared by everything that runs the simulator. */
+const simulatorOptions = (c: Command) =>
+  c
+    .option('--max-running <n>', 'sequences at once', intArg('--max-running'))
+    .option('--max-batch-tokens <n>', 'token budget per step', intArg('--max-batch-tokens'))
+    .option('--max-context <n>', 'context per sequence', intArg('--max-context'))
+    .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
+    .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price'));
+
 const traceOptions = (c: Command) =>
   c
     .requiredOption('--trace <file>', 'trace: JSON Lines contract, msgpack, Azure 2023 CSV or Mooncake JSONL')
@@ -92,39 +101,33 @@ const traceOptions = (c: Command) =>
     .option('--workload <file>', 'tenants, values and SLOs for traces that carry none (default: built-in three-tenant mix)')
     .option('--seed <n>', 'workload seed', intArg('--seed'));
 
-traceOptions(
-  program
-    .command('sim')
-    .description('replay a trace through the scheduler on the calibrated cost model')
-    .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
-    .option('--curve <file>', 'price curve file')
-    .option('--profile <file>', 'step-time profile from marginal calibrate')
-    .option('--json', 'print the summary as one JSON object')
-    .option('--requests-out <file>', 'write one JSON line per request')
-    .option('--max-running <n>', 'sequences at once', intArg('--max-running'))
-    .option('--max-batch-tokens <n>', 'token budget per step', intArg('--max-batch-tokens'))
-    .option('--max-context <n>', 'context per sequence', intArg('--max-context'))
-    .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
-    .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price')),
+simulatorOptions(
+  traceOptions(
+    program
+      .command('sim')
+      .description('replay a trace through the scheduler on the calibrated cost model')
+      .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
+      .option('--curve <file>', 'price curve file')
+      .option('--profile <file>', 'step-time profile from marginal calibrate')
+      .option('--json', 'print the summary as one JSON object')
+      .option('--requests-out <file>', 'write one JSON line per request'),
+  ),
 ).action(runSim);
 
-traceOptions(
-  program
-    .command('tune')
-    .description('sweep price curves with the simulator on every core; write the frontier, plots and the best curve file')
-    .option('--grid <file>', 'curve families and parameters to sweep (default: built-in grid over all five kinds)')
-    .option('--out <dir>', 'where tune.json, best-curve.json and the SVG plots go', 'tune-out')
-    .option('--profile <file>', 'step-time profile from marginal calibrate')
-    .option('--loads <list>', 'offered loads as multiples of capacity (default: the grid\'s, else 1,2)')
-    .option('--policy <name>', "overrides the grid's policy")
-    .option('--threads <n>', 'worker threads (default: all cores)', intArg('--threads'))
-    .option('--json', 'print the result summary as JSON')
-    .option('--quiet', 'no progress bar')
-    .option('--max-running <n>', 'sequences at once', intArg('--max-running'))
-    .option('--max-batch-tokens <n>', 'token budget per step', intArg('--max-batch-tokens'))
-    .option('--max-context <n>', 'context per sequence', intArg('--max-context'))
-    .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
-    .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price')),
+simulatorOptions(
+  traceOptions(
+    program
+      .command('tune')
+      .description('sweep price curves with the simulator on every core; write the frontier, plots and the best curve file')
+      .option('--grid <file>', 'curve families and parameters to sweep (default: built-in grid over all five kinds)')
+      .option('--out <dir>', 'where tune.json, best-curve.json and the SVG plots go', 'tune-out')
+      .option('--profile <file>', 'step-time profile from marginal calibrate')
+      .option('--loads <list>', 'offered loads as multiples of capacity (default: the grid\'s, else 1,2)')
+      .option('--policy <name>', "overrides the grid's policy")
+      .option('--threads <n>', 'worker threads (default: all cores)', intArg('--threads'))
+      .option('--json', 'print the result summary as JSON')
+      .option('--quiet', 'no progress bar'),
+  ),
 ).action(runTune);
 
 program

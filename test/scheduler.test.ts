@@ -13,20 +13,9 @@ import { generateWorkload } from '../src/sim/workload.js';
 import type { TraceRequest } from '../src/sim/trace.js';
 import { importStories260K } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
+import { testProfile } from './helpers/profile.js';
 
-const profile: StepProfile = {
-  model: 'test',
-  machine: 'test',
-  flavour: 'fast',
-  baseMs: 2,
-  perTokenMs: 0.05,
-  perContextMs: 0.5,
-  perSequenceMs: 0.1,
-  perRunMs: 1,
-  maxSequences: 16,
-  maxContext: 512,
-  blockSize: 16,
-};
+const profile: StepProfile = testProfile;
 
 const greedy = validateSamplingParams({ temperature: 0, max_tokens: 512 });
 

@@ -11,20 +11,9 @@ import { writeTrace, type TraceRequest } from '../src/sim/trace.js';
 import { defaultGrid, gridCandidates, parseGrid, tune, writeTuneOutputs, type Grid, type TuneResult } from '../src/sim/tune.js';
 import { generateWorkload } from '../src/sim/workload.js';
 import { cleanup, tempDir } from './helpers/models.js';
+import { testProfile } from './helpers/profile.js';
 
-const profile: StepProfile = {
-  model: 'test',
-  machine: 'test',
-  flavour: 'fast',
-  baseMs: 2,
-  perTokenMs: 0.05,
-  perContextMs: 0.5,
-  perSequenceMs: 0.1,
-  perRunMs: 1,
-  maxSequences: 16,
-  maxContext: 512,
-  blockSize: 16,
-};
+const profile: StepProfile = testProfile;
 
 const trace: TraceRequest[] = generateWorkload({ seed: 3, requests: 200, rate: 20, maxPromptTokens: 384, maxOutputTokens: 96 });
 const sim = { profile, totalBlocks: 192 };

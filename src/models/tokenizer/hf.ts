@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { Tokenizer as HfCoreTokenizer } from '@huggingface/tokenizers';
 import { TokenizerFormatError } from '../../errors.js';
 import type { EncodeOptions, Tokenizer } from './types.js';
+import { decodeTokenBytes } from './bytes.js';
 
 const EMPTY = new Uint8Array(0);
 const UTF8 = new TextEncoder();
@@ -239,16 +240,7 @@ export class HfTokenizer implements Tokenizer {
       if (ids.length === 0) return '';
       return this.hf.decode(Array.from(ids), { skip_special_tokens: true, clean_up_tokenization_spaces: false });
     }
-    let total = 0;
-    for (let i = 0; i < ids.length; i++) total += this.tokenBytes(ids[i]!, i > 0 ? ids[i - 1]! : -1).length;
-    const buf = new Uint8Array(total);
-    let off = 0;
-    for (let i = 0; i < ids.length; i++) {
-      const b = this.tokenBytes(ids[i]!, i > 0 ? ids[i - 1]! : -1);
-      buf.set(b, off);
-      off += b.length;
-    }
-    return UTF8_DECODER.decode(buf);
+    return decodeTokenBytes(ids, (id, prev) => this.tokenBytes(id, prev));
   }
 
   tokenBytes(id: number, prev: number): Uint8Array {

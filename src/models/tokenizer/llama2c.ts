@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { TokenizerFormatError } from '../../errors.js';
 import type { EncodeOptions, Tokenizer } from './types.js';
+import { decodeTokenBytes } from './bytes.js';
 
 /**
  * llama2.c's tokenizer (karpathy/llama2.c run.c `encode`/`decode`) over its .bin format:
@@ -215,16 +216,7 @@ export class Llama2cTokenizer implements Tokenizer {
   }
 
   decode(ids: ArrayLike<number>): string {
-    let total = 0;
-    for (let i = 0; i < ids.length; i++) total += this.tokenBytes(ids[i]!, i > 0 ? ids[i - 1]! : -1).length;
-    const buf = new Uint8Array(total);
-    let off = 0;
-    for (let i = 0; i < ids.length; i++) {
-      const b = this.tokenBytes(ids[i]!, i > 0 ? ids[i - 1]! : -1);
-      buf.set(b, off);
-      off += b.length;
-    }
-    return UTF8_DECODER.decode(buf);
+    return decodeTokenBytes(ids, (id, prev) => this.tokenBytes(id, prev));
   }
 
   tokenBytes(id: number, prev: number): Uint8Array {
