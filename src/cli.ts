@@ -34,21 +34,30 @@ const engineOptions = (c: Command) =>
     .option('--providers <list>', 'execution providers in order of preference', 'cuda,cpu')
     .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'));
 
-const imp = program.command('import').description('import a model into a model directory');
-imp
-  .command('llama2c')
-  .description('import a llama2.c checkpoint and its tokenizer')
-  .argument('<checkpoint>', 'llama2.c checkpoint (.bin)')
-  .argument('<tokenizer>', 'llama2.c tokenizer (.bin)')
-  .requiredOption('--out <dir>', 'output model directory')
-  .action(runImportLlama2c);
+/** Weight formats for everything that writes a model directory. */
+const quantizeOptions = (c: Command) =>
+  c
+    .option('--quantize <q8|q4>', 'weight-only int8 or int4 projections in blocks of 32 (ONNX Runtime MatMulNBits)')
+    .option('--classifier <fp32|q8|q4>', 'format of the output classifier (default: as --quantize)')
+    .option('--embeddings <fp32|q8|q4>', 'format of the token embeddings (default: as --quantize)');
 
-program
-  .command('synth')
-  .description('write a model of a named shape with random deterministic weights')
-  .requiredOption('--shape <name>', 'tiny | stories15m | stories110m | llama-1b')
-  .requiredOption('--out <dir>', 'output model directory')
-  .action(runSynth);
+const imp = program.command('import').description('import a model into a model directory');
+quantizeOptions(
+  imp
+    .command('llama2c')
+    .description('import a llama2.c checkpoint and its tokenizer')
+    .argument('<checkpoint>', 'llama2.c checkpoint (.bin)')
+    .argument('<tokenizer>', 'llama2.c tokenizer (.bin)')
+    .requiredOption('--out <dir>', 'output model directory'),
+).action(runImportLlama2c);
+
+quantizeOptions(
+  program
+    .command('synth')
+    .description('write a model of a named shape with random deterministic weights')
+    .requiredOption('--shape <name>', 'tiny | stories15m | stories110m | llama-1b')
+    .requiredOption('--out <dir>', 'output model directory'),
+).action(runSynth);
 
 engineOptions(
   program

@@ -1,14 +1,21 @@
 import { describeModel, loadModelDir } from '../models/modeldir.js';
 import { importLlama2c, synthesize } from '../models/importers.js';
+import { quantizeOptions } from '../models/quant/formats.js';
 
 const log = (s: string) => process.stderr.write(s + '\n');
 
-export async function runImportLlama2c(checkpoint: string, tokenizer: string, opts: { out: string }): Promise<void> {
-  importLlama2c(checkpoint, tokenizer, opts.out);
+interface QuantizeFlags {
+  quantize?: string;
+  classifier?: string;
+  embeddings?: string;
+}
+
+export async function runImportLlama2c(checkpoint: string, tokenizer: string, opts: { out: string } & QuantizeFlags): Promise<void> {
+  importLlama2c(checkpoint, tokenizer, opts.out, { quantize: quantizeOptions(opts), log });
   log(`wrote ${describeModel(await loadModelDir(opts.out))} to ${opts.out}`);
 }
 
-export async function runSynth(opts: { shape: string; out: string }): Promise<void> {
-  synthesize(opts.shape, opts.out, { log });
+export async function runSynth(opts: { shape: string; out: string } & QuantizeFlags): Promise<void> {
+  synthesize(opts.shape, opts.out, { log, quantize: quantizeOptions(opts) });
   log(`wrote ${describeModel(await loadModelDir(opts.out))} to ${opts.out}`);
 }
