@@ -9,6 +9,8 @@ export const ModelNotFoundError = createError<[string]>('MARGINAL_MODEL_NOT_FOUN
 export const ModelFormatError = createError<[string]>('MARGINAL_MODEL_FORMAT', 'invalid model: %s', 500);
 export const CheckpointFormatError = createError<[string]>('MARGINAL_CHECKPOINT_FORMAT', 'invalid checkpoint: %s', 400);
 export const TokenizerFormatError = createError<[string]>('MARGINAL_TOKENIZER_FORMAT', 'invalid tokenizer: %s', 400);
+/** A well-formed model file of a kind marginal does not run (an architecture, a weight type, a tokenizer), named in the message. */
+export const UnsupportedModelError = createError<[string]>('MARGINAL_UNSUPPORTED_MODEL', 'unsupported model: %s', 400);
 export const InvalidSamplingError = createError<[string]>('MARGINAL_INVALID_SAMPLING', 'invalid sampling parameter: %s', 400);
 export const ContextLengthError = createError<[string]>('MARGINAL_CONTEXT_LENGTH', '%s', 400);
 export const InvalidArgumentError = createError<[string]>('MARGINAL_INVALID_ARGUMENT', '%s', 400);

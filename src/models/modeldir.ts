@@ -96,6 +96,8 @@ export interface WriteModelOptions {
   quantize?: QuantizeOptions;
   source?: string;
   log?: (line: string) => void;
+  /** Called after each weight tensor is written (the CLI's progress bar). */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export function writeModelDir(o: WriteModelOptions): ModelConfig {
@@ -121,7 +123,7 @@ export function writeModelDir(o: WriteModelOptions): ModelConfig {
   const data = new ExternalDataWriter(join(o.dir, 'onnx', 'model.onnx_data'), 'model.onnx_data');
   let stored: ReturnType<typeof storeWeights>;
   try {
-    stored = storeWeights(data, o.shape, o.weights, o.quantize, o.log);
+    stored = storeWeights(data, o.shape, o.weights, o.quantize, o.log, o.onProgress);
   } finally {
     data.close();
   }

@@ -44,12 +44,13 @@ export function storeWeights(
   source: WeightSource,
   opts: QuantizeOptions = {},
   log?: (line: string) => void,
+  onProgress?: (done: number, total: number) => void,
 ): { weights: GraphWeights; record: QuantizationRecord } {
   const initializers: ITensorProto[] = [];
   const linear = new Map<string, LinearWeight>();
   const vectors = new Set<string>();
   let embedding: EmbeddingWeight | undefined;
-  const linearFormats = new Set<WeightFormat>();
+  const linearFormats = new Map<WeightFormat, number>();
   let classifierFormat: WeightFormat = 'fp32';
   let embeddingFormat: WeightFormat = 'fp32';
   const requantized: string[] = [];
@@ -93,7 +94,10 @@ export function storeWeights(
   };
   const sourceFormat = (v: Float32Array | BlockTensor): WeightFormat => (v instanceof Float32Array ? 'fp32' : v.format === 'q8_0' ? 'q8' : 'q4');
 
-  for (const spec of weightSpecs(shape)) {
+  const specs = weightSpecs(shape);
+  let done = 0;
+  for (const spec of specs) {
+    onProgress?.(done++, specs.length);
     const value = source(spec);
     checkSize(spec, value);
     if (spec.dims.length === 1) {
@@ -122,19 +126,23 @@ export function storeWeights(
       linear.set(CLASSIFIER, asLinear(put(spec.name, value, rows, cols, classifierFormat)));
     } else {
       const format = opts.weights ?? from;
-      linearFormats.add(format);
+      linearFormats.set(format, (linearFormats.get(format) ?? 0) + 1);
       linear.set(spec.name, asLinear(put(spec.name, value, rows, cols, format)));
     }
   }
+  onProgress?.(specs.length, specs.length);
   if (embedding === undefined || !linear.has(CLASSIFIER)) throw new ModelFormatError(`weights lack ${EMBEDDING} or ${classifierName(shape)}`);
   if (requantized.length > 0) log?.(`marginal: requantized ${requantized.length} tensor(s) from one block format to the other (${requantized.slice(0, 3).join(', ')}${requantized.length > 3 ? ', …' : ''})`);
-  const linearFormat: WeightFormat | 'mixed' = linearFormats.size === 1 ? ([...linearFormats][0] as WeightFormat) : 'mixed';
+  const ranked = [...linearFormats.entries()].sort((a, b) => b[1] - a[1]);
+  const linearFormat: WeightFormat = ranked[0]?.[0] ?? 'fp32';
+  const exceptions: Partial<Record<WeightFormat, number>> = Object.fromEntries(ranked.slice(1));
   const quantized = [...linear.values()].some((w) => w.kind === 'nbits') || embedding.kind === 'nbits';
   return {
     weights: { initializers, linear, vectors, embedding, quantized },
     record: {
-      label: quantizationLabel(linearFormat, classifierFormat, embeddingFormat),
+      label: quantizationLabel(linearFormat, classifierFormat, embeddingFormat, exceptions),
       linear: linearFormat,
+      ...(ranked.length > 1 ? { linearExceptions: exceptions } : {}),
       classifier: classifierFormat,
       embeddings: embeddingFormat,
       blockSize: BLOCK_SIZE,

@@ -28,10 +28,12 @@ export interface QuantizeOptions {
 
 /** What marginal.json records about the weights (and /v1/models reports). */
 export interface QuantizationRecord {
-  /** 'fp32', 'q8', 'q4', or a projection format with the exceptions, e.g. 'q4 (classifier q8)'. */
+  /** 'fp32', 'q8', 'q4', or the projections' format with the exceptions, e.g. 'q4 (classifier q8)'. */
   label: string;
-  /** The projections' format, or 'mixed' where a file mixes them. */
-  linear: WeightFormat | 'mixed';
+  /** The format of most projections (a GGUF may keep a few in another). */
+  linear: WeightFormat;
+  /** Projections in another format than `linear`, by format. */
+  linearExceptions?: Partial<Record<WeightFormat, number>>;
   classifier: WeightFormat;
   embeddings: WeightFormat;
   blockSize: number;
@@ -52,8 +54,9 @@ export function quantizeOptions(o: { quantize?: string; classifier?: string; emb
   return q;
 }
 
-export function quantizationLabel(linear: WeightFormat | 'mixed', classifier: WeightFormat, embeddings: WeightFormat): string {
+export function quantizationLabel(linear: WeightFormat, classifier: WeightFormat, embeddings: WeightFormat, exceptions: Partial<Record<WeightFormat, number>> = {}): string {
   const extra: string[] = [];
+  for (const [f, n] of Object.entries(exceptions)) extra.push(`${n} projection${n === 1 ? '' : 's'} ${f}`);
   if (classifier !== linear) extra.push(`classifier ${classifier}`);
   if (embeddings !== linear) extra.push(`embeddings ${embeddings}`);
   return extra.length === 0 ? linear : `${linear} (${extra.join(', ')})`;

@@ -1,0 +1,52 @@
+import { getLlama, LlamaLogLevel, type Llama } from 'node-llama-cpp';
+
+/**
+ * llama.cpp (node-llama-cpp's prebuilt CPU binaries) as the independent reference: next-token
+ * probabilities along its own greedy continuation of a prompt. The KV cache is float32 and
+ * flash attention off, so that only the weights' format separates its numbers from marginal's
+ * (its default half-precision cache alone moves probabilities by ~1e-3).
+ */
+let llama: Promise<Llama> | undefined;
+
+export function llamaCpp(): Promise<Llama> {
+  llama ??= getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
+  return llama;
+}
+
+export interface LlamaCppRun {
+  /** The prompt as llama.cpp tokenizes it (with BOS where the file asks for one). */
+  prompt: number[];
+  /** Its greedy continuation. */
+  greedy: number[];
+  /** Per continuation step: probabilities over the vocabulary before that token was chosen. */
+  probs: Float32Array[];
+  vocab: number;
+}
+
+export async function llamaCppGreedy(modelPath: string, text: string, steps: number): Promise<LlamaCppRun> {
+  const l = await llamaCpp();
+  const model = await l.loadModel({ modelPath });
+  try {
+    const context = await model.createContext({ contextSize: 256, threads: 1, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32', flashAttention: false });
+    try {
+      const prompt = model.tokenize(text, false);
+      if (model.tokens.shouldPrependBosToken && model.tokens.bos !== null) prompt.unshift(model.tokens.bos);
+      const vocab = (model.fileInfo.metadata.tokenizer.ggml.tokens as unknown[]).length;
+      const greedy: number[] = [];
+      const probs: Float32Array[] = [];
+      const seq = context.getSequence();
+      for await (const out of seq.evaluateWithMetadata(prompt.map(Number) as never, { probabilities: true }, { temperature: 0, yieldEogToken: true })) {
+        const row = new Float32Array(vocab);
+        for (const [t, p] of out.probabilities) row[Number(t)] = p;
+        probs.push(row);
+        greedy.push(Number(out.token));
+        if (greedy.length >= steps) break;
+      }
+      return { prompt: prompt.map(Number), greedy, probs, vocab };
+    } finally {
+      await context.dispose();
+    }
+  } finally {
+    await model.dispose();
+  }
+}
