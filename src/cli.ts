@@ -2,7 +2,7 @@
 import { Command, InvalidArgumentError as CommanderArgError } from 'commander';
 import { isMarginalError } from './errors.js';
 import { runGenerate } from './cli/generate.js';
-import { runImportLlama2c, runSynth } from './cli/models.js';
+import { runImportGguf, runImportHf, runImportLlama2c, runSynth } from './cli/models.js';
 import { runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
@@ -52,6 +52,24 @@ quantizeOptions(
 ).action(runImportLlama2c);
 
 quantizeOptions(
+  imp
+    .command('gguf')
+    .description('import a GGUF file (llama, mistral, qwen2; F32, F16, BF16, Q8_0, Q4_0) with its tokenizer and chat template')
+    .argument('<file>', 'GGUF file')
+    .requiredOption('--out <dir>', 'output model directory')
+    .option('--max-context <n>', 'context to keep (default: the model\'s, at most 4096)', intArg('--max-context')),
+).action(runImportGguf);
+
+quantizeOptions(
+  imp
+    .command('hf')
+    .description('import a Hugging Face safetensors checkpoint (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)')
+    .argument('<dir>', 'folder with config.json, *.safetensors and tokenizer.json')
+    .requiredOption('--out <dir>', 'output model directory')
+    .option('--max-context <n>', 'context to keep (default: the model\'s, at most 4096)', intArg('--max-context')),
+).action(runImportHf);
+
+quantizeOptions(
   program
     .command('synth')
     .description('write a model of a named shape with random deterministic weights')
@@ -63,7 +81,7 @@ engineOptions(
   program
     .command('generate')
     .description('generate a completion; prints the completion text only')
-    .option('--model <dir>', 'model directory (default: the built-in synthetic model)')
+    .option('--model <dir|file.gguf>', 'model directory, GGUF file or Hugging Face safetensors folder; default: the built-in synthetic model')
     .option('--prompt <text>', 'prompt text', '')
     .option('--max-tokens <n>', 'tokens to generate', intArg('--max-tokens'), 64)
     .option('--temperature <t>', 'sampling temperature (0 = greedy)', numArg('--temperature'), 1)
@@ -77,7 +95,7 @@ engineOptions(
   program
     .command('serve')
     .description('serve the OpenAI-compatible HTTP API')
-    .option('--model <dir>', 'model directory (default: the built-in synthetic model)')
+    .option('--model <dir|file.gguf>', 'model directory, GGUF file or Hugging Face safetensors folder (imported into models/ on first use); default: the built-in synthetic model')
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', intArg('--port'), 8000)
     .option('--max-sequences <n>', 'sequences resident at once', intArg('--max-sequences'), 32)

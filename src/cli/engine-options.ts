@@ -5,6 +5,8 @@ import { WorkerEngine } from '../engine/worker-engine.js';
 import { nativeStatus } from '../native/index.js';
 import { describeModel, loadModelDir, type Flavour, type LoadedModel } from '../models/modeldir.js';
 import { defaultModelDir } from '../models/importers.js';
+import { resolveModel } from '../models/store.js';
+import { weightProgress } from './progress.js';
 
 export interface EngineCliOptions {
   model?: string;
@@ -22,7 +24,19 @@ export async function openModelAndEngine(o: EngineCliOptions): Promise<{ model: 
   if (o.flavour !== 'fast' && o.flavour !== 'hf') throw new InvalidArgumentError(`--flavour must be fast or hf, got ${o.flavour}`);
   const providers = o.providers.split(',').map((p) => p.trim());
   for (const p of providers) if (p !== 'cuda' && p !== 'cpu') throw new InvalidArgumentError(`unknown execution provider ${p} (cuda, cpu)`);
-  const model = await loadModelDir(o.model ?? defaultModelDir(log));
+  let dir: string;
+  if (o.model === undefined) {
+    dir = defaultModelDir(log);
+  } else {
+    // A GGUF file or a safetensors folder is imported into the model store on first use.
+    const progress = weightProgress('importing');
+    try {
+      dir = await resolveModel(o.model, { log, onProgress: progress.onProgress });
+    } finally {
+      progress.stop();
+    }
+  }
+  const model = await loadModelDir(dir);
   if (model.synthetic) log(`marginal: ${describeModel(model)}`);
   log(`marginal: ${nativeStatus()}`);
   const engineOpts: OnnxEngineOptions = {

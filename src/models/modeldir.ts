@@ -75,6 +75,20 @@ export interface LoadedModel {
   quantization: string | undefined;
 }
 
+/**
+ * The context an import keeps unless told otherwise. Files state what the model was trained
+ * for (128k for Llama 3.2); the engine's KV memory grows with sequences × context.
+ */
+export const DEFAULT_IMPORT_CONTEXT = 4096;
+
+export function capContext(shape: LlamaShape, max: number | undefined, log?: (line: string) => void): void {
+  const cap = max ?? DEFAULT_IMPORT_CONTEXT;
+  if (shape.maxSeqLen > cap) {
+    log?.(`marginal: context capped at ${cap} tokens (the model was trained for ${shape.maxSeqLen}; --max-context to change)`);
+    shape.maxSeqLen = cap;
+  }
+}
+
 /** A Hugging Face tokenizer as files: tokenizer.json and tokenizer_config.json contents, and the ids that end a completion. */
 export interface HfTokenizerFiles {
   json: unknown;

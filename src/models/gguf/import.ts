@@ -4,7 +4,7 @@ import { gguf, GGMLQuantizationType } from '@huggingface/gguf';
 import { CheckpointFormatError, UnsupportedModelError } from '../../errors.js';
 import { checkShape, headDim, weightSpecs, type LlamaShape, type WeightSpec } from '../llama/shape.js';
 import type { WeightSource } from '../llama/weights.js';
-import { writeModelDir, type Architecture, type Flavour, type ModelConfig } from '../modeldir.js';
+import { capContext, writeModelDir, type Architecture, type Flavour, type ModelConfig } from '../modeldir.js';
 import { bf16ToFloat, halfToFloat, type BlockFormat, type BlockTensor } from '../quant/ggml.js';
 import type { QuantizeOptions } from '../quant/formats.js';
 import { ggufName } from './names.js';
@@ -168,6 +168,7 @@ function unreadable(name: string, type: GGMLQuantizationType): string {
 export interface GgufImportOptions {
   flavours?: Flavour[];
   quantize?: QuantizeOptions;
+  maxContext?: number;
   log?: (line: string) => void;
   onProgress?: (done: number, total: number) => void;
   name?: string;
@@ -187,6 +188,7 @@ export async function importGguf(path: string, out: string, o: GgufImportOptions
   });
   if (widened.length > 0) o.log?.(`marginal: ${widened.length} F16/BF16 matrices widened to float32 (exact; ONNX Runtime's CPU kernels have no fast half-precision path)`);
   const tokenizer = ggufTokenizer(f.metadata, f.shape.vocabSize);
+  capContext(f.shape, o.maxContext, o.log);
   const name = o.name ?? (typeof f.metadata['general.name'] === 'string' && f.metadata['general.name'] !== '' ? (f.metadata['general.name'] as string) : basename(path).replace(/\.gguf$/i, ''));
   const size = statSync(path).size;
   return writeModelDir({

@@ -1,0 +1,60 @@
+/**
+ * One measured decode run of marginal's engine, shared by the benchmarks that compare weight
+ * formats and peers: `batch` sequences prefilled with deterministic prompts, one warm-up step,
+ * then `steps` timed decode steps of the whole batch (greedy).
+ */
+import { performance } from 'node:perf_hooks';
+import { OnnxEngine } from '../src/engine/onnx-engine.js';
+import { Rng, validateSamplingParams } from '../src/engine/sampling.js';
+import type { StepItem } from '../src/engine/types.js';
+import type { LoadedModel } from '../src/models/modeldir.js';
+
+export interface DecodeResult {
+  tokS: number;
+  stepMs: number;
+  ortMs: number;
+  glueMs: number;
+}
+
+/** Deterministic prompts of `length` ordinary tokens (ids past the specials and byte pieces). */
+export function benchPrompt(model: LoadedModel, i: number, length: number): number[] {
+  const ids = [model.bosId];
+  for (let k = 1; k < length; k++) ids.push(259 + ((i * 131 + k * 17) % (model.vocabSize - 259)));
+  return ids;
+}
+
+export async function marginalDecode(model: LoadedModel, batch: number, o: { promptLen: number; steps: number; threads: number; profilePrefix?: string }): Promise<DecodeResult> {
+  const sampling = validateSamplingParams({ temperature: 0, max_tokens: o.steps + 2 });
+  const engine = await OnnxEngine.create(model, {
+    flavour: 'fast',
+    providers: ['cpu'],
+    maxSequences: batch,
+    intraOpThreads: o.threads,
+    maxContext: o.promptLen + o.steps + 8,
+    ...(o.profilePrefix ? { profilePrefix: o.profilePrefix } : {}),
+  });
+  try {
+    for (let i = 0; i < batch; i++) engine.open(i, sampling, new Rng(i));
+    const last = new Int32Array(batch);
+    // Prompts of equal length run as one prefill.
+    const r0 = await engine.execute({ items: Array.from({ length: batch }, (_, i) => { const p = benchPrompt(model, i, o.promptLen); return { seq: i, tokens: p, offset: 0, count: p.length, sample: true }; }) });
+    last.set(r0.tokens);
+    const items: StepItem[] = Array.from({ length: batch }, (_, i) => ({ seq: i, tokens: [0], offset: 0, count: 1, sample: true }));
+    let ortMs = 0;
+    let total = 0;
+    for (let s = -1; s < o.steps; s++) {
+      for (let i = 0; i < batch; i++) ((items[i] as StepItem).tokens as number[])[0] = last[i] as number;
+      const t0 = performance.now();
+      const r = await engine.execute({ items });
+      const dt = performance.now() - t0;
+      if (s >= 0) {
+        ortMs += r.timing.runMs;
+        total += dt;
+      }
+      last.set(r.tokens);
+    }
+    return { tokS: (batch * o.steps) / (total / 1000), stepMs: total / o.steps, ortMs: ortMs / o.steps, glueMs: (total - ortMs) / o.steps };
+  } finally {
+    await engine.dispose();
+  }
+}
