@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import OpenAI from 'openai';
@@ -33,6 +35,41 @@ async function serveTwice(model: string, store: string, check: (client: OpenAI, 
   }
   return logs;
 }
+
+const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, MARGINAL_PROVIDERS: 'cpu' } });
+
+describe('import gguf and import hf on the command line', { skip: sharedSkipReason() }, () => {
+  test('import gguf --quantize q4 --max-context 128 writes a q4 model with the capped context; a bad file exits 2 naming the problem', () => {
+    const dir = tempDir('cli-gguf');
+    const family = TEST_FAMILIES.find((f) => f.name === 'llama3') as TestFamily;
+    writeTestGguf(join(dir, 'm.gguf'), family, 'q8_0');
+    const r = run('import', 'gguf', join(dir, 'm.gguf'), '--out', join(dir, 'out'), '--quantize', 'q4', '--max-context', '128');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /requantized/);
+    assert.match(r.stderr, /context capped at 128 tokens/);
+    const config = JSON.parse(readFileSync(join(dir, 'out', 'marginal.json'), 'utf8')) as { quantization: { label: string }; shape: { maxSeqLen: number; ropeFreqFactors?: number[] }; architecture: string };
+    assert.equal(config.quantization.label, 'q4');
+    assert.equal(config.shape.maxSeqLen, 128);
+    assert.equal(config.shape.ropeFreqFactors?.length, 8);
+    const g = run('generate', '--model', join(dir, 'out'), '--prompt', 'Once upon a time', '--max-tokens', '4', '--temperature', '0');
+    assert.equal(g.status, 0, g.stderr);
+    writeTestGguf(join(dir, 'bad.gguf'), family, 'f32', 'phi3');
+    const bad = run('import', 'gguf', join(dir, 'bad.gguf'), '--out', join(dir, 'bad'));
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /GGUF architecture "phi3" is not supported/);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('import hf writes the checkpoint as a model directory', () => {
+    const dir = tempDir('cli-hf');
+    writeHfFolder(join(dir, 'hf'), TEST_FAMILIES.find((f) => f.name === 'qwen2') as TestFamily);
+    const r = run('import', 'hf', join(dir, 'hf'), '--out', join(dir, 'out'), '--quantize', 'q8');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /wrote hf \(Hugging Face Qwen2ForCausalLM checkpoint hf; .*q8 weights\)/);
+    rmSync(dir, { recursive: true, force: true });
+  });
+});
 
 describe('serve --model FILE.gguf | HF_DIR', { skip: sharedSkipReason() }, () => {
   test('a GGUF is imported into the store once, then served with its chat template; /v1/models reports architecture, quantization, context', async () => {
