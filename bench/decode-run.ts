@@ -11,9 +11,21 @@ import type { LoadedModel } from '../src/models/modeldir.js';
 
 export interface DecodeResult {
   tokS: number;
+  /**
+   * Tokens per second of CPU time the whole process spent (all its threads). With one thread
+   * it is the rate on an idle core, whatever else the machine runs; with more it also counts
+   * time threads spend spinning while they wait for each other.
+   */
+  tokCpuS: number;
   stepMs: number;
   ortMs: number;
   glueMs: number;
+}
+
+/** CPU seconds this process has used so far (user + system, all threads). */
+export function cpuSeconds(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
 }
 
 /** Deterministic prompts of `length` ordinary tokens (ids past the specials and byte pieces). */
@@ -42,7 +54,9 @@ export async function marginalDecode(model: LoadedModel, batch: number, o: { pro
     const items: StepItem[] = Array.from({ length: batch }, (_, i) => ({ seq: i, tokens: [0], offset: 0, count: 1, sample: true }));
     let ortMs = 0;
     let total = 0;
+    let cpu0 = 0;
     for (let s = -1; s < o.steps; s++) {
+      if (s === 0) cpu0 = cpuSeconds();
       for (let i = 0; i < batch; i++) ((items[i] as StepItem).tokens as number[])[0] = last[i] as number;
       const t0 = performance.now();
       const r = await engine.execute({ items });
@@ -53,7 +67,8 @@ export async function marginalDecode(model: LoadedModel, batch: number, o: { pro
       }
       last.set(r.tokens);
     }
-    return { tokS: (batch * o.steps) / (total / 1000), stepMs: total / o.steps, ortMs: ortMs / o.steps, glueMs: (total - ortMs) / o.steps };
+    const cpu = cpuSeconds() - cpu0;
+    return { tokS: (batch * o.steps) / (total / 1000), tokCpuS: (batch * o.steps) / cpu, stepMs: total / o.steps, ortMs: ortMs / o.steps, glueMs: (total - ortMs) / o.steps };
   } finally {
     await engine.dispose();
   }

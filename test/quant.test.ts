@@ -99,6 +99,7 @@ describe('quantized stories260K stays close to float32', { skip: sharedSkipReaso
       ['q8', { weights: 'q8' }],
       ['q8, classifier and embeddings fp32', { weights: 'q8', classifier: 'fp32', embeddings: 'fp32' }],
       ['q4', { weights: 'q4' }],
+      ['q8, blocks of 64', { weights: 'q8', blockSize: 64 }],
     ] as const) {
       const qdir = join(tempDir('q-quant'), 'm');
       importLlama2c(stories260K.checkpoint, stories260K.tokenizer, qdir, { quantize });
@@ -133,6 +134,12 @@ describe('quantized stories260K stays close to float32', { skip: sharedSkipReaso
     }
   });
 
+  test('q8 in blocks of 64 (one scale per row of this model) stays within the q8 bounds', () => {
+    const r = reports.get('q8, blocks of 64') as AccuracyReport;
+    assert.ok(r.meanKl < 0.003, `mean KL ${r.meanKl}`);
+    assert.ok(r.top1Agreement >= 0.97, `top-1 ${r.top1Agreement}`);
+  });
+
   test('q4: KL < 0.4 nats a token, top-1 agreement ≥ 70%, perplexity within 30%, and far worse than q8', () => {
     const r = reports.get('q4') as AccuracyReport;
     assert.ok(r.meanKl < 0.4, `mean KL ${r.meanKl}`);
@@ -162,6 +169,7 @@ describe('quantized models through the CLI and the server', { skip: sharedSkipRe
     for (const [args, message] of [
       [['--quantize', 'q3'], /--quantize must be one of q8, q4, got q3/],
       [['--quantize', 'q4', '--classifier', 'fp16'], /--classifier must be one of fp32, q8, q4/],
+      [['--quantize', 'q4', '--block-size', '48'], /--block-size must be one of 32, 64, 128, 256, got 48/],
     ] as const) {
       const r = run('synth', '--shape', 'tiny', '--out', out, ...args);
       assert.equal(r.status, 2, r.stderr);

@@ -21,11 +21,11 @@ import { getLlama, LlamaLogLevel, type Llama } from 'node-llama-cpp';
 import { exportModelDir, type GgufWeightType } from '../../src/models/gguf/export.js';
 import { packageRoot, synthesize } from '../../src/models/importers.js';
 import { GRAPH_VERSION, loadModelDir, type ModelConfig } from '../../src/models/modeldir.js';
-import { benchPrompt, marginalDecode } from '../decode-run.js';
+import { benchPrompt, cpuSeconds, marginalDecode } from '../decode-run.js';
 
 const program = new Command()
   .option('--models <list>', 'synthetic shapes', 'stories15m,stories110m')
-  .option('--formats <list>', 'fp32, q8, q4', 'fp32,q8,q4')
+  .option('--formats <list>', 'fp32, q8, q4; q8@128 etc. for larger blocks (marginal only: GGUF holds blocks of 32)', 'fp32,q8,q4')
   .option('--batches <list>', 'batch sizes', '1,4,16,32,64')
   .option('--prompt <n>', 'prompt tokens per sequence', '64')
   .option('--steps <n>', 'decode steps measured', '32')
@@ -40,18 +40,20 @@ const promptLen = Number(o.prompt);
 const steps = Number(o.steps);
 const threads = Number(o.threads);
 const batches = o.batches.split(',').map(Number);
-const formats = o.formats.split(',') as ('fp32' | 'q8' | 'q4')[];
+const formats = o.formats.split(',');
 const GGUF_TYPE: Record<string, GgufWeightType> = { fp32: 'f32', q8: 'q8_0', q4: 'q4_0' };
 const log = (s: string) => process.stderr.write(s + '\n');
 
-/** models/bench-SHAPE[-q8|-q4], written unless an up-to-date one with those weights is there. */
+/** models/bench-SHAPE[-q8|-q4][-bN], written unless an up-to-date one with those weights is there. */
 function modelDir(shape: string, format: string): string {
-  const dir = join(packageRoot(), 'models', format === 'fp32' ? `bench-${shape}` : `bench-${shape}-${format}`);
+  const [weights, block] = format.split('@') as [string, string | undefined];
+  const dir = join(packageRoot(), 'models', format === 'fp32' ? `bench-${shape}` : `bench-${shape}-${weights}${block ? `-b${block}` : ''}`);
   const cfg = join(dir, 'marginal.json');
   const c = existsSync(cfg) ? (JSON.parse(readFileSync(cfg, 'utf8')) as ModelConfig) : undefined;
-  if (c?.graphVersion !== GRAPH_VERSION || (c.quantization?.label ?? 'fp32') !== format) {
+  const fresh = c !== undefined && c.graphVersion === GRAPH_VERSION && (c.quantization?.linear ?? 'fp32') === weights && (c.quantization?.blockSize ?? 32) === Number(block ?? 32);
+  if (!fresh) {
     log(`writing ${dir}`);
-    synthesize(shape, dir, format === 'fp32' ? { log } : { log, quantize: { weights: format as 'q8' | 'q4' } });
+    synthesize(shape, dir, weights === 'fp32' ? { log } : { log, quantize: { weights: weights as 'q8' | 'q4', blockSize: Number(block ?? 32) } });
   }
   return dir;
 }
@@ -65,29 +67,33 @@ function ggufFile(dir: string, format: string): string {
   return file;
 }
 
-async function llamaDecode(llama: Llama, path: string, batch: number, prompt: (i: number) => number[]): Promise<{ tokS: number }> {
+async function llamaDecode(llama: Llama, path: string, batch: number, prompt: (i: number) => number[]): Promise<{ tokS: number; tokCpuS: number }> {
   const model = await llama.loadModel({ modelPath: path });
   try {
     const context = await model.createContext({ sequences: batch, contextSize: promptLen + steps + 8, batchSize: Math.max(512, batch * promptLen), threads });
     try {
       const seqs = Array.from({ length: batch }, () => context.getSequence());
-      const firstAt: number[] = [];
-      const doneAt: number[] = [];
+      // The clocks start when every sequence has its warm-up token (one past the prefill, as
+      // marginal's run has one warm-up step); the sequences advance in lockstep.
+      let warm = 0;
+      let t0 = 0;
+      let cpu0 = 0;
       await Promise.all(
         seqs.map(async (seq, i) => {
           let n = 0;
-          // One warm-up token past the prefill, as marginal's run has one warm-up step.
           for await (const _ of seq.evaluate(prompt(i) as never, { temperature: 0, yieldEogToken: true })) {
             void _;
             n++;
-            if (n === 2) firstAt[i] = performance.now();
+            if (n === 2 && ++warm === batch) {
+              t0 = performance.now();
+              cpu0 = cpuSeconds();
+            }
             if (n === steps + 2) break;
           }
-          doneAt[i] = performance.now();
         }),
       );
-      const ms = Math.max(...doneAt) - Math.max(...firstAt);
-      return { tokS: (batch * steps) / (ms / 1000) };
+      const ms = performance.now() - t0;
+      return { tokS: (batch * steps) / (ms / 1000), tokCpuS: (batch * steps) / (cpuSeconds() - cpu0) };
     } finally {
       await context.dispose();
     }
@@ -100,10 +106,13 @@ interface Row {
   model: string;
   format: string;
   batch: number;
+  /** Tokens per CPU-second (the figure compared; see DecodeResult.tokCpuS). */
   marginal: number;
+  marginalWall: number;
   marginalStepMs: number;
   marginalOrtMs: number;
   llamacpp?: number;
+  llamacppWall?: number;
 }
 
 const rows: Row[] = [];
@@ -112,26 +121,29 @@ log(`llama.cpp bench: ${cpus().length} cores, ${threads} threads each, prompt ${
 for (const shape of o.models.split(',')) {
   for (const format of formats) {
     const dir = modelDir(shape, format);
-    const file = llama ? ggufFile(dir, format) : undefined;
+    const file = llama && GGUF_TYPE[format] !== undefined ? ggufFile(dir, format) : undefined;
     const model = await loadModelDir(dir);
     for (const batch of batches) {
       // Alternate the engines so drift on a shared machine hits both; keep each one's best
       // round, the one least disturbed by other work.
       let m: Awaited<ReturnType<typeof marginalDecode>> | undefined;
-      let l: { tokS: number } | undefined;
+      let l: { tokS: number; tokCpuS: number } | undefined;
       for (let r = 0; r < rounds; r++) {
         const mr = await marginalDecode(model, batch, { promptLen, steps, threads });
-        if (m === undefined || mr.tokS > m.tokS) m = mr;
+        if (m === undefined || mr.tokCpuS > m.tokCpuS) m = mr;
         if (llama && file) {
           const lr = await llamaDecode(llama, file, batch, (i) => benchPrompt(model, i, promptLen));
-          if (l === undefined || lr.tokS > l.tokS) l = lr;
+          if (l === undefined || lr.tokCpuS > l.tokCpuS) l = lr;
         }
       }
       if (m === undefined) continue;
-      const row: Row = { model: shape, format, batch, marginal: m.tokS, marginalStepMs: m.stepMs, marginalOrtMs: m.ortMs };
-      if (l) row.llamacpp = l.tokS;
+      const row: Row = { model: shape, format, batch, marginal: m.tokCpuS, marginalWall: m.tokS, marginalStepMs: m.stepMs, marginalOrtMs: m.ortMs };
+      if (l) {
+        row.llamacpp = l.tokCpuS;
+        row.llamacppWall = l.tokS;
+      }
       rows.push(row);
-      log(`  ${shape} ${format} b=${batch}: marginal ${m.tokS.toFixed(0)} tok/s${l ? `, llama.cpp ${l.tokS.toFixed(0)} tok/s (${(m.tokS / l.tokS).toFixed(2)}×)` : ''}`);
+      log(`  ${shape} ${format} b=${batch}: marginal ${m.tokCpuS.toFixed(0)} tok/CPU-s (${m.tokS.toFixed(0)} tok/s)${l ? `, llama.cpp ${l.tokCpuS.toFixed(0)} tok/CPU-s (${l.tokS.toFixed(0)} tok/s): ${(m.tokCpuS / l.tokCpuS).toFixed(2)}×` : ''}`);
     }
   }
 }
@@ -139,7 +151,8 @@ await llama?.dispose();
 
 const f0 = (x: number | undefined) => (x === undefined ? '' : x.toFixed(0));
 const ratio = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? '' : `${(a / b).toFixed(2)}×`);
-console.log('\n### marginal by weight format (decode tokens/s)\n');
+const unit = threads === 1 ? 'decode tokens per CPU-second, one thread' : `decode tokens per CPU-second, ${threads} threads (spinning counted)`;
+console.log(`\n### marginal by weight format (${unit})\n`);
 console.log(`| model | batch | ${formats.join(' | ')} | ${formats.filter((f) => f !== 'fp32').map((f) => `${f}/fp32`).join(' | ')} |`);
 console.log(`|---|---:|${formats.map(() => '---:').join('|')}|${formats.filter((f) => f !== 'fp32').map(() => '---:').join('|')}|`);
 for (const shape of o.models.split(',')) {
@@ -149,9 +162,9 @@ for (const shape of o.models.split(',')) {
   }
 }
 if (llama) {
-  console.log('\n### marginal vs llama.cpp on the same weights (decode tokens/s)\n');
+  console.log(`\n### marginal vs llama.cpp on the same weights (${unit}; wall-clock tok/s in brackets)\n`);
   console.log('| model | weights (marginal / GGUF) | batch | marginal | llama.cpp | marginal / llama.cpp |');
   console.log('|---|---|---:|---:|---:|---:|');
-  for (const r of rows) console.log(`| ${r.model} | ${r.format} / ${GGUF_TYPE[r.format]?.toUpperCase()} | ${r.batch} | ${f0(r.marginal)} | ${f0(r.llamacpp)} | ${ratio(r.marginal, r.llamacpp)} |`);
+  for (const r of rows.filter((x) => x.llamacpp !== undefined)) console.log(`| ${r.model} | ${r.format} / ${GGUF_TYPE[r.format]?.toUpperCase()} | ${r.batch} | ${f0(r.marginal)} (${f0(r.marginalWall)}) | ${f0(r.llamacpp)} (${f0(r.llamacppWall)}) | ${ratio(r.marginal, r.llamacpp)} |`);
 }
 if (o.json) writeFileSync(o.json, JSON.stringify({ cores: cpus().length, threads, promptLen, steps, rows }, null, 2) + '\n');

@@ -11,6 +11,7 @@ interface QuantizeFlags {
   quantize?: string;
   classifier?: string;
   embeddings?: string;
+  blockSize?: number;
 }
 
 export async function runImportLlama2c(checkpoint: string, tokenizer: string, opts: { out: string } & QuantizeFlags): Promise<void> {

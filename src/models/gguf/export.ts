@@ -4,9 +4,10 @@ import { GGMLQuantizationType } from '@huggingface/gguf';
 import onnxProto from 'onnx-proto';
 import { InvalidArgumentError, ModelFormatError } from '../../errors.js';
 import { headDim, weightSpecs, type LlamaShape } from '../llama/shape.js';
+import { fusedGroup } from '../llama/weight-store.js';
 import type { WeightSource } from '../llama/weights.js';
 import { CONFIG_FILE, type ModelConfig } from '../modeldir.js';
-import { BLOCK_BYTES, QK, blocksPerRow, dequantize, floatToHalf, quantize, type BlockFormat, type BlockTensor } from '../quant/ggml.js';
+import { QK, blockBytes, blocksPerRow, dequantize, floatToHalf, quantize, type BlockFormat, type BlockTensor } from '../quant/ggml.js';
 import { Llama2cTokenizer } from '../tokenizer/llama2c.js';
 import { ggufName, isRopeRows, permuteRows, ropeRowOrder } from './names.js';
 import { kv, writeGguf, type GgufEntry, type GgufTensor } from './writer.js';
@@ -113,7 +114,7 @@ export function writeLlamaGguf(path: string, m: GgufModel): void {
 function encode(v: Float32Array | BlockTensor, type: GgufWeightType, rows: number, cols: number): Uint8Array {
   if (type === 'q8_0' || type === 'q4_0') {
     const fmt: BlockFormat = type;
-    const t = v instanceof Float32Array ? quantize(fmt, v, rows, cols) : v.format === fmt ? v : quantize(fmt, dequantize(v), rows, cols);
+    const t = v instanceof Float32Array ? quantize(fmt, v, rows, cols) : v.format === fmt && (v.blockSize ?? QK) === QK ? v : quantize(fmt, dequantize(v), rows, cols);
     return t.blocks;
   }
   const f = v instanceof Float32Array ? v : dequantize(v);
@@ -190,27 +191,53 @@ export function modelDirWeights(dir: string): { config: ModelConfig; weights: We
     readSync(fd, b, 0, w.length, w.offset);
     return b;
   };
+  const bs = config.quantization?.blockSize ?? QK;
+  const stored = (name: string, rows: number, cols: number): Float32Array | BlockTensor | undefined => {
+    const plain = read(name);
+    if (plain !== undefined) return new Float32Array(plain.buffer, plain.byteOffset, plain.byteLength / 4);
+    for (const bits of [8, 4] as const) {
+      const codes = read(`${name}.q${bits}`);
+      const scales = read(`${name}.scales`);
+      if (codes !== undefined && scales !== undefined) return fromNBits(bits, codes, new Float32Array(scales.buffer, scales.byteOffset, scales.byteLength / 4), rows, cols, bs);
+    }
+    return undefined;
+  };
+  const s = config.shape;
+  const partRows: Record<string, number> = {
+    'self_attn.q_proj': s.nHeads * headDim(s),
+    'self_attn.k_proj': s.nKvHeads * headDim(s),
+    'self_attn.v_proj': s.nKvHeads * headDim(s),
+    'mlp.gate_proj': s.hiddenDim,
+    'mlp.up_proj': s.hiddenDim,
+  };
   const weights: WeightSource = (spec) => {
     const rows = spec.dims[0] as number;
     const cols = spec.dims.length === 2 ? (spec.dims[1] as number) : 1;
-    const plain = read(spec.name);
-    if (plain !== undefined) return new Float32Array(plain.buffer, plain.byteOffset, plain.byteLength / 4);
-    for (const bits of [8, 4] as const) {
-      const codes = read(`${spec.name}.q${bits}`);
-      const scales = read(`${spec.name}.scales`);
-      if (codes !== undefined && scales !== undefined) return fromNBits(bits, codes, new Float32Array(scales.buffer, scales.byteOffset, scales.byteLength / 4), rows, cols);
+    const direct = stored(spec.name, rows, cols);
+    if (direct !== undefined) return direct;
+    // A part of a fused matrix: its rows of the stacked one.
+    const member = fusedGroup(spec.name);
+    if (member !== undefined) {
+      const sizes = member.group.parts.map((p) => partRows[p] as number);
+      const whole = stored(`model.layers.${member.layer}.${member.group.fused}.${member.kind}`, sizes.reduce((a, b) => a + b, 0), cols);
+      if (whole !== undefined) {
+        const from = sizes.slice(0, member.index).reduce((a, b) => a + b, 0);
+        if (whole instanceof Float32Array) return whole.slice(from * cols, (from + rows) * cols);
+        const rowBytes = whole.blocks.length / whole.rows;
+        return { ...whole, rows, blocks: whole.blocks.slice(from * rowBytes, (from + rows) * rowBytes) };
+      }
     }
     throw new ModelFormatError(`${dir} has no tensor ${spec.name}`);
   };
   return { config, weights, close: () => closeSync(fd) };
 }
 
-/** The inverse of toNBits: MatMulNBits codes and scales back to ggml blocks. */
-function fromNBits(bits: 4 | 8, codes: Uint8Array, scales: Float32Array, rows: number, cols: number): BlockTensor {
+/** The inverse of toNBits: MatMulNBits codes and scales back to blocks. */
+function fromNBits(bits: 4 | 8, codes: Uint8Array, scales: Float32Array, rows: number, cols: number, bs: number): BlockTensor {
   const format: BlockFormat = bits === 8 ? 'q8_0' : 'q4_0';
-  const size = BLOCK_BYTES[format];
-  const n = rows * blocksPerRow(cols);
-  const blob = (QK * bits) / 8;
+  const size = blockBytes(format, bs);
+  const n = rows * blocksPerRow(cols, bs);
+  const blob = (bs * bits) / 8;
   const blocks = new Uint8Array(n * size);
   const dv = new DataView(blocks.buffer);
   for (let k = 0; k < n; k++) {
@@ -218,17 +245,19 @@ function fromNBits(bits: 4 | 8, codes: Uint8Array, scales: Float32Array, rows: n
     dv.setUint16(at, floatToHalf(scales[k] as number), true);
     const o = k * blob;
     if (bits === 8) {
-      for (let j = 0; j < QK; j++) blocks[at + 2 + j] = ((codes[o + j] as number) - 128) & 0xff;
+      for (let j = 0; j < bs; j++) blocks[at + 2 + j] = ((codes[o + j] as number) - 128) & 0xff;
     } else {
-      const v = new Uint8Array(QK);
-      for (let i = 0; i < QK / 2; i++) {
+      const v = new Uint8Array(bs);
+      for (let i = 0; i < bs / 2; i++) {
         v[2 * i] = (codes[o + i] as number) & 0x0f;
         v[2 * i + 1] = (codes[o + i] as number) >> 4;
       }
-      for (let j = 0; j < QK / 2; j++) blocks[at + 2 + j] = (v[j] as number) | ((v[j + QK / 2] as number) << 4);
+      for (let j = 0; j < bs / 2; j++) blocks[at + 2 + j] = (v[j] as number) | ((v[j + bs / 2] as number) << 4);
     }
   }
-  return { format, rows, cols, blocks };
+  const t: BlockTensor = { format, rows, cols, blocks };
+  if (bs !== QK) t.blockSize = bs;
+  return t;
 }
 
 /**

@@ -1,5 +1,5 @@
 import { DType, GraphBuilder, inlineTensor } from '../onnx/builder.js';
-import { ACCURACY_LEVEL, BLOCK_SIZE } from '../quant/formats.js';
+import { ACCURACY_LEVEL } from '../quant/formats.js';
 import { headDim, type LlamaShape } from './shape.js';
 import { CLASSIFIER, type GraphWeights } from './weight-store.js';
 
@@ -100,7 +100,7 @@ class LlamaGraph {
     const rows =
       e.kind === 'float'
         ? g.op1('Gather', [e.name, this.ids])
-        : g.op1('GatherBlockQuantized', [e.codes, this.ids, e.scales], { bits: e.bits, block_size: BLOCK_SIZE, gather_axis: 0, quantize_axis: 1 }, { domain: 'com.microsoft' });
+        : g.op1('GatherBlockQuantized', [e.codes, this.ids, e.scales], { bits: e.bits, block_size: e.blockSize, gather_axis: 0, quantize_axis: 1 }, { domain: 'com.microsoft' });
     return g.op1('Reshape', [rows, g.constInt64([-1, this.s.dim])]);
   }
 
@@ -126,9 +126,16 @@ class LlamaGraph {
     const bias = this.weights.vectors.has(biasName) ? biasName : undefined;
     const out = output === undefined ? {} : { output };
     if (w.kind === 'float') return g.op1('Gemm', bias ? [x, w.name, bias] : [x, w.name], { transB: 1 }, out);
-    const attrs = { K: w.K, N: w.N, bits: w.bits, block_size: BLOCK_SIZE, accuracy_level: ACCURACY_LEVEL };
+    const attrs = { K: w.K, N: w.N, bits: w.bits, block_size: w.blockSize, accuracy_level: ACCURACY_LEVEL };
     if (bias === undefined) return g.op1('MatMulNBits', [x, w.codes, w.scales], attrs, { ...out, domain: 'com.microsoft' });
     return g.op1('Add', [g.op1('MatMulNBits', [x, w.codes, w.scales], attrs, { domain: 'com.microsoft' }), bias], {}, out);
+  }
+
+  /** Projections of one input: one linear over their stacked rows and a Split where the store fused them, else one each. */
+  private projections(x: string, l: number, fused: string, parts: string[], widths: number[]): string[] {
+    const name = `model.layers.${l}.${fused}.weight`;
+    if (!this.weights.linear.has(name)) return parts.map((p) => this.linear(x, `model.layers.${l}.${p}.weight`));
+    return this.g.op('Split', [this.linear(x, name), this.g.constInt64(widths)], { axis: 1 }, { outputs: parts.length });
   }
 
   /** Rotary embedding in the model's pair layout, from [B*S, heads*hd] to [B, heads, S, hd]. */
@@ -146,11 +153,10 @@ class LlamaGraph {
   /** Q as [B, kvH, groups*S, hd] (query heads sharing a KV head are adjacent, as in llama2.c), K and V as [B, kvH, S, hd]. */
   qkv(h: string, l: number): { q: string; k: string; v: string } {
     const { g, s, hd } = this;
-    const q = this.rotate(this.linear(h, `model.layers.${l}.self_attn.q_proj.weight`), s.nHeads);
-    const k = this.rotate(this.linear(h, `model.layers.${l}.self_attn.k_proj.weight`), s.nKvHeads);
-    const v = g.op1('Transpose', [
-      g.op1('Reshape', [this.linear(h, `model.layers.${l}.self_attn.v_proj.weight`), this.cat([this.B, this.S, g.constInt64([s.nKvHeads, hd])])]),
-    ], { perm: [0, 2, 1, 3] });
+    const [q2d, k2d, v2d] = this.projections(h, l, 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'], [s.nHeads * hd, s.nKvHeads * hd, s.nKvHeads * hd]) as [string, string, string];
+    const q = this.rotate(q2d, s.nHeads);
+    const k = this.rotate(k2d, s.nKvHeads);
+    const v = g.op1('Transpose', [g.op1('Reshape', [v2d, this.cat([this.B, this.S, g.constInt64([s.nKvHeads, hd])])])], { perm: [0, 2, 1, 3] });
     return { q: g.op1('Reshape', [q, g.constInt64([0, s.nKvHeads, -1, hd])]), k, v };
   }
 
@@ -174,8 +180,7 @@ class LlamaGraph {
   feedForward(x: string, l: number): string {
     const { g } = this;
     const h = this.rmsNorm(x, `model.layers.${l}.post_attention_layernorm.weight`);
-    const gate = this.linear(h, `model.layers.${l}.mlp.gate_proj.weight`);
-    const up = this.linear(h, `model.layers.${l}.mlp.up_proj.weight`);
+    const [gate, up] = this.projections(h, l, 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj'], [this.s.hiddenDim, this.s.hiddenDim]) as [string, string];
     const silu = g.op1('Mul', [gate, g.op1('Sigmoid', [gate])]);
     return g.op1('Add', [x, this.linear(g.op1('Mul', [silu, up]), `model.layers.${l}.mlp.down_proj.weight`)]);
   }

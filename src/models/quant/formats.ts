@@ -8,8 +8,13 @@ import { InvalidArgumentError } from '../../errors.js';
 export type WeightFormat = 'fp32' | 'q8' | 'q4';
 export const WEIGHT_FORMATS: readonly WeightFormat[] = ['fp32', 'q8', 'q4'];
 
-/** Values per scale. 32 is ggml's block, so GGUF Q8_0/Q4_0 tensors map onto it unchanged. */
+/**
+ * Values per scale by default. 32 is ggml's block, so GGUF Q8_0/Q4_0 tensors map onto it
+ * unchanged and a q8/q4 directory exports to GGUF exactly; larger blocks (`--block-size`) run
+ * faster in ONNX Runtime's kernels and cost some accuracy (BENCHMARKS.md).
+ */
 export const BLOCK_SIZE = 32;
+export const BLOCK_SIZES = [32, 64, 128, 256] as const;
 /**
  * MatMulNBits accuracy_level 4: activations are quantized to int8 per block and multiplied
  * with integer dot products (AVX-512 VNNI where present), as llama.cpp does for Q8_0/Q4_0.
@@ -24,6 +29,8 @@ export interface QuantizeOptions {
   weights?: 'q8' | 'q4';
   classifier?: WeightFormat;
   embeddings?: WeightFormat;
+  /** Values per scale for the int8/int4 tensors (default 32). */
+  blockSize?: number;
 }
 
 /** What marginal.json records about the weights (and /v1/models reports). */
@@ -46,16 +53,21 @@ export function parseWeightFormat(value: string, flag: string, allowed: readonly
 }
 
 /** QuantizeOptions from the CLI's `--quantize`, `--classifier`, `--embeddings` strings. */
-export function quantizeOptions(o: { quantize?: string; classifier?: string; embeddings?: string }): QuantizeOptions {
+export function quantizeOptions(o: { quantize?: string; classifier?: string; embeddings?: string; blockSize?: number }): QuantizeOptions {
   const q: QuantizeOptions = {};
+  if (o.blockSize !== undefined) {
+    if (!(BLOCK_SIZES as readonly number[]).includes(o.blockSize)) throw new InvalidArgumentError(`--block-size must be one of ${BLOCK_SIZES.join(', ')}, got ${o.blockSize}`);
+    q.blockSize = o.blockSize;
+  }
   if (o.quantize !== undefined) q.weights = parseWeightFormat(o.quantize, '--quantize', ['q8', 'q4']) as 'q8' | 'q4';
   if (o.classifier !== undefined) q.classifier = parseWeightFormat(o.classifier, '--classifier');
   if (o.embeddings !== undefined) q.embeddings = parseWeightFormat(o.embeddings, '--embeddings');
   return q;
 }
 
-export function quantizationLabel(linear: WeightFormat, classifier: WeightFormat, embeddings: WeightFormat, exceptions: Partial<Record<WeightFormat, number>> = {}): string {
+export function quantizationLabel(linear: WeightFormat, classifier: WeightFormat, embeddings: WeightFormat, exceptions: Partial<Record<WeightFormat, number>> = {}, blockSize = BLOCK_SIZE): string {
   const extra: string[] = [];
+  if (blockSize !== BLOCK_SIZE && [linear, classifier, embeddings].some((f) => f !== 'fp32')) extra.push(`blocks of ${blockSize}`);
   for (const [f, n] of Object.entries(exceptions)) extra.push(`${n} projection${n === 1 ? '' : 's'} ${f}`);
   if (classifier !== linear) extra.push(`classifier ${classifier}`);
   if (embeddings !== linear) extra.push(`embeddings ${embeddings}`);

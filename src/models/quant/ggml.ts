@@ -12,18 +12,28 @@
 
 export const QK = 32;
 export type BlockFormat = 'q8_0' | 'q4_0';
-export const BLOCK_BYTES: Record<BlockFormat, number> = { q8_0: 2 + QK, q4_0: 2 + QK / 2 };
 
-/** A [rows, cols] matrix in ggml blocks, row by row; a row's last block is zero-padded when cols is not a multiple of 32. */
+/**
+ * A [rows, cols] matrix in blocks, row by row; a row's last block is zero-padded when cols is
+ * not a multiple of the block size. Blocks of 32 are ggml's Q8_0/Q4_0; marginal also writes
+ * the same formulas over larger blocks (fewer scales, faster kernels), which GGUF cannot hold.
+ */
 export interface BlockTensor {
   format: BlockFormat;
   rows: number;
   cols: number;
   blocks: Uint8Array;
+  /** Values per block; 32 (ggml's) when absent. */
+  blockSize?: number;
 }
 
-export function blocksPerRow(cols: number): number {
-  return Math.ceil(cols / QK);
+/** Bytes of one block: the half-precision scale, then the values (8 or 4 bits each). */
+export function blockBytes(format: BlockFormat, blockSize = QK): number {
+  return 2 + (format === 'q8_0' ? blockSize : blockSize / 2);
+}
+
+export function blocksPerRow(cols: number, blockSize = QK): number {
+  return Math.ceil(cols / blockSize);
 }
 
 const f32 = new Float32Array(1);
@@ -85,18 +95,18 @@ function roundf(x: number): number {
 
 const fr = Math.fround;
 
-/** Quantizes a row-major [rows, cols] float32 matrix into ggml blocks. */
-export function quantize(format: BlockFormat, src: Float32Array, rows: number, cols: number): BlockTensor {
+/** Quantizes a row-major [rows, cols] float32 matrix into blocks (ggml's reference quantizers, over `blockSize` values). */
+export function quantize(format: BlockFormat, src: Float32Array, rows: number, cols: number, blockSize = QK): BlockTensor {
   if (src.length !== rows * cols) throw new RangeError(`quantize: ${src.length} values for a ${rows}×${cols} matrix`);
-  const nb = blocksPerRow(cols);
-  const size = BLOCK_BYTES[format];
+  const nb = blocksPerRow(cols, blockSize);
+  const size = blockBytes(format, blockSize);
   const blocks = new Uint8Array(rows * nb * size);
   const dv = new DataView(blocks.buffer);
-  const x = new Float32Array(QK);
+  const x = new Float32Array(blockSize);
   for (let r = 0; r < rows; r++) {
     for (let b = 0; b < nb; b++) {
-      const start = r * cols + b * QK;
-      const n = Math.min(QK, cols - b * QK);
+      const start = r * cols + b * blockSize;
+      const n = Math.min(blockSize, cols - b * blockSize);
       x.fill(0);
       x.set(src.subarray(start, start + n));
       const at = (r * nb + b) * size;
@@ -104,22 +114,25 @@ export function quantize(format: BlockFormat, src: Float32Array, rows: number, c
       else quantizeBlockQ4(x, dv, blocks, at);
     }
   }
-  return { format, rows, cols, blocks };
+  const t: BlockTensor = { format, rows, cols, blocks };
+  if (blockSize !== QK) t.blockSize = blockSize;
+  return t;
 }
 
 function quantizeBlockQ8(x: Float32Array, dv: DataView, out: Uint8Array, at: number): void {
   let amax = 0;
-  for (let j = 0; j < QK; j++) amax = Math.max(amax, Math.abs(x[j] as number));
+  for (let j = 0; j < x.length; j++) amax = Math.max(amax, Math.abs(x[j] as number));
   const d = fr(amax / 127);
   const id = d !== 0 ? fr(1 / d) : 0;
   dv.setUint16(at, floatToHalf(d), true);
-  for (let j = 0; j < QK; j++) out[at + 2 + j] = roundf(fr((x[j] as number) * id)) & 0xff;
+  for (let j = 0; j < x.length; j++) out[at + 2 + j] = roundf(fr((x[j] as number) * id)) & 0xff;
 }
 
 function quantizeBlockQ4(x: Float32Array, dv: DataView, out: Uint8Array, at: number): void {
+  const bs = x.length;
   let amax = 0;
   let max = 0;
-  for (let j = 0; j < QK; j++) {
+  for (let j = 0; j < bs; j++) {
     const v = x[j] as number;
     if (amax < Math.abs(v)) {
       amax = Math.abs(v);
@@ -129,10 +142,10 @@ function quantizeBlockQ4(x: Float32Array, dv: DataView, out: Uint8Array, at: num
   const d = fr(max / -8);
   const id = d !== 0 ? fr(1 / d) : 0;
   dv.setUint16(at, floatToHalf(d), true);
-  for (let j = 0; j < QK / 2; j++) {
-    // (int8_t) truncates toward zero; x·id + 8.5 is never below 0.5.
+  for (let j = 0; j < bs / 2; j++) {
+    // (int8_t) truncates toward zero; x·id + 8.5 is never below 0.5. Value j pairs with j + bs/2.
     const lo = Math.min(15, Math.trunc(fr(fr((x[j] as number) * id) + 8.5)));
-    const hi = Math.min(15, Math.trunc(fr(fr((x[j + QK / 2] as number) * id) + 8.5)));
+    const hi = Math.min(15, Math.trunc(fr(fr((x[j + bs / 2] as number) * id) + 8.5)));
     out[at + 2 + j] = lo | (hi << 4);
   }
 }
@@ -140,39 +153,41 @@ function quantizeBlockQ4(x: Float32Array, dv: DataView, out: Uint8Array, at: num
 /** The float32 values a block tensor stands for, row-major [rows, cols]. */
 export function dequantize(t: BlockTensor): Float32Array {
   const { rows, cols } = t;
-  const nb = blocksPerRow(cols);
-  const size = BLOCK_BYTES[t.format];
+  const bs = t.blockSize ?? QK;
+  const nb = blocksPerRow(cols, bs);
+  const size = blockBytes(t.format, bs);
   const out = new Float32Array(rows * cols);
   const dv = new DataView(t.blocks.buffer, t.blocks.byteOffset, t.blocks.byteLength);
   for (let r = 0; r < rows; r++) {
     for (let b = 0; b < nb; b++) {
       const at = (r * nb + b) * size;
       const d = halfToFloat(dv.getUint16(at, true));
-      const base = r * cols + b * QK;
-      const n = Math.min(QK, cols - b * QK);
-      for (let j = 0; j < n; j++) out[base + j] = fr(d * valueAt(t.format, t.blocks, at, j));
+      const base = r * cols + b * bs;
+      const n = Math.min(bs, cols - b * bs);
+      for (let j = 0; j < n; j++) out[base + j] = fr(d * valueAt(t.format, t.blocks, at, j, bs));
     }
   }
   return out;
 }
 
 /** The integer of value j of the block at `at`, zero point removed. */
-function valueAt(format: BlockFormat, blocks: Uint8Array, at: number, j: number): number {
+function valueAt(format: BlockFormat, blocks: Uint8Array, at: number, j: number, bs: number): number {
   if (format === 'q8_0') return ((blocks[at + 2 + j] as number) << 24) >> 24;
-  const byte = blocks[at + 2 + (j % (QK / 2))] as number;
-  return (j < QK / 2 ? byte & 0x0f : byte >> 4) - 8;
+  const byte = blocks[at + 2 + (j % (bs / 2))] as number;
+  return (j < bs / 2 ? byte & 0x0f : byte >> 4) - 8;
 }
 
 /**
- * ONNX Runtime's MatMulNBits / GatherBlockQuantized layout of the same numbers (block size 32,
- * default zero points 128 and 8): codes [rows, blocks, 32·bits/8] as uint8, packed low nibble
- * first along the row, and one float32 scale per block. No value changes on the way.
+ * ONNX Runtime's MatMulNBits / GatherBlockQuantized layout of the same numbers (default zero
+ * points 128 and 8): codes [rows, blocks, blockSize·bits/8] as uint8, packed low nibble first
+ * along the row, and one float32 scale per block. No value changes on the way.
  */
 export function toNBits(t: BlockTensor): { bits: 4 | 8; codes: Uint8Array; scales: Float32Array } {
-  const nb = blocksPerRow(t.cols);
-  const size = BLOCK_BYTES[t.format];
+  const bs = t.blockSize ?? QK;
+  const nb = blocksPerRow(t.cols, bs);
+  const size = blockBytes(t.format, bs);
   const bits = t.format === 'q8_0' ? 8 : 4;
-  const blob = (QK * bits) / 8;
+  const blob = (bs * bits) / 8;
   const codes = new Uint8Array(t.rows * nb * blob);
   const scales = new Float32Array(t.rows * nb);
   const dv = new DataView(t.blocks.buffer, t.blocks.byteOffset, t.blocks.byteLength);
@@ -181,14 +196,15 @@ export function toNBits(t: BlockTensor): { bits: 4 | 8; codes: Uint8Array; scale
     scales[k] = halfToFloat(dv.getUint16(at, true));
     const o = k * blob;
     if (bits === 8) {
-      for (let j = 0; j < QK; j++) codes[o + j] = ((t.blocks[at + 2 + j] as number) + 128) & 0xff;
+      for (let j = 0; j < bs; j++) codes[o + j] = ((t.blocks[at + 2 + j] as number) + 128) & 0xff;
     } else {
-      // ggml pairs value j with j + 16; ONNX Runtime pairs 2i with 2i + 1.
-      for (let i = 0; i < QK / 2; i++) {
+      // ggml pairs value j with j + 16 (half a block); ONNX Runtime pairs 2i with 2i + 1.
+      const h = bs / 2;
+      for (let i = 0; i < bs / 2; i++) {
         const a = 2 * i;
         const b = a + 1;
-        const lo = a < 16 ? (t.blocks[at + 2 + a] as number) & 0x0f : (t.blocks[at + 2 + a - 16] as number) >> 4;
-        const hi = b < 16 ? (t.blocks[at + 2 + b] as number) & 0x0f : (t.blocks[at + 2 + b - 16] as number) >> 4;
+        const lo = a < h ? (t.blocks[at + 2 + a] as number) & 0x0f : (t.blocks[at + 2 + a - h] as number) >> 4;
+        const hi = b < h ? (t.blocks[at + 2 + b] as number) & 0x0f : (t.blocks[at + 2 + b - h] as number) >> 4;
         codes[o + i] = lo | (hi << 4);
       }
     }
