@@ -1,7 +1,9 @@
 import { join } from 'node:path';
+import { GGMLQuantizationType } from '@huggingface/gguf';
 import { llama2cTokenizerMetadata, writeLlamaGguf, type GgufArchitecture, type GgufWeightType } from '../../src/models/gguf/export.js';
 import { kv, type GgufEntry } from '../../src/models/gguf/writer.js';
-import type { LlamaShape, WeightSpec } from '../../src/models/llama/shape.js';
+import { weightSpecs, type LlamaShape, type WeightSpec } from '../../src/models/llama/shape.js';
+import { floatToHalf } from '../../src/models/quant/ggml.js';
 import type { WeightSource } from '../../src/models/llama/weights.js';
 import { Llama2cTokenizer } from '../../src/models/tokenizer/llama2c.js';
 import { LLAMA3_SPLIT, QWEN2_SPLIT, trainBpe } from './bpe.js';
@@ -174,4 +176,58 @@ export function writeTestGguf(path: string, family: TestFamily, type: GgufWeight
     tokenizer: family.tokenizer(),
     type,
   });
+}
+
+/**
+ * A Q4_K_M-like file (Q4_K projections and embeddings, Q6_K for V, down and the classifier) or
+ * one all in Q5_K: random K-quant blocks with scales that give unit-gain layers, in a shape
+ * whose rows are whole 256-value super-blocks.
+ */
+export const KQUANT_FAMILY: TestFamily = {
+  name: 'llama2',
+  architecture: 'llama',
+  shape: { dim: 256, hiddenDim: 512, nLayers: 2, nHeads: 4, nKvHeads: 2, vocabSize: 32000, maxSeqLen: 256, normEps: 1e-5, ropeTheta: 10000, sharedClassifier: false },
+  tokenizer: llamaSpm,
+  prompt: 'Once upon a time, there was a little robot',
+};
+
+function randomKBlocks(type: 'q4_K' | 'q5_K' | 'q6_K', rows: number, cols: number, gain: number, seed: number): Uint8Array {
+  const size = { q4_K: 144, q5_K: 176, q6_K: 210 }[type];
+  const n = (rows * cols) / 256;
+  const out = new Uint8Array(n * size);
+  let state = seed >>> 0;
+  for (let i = 0; i < out.length; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    out[i] = state >>> 24;
+  }
+  const dv = new DataView(out.buffer);
+  const s = gain / Math.sqrt(cols);
+  for (let b = 0; b < n; b++) {
+    const at = b * size;
+    if (type === 'q6_K') {
+      dv.setUint16(at + 208, floatToHalf((4 * s) / (127 * 32)), true);
+    } else {
+      // Values d·sc·q − dmin·m, centred near zero.
+      const qmax = type === 'q4_K' ? 15 : 31;
+      dv.setUint16(at, floatToHalf((4 * s) / (63 * qmax)), true);
+      dv.setUint16(at + 2, floatToHalf((2 * s) / 63), true);
+    }
+  }
+  return out;
+}
+
+export function writeKQuantGguf(path: string, kind: 'q4_K_M' | 'q5_K'): void {
+  const s = KQUANT_FAMILY.shape;
+  const raw: Record<string, { type: GGMLQuantizationType; data: () => Uint8Array }> = {};
+  let seed = 11;
+  for (const spec of weightSpecs(s)) {
+    if (spec.dims.length !== 2) continue;
+    const heavy = /v_proj|down_proj|lm_head/.test(spec.name);
+    const type = kind === 'q5_K' ? 'q5_K' : heavy ? 'q6_K' : 'q4_K';
+    const gain = spec.name === 'lm_head.weight' ? 10 : spec.name === 'model.embed_tokens.weight' ? Math.sqrt(spec.dims[1] as number) : 1.7;
+    const [rows, cols] = spec.dims as [number, number];
+    const mySeed = seed++;
+    raw[spec.name] = { type: { q4_K: GGMLQuantizationType.Q4_K, q5_K: GGMLQuantizationType.Q5_K, q6_K: GGMLQuantizationType.Q6_K }[type], data: () => randomKBlocks(type, rows, cols, gain, mySeed) };
+  }
+  writeLlamaGguf(path, { architecture: 'llama', name: `test-${kind}`, shape: s, weights: testWeights(s), tokenizer: KQUANT_FAMILY.tokenizer(), type: 'f32', raw });
 }

@@ -40,6 +40,8 @@ export interface GgufModel {
   type: GgufWeightType;
   /** Per-tensor exceptions by Hugging Face name (e.g. a classifier kept at higher precision). */
   types?: Record<string, GgufWeightType>;
+  /** Tensors written as given, in a type this writer does not encode (tests write K-quant blocks). */
+  raw?: Record<string, { type: GGMLQuantizationType; data: () => Uint8Array }>;
   log?: (line: string) => void;
 }
 
@@ -68,6 +70,11 @@ export function writeLlamaGguf(path: string, m: GgufModel): void {
       type = 'f32';
     }
     const t = type;
+    const raw = m.raw?.[spec.name];
+    if (raw !== undefined) {
+      tensors.push({ name, ne, type: raw.type, data: raw.data });
+      continue;
+    }
     tensors.push({
       name,
       ne,

@@ -7,6 +7,7 @@ import type { WeightSource } from '../llama/weights.js';
 import { capContext, writeModelDir, type Architecture, type Flavour, type ModelConfig } from '../modeldir.js';
 import { bf16ToFloat, halfToFloat, type BlockFormat, type BlockTensor } from '../quant/ggml.js';
 import type { QuantizeOptions } from '../quant/formats.js';
+import { dequantizeK, K_BLOCK_BYTES, QK_K, type KQuant } from '../quant/kquants.js';
 import { ggufName } from './names.js';
 import { ggufTokenizer, type GgufMetadata } from './tokenizer.js';
 
@@ -22,6 +23,12 @@ const ARCHITECTURES: Record<string, { as: Architecture; rope: 'interleaved' | 'h
 
 /** Weight types read as they are (block formats) or widened exactly to float32. */
 const READABLE = new Set<GGMLQuantizationType>([GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16, GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0]);
+/** K-quants: no ONNX Runtime kernel takes them, so they are dequantized and stored as q8 (or what --quantize says). */
+const K_QUANTS = new Map<GGMLQuantizationType, KQuant>([
+  [GGMLQuantizationType.Q4_K, 'q4_K'],
+  [GGMLQuantizationType.Q5_K, 'q5_K'],
+  [GGMLQuantizationType.Q6_K, 'q6_K'],
+]);
 
 interface TensorInfo {
   name: string;
@@ -148,6 +155,12 @@ export function ggufWeights(f: GgufFile): WeightSource {
         for (let i = 0; i < n; i++) out[i] = widen(h[i] as number);
         return out;
       }
+      case GGMLQuantizationType.Q4_K:
+      case GGMLQuantizationType.Q5_K:
+      case GGMLQuantizationType.Q6_K: {
+        const k = K_QUANTS.get(t.type) as KQuant;
+        return dequantizeK(k, readBytes(f.path, t, (n / QK_K) * K_BLOCK_BYTES[k]), n);
+      }
       case GGMLQuantizationType.Q8_0:
       case GGMLQuantizationType.Q4_0: {
         const format: BlockFormat = t.type === GGMLQuantizationType.Q8_0 ? 'q8_0' : 'q4_0';
@@ -162,7 +175,7 @@ export function ggufWeights(f: GgufFile): WeightSource {
 }
 
 function unreadable(name: string, type: GGMLQuantizationType): string {
-  return `tensor ${name} is ${GGMLQuantizationType[type] ?? `type ${type}`}; marginal reads F32, F16, BF16, Q8_0 and Q4_0 GGUF files (llama.cpp's llama-quantize --allow-requantize can rewrite this one as Q8_0 or Q4_0)`;
+  return `tensor ${name} is ${GGMLQuantizationType[type] ?? `type ${type}`}; marginal reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K GGUF files (llama.cpp's llama-quantize --allow-requantize can rewrite this one as Q8_0 or Q4_0)`;
 }
 
 export interface GgufImportOptions {
@@ -178,9 +191,20 @@ export interface GgufImportOptions {
 export async function importGguf(path: string, out: string, o: GgufImportOptions = {}): Promise<ModelConfig> {
   const f = await readGguf(path);
   // Every tensor's type is checked before anything is written, so an unsupported file fails at once.
+  const kquants = new Map<string, number>();
   for (const spec of weightSpecs(f.shape)) {
     const t = f.tensors.get(ggufName(spec.name));
-    if (t !== undefined && !READABLE.has(t.type)) throw new UnsupportedModelError(unreadable(t.name, t.type));
+    if (t === undefined) continue;
+    const k = K_QUANTS.get(t.type);
+    if (k !== undefined) kquants.set(k.toUpperCase(), (kquants.get(k.toUpperCase()) ?? 0) + 1);
+    else if (!READABLE.has(t.type)) throw new UnsupportedModelError(unreadable(t.name, t.type));
+  }
+  let quantize = o.quantize;
+  if (kquants.size > 0) {
+    const target = quantize?.weights ?? 'q8';
+    if (quantize?.weights === undefined) quantize = { ...quantize, weights: 'q8' };
+    const list = [...kquants.entries()].map(([k, n]) => `${n} ${k}`).join(', ');
+    o.log?.(`marginal: ${list} tensor(s) dequantized and stored as ${target} (ONNX Runtime has no K-quant kernel; --quantize q4 for less memory)`);
   }
   const widened = weightSpecs(f.shape).filter((s) => {
     const t = f.tensors.get(ggufName(s.name));
@@ -202,7 +226,7 @@ export async function importGguf(path: string, out: string, o: GgufImportOptions
     architecture: f.architecture,
     source: resolve(path),
     ...(o.flavours ? { flavours: o.flavours } : {}),
-    ...(o.quantize ? { quantize: o.quantize } : {}),
+    ...(quantize ? { quantize } : {}),
     ...(o.log ? { log: o.log } : {}),
     ...(o.onProgress ? { onProgress: o.onProgress } : {}),
   });

@@ -30,9 +30,11 @@ const TYPE_SIZE: Partial<Record<GGMLQuantizationType, [number, number]>> = {
   [GGMLQuantizationType.BF16]: [1, 2],
   [GGMLQuantizationType.Q8_0]: [32, 34],
   [GGMLQuantizationType.Q4_0]: [32, 18],
-  // Written only to check that the importer refuses them by name.
+  // K-quants: the tests write them as raw blocks, for llama.cpp and the importer to decode.
   [GGMLQuantizationType.Q4_K]: [256, 144],
+  [GGMLQuantizationType.Q5_K]: [256, 176],
   [GGMLQuantizationType.Q6_K]: [256, 210],
+  [GGMLQuantizationType.Q2_K]: [256, 84],
 };
 
 export function ggmlTensorBytes(type: GGMLQuantizationType, ne: number[]): number {

@@ -26,7 +26,7 @@ export const ACCURACY_LEVEL = 4;
 /** `--quantize` and friends; an unset field keeps what the source has. */
 export interface QuantizeOptions {
   /** Every projection (attention and MLP), and the classifier and embeddings unless set below. */
-  weights?: 'q8' | 'q4';
+  weights?: WeightFormat;
   classifier?: WeightFormat;
   embeddings?: WeightFormat;
   /** Values per scale for the int8/int4 tensors (default 32). */
