@@ -50,6 +50,8 @@ export interface SchedulerCounters {
   swaps: number;
   /** Prompt tokens computed for the first time (not cache hits, not recompute). */
   prefillTokens: number;
+  /** Requests admitted for the first time (resumptions after preemption not counted). */
+  admitted: number;
 }
 
 /**
@@ -63,7 +65,7 @@ export interface SchedulerCounters {
 export class Scheduler implements SchedulerView {
   readonly blocks: BlockManager;
   readonly estimator = new LengthEstimator();
-  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0 };
+  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0, admitted: 0 };
   readonly prices = { token: 0, kv: 0 };
   readonly floorTokenPrice: number;
   readonly maxRunning: number;
@@ -71,6 +73,8 @@ export class Scheduler implements SchedulerView {
   now = 0;
   step = 0;
   tokenUtilization = 0;
+  /** Preempted requests whose keys and values wait in host memory. */
+  swappedCount = 0;
 
   private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds' | 'defaultBid'>>;
   private readonly defaultBid: ((tenant: string) => number | undefined) | undefined;
@@ -138,6 +142,10 @@ export class Scheduler implements SchedulerView {
 
   get config(): Readonly<SchedulerConfig> {
     return this.cfg;
+  }
+  /** The operator's congestion curves: the reserve prices beneath whatever clears. */
+  get priceCurves(): PriceCurves {
+    return this.curves;
   }
   get running(): readonly SchedRequest[] {
     return this.runningList;
@@ -326,7 +334,7 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'done') return;
     if (r.state === 'waiting') {
       this.policy.remove(r);
-      if (r.swapped) this.engine.close(r.seq);
+      if (r.swapped) this.dropSwapped(r);
     } else this.leaveRunning(r);
     r.state = 'done';
     r.finishedAt = now;
@@ -347,7 +355,7 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'done') return;
     if (r.state === 'waiting') {
       this.policy.remove(r);
-      if (r.swapped) this.engine.close(r.seq);
+      if (r.swapped) this.dropSwapped(r);
     } else this.leaveRunning(r);
     r.state = 'done';
     r.finishedAt = this.now;
@@ -410,6 +418,7 @@ export class Scheduler implements SchedulerView {
     r.computed = hitBlocks * bs;
     r.registered = hitBlocks;
     if (r.preemptions === 0) {
+      this.counters.admitted++;
       r.cachedTokens = hitBlocks * bs;
       this.counters.promptTokens += r.promptLength;
       this.counters.cachedTokens += r.cachedTokens;
@@ -433,6 +442,7 @@ export class Scheduler implements SchedulerView {
     this.policy.remove(r);
     (this.engine.swapIn as (seq: number) => void)(r.seq);
     r.swapped = false;
+    this.swappedCount--;
     r.registered = 0;
     r.state = 'running';
     r.admittedStep = this.step;
@@ -453,6 +463,7 @@ export class Scheduler implements SchedulerView {
       (this.engine.swapOut as (seq: number) => void)(r.seq);
       this.leaveRunning(r, false);
       r.swapped = true;
+      this.swappedCount++;
       this.counters.swaps++;
     } else {
       this.leaveRunning(r);
@@ -505,6 +516,12 @@ export class Scheduler implements SchedulerView {
       }
     }
     r.registered = full;
+  }
+
+  private dropSwapped(r: SchedRequest): void {
+    this.engine.close(r.seq);
+    r.swapped = false;
+    this.swappedCount--;
   }
 
   private insertRunning(r: SchedRequest): void {

@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { InvalidArgumentError, isMarginalError } from '../errors.js';
@@ -7,9 +7,16 @@ import { validateSamplingParams, type SamplingParams } from '../engine/sampling.
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
 import type { Bill } from '../economy/ledger.js';
 import type { Quote } from '../scheduler/request.js';
+import type { Logger } from '../log.js';
+import { checkMetricsAccess } from './auth.js';
 import { renderChat, type ChatMessage } from './chat.js';
+import { serverMarket } from './console/market.js';
+import { registerConsole } from './console/routes.js';
+import { Sampler } from './console/sampler.js';
+import { RequestJournal } from './journal.js';
 import { EngineLoop } from './loop.js';
 import { ServerMetrics } from './metrics.js';
+import { quoteJson, rejectionCode } from './rejection.js';
 import { chatBody, completionBody, type ChatBody, type CommonBody, type CompletionBody } from './schemas.js';
 import { openDirectory, type Tenant, type TenantDirectory } from './tenants.js';
 
@@ -20,7 +27,12 @@ export interface ServerDeps {
   metrics?: ServerMetrics;
   /** Tokenizes off the main thread where it pays (TokenizePool.encode); default inline. */
   tokenize?: (text: string, bos: boolean) => Promise<number[]>;
-  logger?: boolean;
+  /** Where the server logs (pino, JSON lines); default: nothing. */
+  logger?: Logger;
+  /** `--metrics-key`: /metrics then needs this bearer key (or an admin key). */
+  metricsKey?: string;
+  /** The console's built page (default: dist/console); `false` serves no console. */
+  console?: { assetsDir?: string } | false;
   /** Largest request body accepted, bytes (413 beyond). */
   bodyLimit?: number;
   /** Compute cost per token for the welfare metric. */
@@ -31,6 +43,8 @@ export interface Server {
   app: FastifyInstance;
   loop: EngineLoop;
   metrics: ServerMetrics;
+  /** One record per finished API request (logged, and shown by the console). */
+  journal: RequestJournal;
   /** Stop accepting, finish what is running, resolve when drained. */
   drain(): Promise<void>;
 }
@@ -105,7 +119,9 @@ export function buildServer(deps: ServerDeps): Server {
   const metrics = deps.metrics ?? new ServerMetrics({ modelName: model.name, blockSize: info.blockSize, numBlocks: info.totalBlocks, maxSequences: info.maxSequences, maxContext: info.maxContext });
   const tokenize = deps.tokenize ?? (async (text: string, bos: boolean) => model.tokenizer.encode(text, { bos }));
   const app = Fastify({
-    logger: deps.logger ?? false,
+    ...(deps.logger ? { loggerInstance: deps.logger as FastifyBaseLogger } : { logger: false }),
+    // The journal writes one line per finished request instead of fastify's two.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.bodyLimit ?? 2 * 1024 * 1024,
     // OpenAI semantics: "10" is not a number of tokens. No coercion, no silent defaults.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
@@ -114,13 +130,23 @@ export function buildServer(deps: ServerDeps): Server {
   // JSON only: a text/plain body is a client bug to report (415), not a string to validate.
   app.removeContentTypeParser('text/plain');
   const loop = new EngineLoop(generator, (e) => app.log.error(e), () => observeStep());
+  const journal = new RequestJournal(deps.logger);
+  journal.install(app);
   const created = Math.floor(Date.now() / 1000);
   let draining = false;
 
   // --- metrics wiring: per step from the scheduler's counters, per token and request from the generator.
-  const last = { prompt: 0, preemptions: 0, swaps: 0 };
+  const last = { prompt: 0, preemptions: 0, swaps: 0, admitted: 0 };
   const snapshot = () =>
-    metrics.step({ running: sched.running.length, waiting: sched.waiting, kvUsage: sched.blocks.heldBlocks / sched.blocks.totalBlocks, priceToken: sched.prices.token, priceKvBlockSecond: sched.prices.kv });
+    metrics.step({
+      running: sched.running.length,
+      waiting: sched.waiting,
+      swapped: sched.swappedCount,
+      kvUsage: sched.blocks.heldBlocks / sched.blocks.totalBlocks,
+      tokenUtilization: sched.tokenUtilization,
+      priceToken: sched.prices.token,
+      priceKvBlockSecond: sched.prices.kv,
+    });
   const observeStep = () => {
     const c = sched.counters;
     snapshot();
@@ -130,6 +156,8 @@ export function buildServer(deps: ServerDeps): Server {
     if (c.swaps > last.swaps) metrics.preempted(c.swaps - last.swaps, true);
     last.preemptions = c.preemptions;
     last.swaps = c.swaps;
+    if (c.admitted > last.admitted) metrics.admitted(c.admitted - last.admitted);
+    last.admitted = c.admitted;
   };
   generator.setObserver({
     onToken: (r, now) => {
@@ -139,8 +167,20 @@ export function buildServer(deps: ServerDeps): Server {
       r.prevTokenAt = now;
     },
     onFinish: (r, now) => {
+      const ms = (seconds: number | null) => (seconds === null ? null : Math.round(seconds * 1e6) / 1e3);
+      const market = {
+        prompt_tokens: r.promptLength,
+        cached_tokens: r.cachedTokens,
+        preemptions: r.preemptions,
+        value: r.spec.value ?? null,
+        bid: r.spec.bid ?? null,
+        bill: r.finalBill ?? null,
+      };
       if (r.outcome === 'rejected') {
-        metrics.rejected(r.quote?.reason.includes('budget') ? 'budget' : 'price');
+        metrics.rejected(rejectionCode(r.quote));
+        metrics.tenantFinished(r.tenant, 'rejected', 0, 0);
+        const quote = r.quote ? quoteJson(r.quote) : null;
+        journal.marketDone(r.spec.id, { ...market, outcome: 'rejected', finish_reason: null, completion_tokens: 0, ttft_ms: null, tpot_ms: null, queue_ms: null, value_realized: 0, bill: null, quote });
         return;
       }
       metrics.prefixQuery(r.promptLength, r.cachedTokens);
@@ -148,24 +188,40 @@ export function buildServer(deps: ServerDeps): Server {
       const ttft = Number.isNaN(r.firstTokenAt) ? null : r.firstTokenAt - r.spec.arrival;
       const met = r.outcome === 'completed' && meetsSloNow(r, e2e, ttft);
       const realized = met ? (r.spec.value ?? (r.spec.bid ?? 0) * r.generated) : 0;
+      const queue = Number.isNaN(r.admittedAt) ? e2e : Math.max(0, r.admittedAt - r.spec.arrival);
+      const tpot = ttft !== null && r.generated > 1 ? (e2e - ttft) / (r.generated - 1) : null;
       metrics.finished({
         finishReason: r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
         e2eSeconds: e2e,
-        queueSeconds: Number.isNaN(r.admittedAt) ? e2e : Math.max(0, r.admittedAt - r.spec.arrival),
+        queueSeconds: queue,
         promptTokens: r.promptLength,
         outputTokens: r.generated,
-        tpotSeconds: ttft !== null && r.generated > 1 ? (e2e - ttft) / (r.generated - 1) : null,
+        tpotSeconds: tpot,
         realizedValue: realized,
         computeCost: (r.promptLength - r.cachedTokens + r.generated + r.recomputed) * (deps.basePrice ?? 2e-4),
         billTotal: r.finalBill?.total ?? 0,
+      });
+      const outcome = r.outcome === 'aborted' ? 'aborted' : 'completed';
+      metrics.tenantFinished(r.tenant, outcome, realized, r.finalBill?.total ?? 0);
+      journal.marketDone(r.spec.id, {
+        ...market,
+        outcome,
+        finish_reason: r.finishReason ?? null,
+        completion_tokens: r.generated,
+        ttft_ms: ms(ttft),
+        tpot_ms: ms(tpot),
+        queue_ms: ms(queue),
+        value_realized: realized,
+        quote: null,
       });
       const t = sched.ledger?.account(r.tenant);
       if (t && Number.isFinite(t.budget)) metrics.budget(r.tenant, t.budget - t.spent);
     },
   });
 
-  app.setErrorHandler((err, _req, reply) => {
+  app.setErrorHandler((err, req, reply) => {
     const d = describeError(err);
+    journal.noteError(req, d.body.error.code);
     if (d.status >= 500) app.log.error(err);
     return reply.code(d.status).headers(d.headers).send(d.body);
   });
@@ -195,7 +251,8 @@ export function buildServer(deps: ServerDeps): Server {
     return { status: 'ok' };
   });
 
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', async (req, reply) => {
+    checkMetricsAccess(req, deps.metricsKey, tenants);
     // Gauges as of now: an idle server runs no steps, yet a disconnect may just have freed memory.
     snapshot();
     return reply.header('content-type', metrics.contentType).send(await metrics.text());
@@ -250,8 +307,6 @@ export function buildServer(deps: ServerDeps): Server {
   /** Runs one generation and answers it, as JSON or as server-sent events. */
   const serve = async (req: FastifyRequest, reply: FastifyReply, kind: 'completion' | 'chat', prompt: number[], sampling: SamplingParams, body: CommonBody, tenant: Tenant) => {
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
-    const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
-    const createdAt = Math.floor(Date.now() / 1000);
     const abort = new AbortController();
     const res = reply.raw;
     // The client leaving before the answer is complete aborts the request: its KV blocks are freed within a step.
@@ -260,9 +315,20 @@ export function buildServer(deps: ServerDeps): Server {
     });
     // The client may have gone while the prompt was being tokenized.
     if (res.destroyed || req.raw.socket?.destroyed) abort.abort();
+    journal.generating(req, id, tenant.name);
+    try {
+      return await answer(req, reply, kind, id, abort, prompt, sampling, body, tenant);
+    } finally {
+      journal.settled(req);
+    }
+  };
 
+  const answer = async (req: FastifyRequest, reply: FastifyReply, kind: 'completion' | 'chat', id: string, abort: AbortController, prompt: number[], sampling: SamplingParams, body: CommonBody, tenant: Tenant) => {
+    const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
+    const createdAt = Math.floor(Date.now() / 1000);
+    const res = reply.raw;
     if (body.stream !== true) {
-      const pending = generator.submit({ prompt, sampling, signal: abort.signal, ...economics(body, tenant) });
+      const pending = generator.submit({ id, prompt, sampling, signal: abort.signal, ...economics(body, tenant) });
       loop.wake();
       const c = await pending;
       const choice =
@@ -296,6 +362,7 @@ export function buildServer(deps: ServerDeps): Server {
       kind === 'chat' ? { index: 0, delta: text.length > 0 ? { content: text } : {}, logprobs: null, finish_reason: finish } : { index: 0, text, logprobs: null, finish_reason: finish };
     try {
       const pending = generator.submit({
+        id,
         prompt,
         sampling,
         signal: abort.signal,
@@ -315,6 +382,7 @@ export function buildServer(deps: ServerDeps): Server {
       if (!res.writableEnded) res.end('data: [DONE]\n\n');
     } catch (e) {
       const d = describeError(e);
+      journal.noteError(req, d.body.error.code);
       if (d.status >= 500) app.log.error(e);
       if (!opened) {
         if (!res.headersSent && !res.destroyed) {
@@ -374,6 +442,13 @@ export function buildServer(deps: ServerDeps): Server {
     return serve(req, reply, 'chat', prompt, sampling, body, tenant);
   });
 
+  if (deps.console !== false) {
+    const market = serverMarket(generator, metrics, tenants, model.name, model.synthetic);
+    const sampler = new Sampler(market);
+    journal.subscribe((r) => sampler.record(r));
+    registerConsole(app, { market, sampler, directory: tenants, ...(deps.console?.assetsDir ? { assetsDir: deps.console.assetsDir } : {}) });
+  }
+
   const drain = async () => {
     draining = true;
     const closed = app.close();
@@ -381,7 +456,7 @@ export function buildServer(deps: ServerDeps): Server {
     await closed;
   };
 
-  return { app, loop, metrics, drain };
+  return { app, loop, metrics, journal, drain };
 }
 
 function checkTokens(prompt: number[], vocab: number): void {
