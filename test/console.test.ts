@@ -283,6 +283,7 @@ describe('console, request journal and logs on a live server', () => {
   test('the event stream sends the state, then a tick a second with new requests and the curves', async () => {
     const live = await start(model, assetsDir);
     const controller = new AbortController();
+    let closed = false;
     try {
       const res = await fetch(`${live.base}/console/api/events`, { signal: controller.signal });
       assert.equal(res.status, 200);
@@ -323,9 +324,15 @@ describe('console, request journal and logs on a live server', () => {
       assert.ok(Math.abs((seen.curves.token[half] as number) - (1e-4 + 0.05 * 0.25)) < 1e-15);
       assert.ok(Math.abs((seen.curves.kv[seen.curves.u.length - 1] as number) - 1e-6) < 1e-18);
       assert.ok(seen.sample.t > 1e9);
+      // A console left open must not hold the server's shutdown: the drain ends the stream.
+      closed = true;
+      await live.close();
+      await assert.rejects(async () => {
+        for (;;) await next();
+      }, /stream ended/);
     } finally {
       controller.abort();
-      await live.close();
+      if (!closed) await live.close();
     }
   });
 

@@ -8,6 +8,8 @@ export interface LoadOptions {
   /** Bearer keys to spread the traffic over (tenants); none when the server has no keys file. */
   keys?: string[];
   clients?: number;
+  /** Longest max_tokens asked for (default 120): longer answers hold more KV. */
+  longest?: number;
   /** Stops after this many requests in all, or at `until` (Date.now() ms), whichever first. */
   maxRequests?: number;
   until: number;
@@ -22,9 +24,9 @@ export interface LoadResult {
 const PROMPTS = ['Once upon a time', 'The little dog', 'Lily and Ben went to the park', 'One day, a cat', 'Tom had a red ball', 'The sun was hot and'];
 
 /** A deterministic request mix: the i-th request of the run. */
-export function loadRequest(i: number): { path: string; body: Record<string, unknown> } {
+export function loadRequest(i: number, longest = 120): { path: string; body: Record<string, unknown> } {
   const prompt = PROMPTS[i % PROMPTS.length] as string;
-  const max = 24 + ((i * 37) % 96);
+  const max = 24 + ((i * 37) % Math.max(1, longest - 24));
   const econ: Record<string, unknown>[] = [
     { value: 2 },
     { bid: 0.02, slo: { ttft_ms: 2000 } },
@@ -45,7 +47,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const client = async () => {
     while (next < max && Date.now() < o.until && !o.signal?.aborted) {
       const i = next++;
-      const { path, body } = loadRequest(i);
+      const { path, body } = loadRequest(i, o.longest);
       const key = o.keys?.[i % o.keys.length];
       try {
         const res = await fetch(o.base + path, {

@@ -33,6 +33,9 @@ export class ReportedError extends Error {
 export async function runServe(o: ServeOptions): Promise<void> {
   // From here on everything the server prints is one JSON line of the same logger.
   const logger = createLogger(resolveLogLevel(o.logLevel));
+  // Node's own warnings (deprecations, listener leaks) too, instead of its plain-text lines.
+  process.removeAllListeners('warning');
+  process.on('warning', (w) => logger.warn({ warning: { name: w.name, code: (w as { code?: string }).code } }, w.message));
   try {
     await serve(o, logger);
   } catch (e) {
