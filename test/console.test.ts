@@ -213,7 +213,8 @@ describe('console, request journal and logs on a live server', () => {
       assert.equal(rejLine.status, 429);
       assert.equal(rejLine.error_code, 'price_above_bid');
       assert.equal(rejLine.quote.min_value, rejected.json.quote.min_value);
-      assert.equal(rejLine.quote.code, 'price_above_bid');
+      assert.equal(rejLine.quote.reason, 'price_above_bid');
+      assert.ok(rejected.json.error.message.endsWith(rejLine.quote.message), 'the message the client got');
       assert.equal(badLine.outcome, 'invalid');
       assert.equal(badLine.status, 400);
       assert.equal(badLine.error_code, 'invalid_request');

@@ -8,6 +8,7 @@ import { buildServer } from '../server/app.js';
 import { loadApiKeys, openDirectory } from '../server/tenants.js';
 import { TokenizePool } from '../server/tokenize-pool.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
+import { economyFromCli } from './sim.js';
 
 interface ServeOptions extends EngineCliOptions {
   host: string;
@@ -16,6 +17,11 @@ interface ServeOptions extends EngineCliOptions {
   curve?: string;
   apiKeys?: string;
   defaultBid: number;
+  maxValue?: number;
+  riskPrice?: number;
+  retention?: string;
+  clearing?: boolean;
+  payment?: boolean;
   logLevel?: string;
   metricsKey?: string;
 }
@@ -29,6 +35,9 @@ export class ReportedError extends Error {
     super((original as Error)?.message ?? String(original));
   }
 }
+
+/** What one request may claim to be worth unless its tenant says otherwise: a few typical completions' worth. */
+export const DEFAULT_MAX_VALUE = 10;
 
 export async function runServe(o: ServeOptions): Promise<void> {
   // From here on everything the server prints is one JSON line of the same logger.
@@ -51,12 +60,24 @@ async function serve(o: ServeOptions, logger: Logger): Promise<void> {
   const curves = o.curve ? await loadCurveFile(o.curve) : undefined;
   const tenants = o.apiKeys ? await loadApiKeys(o.apiKeys) : openDirectory(o.defaultBid);
   const metricsKey = o.metricsKey ?? (process.env.MARGINAL_METRICS_KEY || undefined);
-  const ledger = new Ledger();
-  for (const t of tenants.tenants()) if (Number.isFinite(t.budget)) ledger.setBudget(t.name, t.budget);
+  const econ = economyFromCli(o);
+  const ledger = new Ledger({ defaultMaxValue: econ.maxValue ?? DEFAULT_MAX_VALUE });
+  for (const t of tenants.tenants()) {
+    if (Number.isFinite(t.budget)) ledger.setBudget(t.name, t.budget);
+    if (t.maxValue !== undefined) ledger.setMaxValue(t.name, t.maxValue);
+  }
   const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
 
   const { model, engine } = await openModelAndEngine({ ...o, worker: true, log: lineLogger(logger) });
-  const generator = new Generator(engine, model, { policy: o.policy, ledger, defaultBid: (tenant) => defaults.get(tenant), ...(curves ? { curves } : {}) });
+  const generator = new Generator(engine, model, {
+    policy: o.policy,
+    ledger,
+    defaultBid: (tenant) => defaults.get(tenant),
+    shadow: econ.shadow,
+    clearing: econ.clearing,
+    payment: econ.payment,
+    ...(curves ? { curves } : {}),
+  });
   // Long prompts are tokenized on a worker pool: inline they would stall every stream's SSE.
   const pool = await TokenizePool.create(model.dir, { tokenizer: model.tokenizer });
   const server = buildServer({ model, generator, tenants, logger, tokenize: (text, bos) => pool.encode(text, bos), ...(metricsKey ? { metricsKey } : {}) });

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Bill } from '../economy/ledger.js';
 import type { Logger } from '../log.js';
-import type { quoteJson } from './rejection.js';
+import type { QuoteBody } from './quote.js';
 
 /** How an API request ended. `invalid`: answered 4xx before reaching the market. */
 export type RequestOutcome = 'completed' | 'rejected' | 'aborted' | 'failed' | 'invalid';
@@ -22,7 +22,8 @@ export interface MarketPart {
   bid: number | null;
   value_realized: number;
   bill: Bill | null;
-  quote: ReturnType<typeof quoteJson> | null;
+  /** For a rejection: the quote the client got, and its message. */
+  quote: (QuoteBody & { message: string }) | null;
 }
 
 /** One finished API request: the log line's fields and a row of the console's requests table. */
@@ -146,7 +147,7 @@ export class RequestJournal {
       tenant: ex.tenant,
       ...m,
       outcome,
-      error_code: ex.errorCode ?? m?.quote?.code ?? null,
+      error_code: ex.errorCode ?? m?.quote?.reason ?? null,
       e2e_ms: round(performance.now() - ex.start),
     };
     this.log?.info(logFields(record), 'request');

@@ -2,12 +2,16 @@ import type { Bill } from '../../src/economy/ledger.js';
 import { readEventStream } from './events.js';
 import { el, ms, num, price } from './format.js';
 
+/** The quote of a 429 (or 402), inside `error` and beside it. */
 interface Quote {
-  price_per_token: number;
-  min_value: number;
-  expected_wait_ms: number;
   reason: string;
-  code?: string;
+  price_per_token: number;
+  price_per_kv_block_second?: number;
+  /** null when no value would clear now. */
+  min_value: number | null;
+  value_counted?: number;
+  retryable?: boolean;
+  expected_wait_ms: number | null;
 }
 
 interface Usage {
@@ -82,12 +86,15 @@ function quoteBox(status: number, error: { message?: string; code?: string | nul
   const retry = headers.get('retry-after');
   const items: Array<[string, string]> = [];
   if (quote) {
-    items.push(['reason', quote.code ? `${quote.code}: ${quote.reason}` : quote.reason]);
+    items.push(['reason', quote.reason]);
     items.push(['price per token', price(quote.price_per_token)]);
-    items.push(['minimum value', price(quote.min_value)]);
-    items.push(['expected wait', ms(quote.expected_wait_ms)]);
+    if (quote.price_per_kv_block_second !== undefined) items.push(['price per KV block-second', price(quote.price_per_kv_block_second)]);
+    items.push(['minimum value', quote.min_value === null ? 'none clears now' : price(quote.min_value)]);
+    if (quote.value_counted !== undefined) items.push(['value counted', price(quote.value_counted)]);
+    items.push(['expected wait', quote.retryable === false || quote.expected_wait_ms === null ? 'waiting will not help' : ms(quote.expected_wait_ms)]);
   }
   if (retry !== null) items.push(['retry-after', `${retry} s`]);
+  else if (headers.get('x-should-retry') === 'false') items.push(['retry', 'no (x-should-retry: false)']);
   return el(
     'div',
     { class: 'quote', id: 'pg-quote', 'data-status': String(status) },

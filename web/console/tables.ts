@@ -11,6 +11,7 @@ export function renderTenants(tbody: HTMLTableSectionElement, tenants: TenantSta
       { 'data-tenant': t.tenant },
       el('td', {}, t.tenant),
       el('td', { class: 'num' }, price(t.spent)),
+      el('td', { class: 'num' }, price(t.escrowed)),
       el('td', { class: 'num' }, t.remaining === null ? 'unlimited' : price(t.remaining)),
       el('td', { class: 'num' }, price(t.valueRealized)),
       el('td', { class: 'num' }, num(t.requests.completed)),
@@ -26,7 +27,9 @@ export function renderTenants(tbody: HTMLTableSectionElement, tenants: TenantSta
 export function describeRecord(r: RequestRecord): string {
   if (r.quote) {
     const q = r.quote;
-    return `${q.code}: needs value ≥ ${price(q.min_value)} (${price(q.price_per_token)}/token), wait ~${ms(q.expected_wait_ms)} — ${q.reason}`;
+    const clears = q.min_value === null ? 'nothing clears now' : `needs value ≥ ${price(q.min_value)}`;
+    const wait = q.retryable && q.expected_wait_ms !== null ? `retry in ~${ms(q.expected_wait_ms)}` : 'waiting will not help';
+    return `${q.reason}: ${clears} (counted ${price(q.value_counted)}; ${price(q.price_per_token)}/token), ${wait} — ${q.message}`;
   }
   if (r.bill) {
     const b = r.bill;

@@ -36,6 +36,8 @@ export interface TenantState {
   /** null: no budget (unlimited). */
   budget: number | null;
   spent: number;
+  /** Held for requests in flight (their maximum charges), settled when they finish. */
+  escrowed: number;
   remaining: number | null;
   valueRealized: number;
   billed: number;
@@ -98,12 +100,13 @@ export function serverMarket(generator: Generator, metrics: ServerMetrics, direc
         const t = byTenant.get(tenant);
         // Without a ledger nothing is charged against a budget, but bills are still sent.
         const spent = account?.spent ?? t?.billed ?? 0;
-        // Whatever is escrowed for requests still running is not available either.
-        const escrowed = (account as { escrowed?: number } | undefined)?.escrowed ?? 0;
+        const escrowed = account?.escrowed ?? 0;
         return {
           tenant,
           budget,
           spent,
+          escrowed,
+          // What is escrowed for requests still running is not available either.
           remaining: budget === null ? null : Math.max(0, budget - spent - escrowed),
           valueRealized: t?.valueRealized ?? 0,
           billed: t?.billed ?? 0,
