@@ -91,7 +91,7 @@ describe('console sampler', () => {
     const totals: MetricsTotals = { promptTokens: 0, generationTokens: 0, prefixQueriedTokens: 0, prefixHitTokens: 0, admitted: 0, preemptions: 0, swaps: 0, rejected: {}, valueRealized: 0, revenue: 0, welfare: 0 };
     const market: MarketView = {
       info: { model: 'm', synthetic: true, policy: 'shadow', provider: 'cpu', flavour: 'fast', maxSequences: 4, maxBatchTokens: 64, maxContext: 128, blockSize: 16, totalBlocks: 32, keys: false },
-      snapshot: () => ({ priceToken: 2e-4, priceKv: 1e-6, utilTokens: 0.5, utilKv: 0.25, running: 3, waiting: 2, swapped: 1 }),
+      snapshot: () => ({ priceToken: 2e-4, priceKv: 1e-6, reserveToken: 1e-4, reserveKv: 1e-6, utilTokens: 0.5, utilKv: 0.25, running: 3, waiting: 2, swapped: 1 }),
       reserveTokenPrice: (u) => u * u,
       reserveKvPrice: (u) => 2 * u,
       totals: () => structuredClone(totals),

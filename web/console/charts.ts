@@ -21,6 +21,8 @@ export interface SeriesSpec {
   color?: string;
   /** A second y scale on the right (e.g. KV rent beside the token price). */
   right?: boolean;
+  /** Dashed, e.g. a reserve price beneath the price in force. */
+  dash?: number[];
 }
 
 export interface TimeChartOptions {
@@ -95,6 +97,7 @@ export class TimeChart {
           stroke: s.color as string,
           width: 1.5,
           scale: s.right ? 'r' : 'y',
+          ...(s.dash ? { dash: s.dash } : {}),
           spanGaps: false,
           points: { show: false },
           value: (_u: uPlot, v: number | null) => (v === null ? '–' : (s.right ? fmtRight : fmt)(v)),

@@ -29,7 +29,11 @@ const msFmt = (v: number) => num(v, v < 10 ? 1 : 0);
 const charts = {
   curveToken: new CurveChart(plot('curve-token'), '#2563eb', price),
   curveKv: new CurveChart(plot('curve-kv'), '#7c3aed', price),
-  prices: new TimeChart(plot('prices'), [{ label: 'token' }, { label: 'KV block·s', color: '#7c3aed', right: true }], { format: price, formatRight: price }),
+  prices: new TimeChart(
+    plot('prices'),
+    [{ label: 'token' }, { label: 'token reserve', color: '#2563eb', dash: [4, 4] }, { label: 'KV block·s', color: '#7c3aed', right: true }, { label: 'KV reserve', color: '#7c3aed', right: true, dash: [4, 4] }],
+    { format: price, formatRight: price },
+  ),
   utilization: new TimeChart(plot('utilization'), [{ label: 'batch tokens' }, { label: 'KV blocks', color: '#7c3aed' }], { format: percentFmt, range: [0, 1] }),
   streams: new TimeChart(plot('streams'), [{ label: 'running', color: '#16a34a' }, { label: 'waiting', color: '#d97706' }, { label: 'swapped', color: '#7c3aed' }], { format: (v) => num(v, 0) }),
   throughput: new TimeChart(plot('throughput'), [{ label: 'generated' }, { label: 'prompt', color: '#0891b2' }], { format: rateFmt }),
@@ -45,7 +49,7 @@ let history: Sample[] = [];
 let ticks = 0;
 
 function pushSample(s: Sample): void {
-  charts.prices.push(s.t, { token: s.priceToken, 'KV block·s': s.priceKv });
+  charts.prices.push(s.t, { token: s.priceToken, 'token reserve': s.reserveToken, 'KV block·s': s.priceKv, 'KV reserve': s.reserveKv });
   charts.utilization.push(s.t, { 'batch tokens': s.utilTokens, 'KV blocks': s.utilKv });
   charts.streams.push(s.t, { running: s.running, waiting: s.waiting, swapped: s.swapped });
   charts.throughput.push(s.t, { generated: s.generationTps, prompt: s.promptTps });
@@ -83,8 +87,8 @@ function drawTiles(): void {
   if (s === undefined) return;
   const rejected = Object.values(s.rejectedPs).reduce((a, b) => a + b, 0);
   $('#tiles').replaceChildren(
-    tile('token price', price(s.priceToken), `batch ${pct(s.utilTokens)} used`),
-    tile('KV rent', price(s.priceKv), `KV ${pct(s.utilKv)} held`),
+    tile('token price', price(s.priceToken), `reserve ${price(s.reserveToken)} · batch ${pct(s.utilTokens)} used`),
+    tile('KV rent', price(s.priceKv), `reserve ${price(s.reserveKv)} · KV ${pct(s.utilKv)} held`),
     tile('streams', `${s.running} / ${s.waiting} / ${s.swapped}`, 'running / waiting / swapped'),
     tile('tokens/s', num(s.generationTps, 1), `prompt ${num(s.promptTps, 0)}/s`),
     tile('TTFT p50', ms(s.ttftMs?.[0]), `p99 ${ms(s.ttftMs?.[2])}`),

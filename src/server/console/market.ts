@@ -20,8 +20,12 @@ export interface ConsoleInfo {
 
 /** The market's state at one instant. */
 export interface MarketSnapshot {
+  /** Prices in force: the reserve (the operator's curve) or the clearing price, whichever is higher. */
   priceToken: number;
   priceKv: number;
+  /** The curves' reserve prices at the current utilization. */
+  reserveToken: number;
+  reserveKv: number;
   /** Fraction of the batch-token budget the last step used. */
   utilTokens: number;
   /** Fraction of KV blocks held by running streams. */
@@ -81,6 +85,8 @@ export function serverMarket(generator: Generator, metrics: ServerMetrics, direc
     snapshot: () => ({
       priceToken: sched.prices.token,
       priceKv: sched.prices.kv,
+      reserveToken: sched.reserve.token,
+      reserveKv: sched.reserve.kv,
       utilTokens: sched.tokenUtilization,
       utilKv: sched.blocks.utilization,
       running: sched.running.length,

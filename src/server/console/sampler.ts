@@ -8,6 +8,8 @@ export interface Sample {
   t: number;
   priceToken: number;
   priceKv: number;
+  reserveToken: number;
+  reserveKv: number;
   utilTokens: number;
   utilKv: number;
   running: number;
@@ -151,6 +153,8 @@ export class Sampler {
       t: at / 1000,
       priceToken: finite(snap.priceToken),
       priceKv: finite(snap.priceKv),
+      reserveToken: finite(snap.reserveToken),
+      reserveKv: finite(snap.reserveKv),
       utilTokens: snap.utilTokens,
       utilKv: snap.utilKv,
       running: snap.running,
