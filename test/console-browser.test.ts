@@ -112,7 +112,7 @@ describe('the console in a real browser', { skip: browserSkipReason() }, () => {
     assert.match((await page.textContent('#requests tbody tr[data-outcome="rejected"] td.detail')) ?? '', /price_above_bid: (needs value ≥ \S+|nothing clears now) \(counted/);
     const completed = Number(await page.textContent('#tenants tr[data-tenant="anonymous"] td:nth-child(6)'));
     assert.ok(completed > 0, 'the tenant table counts completions');
-    assert.ok((await page.locator('[data-chart="events"] .u-legend').textContent())?.includes('429 price_above_bid'), 'a series per 429 reason');
+    assert.ok((await page.locator('[data-chart="events"] .u-legend').textContent())?.includes('rejected price_above_bid'), 'a series per rejection reason');
     assert.deepEqual(consoleErrors, []);
     assert.deepEqual(pageErrors, []);
   });

@@ -57,7 +57,7 @@ function pushSample(s: Sample): void {
   charts.tpot.push(s.t, { p50: s.tpotMs?.[0] ?? null, p90: s.tpotMs?.[1] ?? null, p99: s.tpotMs?.[2] ?? null });
   const events: Record<string, number> = { admitted: s.admittedPs, preempted: s.preemptedPs, 'swapped out': s.swapsPs };
   for (const [reason, rate] of Object.entries(s.rejectedPs)) {
-    const label = `429 ${reason}`;
+    const label = `rejected ${reason}`;
     if (!charts.events.has(label)) {
       const n = Object.keys(s.rejectedPs).indexOf(reason);
       charts.events.ensureSeries({ label, color: REJECT_COLORS[n % REJECT_COLORS.length] as string });
@@ -93,7 +93,7 @@ function drawTiles(): void {
     tile('tokens/s', num(s.generationTps, 1), `prompt ${num(s.promptTps, 0)}/s`),
     tile('TTFT p50', ms(s.ttftMs?.[0]), `p99 ${ms(s.ttftMs?.[2])}`),
     tile('TPOT p50', ms(s.tpotMs?.[0]), `p99 ${ms(s.tpotMs?.[2])}`),
-    tile('admitted/s', num(s.admittedPs, 2), `429s ${num(rejected, 2)}/s`),
+    tile('admitted/s', num(s.admittedPs, 2), `rejected ${num(rejected, 2)}/s`),
     tile('prefix hits', pct(s.hitRate), 'of prompt tokens, 30 s'),
   );
 }
