@@ -69,6 +69,10 @@ function billTable(usage: Usage | undefined, bill: Bill | undefined, elapsedMs: 
         'tbody',
         {},
         ...rows.map(([a, b, c]) => el('tr', {}, el('td', {}, a), el('td', { class: 'num' }, b), el('td', { class: 'num' }, c))),
+        // The charge never exceeds the claim: past it, the bill is capped (and the cap was escrowed).
+        ...(bill && bill.subtotal > bill.total
+          ? [el('tr', {}, el('td', {}, 'subtotal'), el('td', {}, ''), el('td', { class: 'num' }, price(bill.subtotal))), el('tr', {}, el('td', {}, 'capped at the claim'), el('td', {}, ''), el('td', { class: 'num' }, price(bill.cap)))]
+          : []),
         el('tr', { class: 'total' }, el('td', {}, 'total'), el('td', {}, ''), el('td', { class: 'num', 'data-total': String(bill?.total ?? '') }, bill ? price(bill.total) : '–')),
       ),
     ),
@@ -77,6 +81,7 @@ function billTable(usage: Usage | undefined, bill: Bill | undefined, elapsedMs: 
       { class: 'muted' },
       `usage: ${usage?.prompt_tokens ?? '–'} prompt (${usage?.prompt_tokens_details?.cached_tokens ?? 0} cached) + ${usage?.completion_tokens ?? '–'} completion tokens · ` +
         (bill ? `prices: ${price(bill.prices.token)}/token, ${price(bill.prices.kv_block_second)}/KV block·s · ` : '') +
+        (bill && bill.charged === false ? 'not charged (the server runs without payment) · ' : '') +
         `TTFT ${ms(firstTokenMs)} · total ${ms(elapsedMs)}`,
     ),
   );
