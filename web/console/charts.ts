@@ -181,7 +181,14 @@ export class CurveChart {
     type Row = [number, number | null, number | null, number | null];
     const rows: Row[] = [];
     curveU.forEach((u, i) => rows.push([u, curveP[i] ?? null, null, null]));
-    for (const [u, p] of trail) rows.push([clamp01(u), null, p, null]);
+    // One point per distinct position: an idle market sits still, and so does its picture.
+    const seen = new Set<string>();
+    for (const [u, p] of trail) {
+      const key = `${u}:${p}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      rows.push([clamp01(u), null, p, null]);
+    }
     rows.push([clamp01(now[0]), null, null, now[1]]);
     rows.sort((a, b) => a[0] - b[0]);
     this.plot.setData([rows.map((r) => r[0]), rows.map((r) => r[1]), rows.map((r) => r[2]), rows.map((r) => r[3])] as uPlot.AlignedData, true);
