@@ -1,6 +1,8 @@
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { Rng, Sampler, type SamplingParams } from '../src/engine/sampling.js';
+import { Rng } from '../src/sampling/rng.js';
+import { Sampler } from '../src/sampling/sampler.js';
+import type { SamplingParams } from '../src/sampling/params.js';
 import { native, nativeStatus } from '../src/native/index.js';
 import { BatchSampler } from '../src/native/sampling.js';
 import { checkKvCopy, kvCopyNative, kvCopyTs, type KvCopy, type KvDirection, type KvShape } from '../src/native/kv-copy.js';

@@ -1,6 +1,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { Rng, Sampler, StopMatcher, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
+import { Rng } from '../src/sampling/rng.js';
+import { Sampler } from '../src/sampling/sampler.js';
+import { StopMatcher } from '../src/sampling/stop.js';
+import { validateSamplingParams, type SamplingParams } from '../src/sampling/params.js';
 import { InvalidSamplingError } from '../src/errors.js';
 
 function params(over: Partial<SamplingParams> = {}): SamplingParams {
@@ -18,7 +21,7 @@ function randomLogits(rng: Rng, n: number, scale = 4, levels = 0): Float32Array 
 }
 
 /**
- * The straightforward definition from sampling.ts, written with a full sort, to check that the
+ * The straightforward definition from src/sampling/sampler.ts, written with a full sort, to check that the
  * heap/threshold shortcuts give bit-identical picks.
  */
 function referenceSample(row: Float32Array, p: SamplingParams, u: number): number {

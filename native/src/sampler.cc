@@ -17,7 +17,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // cheaper than sorting them all.
 constexpr int32_t kRadixMin = 1024;
 
-// `z > -Infinity` is false for NaN, so NaN logits weigh 0 (as in sampling.ts).
+// `z > -Infinity` is false for NaN, so NaN logits weigh 0 (as in src/sampling/sampler.ts).
 inline double weight(float logit, double max, double inv_t) {
   const double z = (static_cast<double>(logit) - max) * inv_t;
   return z > -kInf ? fdlibm::exp(z) : 0.0;

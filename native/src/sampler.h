@@ -1,5 +1,5 @@
-// The C++ twin of Sampler and Rng in src/engine/sampling.ts. That file's header is the
-// specification, and every result here equals the TypeScript one bit for bit: the same float64
+// The C++ twin of Sampler (src/sampling/sampler.ts) and Rng (src/sampling/rng.ts). Their headers are the
+// specifications, and every result here equals the TypeScript one bit for bit: the same float64
 // operations in the same order wherever a rounded value is produced (weights, totals, running
 // sums). Where only comparisons are involved the work is organised differently, with identical
 // outcomes: vector scans (kernels.h), a binary search over running sums instead of the linear

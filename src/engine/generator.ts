@@ -10,7 +10,9 @@ import type { Policy } from '../scheduler/policy.js';
 import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
 import type { Bill } from '../economy/ledger.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
-import { Rng, StopMatcher, type SamplingParams } from './sampling.js';
+import { Rng } from '../sampling/rng.js';
+import { StopMatcher } from '../sampling/stop.js';
+import type { SamplingParams } from '../sampling/params.js';
 import type { Engine, StepTiming } from './types.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';

@@ -6,7 +6,9 @@ import type { Flavour, LoadedModel } from '../models/modeldir.js';
 import { IO } from '../models/llama/graph.js';
 import { BatchSampler } from '../native/sampling.js';
 import { kvCopy, type KvShape } from '../native/kv-copy.js';
-import { Sampler, type Rng, type SamplingParams } from './sampling.js';
+import { Sampler } from '../sampling/sampler.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 import { openSession, type SessionConfig } from './session.js';
 import type { Engine, EngineInfo, ExecutionProvider, StepItem, StepPlan, StepResult } from './types.js';
 

@@ -1,4 +1,5 @@
-import type { Rng, SamplingParams } from './sampling.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 
 export type ExecutionProvider = 'cuda' | 'cpu';
 

@@ -39,7 +39,8 @@ import createError from '@fastify/error';
 import { ContextLengthError, EngineCapacityError, InvalidArgumentError } from '../errors.js';
 import { BlockPool } from '../kv/blocks.js';
 import type { OnnxEngineOptions } from './onnx-engine.js';
-import { Rng, type SamplingParams } from './sampling.js';
+import { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 import type { Engine, EngineInfo, StepItem, StepPlan, StepResult, StepTiming } from './types.js';
 
 /** The engine's worker thread failed or exited: nothing can run until a new engine is created. */

@@ -1,4 +1,6 @@
-import { Sampler, type Rng, type SamplingParams } from '../engine/sampling.js';
+import { Sampler } from '../sampling/sampler.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 import { native as loadedAddon, requireNative, type NativeAddon } from './index.js';
 
 /**

@@ -1,5 +1,6 @@
 import { BillBuilder, type Bill } from '../economy/ledger.js';
-import type { Rng, SamplingParams } from '../engine/sampling.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 
 export interface Slo {
   ttftMs?: number;

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { InvalidArgumentError, isMarginalError } from '../errors.js';
 import type { Completion, Generator, Rejected } from '../engine/generator.js';
-import { validateSamplingParams, type SamplingParams } from '../engine/sampling.js';
+import { validateSamplingParams, type SamplingParams } from '../sampling/params.js';
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
 import type { Bill } from '../economy/ledger.js';
 import type { Quote } from '../scheduler/request.js';

@@ -1,6 +1,7 @@
 import type { PriceCurves } from '../economy/curves.js';
 import { CostModelEngine, type StepProfile } from '../engine/cost-model.js';
-import { Rng, validateSamplingParams } from '../engine/sampling.js';
+import { Rng } from '../sampling/rng.js';
+import { validateSamplingParams } from '../sampling/params.js';
 import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import type { SchedRequest } from '../scheduler/request.js';
