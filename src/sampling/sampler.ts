@@ -1,4 +1,5 @@
 import type { SamplingParams } from './params.js';
+import { adjustedLogit, type LogitAdjust } from './penalties.js';
 import type { Rng } from './rng.js';
 
 /**
@@ -16,6 +17,8 @@ import type { Rng } from './rng.js';
  * - All probability arithmetic is float64: w_i = exp((l_i - max) * (1 / T)), where max is the
  *   largest logit (in the top-k case, the largest of the k), unnormalized. Probabilities are
  *   w_i / total, so comparisons below are done on the unnormalized w against a scaled target.
+ * - min_p (vLLM's order: before top-k and top-p): a token whose weight w_i is below minP gets
+ *   weight 0 (w of the best token is exactly 1, so this is p_i < minP · p_max). minP = 0 keeps all.
  * - Filters: top-k is active iff 0 < topK < vocab; top-p iff topP < 1.
  *   * No filter: total = Σ w_i in id order; x = u * total; return the first id (in id order)
  *     whose running sum exceeds x (strictly; zero-weight tokens are never returned).
@@ -47,6 +50,11 @@ export class Sampler {
   private readonly heap: Int32Array;
   /** Token ids of the top-p nucleus in rank order. */
   private readonly ranked: Int32Array;
+  /** Adjusted in-graph candidates in rank order (rerank). */
+  private rankedValues = new Float32Array(0);
+  private rankedIds = new Int32Array(0);
+  /** Token → its LogitAdjust entry during rerank, -1 elsewhere. */
+  private readonly slotOf: Int32Array;
 
   constructor(vocabSize: number) {
     if (!Number.isSafeInteger(vocabSize) || vocabSize < 1) throw new RangeError(`vocabSize must be a positive integer, got ${vocabSize}`);
@@ -54,6 +62,7 @@ export class Sampler {
     this.weights = new Float64Array(vocabSize);
     this.heap = new Int32Array(vocabSize);
     this.ranked = new Int32Array(vocabSize);
+    this.slotOf = new Int32Array(vocabSize).fill(-1);
   }
 
   /** Samples from logits[offset .. offset + vocabSize); returns a token id in [0, vocabSize). */
@@ -70,18 +79,45 @@ export class Sampler {
     if (invT === Infinity) return this.argmax(logits, offset);
     const k = params.topK;
     const topP = params.topP;
-    if (k > 0 && k < V) return this.sampleTopK(logits, offset, invT, k, topP, u);
-    if (topP < 1) return this.sampleTopP(logits, offset, T, invT, topP, u);
-    return this.sampleFull(logits, offset, invT, u);
+    const minP = params.minP ?? 0;
+    if (k > 0 && k < V) return this.sampleTopK(logits, offset, invT, k, topP, minP, u);
+    if (topP < 1) return this.sampleTopP(logits, offset, T, invT, topP, minP, u);
+    return this.sampleFull(logits, offset, invT, minP, u);
   }
 
   /**
    * Samples from candidates already ranked best-first — the output of an in-graph TopK
    * (values descending, ties by lower id) — without the full row of logits. Gives exactly the
-   * token `sample` gives on the full row when the request is greedy or has 0 < top_k ≤ `count`:
-   * the same weights in the same order, the same single draw.
+   * token `sample` gives on the full row when `rankedSuffices` says so: the same weights in the
+   * same order, the same single draw. With `adjust`, the candidates' logits are adjusted first
+   * and ranked again (the full-row path adjusts the row in place before `sample`).
    */
-  sampleRanked(values: Float32Array, ids: ArrayLike<number | bigint>, offset: number, count: number, params: SamplingParams, rng: Rng): number {
+  sampleRanked(values: Float32Array, ids: ArrayLike<number | bigint>, offset: number, count: number, params: SamplingParams, rng: Rng, adjust?: LogitAdjust): number {
+    if (adjust !== undefined) {
+      const n = this.rerank(values, ids, offset, count, adjust);
+      return this.drawRanked(this.rankedValues, this.rankedIds, 0, n, params, rng);
+    }
+    return this.drawRanked(values, ids, offset, count, params, rng);
+  }
+
+  /**
+   * Whether `sampleRanked` over `k` ranked candidates reproduces `sample` for these parameters:
+   * greedy or top-k rows whose k best fit, counting, for an adjusted row, every listed token that
+   * may have left the k best (adjustments that can only lower logits; see LogitAdjust).
+   */
+  static rankedSuffices(params: SamplingParams, k: number, adjust?: LogitAdjust): boolean {
+    const extra = adjust === undefined ? 0 : adjust.onlyLowers ? adjust.n : Infinity;
+    if (!(params.temperature > 0)) return 1 + extra <= k;
+    return params.topK > 0 && params.topK + extra <= k;
+  }
+
+  /** The in-graph k a row needs for `sampleRanked` (see rankedSuffices). */
+  static rankedNeeds(params: SamplingParams, adjust?: LogitAdjust): number {
+    const extra = adjust === undefined ? 0 : adjust.n;
+    return (params.temperature > 0 ? params.topK : 1) + extra;
+  }
+
+  private drawRanked(values: Float32Array, ids: ArrayLike<number | bigint>, offset: number, count: number, params: SamplingParams, rng: Rng): number {
     const id = (j: number) => Number(ids[offset + j]);
     const T = params.temperature;
     if (!(T > 0)) return id(0);
@@ -91,11 +127,13 @@ export class Sampler {
     const size = params.topK > 0 ? Math.min(params.topK, count) : count;
     const max = values[offset]!;
     if (!(max > -Infinity && max < Infinity)) return id(0);
+    const minP = params.minP ?? 0;
     const w = this.weights;
     let total = 0;
     for (let j = 0; j < size; j++) {
       const z = (values[offset + j]! - max) * invT;
-      const e = z > -Infinity ? Math.exp(z) : 0;
+      let e = z > -Infinity ? Math.exp(z) : 0;
+      if (e < minP) e = 0;
       w[j] = e;
       total += e;
     }
@@ -103,9 +141,36 @@ export class Sampler {
     return id(j < 0 ? 0 : j);
   }
 
-  /** Whether `sampleRanked` over `k` ranked candidates reproduces `sample` for these parameters. */
-  static rankedSuffices(params: SamplingParams, k: number): boolean {
-    return !(params.temperature > 0) || (params.topK > 0 && params.topK <= k);
+  /**
+   * Adjusts the candidates' logits (float32, as the full-row path stores them) into
+   * rankedValues/rankedIds and sorts them back into rank order; returns how many there are.
+   * Candidates are few (at most the in-graph k), so an insertion sort is the cheap one.
+   */
+  private rerank(values: Float32Array, ids: ArrayLike<number | bigint>, offset: number, count: number, a: LogitAdjust): number {
+    if (this.rankedValues.length < count) {
+      this.rankedValues = new Float32Array(count);
+      this.rankedIds = new Int32Array(count);
+    }
+    const slot = this.slotOf;
+    for (let j = 0; j < a.n; j++) slot[a.tokens[j]!] = j;
+    const rv = this.rankedValues;
+    const ri = this.rankedIds;
+    for (let j = 0; j < count; j++) {
+      const id = Number(ids[offset + j]);
+      const e = slot[id]!;
+      const v = e >= 0 ? Math.fround(adjustedLogit(values[offset + j]!, a.counts[e]!, a.flags[e]!, a.bias[e]!, a.presence, a.frequency, a.repetition)) : values[offset + j]!;
+      // NaN never ranks (as in the full-row heap); it goes last.
+      let p = j;
+      while (p > 0 && ranksBefore(v, id, rv[p - 1]!, ri[p - 1]!)) {
+        rv[p] = rv[p - 1]!;
+        ri[p] = ri[p - 1]!;
+        p--;
+      }
+      rv[p] = v;
+      ri[p] = id;
+    }
+    for (let j = 0; j < a.n; j++) slot[a.tokens[j]!] = -1;
+    return count;
   }
 
   private argmax(logits: Float32Array, off: number): number {
@@ -122,7 +187,7 @@ export class Sampler {
     return bi;
   }
 
-  private sampleFull(logits: Float32Array, off: number, invT: number, u: number): number {
+  private sampleFull(logits: Float32Array, off: number, invT: number, minP: number, u: number): number {
     const V = this.vocabSize;
     const w = this.weights;
     const am = this.argmax(logits, off);
@@ -132,7 +197,8 @@ export class Sampler {
     for (let i = 0; i < V; i++) {
       const z = (logits[off + i]! - max) * invT;
       // `z > -Infinity` is false for NaN, so NaN logits get weight 0 instead of poisoning the sum.
-      const e = z > -Infinity ? Math.exp(z) : 0;
+      let e = z > -Infinity ? Math.exp(z) : 0;
+      if (e < minP) e = 0;
       w[i] = e;
       total += e;
     }
@@ -145,7 +211,7 @@ export class Sampler {
     return am;
   }
 
-  private sampleTopK(logits: Float32Array, off: number, invT: number, k: number, topP: number, u: number): number {
+  private sampleTopK(logits: Float32Array, off: number, invT: number, k: number, topP: number, minP: number, u: number): number {
     const V = this.vocabSize;
     const h = this.heap;
     const w = this.weights;
@@ -178,7 +244,8 @@ export class Sampler {
     let total = 0;
     for (let j = 0; j < size; j++) {
       const z = (logits[off + h[j]!]! - max) * invT;
-      const e = z > -Infinity ? Math.exp(z) : 0;
+      let e = z > -Infinity ? Math.exp(z) : 0;
+      if (e < minP) e = 0;
       w[j] = e;
       total += e;
     }
@@ -215,7 +282,7 @@ export class Sampler {
     return -1;
   }
 
-  private sampleTopP(logits: Float32Array, off: number, T: number, invT: number, topP: number, u: number): number {
+  private sampleTopP(logits: Float32Array, off: number, T: number, invT: number, topP: number, minP: number, u: number): number {
     const V = this.vocabSize;
     const h = this.heap;
     const w = this.weights;
@@ -226,7 +293,8 @@ export class Sampler {
     let total = 0;
     for (let i = 0; i < V; i++) {
       const z = (logits[off + i]! - max) * invT;
-      const e = z > -Infinity ? Math.exp(z) : 0;
+      let e = z > -Infinity ? Math.exp(z) : 0;
+      if (e < minP) e = 0;
       w[i] = e;
       total += e;
     }
@@ -347,4 +415,11 @@ export class Sampler {
     }
     h[pos] = id;
   }
+}
+
+/** Rank order: logit descending, then id ascending; NaN after everything. */
+function ranksBefore(v: number, id: number, w: number, wid: number): boolean {
+  if (v !== v) return false;
+  if (w !== w) return true;
+  return v > w || (v === w && id < wid);
 }
