@@ -12,8 +12,11 @@ import type { Bill } from '../economy/ledger.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
 import { Rng } from '../sampling/rng.js';
 import { StopMatcher } from '../sampling/stop.js';
+import { adjustsLogits } from '../sampling/params.js';
+import { LogitAdjuster } from '../sampling/penalties.js';
+import type { TokenLogprobs } from '../sampling/logprobs.js';
 import type { SamplingParams } from '../sampling/params.js';
-import type { Engine, StepTiming } from './types.js';
+import type { Engine, StepPlan, StepResult, StepTiming } from './types.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
@@ -29,14 +32,24 @@ export interface Completion {
   finishReason: FinishReason;
   bill: Bill | undefined;
   preemptions: number;
+  /** Per generated token (tokens[i]), when sampling.logprobs is set. */
+  logprobs?: TokenLogprobs[];
+  /** Per prompt position p ≥ 0, the log probability of prompt token p + 1, when promptLogprobs is set. */
+  promptLogprobs?: TokenLogprobs[];
 }
 
 export interface GenerationRequest {
   /** Text (encoded with the model's tokenizer, BOS first where the model wants it) or token ids. */
   prompt: string | number[];
   sampling: SamplingParams;
-  /** Called with each piece of completion text as it becomes final (never a broken UTF-8 sequence). */
-  onText?: (delta: string) => void;
+  /**
+   * Called with each piece of completion text as it becomes final (never a broken UTF-8
+   * sequence), with the log probabilities of the tokens delivered since the last call when
+   * sampling.logprobs is set.
+   */
+  onText?: (delta: string, logprobs: TokenLogprobs[] | undefined) => void;
+  /** Report the prompt's log probabilities with this many top alternatives (the whole prompt is computed, no cache hit). */
+  promptLogprobs?: number;
   /** Called once the request is admitted or rejected (e.g. to send headers). */
   tenant?: string;
   value?: number;
@@ -52,9 +65,18 @@ interface Pending {
   detok: StreamDetokenizer;
   stop: StopMatcher;
   text: string;
-  onText: ((delta: string) => void) | undefined;
+  onText: GenerationRequest['onText'];
   resolve: (c: Completion) => void;
   reject: (e: unknown) => void;
+  /** Tokens delivered so far. */
+  generated: number;
+  minTokens: number;
+  adjuster: LogitAdjuster | undefined;
+  logprobs: TokenLogprobs[] | undefined;
+  /** logprobs[0 .. logprobsSent) went out with text already. */
+  logprobsSent: number;
+  promptLogprobs: TokenLogprobs[] | undefined;
+  promptTop: number;
 }
 
 export interface GeneratorOptions {
@@ -159,7 +181,9 @@ export class Generator {
         ...(req.slo !== undefined ? { slo: req.slo } : {}),
         ...(req.deadlineMs !== undefined ? { deadlineMs: req.deadlineMs } : {}),
         ...(req.priority !== undefined ? { priority: req.priority } : {}),
+        ...(req.promptLogprobs !== undefined ? { computeWholePrompt: true } : {}),
       };
+      const sp = req.sampling;
       const entry: Pending = {
         detok: new StreamDetokenizer(this.model.tokenizer, prompt[prompt.length - 1] ?? -1),
         stop: new StopMatcher(req.sampling.stop),
@@ -167,6 +191,13 @@ export class Generator {
         onText: req.onText,
         resolve,
         reject,
+        generated: 0,
+        minTokens: sp.minTokens ?? 0,
+        adjuster: adjustsLogits(sp) ? new LogitAdjuster(sp, [...(sp.ignoreEos ? [] : this.model.stopIds), ...(sp.stopTokenIds ?? [])]) : undefined,
+        logprobs: sp.logprobs !== undefined ? [] : undefined,
+        logprobsSent: 0,
+        promptLogprobs: req.promptLogprobs !== undefined ? [] : undefined,
+        promptTop: req.promptLogprobs ?? 0,
       };
       // Registered before submit: the scheduler may settle the request (reject it) at once.
       const seq = this.scheduler.nextSeq;
@@ -193,6 +224,7 @@ export class Generator {
       return false;
     }
     let result;
+    this.decorate(plan);
     const running = this.engine.execute(plan);
     // The previous step's text goes out while this step computes (in the engine's worker). A
     // client callback that throws must not look like an engine failure: the step still runs.
@@ -216,8 +248,50 @@ export class Generator {
       throw e;
     }
     this.lastTiming = result.timing;
+    this.collect(plan, result);
     this.scheduler.commit(result, this.clock(), result.timing.totalMs / 1000);
     return true;
+  }
+
+  /**
+   * Per-request sampling inputs onto the plan's items: each sampled item's logit adjustment
+   * (penalties, biases, min_tokens), and the prompt positions whose log probabilities are
+   * still to report. Items are reused between steps, so every field is set each time.
+   */
+  private decorate(plan: StepPlan): void {
+    for (const item of plan.items) {
+      item.adjust = undefined;
+      item.mask = undefined;
+      item.promptLogprobs = undefined;
+      item.promptEnd = undefined;
+      const p = this.pending.get(item.seq);
+      if (p === undefined) continue;
+      const r = this.scheduler.get(item.seq);
+      if (r === undefined) continue;
+      if (p.adjuster !== undefined && item.sample) item.adjust = p.adjuster.sync(r.tokens, r.promptLength, r.length);
+      // A recompute after preemption feeds the prompt again: positions already reported are not asked twice.
+      const reported = p.promptLogprobs?.length;
+      if (reported !== undefined && item.offset === reported && reported < r.promptLength - 1) {
+        item.promptLogprobs = p.promptTop;
+        item.promptEnd = r.promptLength;
+      }
+    }
+  }
+
+  private readonly stepLogprobs = new Map<number, TokenLogprobs>();
+
+  /** Takes the step's log probabilities: prompt ones onto their requests, sampled ones for onToken. */
+  private collect(plan: StepPlan, result: StepResult): void {
+    this.stepLogprobs.clear();
+    const { logprobs, promptLogprobs } = result;
+    if (logprobs === undefined && promptLogprobs === undefined) return;
+    for (let i = 0; i < plan.items.length; i++) {
+      const seq = (plan.items[i] as StepPlan['items'][number]).seq;
+      const lp = logprobs?.[i];
+      if (lp !== undefined) this.stepLogprobs.set(seq, lp);
+      const prompt = promptLogprobs?.[i];
+      if (prompt !== undefined) this.pending.get(seq)?.promptLogprobs?.push(...prompt);
+    }
   }
 
   async runUntilIdle(maxIdleSteps = 1000): Promise<void> {
@@ -237,36 +311,43 @@ export class Generator {
   // overlap the engine instead of delaying it.
   private readonly queuedRequests: SchedRequest[] = [];
   private readonly queuedTokens: number[] = [];
+  private readonly queuedLogprobs: (TokenLogprobs | undefined)[] = [];
 
   onToken(r: SchedRequest, token: number, now: number): void {
     this.observer?.onToken?.(r, now);
     this.queuedRequests.push(r);
     this.queuedTokens.push(token);
+    this.queuedLogprobs.push(this.stepLogprobs.get(r.seq));
   }
 
   onFinish(r: SchedRequest, now: number): void {
     this.observer?.onFinish?.(r, now);
     this.queuedRequests.push(r);
     this.queuedTokens.push(-1);
+    this.queuedLogprobs.push(undefined);
   }
 
   /** Delivers queued tokens and completions to their requests, in order. */
   flush(): void {
     const rs = this.queuedRequests;
     const ts = this.queuedTokens;
+    const ls = this.queuedLogprobs;
     for (let i = 0; i < rs.length; i++) {
       const r = rs[i] as SchedRequest;
       const t = ts[i] as number;
-      if (t >= 0) this.deliverToken(r, t);
+      if (t >= 0) this.deliverToken(r, t, ls[i]);
       else this.deliverFinish(r);
     }
     rs.length = 0;
     ts.length = 0;
+    ls.length = 0;
   }
 
-  private deliverToken(r: SchedRequest, token: number): void {
+  private deliverToken(r: SchedRequest, token: number, lp: TokenLogprobs | undefined): void {
     const p = this.pending.get(r.seq);
     if (p === undefined) return;
+    p.generated++;
+    if (lp !== undefined) p.logprobs?.push(lp);
     const piece = p.detok.push(token);
     if (piece.length > 0 && this.emit(p, piece)) this.scheduler.stop(r.seq, this.clock());
   }
@@ -288,9 +369,11 @@ export class Generator {
       const rest = p.stop.flush();
       if (rest.length > 0) {
         p.text += rest;
-        p.onText?.(rest);
+        p.onText?.(rest, this.unsentLogprobs(p));
       }
     }
+    const unsent = this.unsentLogprobs(p);
+    if (unsent !== undefined && unsent.length > 0) p.onText?.('', unsent);
     p.resolve({
       text: p.text,
       tokens: Array.from(r.tokens.subarray(r.promptLength, r.length)),
@@ -299,15 +382,25 @@ export class Generator {
       finishReason: p.stop.stopped ? 'stop' : r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
       bill: r.finalBill,
       preemptions: r.preemptions,
+      ...(p.logprobs !== undefined ? { logprobs: p.logprobs.slice(0, r.length - r.promptLength) } : {}),
+      ...(p.promptLogprobs !== undefined ? { promptLogprobs: p.promptLogprobs } : {}),
     });
+  }
+
+  /** Log probabilities of tokens delivered since the last text went out. */
+  private unsentLogprobs(p: Pending): TokenLogprobs[] | undefined {
+    if (p.logprobs === undefined) return undefined;
+    const out = p.logprobs.slice(p.logprobsSent);
+    p.logprobsSent = p.logprobs.length;
+    return out;
   }
 
   /** Passes text through the stop matcher; returns true when a stop sequence matched. */
   private emit(p: Pending, piece: string): boolean {
-    const { emit, stopped } = p.stop.push(piece);
+    const { emit, stopped } = p.stop.push(piece, p.generated >= p.minTokens);
     if (emit.length > 0) {
       p.text += emit;
-      p.onText?.(emit);
+      p.onText?.(emit, this.unsentLogprobs(p));
     }
     return stopped;
   }

@@ -27,10 +27,19 @@ export class StopMatcher {
     return this.done;
   }
 
-  push(text: string): StopPushResult {
+  /**
+   * With `check` false (min_tokens not reached yet) the text passes unmatched, as vLLM checks
+   * stop strings only once a request has its minimum number of tokens.
+   */
+  push(text: string, check = true): StopPushResult {
     if (this.done) return { emit: '', stopped: true };
     const stops = this.stops;
     if (stops.length === 0) return { emit: text, stopped: false };
+    if (!check) {
+      const all = this.held + text;
+      this.held = '';
+      return { emit: all, stopped: false };
+    }
     const s = this.held.length === 0 ? text : this.held + text;
 
     let cut = -1;

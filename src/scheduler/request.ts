@@ -31,6 +31,8 @@ export interface RequestSpec {
   knownOutputTokens?: number;
   /** The caller's own index for this request (the simulator's trace position), untouched here. */
   tag?: number;
+  /** Compute every prompt token even where the prefix cache holds them (prompt log probabilities). */
+  computeWholePrompt?: boolean;
 }
 
 export type RequestState = 'waiting' | 'running' | 'swapped' | 'done';

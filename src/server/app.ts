@@ -8,6 +8,9 @@ import { describeModel, type LoadedModel } from '../models/modeldir.js';
 import type { Bill } from '../economy/ledger.js';
 import type { Quote } from '../scheduler/request.js';
 import { renderChat, type ChatMessage } from './chat.js';
+import { checkFields } from './fields.js';
+import { chatLogprobs, completionLogprobs, generatedPositions, promptPositions } from './logprobs.js';
+import type { TokenLogprobs } from '../sampling/logprobs.js';
 import { EngineLoop } from './loop.js';
 import { ServerMetrics } from './metrics.js';
 import { chatBody, completionBody, type ChatBody, type CommonBody, type CompletionBody } from './schemas.js';
@@ -217,22 +220,32 @@ export function buildServer(deps: ServerDeps): Server {
     ],
   }));
 
-  /** Checks shared by both routes: model, unsupported options; returns sampling parameters. */
-  const common = (body: CommonBody, defaultMaxTokens: (promptTokens: number) => number, promptTokens: number, extraStop: string[]): SamplingParams => {
+  /** Checks shared by both routes: model, sampling parameters (logprobs is the route's own spelling of the count). */
+  const common = (body: CommonBody, defaultMaxTokens: (promptTokens: number) => number, promptTokens: number, extraStop: string[], logprobs: { value: unknown; param: string; max: number }): SamplingParams => {
     if (body.model !== undefined && body.model !== model.name) {
       throw Object.assign(new InvalidArgumentError(`The model \`${body.model}\` does not exist. This server serves \`${model.name}\`.`), { statusCode: 404, code: 'MARGINAL_MODEL_NOT_FOUND', param: 'model' });
     }
-    const unsupported = (cond: boolean, param: string, what: string) => {
-      if (cond) throw Object.assign(new InvalidArgumentError(`${param}: ${what}`), { param });
-    };
-    unsupported(body.n !== undefined && body.n !== null && body.n !== 1, 'n', 'only n = 1 is supported');
-    unsupported(!!body.presence_penalty, 'presence_penalty', 'penalties are not supported (send 0 or omit)');
-    unsupported(!!body.frequency_penalty, 'frequency_penalty', 'penalties are not supported (send 0 or omit)');
-    unsupported(body.logit_bias != null && Object.keys(body.logit_bias).length > 0, 'logit_bias', 'logit_bias is not supported');
+    if (body.n !== undefined && body.n !== null && body.n !== 1) throw Object.assign(new InvalidArgumentError('n: only n = 1 is supported'), { param: 'n' });
     const maxTokens = body.max_tokens ?? (body as ChatBody).max_completion_tokens ?? defaultMaxTokens(promptTokens);
     const sampling = validateSamplingParams(
-      { temperature: body.temperature ?? undefined, top_p: body.top_p ?? undefined, top_k: body.top_k ?? undefined, seed: body.seed ?? undefined, max_tokens: maxTokens, stop: body.stop ?? undefined },
-      { maxTokensCap: info.maxContext },
+      {
+        temperature: body.temperature,
+        top_p: body.top_p,
+        top_k: body.top_k,
+        seed: body.seed,
+        max_tokens: maxTokens,
+        stop: body.stop,
+        presence_penalty: body.presence_penalty,
+        frequency_penalty: body.frequency_penalty,
+        repetition_penalty: body.repetition_penalty,
+        logit_bias: body.logit_bias,
+        min_p: body.min_p,
+        min_tokens: body.min_tokens,
+        ignore_eos: body.ignore_eos,
+        stop_token_ids: body.stop_token_ids,
+        logprobs: logprobs.value,
+      },
+      { maxTokensCap: info.maxContext, vocabSize: model.vocabSize, maxLogprobs: logprobs.max, logprobsParam: logprobs.param },
     );
     if (extraStop.length > 0) sampling.stop = [...sampling.stop, ...extraStop];
     return sampling;
@@ -248,7 +261,7 @@ export function buildServer(deps: ServerDeps): Server {
   });
 
   /** Runs one generation and answers it, as JSON or as server-sent events. */
-  const serve = async (req: FastifyRequest, reply: FastifyReply, kind: 'completion' | 'chat', prompt: number[], sampling: SamplingParams, body: CommonBody, tenant: Tenant) => {
+  const serve = async (req: FastifyRequest, reply: FastifyReply, kind: 'completion' | 'chat', prompt: number[], sampling: SamplingParams, body: CommonBody, tenant: Tenant, echo?: { text: string }) => {
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
     const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
     const createdAt = Math.floor(Date.now() / 1000);
@@ -261,14 +274,31 @@ export function buildServer(deps: ServerDeps): Server {
     // The client may have gone while the prompt was being tokenized.
     if (res.destroyed || req.raw.socket?.destroyed) abort.abort();
 
+    const tok = model.tokenizer;
+    const lastPrompt = prompt[prompt.length - 1] ?? -1;
+    // Echo with logprobs reports the prompt's too (lm-evaluation-harness's loglikelihood).
+    const promptLp = echo !== undefined && sampling.logprobs !== undefined ? { promptLogprobs: sampling.logprobs } : {};
+    const logprobsOf = (lps: TokenLogprobs[] | undefined, prev: number, textOffset: number) => {
+      if (sampling.logprobs === undefined || lps === undefined) return null;
+      const positions = generatedPositions(lps, prev);
+      return kind === 'chat' ? chatLogprobs(tok, positions) : completionLogprobs(tok, positions, textOffset);
+    };
+    const echoLogprobs = (promptLps: TokenLogprobs[] | undefined, lps: TokenLogprobs[] | undefined, echoText: string) => {
+      if (sampling.logprobs === undefined) return null;
+      const positions = [...promptPositions(prompt, promptLps), ...generatedPositions(lps ?? [], lastPrompt)];
+      return completionLogprobs(tok, positions, 0);
+    };
+
     if (body.stream !== true) {
-      const pending = generator.submit({ prompt, sampling, signal: abort.signal, ...economics(body, tenant) });
+      const pending = generator.submit({ prompt, sampling, signal: abort.signal, ...promptLp, ...economics(body, tenant) });
       loop.wake();
       const c = await pending;
       const choice =
         kind === 'chat'
-          ? { index: 0, message: { role: 'assistant', content: c.text }, logprobs: null, finish_reason: c.finishReason }
-          : { index: 0, text: c.text, logprobs: null, finish_reason: c.finishReason };
+          ? { index: 0, message: { role: 'assistant', content: c.text }, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason }
+          : echo !== undefined
+            ? { index: 0, text: echo.text + c.text, logprobs: echoLogprobs(c.promptLogprobs, c.logprobs, echo.text), finish_reason: c.finishReason }
+            : { index: 0, text: c.text, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason };
       return reply.send({ id, object, created: createdAt, model: model.name, choices: [choice], usage: usage(c), bill: c.bill ?? null });
     }
 
@@ -292,22 +322,41 @@ export function buildServer(deps: ServerDeps): Server {
     const write = (choice: object, extra: object = {}) => {
       if (!res.writableEnded && !res.destroyed) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [choice], ...extra })}\n\n`);
     };
-    const delta = (text: string, finish: string | null) =>
-      kind === 'chat' ? { index: 0, delta: text.length > 0 ? { content: text } : {}, logprobs: null, finish_reason: finish } : { index: 0, text, logprobs: null, finish_reason: finish };
+    // Streamed logprobs: each chunk carries those of the tokens its text completed.
+    let prevToken = lastPrompt;
+    let streamedChars = echo?.text.length ?? 0;
+    const delta = (text: string, finish: string | null, lps?: TokenLogprobs[]) => {
+      let logprobs = null;
+      if (lps !== undefined && lps.length > 0) {
+        logprobs = logprobsOf(lps, prevToken, streamedChars);
+        prevToken = lps[lps.length - 1]!.token;
+      }
+      streamedChars += text.length;
+      return kind === 'chat' ? { index: 0, delta: text.length > 0 ? { content: text } : {}, logprobs, finish_reason: finish } : { index: 0, text, logprobs, finish_reason: finish };
+    };
     try {
       const pending = generator.submit({
         prompt,
         sampling,
         signal: abort.signal,
+        ...promptLp,
         ...economics(body, tenant),
-        onText: (text) => {
+        onText: (text, lps) => {
           open();
-          write(delta(text, null));
+          write(delta(text, null, lps));
         },
       });
       loop.wake();
+      if (echo !== undefined) {
+        // The prompt goes first, as its own chunk; its log probabilities are known only once it has run.
+        open();
+        write({ index: 0, text: echo.text, logprobs: null, finish_reason: null });
+      }
       const c = await pending;
       open();
+      if (echo !== undefined && sampling.logprobs !== undefined) {
+        write({ index: 0, text: '', logprobs: completionLogprobs(tok, promptPositions(prompt, c.promptLogprobs), 0), finish_reason: null });
+      }
       write(delta('', c.finishReason), { bill: c.bill ?? null });
       if (body.stream_options?.include_usage) {
         if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: usage(c), bill: c.bill ?? null })}\n\n`);
@@ -333,11 +382,10 @@ export function buildServer(deps: ServerDeps): Server {
     if (draining) return send(reply, 503, 'the server is shutting down', 'server_error', null, 'draining');
     const tenant = authenticate(req);
     const body = req.body as CompletionBody;
+    checkFields(body as unknown as Record<string, unknown>, 'completion');
     const unsupported = (cond: boolean, param: string, what: string) => {
       if (cond) throw Object.assign(new InvalidArgumentError(`${param}: ${what}`), { param });
     };
-    unsupported(body.echo === true, 'echo', 'echo is not supported');
-    unsupported(body.logprobs != null && body.logprobs !== 0, 'logprobs', 'logprobs are not supported');
     unsupported(body.best_of != null && body.best_of !== 1, 'best_of', 'only best_of = 1 is supported');
     unsupported(body.suffix != null && body.suffix !== '', 'suffix', 'suffix is not supported');
     const p = body.prompt;
@@ -349,19 +397,22 @@ export function buildServer(deps: ServerDeps): Server {
     else if (Array.isArray(p[0])) prompt = (p as number[][])[0] as number[];
     else prompt = p as number[];
     checkTokens(prompt, model.vocabSize);
-    const sampling = common(body, () => 16, prompt.length, []);
+    // OpenAI's completions cap logprobs at 5; vLLM allows up to its max_logprobs (20).
+    const sampling = common(body, () => 16, prompt.length, [], { value: body.logprobs, param: 'logprobs', max: 20 });
     sched.checkFits(prompt.length, sampling.maxTokens);
-    return serve(req, reply, 'completion', prompt, sampling, body, tenant);
+    const promptText = typeof p === 'string' ? p : typeof p[0] === 'string' ? p[0] : model.tokenizer.decode(prompt);
+    return serve(req, reply, 'completion', prompt, sampling, body, tenant, body.echo === true ? { text: promptText } : undefined);
   });
 
   app.post('/v1/chat/completions', { schema: { body: chatBody } }, async (req, reply) => {
     if (draining) return send(reply, 503, 'the server is shutting down', 'server_error', null, 'draining');
     const tenant = authenticate(req);
     const body = req.body as ChatBody;
+    checkFields(body as unknown as Record<string, unknown>, 'chat');
     const unsupported = (cond: boolean, param: string, what: string) => {
       if (cond) throw Object.assign(new InvalidArgumentError(`${param}: ${what}`), { param });
     };
-    unsupported(body.logprobs === true, 'logprobs', 'logprobs are not supported');
+    unsupported(body.top_logprobs != null && body.logprobs !== true, 'top_logprobs', 'top_logprobs needs logprobs: true');
     unsupported(Array.isArray(body.tools) && body.tools.length > 0, 'tools', 'tool calling is not supported');
     unsupported(body.tool_choice !== undefined && body.tool_choice !== null && body.tool_choice !== 'none', 'tool_choice', 'tool calling is not supported');
     unsupported(body.response_format != null && body.response_format.type !== undefined && body.response_format.type !== 'text', 'response_format', 'only {"type": "text"} is supported');
@@ -369,7 +420,7 @@ export function buildServer(deps: ServerDeps): Server {
     const prompt = await tokenize(rendered.prompt, model.addBos && !rendered.hasBos);
     const ctx = info.maxContext;
     // OpenAI chat: without max_tokens the answer may use the rest of the context.
-    const sampling = common(body, (n) => Math.max(1, ctx - n), prompt.length, rendered.stop);
+    const sampling = common(body, (n) => Math.max(1, ctx - n), prompt.length, rendered.stop, { value: body.logprobs === true ? (body.top_logprobs ?? 0) : undefined, param: 'top_logprobs', max: 20 });
     sched.checkFits(prompt.length, sampling.maxTokens);
     return serve(req, reply, 'chat', prompt, sampling, body, tenant);
   });
