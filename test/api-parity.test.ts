@@ -1,0 +1,282 @@
+import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import OpenAI from 'openai';
+import { Generator } from '../src/engine/generator.js';
+import { OnnxEngine } from '../src/engine/onnx-engine.js';
+import { WorkerEngine } from '../src/engine/worker-engine.js';
+import type { Engine } from '../src/engine/types.js';
+import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
+import { Rng } from '../src/sampling/rng.js';
+import { validateSamplingParams } from '../src/sampling/params.js';
+import { buildServer, type Server } from '../src/server/app.js';
+import { importStories260K } from './helpers/models.js';
+import { sharedSkipReason } from './helpers/shared.js';
+
+interface Live {
+  server: Server;
+  base: string;
+  client: OpenAI;
+  engine: Engine;
+  close(): Promise<void>;
+}
+
+async function start(model: LoadedModel, engine: Engine): Promise<Live> {
+  const generator = new Generator(engine, model, { policy: 'fcfs' });
+  const server = buildServer({ model, generator });
+  await server.app.listen({ host: '127.0.0.1', port: 0 });
+  const base = `http://127.0.0.1:${(server.app.server.address() as AddressInfo).port}`;
+  return {
+    server,
+    base,
+    engine,
+    client: new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 60_000 }),
+    close: async () => {
+      await server.drain();
+      await engine.dispose();
+    },
+  };
+}
+
+async function post(base: string, path: string, body: object): Promise<{ status: number; json: any }> {
+  const res = await fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  return { status: res.status, json: await res.json() };
+}
+
+/**
+ * Reference: the model's raw logits at every position of `tokens`, from a separate engine fed one
+ * token at a time (row i predicts tokens[i + 1]). Independent of the server and of prefill chunking.
+ */
+async function referenceLogits(model: LoadedModel, tokens: number[]): Promise<Float32Array[]> {
+  const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1, rankedCandidates: 0 });
+  const greedy = validateSamplingParams({ temperature: 0 });
+  engine.open(0, greedy, new Rng(1));
+  const rows: Float32Array[] = [];
+  for (let i = 0; i < tokens.length; i++) {
+    const r = await engine.execute({ items: [{ seq: 0, tokens, offset: i, count: 1, sample: true }], keepLogits: true });
+    rows.push((r.logits as Float32Array).slice());
+  }
+  await engine.dispose();
+  return rows;
+}
+
+/** log_softmax(row)[id] in float64, written plainly: max, sum of exp, log. */
+function logSoftmax(row: Float32Array, id: number): number {
+  let max = -Infinity;
+  for (const v of row) max = Math.max(max, v);
+  let sum = 0;
+  for (const v of row) sum += Math.exp(v - max);
+  return row[id]! - max - Math.log(sum);
+}
+
+function topIds(row: Float32Array, k: number): number[] {
+  return Array.from(row, (v, i) => [v, i] as const)
+    .sort((a, b) => b[0] - a[0] || a[1] - b[1])
+    .slice(0, k)
+    .map((x) => x[1]);
+}
+
+/** Greedy decoding written out in the test: penalties applied to raw logits as vLLM defines them. */
+function penalizedArgmax(row: Float32Array, prompt: number[], out: number[], p: { presence: number; frequency: number; repetition: number }): number {
+  const counts = new Map<number, number>();
+  for (const t of out) counts.set(t, (counts.get(t) ?? 0) + 1);
+  const inPrompt = new Set(prompt);
+  let best = -Infinity;
+  let bi = 0;
+  for (let i = 0; i < row.length; i++) {
+    let v = row[i]!;
+    const c = counts.get(i) ?? 0;
+    if (inPrompt.has(i) || c > 0) v = v > 0 ? v / p.repetition : v * p.repetition;
+    if (c > 0) v = v - p.frequency * c - p.presence;
+    v = Math.fround(v);
+    if (v > best) {
+      best = v;
+      bi = i;
+    }
+  }
+  return bi;
+}
+
+describe('API parity on stories260K', { skip: sharedSkipReason() }, () => {
+  let model: LoadedModel;
+  let live: Live;
+  before(async () => {
+    model = await loadModelDir(importStories260K());
+    live = await start(model, await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 8 }));
+  });
+  after(async () => live.close());
+
+  test('completion logprobs equal log-softmax of the full logits, top alternatives included', async () => {
+    const r = await live.client.completions.create({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 8, temperature: 0, logprobs: 3 });
+    const lp = r.choices[0]!.logprobs!;
+    const prompt = model.tokenizer.encode('Once upon a time', { bos: true });
+    const generated = model.tokenizer.encode('Once upon a time' + r.choices[0]!.text, { bos: true }).slice(prompt.length);
+    assert.equal(lp.token_logprobs!.length, 8);
+    const rows = await referenceLogits(model, [...prompt, ...generated.slice(0, 7)]);
+    for (let i = 0; i < 8; i++) {
+      const row = rows[prompt.length - 1 + i]!;
+      const [best] = topIds(row, 1);
+      assert.ok(Math.abs(lp.token_logprobs![i]! - logSoftmax(row, best!)) < 1e-4, `position ${i}`);
+      const top = lp.top_logprobs![i]!;
+      const want = topIds(row, 3);
+      assert.equal(Object.keys(top).length, 3);
+      for (const id of want) {
+        const text = new TextDecoder().decode(model.tokenizer.tokenBytes(id, i === 0 ? prompt[prompt.length - 1]! : -2));
+        assert.ok(Math.abs(top[text]! - logSoftmax(row, id)) < 1e-4, `position ${i}: top token ${JSON.stringify(text)}`);
+      }
+    }
+    assert.equal(lp.tokens!.join(''), r.choices[0]!.text);
+    assert.equal(lp.text_offset![0], 0);
+  });
+
+  test("echo with logprobs answers lm-evaluation-harness's loglikelihood request", async () => {
+    // local-completions' payload for a loglikelihood request, prompt as token ids.
+    const ids = model.tokenizer.encode('Lily went to the park and saw a dog', { bos: true });
+    const { status, json } = await post(live.base, '/v1/completions', { model: 'stories260K', prompt: [ids], temperature: 0, max_tokens: 1, logprobs: 1, seed: 1234, echo: true });
+    assert.equal(status, 200, JSON.stringify(json));
+    const lp = json.choices[0].logprobs;
+    assert.equal(lp.token_logprobs.length, ids.length + 1);
+    assert.equal(lp.token_logprobs[0], null);
+    assert.equal(lp.top_logprobs[0], null);
+    const rows = await referenceLogits(model, ids);
+    let sum = 0;
+    for (let p = 1; p < ids.length; p++) {
+      const want = logSoftmax(rows[p - 1]!, ids[p]!);
+      assert.ok(Math.abs(lp.token_logprobs[p] - want) < 1e-4, `prompt position ${p}: ${lp.token_logprobs[p]} vs ${want}`);
+      sum += want;
+      // is_greedy as lm-eval computes it: the token's logprob equals the best alternative's.
+      const greedy = topIds(rows[p - 1]!, 1)[0] === ids[p];
+      assert.equal(lp.token_logprobs[p] === Math.max(...(Object.values(lp.top_logprobs[p]) as number[])), greedy, `position ${p}`);
+    }
+    const ctxlen = 3;
+    const got = (lp.token_logprobs as number[]).slice(ctxlen, -1).reduce((a, b) => a + b, 0);
+    const want = rows.slice(ctxlen - 1, ids.length - 1).reduce((a, row, j) => a + logSoftmax(row, ids[ctxlen + j]!), 0);
+    assert.ok(Math.abs(got - want) < 1e-3);
+    assert.ok(Number.isFinite(sum));
+    assert.ok(json.choices[0].text.startsWith(model.tokenizer.decode(ids)));
+    // The same prompt again is a prefix-cache hit for plain requests, but echo computes it all again.
+    const again = await post(live.base, '/v1/completions', { model: 'stories260K', prompt: [ids], temperature: 0, max_tokens: 1, logprobs: 1, echo: true });
+    assert.deepEqual(again.json.choices[0].logprobs.token_logprobs, lp.token_logprobs);
+  });
+
+  test('chat logprobs, streamed and not, agree and carry top alternatives', async () => {
+    const req = { model: 'stories260K', messages: [{ role: 'user' as const, content: 'Tell me about a cat.' }], max_tokens: 12, temperature: 0, logprobs: true, top_logprobs: 2 };
+    const plain = await live.client.chat.completions.create(req);
+    const content = plain.choices[0]!.logprobs!.content!;
+    assert.equal(content.length, plain.usage!.completion_tokens);
+    for (const e of content) {
+      assert.equal(e.top_logprobs.length, 2);
+      assert.equal(e.top_logprobs[0]!.logprob, e.logprob, 'greedy: the sampled token is the best');
+      assert.ok(e.top_logprobs[1]!.logprob <= e.logprob);
+      assert.deepEqual(Buffer.from(e.bytes!).toString('utf8'), e.token);
+    }
+    assert.equal(content.map((e) => e.token).join(''), plain.choices[0]!.message.content);
+    const streamed: typeof content = [];
+    for await (const chunk of await live.client.chat.completions.create({ ...req, stream: true })) streamed.push(...(chunk.choices[0]?.logprobs?.content ?? []));
+    // The second request reuses the first's cached prompt blocks, computed in another order: equal to rounding.
+    assert.deepEqual(streamed.map((e) => e.token), content.map((e) => e.token));
+    for (let i = 0; i < content.length; i++) assert.ok(Math.abs(streamed[i]!.logprob - content[i]!.logprob) < 1e-4);
+  });
+
+  test('streamed completion logprobs cover every token once', async () => {
+    const req = { model: 'stories260K', prompt: 'The dog', max_tokens: 10, temperature: 0, logprobs: 0 };
+    const plain = await live.client.completions.create(req);
+    const tokens: string[] = [];
+    const values: number[] = [];
+    for await (const chunk of await live.client.completions.create({ ...req, stream: true })) {
+      const lp = chunk.choices[0]?.logprobs;
+      if (lp) {
+        tokens.push(...lp.tokens!);
+        values.push(...(lp.token_logprobs as number[]));
+      }
+    }
+    assert.deepEqual(tokens, plain.choices[0]!.logprobs!.tokens);
+    const want = plain.choices[0]!.logprobs!.token_logprobs as number[];
+    assert.equal(values.length, want.length);
+    for (let i = 0; i < want.length; i++) assert.ok(Math.abs(values[i]! - want[i]!) < 1e-4);
+  });
+
+  test('penalties change greedy output exactly as the penalized argmax of the raw logits says', async () => {
+    const prompt = model.tokenizer.encode('Once upon a time', { bos: true });
+    for (const p of [{ presence: 0, frequency: 0, repetition: 1.3 }, { presence: 0.8, frequency: 0.4, repetition: 1 }, { presence: 0.5, frequency: 0, repetition: 1.1 }]) {
+      const r = await live.client.completions.create({
+        model: 'stories260K',
+        prompt: 'Once upon a time',
+        max_tokens: 24,
+        temperature: 0,
+        presence_penalty: p.presence,
+        frequency_penalty: p.frequency,
+        repetition_penalty: p.repetition,
+      } as OpenAI.CompletionCreateParamsNonStreaming);
+      const out: number[] = [];
+      for (let i = 0; i < 24; i++) {
+        const rows = await referenceLogits(model, [...prompt, ...out]);
+        out.push(penalizedArgmax(rows[rows.length - 1]!, prompt, out, p));
+      }
+      assert.equal(r.choices[0]!.text, model.tokenizer.decode([prompt[prompt.length - 1]!, ...out]).slice(model.tokenizer.decode([prompt[prompt.length - 1]!]).length), JSON.stringify(p));
+    }
+    const plain = await live.client.completions.create({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 60, temperature: 0 });
+    const penalized = await live.client.completions.create({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 60, temperature: 0, frequency_penalty: 2 });
+    assert.notEqual(penalized.choices[0]!.text, plain.choices[0]!.text, 'a strong penalty changes the text');
+  });
+
+  test('logit_bias, stop_token_ids, ignore_eos and min_tokens', async () => {
+    const eos = 2;
+    const C = '/v1/completions';
+    const forced = await post(live.base, C, { prompt: 'Zoo', max_tokens: 5, temperature: 0, logit_bias: { [eos]: 100 } });
+    assert.equal(forced.json.usage.completion_tokens, 0, 'a +100 bias on EOS ends at once');
+    assert.equal(forced.json.choices[0].finish_reason, 'stop');
+    const ignored = await post(live.base, C, { prompt: 'Zoo', max_tokens: 5, temperature: 0, logit_bias: { [eos]: 100 }, ignore_eos: true });
+    assert.equal(ignored.json.usage.completion_tokens, 5);
+    assert.equal(ignored.json.choices[0].finish_reason, 'length');
+    const atLeast = await post(live.base, C, { prompt: 'Zoo', max_tokens: 8, temperature: 0, logit_bias: { [eos]: 100 }, min_tokens: 3 });
+    assert.equal(atLeast.json.usage.completion_tokens, 3);
+    assert.equal(atLeast.json.choices[0].finish_reason, 'stop');
+
+    const plain = await post(live.base, C, { prompt: 'Zoo', max_tokens: 10, temperature: 0, logprobs: 0 });
+    const ids = model.tokenizer.encode('Zoo' + plain.json.choices[0].text, { bos: true }).slice(model.tokenizer.encode('Zoo', { bos: true }).length);
+    const stopAt = ids.findIndex((t, i) => i >= 2 && !ids.slice(0, i).includes(t));
+    const stopped = await post(live.base, C, { prompt: 'Zoo', max_tokens: 10, temperature: 0, stop_token_ids: [ids[stopAt]] });
+    assert.equal(stopped.json.usage.completion_tokens, stopAt);
+    assert.equal(stopped.json.choices[0].finish_reason, 'stop');
+    const zoo = model.tokenizer.encode('Zoo', { bos: true });
+    const before = Buffer.concat(ids.slice(0, stopAt).map((t, i) => Buffer.from(model.tokenizer.tokenBytes(t, i > 0 ? ids[i - 1]! : zoo[zoo.length - 1]!)))).toString('utf8');
+    assert.equal(stopped.json.choices[0].text, before);
+
+    const banned = await post(live.base, C, { prompt: 'Zoo', max_tokens: 10, temperature: 0, logit_bias: Object.fromEntries(ids.slice(0, 3).map((t) => [t, -100])) });
+    const bannedIds = model.tokenizer.encode('Zoo' + banned.json.choices[0].text, { bos: true });
+    assert.ok(!bannedIds.includes(ids[0]!) || banned.json.choices[0].text !== plain.json.choices[0].text);
+  });
+
+  test('min_p 1 keeps only the best token: sampling at any temperature equals greedy', async () => {
+    const greedy = await live.client.completions.create({ model: 'stories260K', prompt: 'Zoo', max_tokens: 20, temperature: 0 });
+    for (const seed of [1, 2, 3]) {
+      const r = await live.client.completions.create({ model: 'stories260K', prompt: 'Zoo', max_tokens: 20, temperature: 1.5, seed, min_p: 1 } as OpenAI.CompletionCreateParamsNonStreaming);
+      assert.equal(r.choices[0]!.text, greedy.choices[0]!.text);
+    }
+  });
+});
+
+describe('API parity through the worker engine', { skip: sharedSkipReason() }, () => {
+  test('penalties, logprobs and echo cross to the engine thread and back unchanged', async () => {
+    const model = await loadModelDir(importStories260K());
+    const local = await start(model, await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 4 }));
+    const remote = await start(model, await WorkerEngine.create(model.dir, { providers: ['cpu'], maxSequences: 4 }));
+    try {
+      const bodies = [
+        { prompt: 'Once upon a time', max_tokens: 16, temperature: 0.9, seed: 7, repetition_penalty: 1.2, frequency_penalty: 0.5, logprobs: 2 },
+        { prompt: 'Lily and Ben', max_tokens: 1, temperature: 0, logprobs: 1, echo: true },
+        { prompt: 'Zoo', max_tokens: 6, temperature: 0, logit_bias: { 2: 100 }, min_tokens: 4 },
+      ];
+      for (const b of bodies) {
+        const a = await post(local.base, '/v1/completions', b);
+        const c = await post(remote.base, '/v1/completions', b);
+        assert.equal(a.status, 200, JSON.stringify(a.json));
+        assert.deepEqual(c.json.choices, a.json.choices, JSON.stringify(b));
+      }
+    } finally {
+      await local.close();
+      await remote.close();
+    }
+  });
+});
