@@ -106,6 +106,30 @@ describe('API parity on stories260K', { skip: sharedSkipReason() }, () => {
   });
   after(async () => live.close());
 
+  test('routes: GET /v1/models/{id}, /tokenize, /detokenize, /version', async () => {
+    const card = await live.client.models.retrieve('stories260K');
+    assert.equal(card.id, 'stories260K');
+    assert.equal((card as unknown as { max_model_len: number }).max_model_len, 512);
+    const missing = await fetch(`${live.base}/v1/models/gpt-9`);
+    assert.equal(missing.status, 404);
+    assert.equal(((await missing.json()) as { error: { param: string } }).error.param, 'model');
+
+    const tok = await post(live.base, '/tokenize', { model: 'stories260K', prompt: 'Once upon a time' });
+    assert.deepEqual(tok.json.tokens, model.tokenizer.encode('Once upon a time', { bos: true }));
+    assert.equal(tok.json.count, tok.json.tokens.length);
+    assert.equal(tok.json.max_model_len, 512);
+    const noBos = await post(live.base, '/tokenize', { prompt: 'Once upon a time', add_special_tokens: false });
+    assert.deepEqual(noBos.json.tokens, model.tokenizer.encode('Once upon a time'));
+    const chat = await post(live.base, '/tokenize', { messages: [{ role: 'user', content: 'Hi' }] });
+    assert.deepEqual(chat.json.tokens, model.tokenizer.encode('User: Hi\nAssistant:', { bos: true }));
+    const detok = await post(live.base, '/detokenize', { tokens: tok.json.tokens });
+    assert.equal(detok.json.prompt, 'Once upon a time');
+    assert.equal((await post(live.base, '/detokenize', { tokens: [1, 99999] })).status, 400);
+    assert.equal((await post(live.base, '/tokenize', { prompt: 'x', frobnicate: true })).status, 400);
+    const version = (await (await fetch(`${live.base}/version`)).json()) as { version: string };
+    assert.match(version.version, /^\d+\.\d+\.\d+/);
+  });
+
   test('completion logprobs equal log-softmax of the full logits, top alternatives included', async () => {
     const r = await live.client.completions.create({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 8, temperature: 0, logprobs: 3 });
     const lp = r.choices[0]!.logprobs!;

@@ -9,6 +9,7 @@ import type { Bill } from '../economy/ledger.js';
 import type { Quote } from '../scheduler/request.js';
 import { renderChat, type ChatMessage } from './chat.js';
 import { checkFields } from './fields.js';
+import { registerUtilityRoutes } from './routes-extra.js';
 import { chatLogprobs, completionLogprobs, generatedPositions, promptPositions } from './logprobs.js';
 import type { TokenLogprobs } from '../sampling/logprobs.js';
 import { EngineLoop } from './loop.js';
@@ -204,21 +205,20 @@ export function buildServer(deps: ServerDeps): Server {
     return reply.header('content-type', metrics.contentType).send(await metrics.text());
   });
 
-  app.get('/v1/models', async () => ({
-    object: 'list',
-    data: [
-      {
-        id: model.name,
-        object: 'model',
-        created,
-        owned_by: 'marginal',
-        max_model_len: info.maxContext,
-        synthetic: model.synthetic,
-        description: describeModel(model),
-        policy: sched.policyName,
-      },
-    ],
-  }));
+  const modelCard = () => ({
+    id: model.name,
+    object: 'model',
+    created,
+    owned_by: 'marginal',
+    root: model.name,
+    parent: null,
+    max_model_len: info.maxContext,
+    synthetic: model.synthetic,
+    description: describeModel(model),
+    policy: sched.policyName,
+  });
+  app.get('/v1/models', async () => ({ object: 'list', data: [modelCard()] }));
+  registerUtilityRoutes(app, model, info.maxContext, modelCard);
 
   /** Checks shared by both routes: model, sampling parameters (logprobs is the route's own spelling of the count). */
   const common = (body: CommonBody, defaultMaxTokens: (promptTokens: number) => number, promptTokens: number, extraStop: string[], logprobs: { value: unknown; param: string; max: number }): SamplingParams => {
