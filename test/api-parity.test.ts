@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
 import { Generator } from '../src/engine/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { WorkerEngine } from '../src/engine/worker-engine.js';
@@ -270,6 +272,74 @@ describe('API parity on stories260K', { skip: sharedSkipReason() }, () => {
     const banned = await post(live.base, C, { prompt: 'Zoo', max_tokens: 10, temperature: 0, logit_bias: Object.fromEntries(ids.slice(0, 3).map((t) => [t, -100])) });
     const bannedIds = model.tokenizer.encode('Zoo' + banned.json.choices[0].text, { bos: true });
     assert.ok(!bannedIds.includes(ids[0]!) || banned.json.choices[0].text !== plain.json.choices[0].text);
+  });
+
+  test('structured output: every strict-schema output parses and validates (ajv), over many schemas and seeds', async () => {
+    const ajv = new Ajv2020({ strict: true, strictTuples: false });
+    addFormats.default(ajv);
+    const schemas: Record<string, unknown>[] = [
+      { type: 'object', properties: { name: { type: 'string', maxLength: 12 }, age: { type: 'integer', minimum: 0, maximum: 120 } }, required: ['name', 'age'], additionalProperties: false },
+      { type: 'object', properties: { ok: { type: 'boolean' }, tags: { type: 'array', items: { enum: ['red', 'green', 'blue'] }, minItems: 1, maxItems: 3 } }, required: ['ok', 'tags'], additionalProperties: false },
+      { type: 'object', properties: { p: { type: 'object', properties: { q: { type: 'string', pattern: '^[A-Z][a-z]{1,5}$' } }, required: ['q'], additionalProperties: false }, n: { anyOf: [{ type: 'null' }, { type: 'integer', minimum: 1, maximum: 9 }] } }, required: ['p', 'n'], additionalProperties: false },
+      { type: 'string', format: 'date' },
+      { type: 'array', items: { type: 'integer', minimum: -5, maximum: 5 }, minItems: 2, maxItems: 4 },
+      { $defs: { node: { type: 'object', properties: { v: { type: 'integer', minimum: 0, maximum: 5 }, next: { anyOf: [{ $ref: '#/$defs/node' }, { type: 'null' }] } }, required: ['v', 'next'], additionalProperties: false } }, $ref: '#/$defs/node' },
+      { enum: ['cat', 'dog', 42, null, true] },
+      { type: 'object', properties: { kind: { const: 'point' }, x: { type: 'integer', minimum: 0, maximum: 99 }, y: { type: 'integer', minimum: 0, maximum: 99 } }, required: ['kind', 'x', 'y'], additionalProperties: false },
+      { type: 'object', properties: { email: { type: 'string', pattern: '^[a-z]{2,6}@[a-z]{2,6}\\.(com|org)$' } }, required: ['email'], additionalProperties: false },
+      { oneOf: [{ type: 'object', properties: { a: { type: 'integer', minimum: 0, maximum: 3 } }, required: ['a'], additionalProperties: false }, { type: 'object', properties: { b: { type: 'boolean' } }, required: ['b'], additionalProperties: false }] },
+      { type: 'object', properties: { when: { type: 'string', format: 'time' }, id: { type: 'string', format: 'uuid' } }, required: ['when', 'id'], additionalProperties: false },
+      { type: 'array', prefixItems: [{ type: 'string', maxLength: 3 }, { type: 'boolean' }], items: false },
+    ];
+    let checked = 0;
+    for (const [i, schema] of schemas.entries()) {
+      const validate = ajv.compile(schema);
+      for (const seed of [1, 2]) {
+        const chat = seed === 1;
+        const text = chat
+          ? (await live.client.chat.completions.create({ model: 'stories260K', messages: [{ role: 'user', content: 'Write a story.' }], max_tokens: 200, temperature: 1, seed, response_format: { type: 'json_schema', json_schema: { name: `s${i}`, schema, strict: true } } })).choices[0]!
+          : (await live.client.completions.create({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 200, temperature: 1, seed, guided_json: schema } as OpenAI.CompletionCreateParamsNonStreaming)).choices[0]!;
+        const out = 'message' in text ? text.message.content! : text.text;
+        assert.equal(text.finish_reason, 'stop', `schema ${i} seed ${seed}: ${out}`);
+        const value = JSON.parse(out) as unknown;
+        assert.ok(validate(value), `schema ${i} seed ${seed}: ${out} fails ${JSON.stringify(validate.errors)}`);
+        checked++;
+      }
+    }
+    assert.equal(checked, 2 * schemas.length);
+  });
+
+  test('structured output: json_object, regex, choice, grammar, streamed too; bad grammars are 400s', async () => {
+    const obj = await live.client.chat.completions.create({ model: 'stories260K', messages: [{ role: 'user', content: 'x' }], max_tokens: 300, temperature: 0, response_format: { type: 'json_object' } });
+    const objText = obj.choices[0]!.message.content!;
+    assert.ok(objText.startsWith('{'));
+    if (obj.choices[0]!.finish_reason === 'stop') assert.equal(typeof JSON.parse(objText), 'object');
+    const C = '/v1/completions';
+    for (const seed of [1, 2, 3]) {
+      const re = await post(live.base, C, { prompt: 'Once', max_tokens: 40, temperature: 1, seed, guided_regex: '[a-z]{3,8}@[a-z]{2,5}\\.com' });
+      assert.match(re.json.choices[0].text, /^[a-z]{3,8}@[a-z]{2,5}\.com$/);
+      const choice = await post(live.base, C, { prompt: 'Once', max_tokens: 40, temperature: 1, seed, guided_choice: ['yes', 'no', 'maybe not'] });
+      assert.ok(['yes', 'no', 'maybe not'].includes(choice.json.choices[0].text));
+      const g = await post(live.base, C, { prompt: 'Once', max_tokens: 40, temperature: 1, seed, guided_grammar: 'root ::= "Lily " ("runs" | "jumps" | "sings") " " [0-9]' });
+      assert.match(g.json.choices[0].text, /^Lily (runs|jumps|sings) [0-9]$/);
+    }
+    let streamed = '';
+    for await (const chunk of await live.client.completions.create({ model: 'stories260K', prompt: 'Once', max_tokens: 40, temperature: 1, seed: 4, stream: true, guided_choice: ['alpha', 'beta'] } as OpenAI.CompletionCreateParamsStreaming)) streamed += chunk.choices[0]?.text ?? '';
+    assert.ok(['alpha', 'beta'].includes(streamed));
+    for (const [body, param] of [
+      [{ guided_json: { type: 'number', minimum: 0 } }, 'guided_json'],
+      [{ guided_json: { type: 'array', items: [{ type: 'integer' }] } }, 'guided_json'],
+      [{ guided_json: '{not json' }, 'guided_json'],
+      [{ guided_grammar: 'root ::= (' }, 'guided_grammar'],
+      [{ guided_choice: [] }, 'guided_choice'],
+      [{ guided_regex: 'a', guided_choice: ['a'] }, 'guided_choice'],
+      [{ response_format: { type: 'yaml' } }, 'response_format'],
+      [{ guided_decoding_backend: 'outlines', guided_regex: 'a' }, 'guided_decoding_backend'],
+    ] as const) {
+      const r = await post(live.base, C, { prompt: 'x', max_tokens: 4, ...body });
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.equal(r.json.error.param, param, JSON.stringify(r.json));
+    }
   });
 
   test('min_p 1 keeps only the best token: sampling at any temperature equals greedy', async () => {

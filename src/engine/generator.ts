@@ -15,6 +15,7 @@ import { StopMatcher } from '../sampling/stop.js';
 import { adjustsLogits } from '../sampling/params.js';
 import { LogitAdjuster } from '../sampling/penalties.js';
 import type { TokenLogprobs } from '../sampling/logprobs.js';
+import type { TokenMasker } from '../sampling/grammar.js';
 import type { SamplingParams } from '../sampling/params.js';
 import type { Engine, StepPlan, StepResult, StepTiming } from './types.js';
 
@@ -50,6 +51,8 @@ export interface GenerationRequest {
   onText?: (delta: string, logprobs: TokenLogprobs[] | undefined) => void;
   /** Report the prompt's log probabilities with this many top alternatives (the whole prompt is computed, no cache hit). */
   promptLogprobs?: number;
+  /** Structured output: every drawn token is one this grammar allows (the generator disposes of it at the end). */
+  grammar?: TokenMasker;
   /** Called once the request is admitted or rejected (e.g. to send headers). */
   tenant?: string;
   value?: number;
@@ -77,6 +80,9 @@ interface Pending {
   logprobsSent: number;
   promptLogprobs: TokenLogprobs[] | undefined;
   promptTop: number;
+  grammar: TokenMasker | undefined;
+  /** Generated tokens the grammar has accepted (from the prompt's end). */
+  grammarAt: number;
 }
 
 export interface GeneratorOptions {
@@ -198,6 +204,8 @@ export class Generator {
         logprobsSent: 0,
         promptLogprobs: req.promptLogprobs !== undefined ? [] : undefined,
         promptTop: req.promptLogprobs ?? 0,
+        grammar: req.grammar,
+        grammarAt: prompt.length,
       };
       // Registered before submit: the scheduler may settle the request (reject it) at once.
       const seq = this.scheduler.nextSeq;
@@ -206,6 +214,7 @@ export class Generator {
         this.scheduler.submit(spec);
       } catch (e) {
         this.pending.delete(seq);
+        req.grammar?.dispose();
         throw e;
       }
       if (req.signal) {
@@ -224,7 +233,7 @@ export class Generator {
       return false;
     }
     let result;
-    this.decorate(plan);
+    if (this.decorate(plan)) await this.applyGrammars(plan);
     const running = this.engine.execute(plan);
     // The previous step's text goes out while this step computes (in the engine's worker). A
     // client callback that throws must not look like an engine failure: the step still runs.
@@ -241,6 +250,7 @@ export class Generator {
       for (const item of plan.items) {
         const p = this.pending.get(item.seq);
         this.pending.delete(item.seq);
+        p?.grammar?.dispose();
         this.scheduler.abort(item.seq, this.clock());
         p?.reject(e);
       }
@@ -258,7 +268,8 @@ export class Generator {
    * (penalties, biases, min_tokens), and the prompt positions whose log probabilities are
    * still to report. Items are reused between steps, so every field is set each time.
    */
-  private decorate(plan: StepPlan): void {
+  private decorate(plan: StepPlan): boolean {
+    let grammars = false;
     for (const item of plan.items) {
       item.adjust = undefined;
       item.mask = undefined;
@@ -275,6 +286,20 @@ export class Generator {
         item.promptLogprobs = p.promptTop;
         item.promptEnd = r.promptLength;
       }
+      if (p.grammar !== undefined && item.sample) grammars = true;
+    }
+    return grammars;
+  }
+
+  /** Each grammar-bound item's mask, after its grammar has accepted the tokens generated since the last one. */
+  private async applyGrammars(plan: StepPlan): Promise<void> {
+    for (const item of plan.items) {
+      const p = this.pending.get(item.seq);
+      if (p?.grammar === undefined || !item.sample) continue;
+      const r = this.scheduler.get(item.seq);
+      if (r === undefined) continue;
+      for (; p.grammarAt < r.length; p.grammarAt++) p.grammar.accept(r.tokens[p.grammarAt] as number);
+      item.mask = await p.grammar.mask();
     }
   }
 
@@ -356,6 +381,7 @@ export class Generator {
     const p = this.pending.get(r.seq);
     if (p === undefined) return;
     this.pending.delete(r.seq);
+    p.grammar?.dispose();
     if (r.outcome === 'rejected') {
       const err = new RejectedError(`request rejected: ${r.quote?.reason ?? 'it cannot clear at current prices'}`) as Rejected;
       err.quote = r.quote as Quote;

@@ -10,6 +10,8 @@ import type { Quote } from '../scheduler/request.js';
 import { renderChat, type ChatMessage } from './chat.js';
 import { checkFields } from './fields.js';
 import { registerUtilityRoutes } from './routes-extra.js';
+import { requestedGrammar, type RequestedGrammar } from './structured.js';
+import { GrammarEngine } from '../sampling/grammar.js';
 import { chatLogprobs, completionLogprobs, generatedPositions, promptPositions } from './logprobs.js';
 import type { TokenLogprobs } from '../sampling/logprobs.js';
 import { EngineLoop } from './loop.js';
@@ -117,6 +119,7 @@ export function buildServer(deps: ServerDeps): Server {
   });
   // JSON only: a text/plain body is a client bug to report (415), not a string to validate.
   app.removeContentTypeParser('text/plain');
+  const grammars = new GrammarEngine(model.tokenizer, model.vocabSize, model.stopIds);
   const loop = new EngineLoop(generator, (e) => app.log.error(e), () => observeStep());
   const created = Math.floor(Date.now() / 1000);
   let draining = false;
@@ -261,7 +264,8 @@ export function buildServer(deps: ServerDeps): Server {
   });
 
   /** Runs one generation and answers it, as JSON or as server-sent events. */
-  const serve = async (req: FastifyRequest, reply: FastifyReply, kind: 'completion' | 'chat', prompt: number[], sampling: SamplingParams, body: CommonBody, tenant: Tenant, echo?: { text: string }) => {
+  const serve = async (req: FastifyRequest, reply: FastifyReply, kind: 'completion' | 'chat', prompt: number[], sampling: SamplingParams, body: CommonBody, tenant: Tenant, echo?: { text: string }, constraint?: RequestedGrammar) => {
+    const grammar = constraint === undefined ? {} : { grammar: await grammars.matcher(constraint.spec, constraint.param) };
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
     const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
     const createdAt = Math.floor(Date.now() / 1000);
@@ -290,7 +294,7 @@ export function buildServer(deps: ServerDeps): Server {
     };
 
     if (body.stream !== true) {
-      const pending = generator.submit({ prompt, sampling, signal: abort.signal, ...promptLp, ...economics(body, tenant) });
+      const pending = generator.submit({ prompt, sampling, signal: abort.signal, ...promptLp, ...grammar, ...economics(body, tenant) });
       loop.wake();
       const c = await pending;
       const choice =
@@ -340,6 +344,7 @@ export function buildServer(deps: ServerDeps): Server {
         sampling,
         signal: abort.signal,
         ...promptLp,
+        ...grammar,
         ...economics(body, tenant),
         onText: (text, lps) => {
           open();
@@ -401,7 +406,8 @@ export function buildServer(deps: ServerDeps): Server {
     const sampling = common(body, () => 16, prompt.length, [], { value: body.logprobs, param: 'logprobs', max: 20 });
     sched.checkFits(prompt.length, sampling.maxTokens);
     const promptText = typeof p === 'string' ? p : typeof p[0] === 'string' ? p[0] : model.tokenizer.decode(prompt);
-    return serve(req, reply, 'completion', prompt, sampling, body, tenant, body.echo === true ? { text: promptText } : undefined);
+    const constraint = requestedGrammar(body as unknown as Record<string, unknown>);
+    return serve(req, reply, 'completion', prompt, sampling, body, tenant, body.echo === true ? { text: promptText } : undefined, constraint);
   });
 
   app.post('/v1/chat/completions', { schema: { body: chatBody } }, async (req, reply) => {
@@ -415,14 +421,13 @@ export function buildServer(deps: ServerDeps): Server {
     unsupported(body.top_logprobs != null && body.logprobs !== true, 'top_logprobs', 'top_logprobs needs logprobs: true');
     unsupported(Array.isArray(body.tools) && body.tools.length > 0, 'tools', 'tool calling is not supported');
     unsupported(body.tool_choice !== undefined && body.tool_choice !== null && body.tool_choice !== 'none', 'tool_choice', 'tool calling is not supported');
-    unsupported(body.response_format != null && body.response_format.type !== undefined && body.response_format.type !== 'text', 'response_format', 'only {"type": "text"} is supported');
     const rendered = renderChat(model, body.messages as ChatMessage[]);
     const prompt = await tokenize(rendered.prompt, model.addBos && !rendered.hasBos);
     const ctx = info.maxContext;
     // OpenAI chat: without max_tokens the answer may use the rest of the context.
     const sampling = common(body, (n) => Math.max(1, ctx - n), prompt.length, rendered.stop, { value: body.logprobs === true ? (body.top_logprobs ?? 0) : undefined, param: 'top_logprobs', max: 20 });
     sched.checkFits(prompt.length, sampling.maxTokens);
-    return serve(req, reply, 'chat', prompt, sampling, body, tenant);
+    return serve(req, reply, 'chat', prompt, sampling, body, tenant, undefined, requestedGrammar(body as unknown as Record<string, unknown>));
   });
 
   const drain = async () => {
