@@ -342,6 +342,50 @@ describe('API parity on stories260K', { skip: sharedSkipReason() }, () => {
     }
   });
 
+  test('n > 1: seeded choices equal single requests with seeds seed + i, share the prompt blocks, and bill as one', async () => {
+    const prompt = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball.';
+    const promptTokens = model.tokenizer.encode(prompt, { bos: true }).length;
+    const r = await live.client.completions.create({ model: 'stories260K', prompt, max_tokens: 12, temperature: 1, seed: 40, n: 3 });
+    assert.equal(r.choices.length, 3);
+    assert.deepEqual(r.choices.map((c) => c.index), [0, 1, 2]);
+    for (let i = 0; i < 3; i++) {
+      const one = await live.client.completions.create({ model: 'stories260K', prompt, max_tokens: 12, temperature: 1, seed: 40 + i });
+      assert.equal(r.choices[i]!.text, one.choices[0]!.text, `choice ${i}`);
+    }
+    assert.equal(new Set(r.choices.map((c) => c.text)).size, 3, 'different seeds, different texts');
+    assert.equal(r.usage!.prompt_tokens, promptTokens, 'the prompt counted once');
+    assert.equal(r.usage!.completion_tokens, 36);
+    const bill = (r as unknown as { bill: { computed_prompt_tokens: number; cached_tokens: number; completion_tokens: number } }).bill;
+    const fullBlocks = Math.floor((promptTokens - 1) / 16) * 16;
+    assert.ok(fullBlocks >= 16);
+    assert.ok(bill.cached_tokens >= 2 * fullBlocks, `choices 1 and 2 reuse choice 0's ${fullBlocks} prompt tokens (cached ${bill.cached_tokens})`);
+    assert.equal(bill.completion_tokens, 36);
+
+    const chunks: Record<number, string> = {};
+    for await (const chunk of await live.client.chat.completions.create({ model: 'stories260K', messages: [{ role: 'user', content: 'A story' }], max_tokens: 8, temperature: 1, seed: 3, n: 2, stream: true })) {
+      for (const c of chunk.choices) chunks[c.index] = (chunks[c.index] ?? '') + (c.delta.content ?? '');
+    }
+    const plain = await live.client.chat.completions.create({ model: 'stories260K', messages: [{ role: 'user', content: 'A story' }], max_tokens: 8, temperature: 1, seed: 3, n: 2 });
+    assert.deepEqual([chunks[0], chunks[1]], plain.choices.map((c) => c.message.content));
+  });
+
+  test('best_of keeps the choices with the highest summed log probability', async () => {
+    const body = { model: 'stories260K', prompt: 'The cat', max_tokens: 6, temperature: 1.2, seed: 9 };
+    const best = await live.client.completions.create({ ...body, best_of: 4, n: 1 });
+    const scores: [string, number][] = [];
+    for (let i = 0; i < 4; i++) {
+      const one = await live.client.completions.create({ ...body, seed: 9 + i, logprobs: 0 });
+      scores.push([one.choices[0]!.text, (one.choices[0]!.logprobs!.token_logprobs as number[]).reduce((a, b) => a + b, 0)]);
+    }
+    scores.sort((a, b) => b[1] - a[1]);
+    assert.equal(best.choices.length, 1);
+    assert.equal(best.choices[0]!.text, scores[0]![0]);
+    assert.equal(best.choices[0]!.logprobs, null, 'logprobs used for ranking are not returned unasked');
+    assert.equal(best.usage!.completion_tokens, 24, 'all four runs are billed');
+    assert.equal((await post(live.base, '/v1/completions', { prompt: 'x', n: 3, best_of: 2 })).status, 400);
+    assert.equal((await post(live.base, '/v1/completions', { prompt: 'x', n: 17 })).status, 400);
+  });
+
   test('min_p 1 keeps only the best token: sampling at any temperature equals greedy', async () => {
     const greedy = await live.client.completions.create({ model: 'stories260K', prompt: 'Zoo', max_tokens: 20, temperature: 0 });
     for (const seed of [1, 2, 3]) {

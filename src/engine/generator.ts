@@ -53,6 +53,8 @@ export interface GenerationRequest {
   promptLogprobs?: number;
   /** Structured output: every drawn token is one this grammar allows (the generator disposes of it at the end). */
   grammar?: TokenMasker;
+  /** Called once, when the first token is delivered or the request ends without one. */
+  onStart?: () => void;
   /** Called once the request is admitted or rejected (e.g. to send headers). */
   tenant?: string;
   value?: number;
@@ -83,6 +85,17 @@ interface Pending {
   grammar: TokenMasker | undefined;
   /** Generated tokens the grammar has accepted (from the prompt's end). */
   grammarAt: number;
+  onStart: (() => void) | undefined;
+}
+
+/** n choices of one prompt (OpenAI's `n`, vLLM's parallel sampling). */
+export interface ChoicesRequest extends Omit<GenerationRequest, 'onText' | 'grammar' | 'onStart'> {
+  n: number;
+  /** One grammar per choice, when the output is constrained. */
+  grammars?: TokenMasker[];
+  onText?: (index: number, delta: string, logprobs: TokenLogprobs[] | undefined) => void;
+  /** Called after choices 1 .. n-1 are submitted (the serving loop's wake-up). */
+  onSubmitted?: () => void;
 }
 
 export interface GeneratorOptions {
@@ -206,6 +219,7 @@ export class Generator {
         promptTop: req.promptLogprobs ?? 0,
         grammar: req.grammar,
         grammarAt: prompt.length,
+        onStart: req.onStart,
       };
       // Registered before submit: the scheduler may settle the request (reject it) at once.
       const seq = this.scheduler.nextSeq;
@@ -220,6 +234,74 @@ export class Generator {
       if (req.signal) {
         if (req.signal.aborted) this.scheduler.abort(seq, this.clock());
         else req.signal.addEventListener('abort', () => this.scheduler.abort(seq, this.clock()), { once: true });
+      }
+    });
+  }
+
+  /**
+   * Generates n choices of one prompt. The first runs alone until its first token: by then its
+   * prompt's full blocks are in the prefix cache, and the other n - 1 start from them (they
+   * compute only the prompt's last partial block). Seeded requests give choice i the seed + i,
+   * as vLLM does; a value for the whole request is shared equally among the choices. If any
+   * choice is turned away or fails, the others are aborted and the promise rejects with that error.
+   */
+  submitChoices(req: ChoicesRequest): Promise<Completion[]> {
+    const { n, grammars, onText, onSubmitted, ...common } = req;
+    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`n must be a positive integer, got ${n}`);
+    const abort = new AbortController();
+    if (req.signal) {
+      if (req.signal.aborted) abort.abort();
+      else req.signal.addEventListener('abort', () => abort.abort(), { once: true });
+    }
+    const choice = (i: number, onStart?: () => void): Promise<Completion> => {
+      const seed = common.sampling.seed;
+      return this.submit({
+        ...common,
+        sampling: seed === undefined || i === 0 ? common.sampling : { ...common.sampling, seed: seed + i },
+        ...(common.value !== undefined ? { value: common.value / n } : {}),
+        ...(grammars?.[i] !== undefined ? { grammar: grammars[i] } : {}),
+        ...(onText !== undefined ? { onText: (d: string, l: TokenLogprobs[] | undefined) => onText(i, d, l) } : {}),
+        ...(onStart !== undefined ? { onStart } : {}),
+        signal: abort.signal,
+      });
+    };
+    return new Promise<Completion[]>((resolve, reject) => {
+      const results: Completion[] = new Array(n);
+      let left = n;
+      let failed = false;
+      const settle = (i: number, p: Promise<Completion>) => {
+        p.then(
+          (c) => {
+            results[i] = c;
+            if (--left === 0 && !failed) resolve(results);
+          },
+          (e: unknown) => {
+            if (failed) return;
+            failed = true;
+            abort.abort();
+            for (let j = 1; j < n; j++) if (results[j] === undefined) grammars?.[j]?.dispose();
+            reject(e);
+          },
+        );
+      };
+      let rest = false;
+      const startRest = () => {
+        if (rest || failed) return;
+        rest = true;
+        for (let i = 1; i < n; i++) {
+          try {
+            settle(i, choice(i));
+          } catch (e) {
+            settle(i, Promise.reject(e));
+          }
+        }
+        onSubmitted?.();
+      };
+      try {
+        settle(0, choice(0, n > 1 ? startRest : undefined));
+      } catch (e) {
+        for (const g of grammars ?? []) g.dispose();
+        reject(e);
       }
     });
   }
@@ -372,6 +454,7 @@ export class Generator {
     const p = this.pending.get(r.seq);
     if (p === undefined) return;
     p.generated++;
+    if (p.onStart !== undefined) this.started(p);
     if (lp !== undefined) p.logprobs?.push(lp);
     const piece = p.detok.push(token);
     if (piece.length > 0 && this.emit(p, piece)) this.scheduler.stop(r.seq, this.clock());
@@ -382,6 +465,7 @@ export class Generator {
     if (p === undefined) return;
     this.pending.delete(r.seq);
     p.grammar?.dispose();
+    if (p.onStart !== undefined) this.started(p);
     if (r.outcome === 'rejected') {
       const err = new RejectedError(`request rejected: ${r.quote?.reason ?? 'it cannot clear at current prices'}`) as Rejected;
       err.quote = r.quote as Quote;
@@ -411,6 +495,13 @@ export class Generator {
       ...(p.logprobs !== undefined ? { logprobs: p.logprobs.slice(0, r.length - r.promptLength) } : {}),
       ...(p.promptLogprobs !== undefined ? { promptLogprobs: p.promptLogprobs } : {}),
     });
+  }
+
+  private started(p: Pending): void {
+    const f = p.onStart as () => void;
+    p.onStart = undefined;
+    // After this flush: the sibling requests it submits must not be delivered to mid-loop.
+    queueMicrotask(f);
   }
 
   /** Log probabilities of tokens delivered since the last text went out. */

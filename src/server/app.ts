@@ -93,15 +93,6 @@ function quoteHeaders(q: Quote): Record<string, string> {
   };
 }
 
-function usage(c: Completion) {
-  return {
-    prompt_tokens: c.promptTokens,
-    completion_tokens: c.tokens.length,
-    total_tokens: c.promptTokens + c.tokens.length,
-    prompt_tokens_details: { cached_tokens: c.cachedTokens },
-  };
-}
-
 /** The OpenAI-compatible HTTP surface over one model and its engine loop. */
 export function buildServer(deps: ServerDeps): Server {
   const { model, generator } = deps;
@@ -228,7 +219,9 @@ export function buildServer(deps: ServerDeps): Server {
     if (body.model !== undefined && body.model !== model.name) {
       throw Object.assign(new InvalidArgumentError(`The model \`${body.model}\` does not exist. This server serves \`${model.name}\`.`), { statusCode: 404, code: 'MARGINAL_MODEL_NOT_FOUND', param: 'model' });
     }
-    if (body.n !== undefined && body.n !== null && body.n !== 1) throw Object.assign(new InvalidArgumentError('n: only n = 1 is supported'), { param: 'n' });
+    if (body.n !== undefined && body.n !== null && !(Number.isInteger(body.n) && body.n >= 1 && body.n <= MAX_CHOICES)) {
+      throw Object.assign(new InvalidArgumentError(`n must be an integer in [1, ${MAX_CHOICES}]`), { param: 'n' });
+    }
     const maxTokens = body.max_tokens ?? (body as ChatBody).max_completion_tokens ?? defaultMaxTokens(promptTokens);
     const sampling = validateSamplingParams(
       {
@@ -263,9 +256,25 @@ export function buildServer(deps: ServerDeps): Server {
     ...(body.priority !== undefined ? { priority: body.priority } : {}),
   });
 
-  /** Runs one generation and answers it, as JSON or as server-sent events. */
-  const serve = async (req: FastifyRequest, reply: FastifyReply, kind: 'completion' | 'chat', prompt: number[], sampling: SamplingParams, body: CommonBody, tenant: Tenant, echo?: { text: string }, constraint?: RequestedGrammar) => {
-    const grammar = constraint === undefined ? {} : { grammar: await grammars.matcher(constraint.spec, constraint.param) };
+  /**
+   * Runs a request's generations (n choices, or best_of of which the n most likely are kept) and
+   * answers them, as JSON or as server-sent events. `choices` says how many to run and return.
+   */
+  const serve = async (
+    req: FastifyRequest,
+    reply: FastifyReply,
+    kind: 'completion' | 'chat',
+    prompt: number[],
+    sampling: SamplingParams,
+    body: CommonBody,
+    tenant: Tenant,
+    opts: { echo?: { text: string }; constraint?: RequestedGrammar; n: number; bestOf: number },
+  ) => {
+    const { echo, constraint, n, bestOf } = opts;
+    const runs = Math.max(n, bestOf);
+    // best_of ranks choices by their summed log probabilities, which it needs even if the client did not ask.
+    const runSampling = bestOf > n && sampling.logprobs === undefined ? { ...sampling, logprobs: 0 } : sampling;
+    const matchers = constraint === undefined ? undefined : await Promise.all(Array.from({ length: runs }, () => grammars.matcher(constraint.spec, constraint.param)));
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
     const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
     const createdAt = Math.floor(Date.now() / 1000);
@@ -287,23 +296,39 @@ export function buildServer(deps: ServerDeps): Server {
       const positions = generatedPositions(lps, prev);
       return kind === 'chat' ? chatLogprobs(tok, positions) : completionLogprobs(tok, positions, textOffset);
     };
-    const echoLogprobs = (promptLps: TokenLogprobs[] | undefined, lps: TokenLogprobs[] | undefined, echoText: string) => {
+    const echoLogprobs = (promptLps: TokenLogprobs[] | undefined, lps: TokenLogprobs[] | undefined) => {
       if (sampling.logprobs === undefined) return null;
-      const positions = [...promptPositions(prompt, promptLps), ...generatedPositions(lps ?? [], lastPrompt)];
-      return completionLogprobs(tok, positions, 0);
+      return completionLogprobs(tok, [...promptPositions(prompt, promptLps), ...generatedPositions(lps ?? [], lastPrompt)], 0);
+    };
+    const request = { prompt, sampling: runSampling, signal: abort.signal, n: runs, onSubmitted: () => loop.wake(), ...promptLp, ...(matchers ? { grammars: matchers } : {}), ...economics(body, tenant) };
+    /** All the runs' usage and bills as one request's: the prompt counted once, completions summed. */
+    const total = (cs: Completion[]) => {
+      const first = cs[0] as Completion;
+      const completion = cs.reduce((a, c) => a + c.tokens.length, 0);
+      return {
+        usage: { prompt_tokens: first.promptTokens, completion_tokens: completion, total_tokens: first.promptTokens + completion, prompt_tokens_details: { cached_tokens: first.cachedTokens } },
+        bill: mergeBills(cs.map((c) => c.bill)),
+      };
     };
 
     if (body.stream !== true) {
-      const pending = generator.submit({ prompt, sampling, signal: abort.signal, ...promptLp, ...grammar, ...economics(body, tenant) });
+      const pending = generator.submitChoices(request);
       loop.wake();
-      const c = await pending;
-      const choice =
+      const all = await pending;
+      let cs = all;
+      if (bestOf > n) {
+        const score = (c: Completion) => (c.logprobs ?? []).reduce((a, l) => a + l.logprob, 0);
+        cs = cs.map((c, i) => [c, score(c), i] as const).sort((x, y) => y[1] - x[1] || x[2] - y[2]).slice(0, n).map((x) => x[0]);
+      }
+      const choices = cs.map((c, index) =>
         kind === 'chat'
-          ? { index: 0, message: { role: 'assistant', content: c.text }, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason }
+          ? { index, message: { role: 'assistant', content: c.text }, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason }
           : echo !== undefined
-            ? { index: 0, text: echo.text + c.text, logprobs: echoLogprobs(c.promptLogprobs, c.logprobs, echo.text), finish_reason: c.finishReason }
-            : { index: 0, text: c.text, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason };
-      return reply.send({ id, object, created: createdAt, model: model.name, choices: [choice], usage: usage(c), bill: c.bill ?? null });
+            ? { index, text: echo.text + c.text, logprobs: echoLogprobs(c.promptLogprobs, c.logprobs), finish_reason: c.finishReason }
+            : { index, text: c.text, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason },
+      );
+      const t = total(all);
+      return reply.send({ id, object, created: createdAt, model: model.name, choices, usage: t.usage, bill: t.bill });
     }
 
     // Streaming: headers wait for the first token (or the verdict), so a request turned away
@@ -320,51 +345,47 @@ export function buildServer(deps: ServerDeps): Server {
         'x-marginal-price-token': String(sched.prices.token),
         'x-marginal-price-kv-block-second': String(sched.prices.kv),
       });
-      if (kind === 'chat') write({ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null });
+      if (kind === 'chat') for (let i = 0; i < runs; i++) write({ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null });
+      // The prompt goes first, as its own chunk; its log probabilities are known only once it has run.
+      if (echo !== undefined) for (let i = 0; i < runs; i++) write({ index: i, text: echo.text, logprobs: null, finish_reason: null });
     };
     const chunkObject = kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
     const write = (choice: object, extra: object = {}) => {
       if (!res.writableEnded && !res.destroyed) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [choice], ...extra })}\n\n`);
     };
     // Streamed logprobs: each chunk carries those of the tokens its text completed.
-    let prevToken = lastPrompt;
-    let streamedChars = echo?.text.length ?? 0;
-    const delta = (text: string, finish: string | null, lps?: TokenLogprobs[]) => {
+    const prevToken = new Array<number>(runs).fill(lastPrompt);
+    const streamedChars = new Array<number>(runs).fill(echo?.text.length ?? 0);
+    const delta = (index: number, text: string, finish: string | null, lps?: TokenLogprobs[]) => {
       let logprobs = null;
       if (lps !== undefined && lps.length > 0) {
-        logprobs = logprobsOf(lps, prevToken, streamedChars);
-        prevToken = lps[lps.length - 1]!.token;
+        logprobs = logprobsOf(lps, prevToken[index]!, streamedChars[index]!);
+        prevToken[index] = lps[lps.length - 1]!.token;
       }
-      streamedChars += text.length;
-      return kind === 'chat' ? { index: 0, delta: text.length > 0 ? { content: text } : {}, logprobs, finish_reason: finish } : { index: 0, text, logprobs, finish_reason: finish };
+      streamedChars[index]! += text.length;
+      return kind === 'chat' ? { index, delta: text.length > 0 ? { content: text } : {}, logprobs, finish_reason: finish } : { index, text, logprobs, finish_reason: finish };
     };
     try {
-      const pending = generator.submit({
-        prompt,
-        sampling,
-        signal: abort.signal,
-        ...promptLp,
-        ...grammar,
-        ...economics(body, tenant),
-        onText: (text, lps) => {
+      const pending = generator.submitChoices({
+        ...request,
+        onText: (index, text, lps) => {
           open();
-          write(delta(text, null, lps));
+          write(delta(index, text, null, lps));
         },
       });
       loop.wake();
-      if (echo !== undefined) {
-        // The prompt goes first, as its own chunk; its log probabilities are known only once it has run.
-        open();
-        write({ index: 0, text: echo.text, logprobs: null, finish_reason: null });
-      }
-      const c = await pending;
+      if (echo !== undefined) open();
+      const cs = await pending;
       open();
-      if (echo !== undefined && sampling.logprobs !== undefined) {
-        write({ index: 0, text: '', logprobs: completionLogprobs(tok, promptPositions(prompt, c.promptLogprobs), 0), finish_reason: null });
-      }
-      write(delta('', c.finishReason), { bill: c.bill ?? null });
+      const t = total(cs);
+      cs.forEach((c, index) => {
+        if (echo !== undefined && sampling.logprobs !== undefined) {
+          write({ index, text: '', logprobs: completionLogprobs(tok, promptPositions(prompt, c.promptLogprobs), 0), finish_reason: null });
+        }
+        write(delta(index, '', c.finishReason), index === cs.length - 1 ? { bill: t.bill } : {});
+      });
       if (body.stream_options?.include_usage) {
-        if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: usage(c), bill: c.bill ?? null })}\n\n`);
+        if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: t.usage, bill: t.bill })}\n\n`);
       }
       if (!res.writableEnded) res.end('data: [DONE]\n\n');
     } catch (e) {
@@ -391,7 +412,10 @@ export function buildServer(deps: ServerDeps): Server {
     const unsupported = (cond: boolean, param: string, what: string) => {
       if (cond) throw Object.assign(new InvalidArgumentError(`${param}: ${what}`), { param });
     };
-    unsupported(body.best_of != null && body.best_of !== 1, 'best_of', 'only best_of = 1 is supported');
+    const n = body.n ?? 1;
+    const bestOf = body.best_of ?? n;
+    unsupported(!Number.isInteger(bestOf) || bestOf < n || bestOf > MAX_CHOICES, 'best_of', `best_of must be an integer in [n, ${MAX_CHOICES}]`);
+    unsupported(bestOf > n && body.stream === true, 'best_of', 'best_of > n cannot be streamed');
     unsupported(body.suffix != null && body.suffix !== '', 'suffix', 'suffix is not supported');
     const p = body.prompt;
     let prompt: number[];
@@ -407,7 +431,7 @@ export function buildServer(deps: ServerDeps): Server {
     sched.checkFits(prompt.length, sampling.maxTokens);
     const promptText = typeof p === 'string' ? p : typeof p[0] === 'string' ? p[0] : model.tokenizer.decode(prompt);
     const constraint = requestedGrammar(body as unknown as Record<string, unknown>);
-    return serve(req, reply, 'completion', prompt, sampling, body, tenant, body.echo === true ? { text: promptText } : undefined, constraint);
+    return serve(req, reply, 'completion', prompt, sampling, body, tenant, { ...(body.echo === true ? { echo: { text: promptText } } : {}), ...(constraint ? { constraint } : {}), n, bestOf });
   });
 
   app.post('/v1/chat/completions', { schema: { body: chatBody } }, async (req, reply) => {
@@ -427,7 +451,8 @@ export function buildServer(deps: ServerDeps): Server {
     // OpenAI chat: without max_tokens the answer may use the rest of the context.
     const sampling = common(body, (n) => Math.max(1, ctx - n), prompt.length, rendered.stop, { value: body.logprobs === true ? (body.top_logprobs ?? 0) : undefined, param: 'top_logprobs', max: 20 });
     sched.checkFits(prompt.length, sampling.maxTokens);
-    return serve(req, reply, 'chat', prompt, sampling, body, tenant, undefined, requestedGrammar(body as unknown as Record<string, unknown>));
+    const constraint = requestedGrammar(body as unknown as Record<string, unknown>);
+    return serve(req, reply, 'chat', prompt, sampling, body, tenant, { ...(constraint ? { constraint } : {}), n: body.n ?? 1, bestOf: body.n ?? 1 });
   });
 
   const drain = async () => {
@@ -438,6 +463,27 @@ export function buildServer(deps: ServerDeps): Server {
   };
 
   return { app, loop, metrics, drain };
+}
+
+/** Most choices (n, best_of) one request may ask for. */
+const MAX_CHOICES = 16;
+
+/** Several runs' bills as one: quantities and amounts summed, the prices of the first. */
+function mergeBills(bills: (Bill | undefined)[]): Bill | null {
+  const bs = bills.filter((b): b is Bill => b !== undefined);
+  const first = bs[0];
+  if (first === undefined) return null;
+  const sum = (f: (b: Bill) => number) => bs.reduce((a, b) => a + f(b), 0);
+  return {
+    ...first,
+    prompt_tokens: sum((b) => b.prompt_tokens),
+    cached_tokens: sum((b) => b.cached_tokens),
+    computed_prompt_tokens: sum((b) => b.computed_prompt_tokens),
+    completion_tokens: sum((b) => b.completion_tokens),
+    kv_block_seconds: sum((b) => b.kv_block_seconds),
+    amounts: { prompt: sum((b) => b.amounts.prompt), cached: sum((b) => b.amounts.cached), completion: sum((b) => b.amounts.completion), kv_rent: sum((b) => b.amounts.kv_rent) },
+    total: sum((b) => b.total),
+  };
 }
 
 function checkTokens(prompt: number[], vocab: number): void {
