@@ -12,6 +12,7 @@ import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
 import { Rng } from '../src/sampling/rng.js';
 import { validateSamplingParams } from '../src/sampling/params.js';
 import { buildServer, type Server } from '../src/server/app.js';
+import { parseToolCalls } from '../src/server/tools.js';
 import { importStories260K } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
 
@@ -386,6 +387,76 @@ describe('API parity on stories260K', { skip: sharedSkipReason() }, () => {
     assert.equal((await post(live.base, '/v1/completions', { prompt: 'x', n: 17 })).status, 400);
   });
 
+  test('tools: required and named calls are OpenAI tool_calls whose arguments validate, streamed as deltas too', async () => {
+    const ajv = new Ajv2020({ strict: false });
+    const tools: OpenAI.ChatCompletionTool[] = [
+      // Small schemas: stories260K's context is 512 tokens of a 512-piece vocabulary.
+      { type: 'function', function: { name: 'weather', parameters: { type: 'object', properties: { city: { type: 'string', maxLength: 8 }, unit: { enum: ['c', 'f'] } }, required: ['city', 'unit'] } } },
+      { type: 'function', function: { name: 'add', parameters: { type: 'object', properties: { a: { type: 'integer', minimum: 0, maximum: 9 }, b: { type: 'integer', minimum: 0, maximum: 9 } }, required: ['a', 'b'] } } },
+    ];
+    const messages: OpenAI.ChatCompletionMessageParam[] = [{ role: 'user', content: 'What is the weather in Paris?' }];
+    for (const [choice, seed] of [['required', 1], ['required', 2], [{ type: 'function', function: { name: 'add' } }, 3]] as const) {
+      const r = await live.client.chat.completions.create({ model: 'stories260K', messages, tools, tool_choice: choice, max_tokens: 60, temperature: 1, seed });
+      const c = r.choices[0]!;
+      assert.equal(c.finish_reason, 'tool_calls');
+      assert.equal(c.message.content, null);
+      const call = c.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
+      assert.equal(call.type, 'function');
+      assert.match(call.id, /^call_/);
+      if (typeof choice === 'object') assert.equal(call.function.name, 'add');
+      const tool = tools.find((t) => (t as OpenAI.ChatCompletionFunctionTool).function.name === call.function.name) as OpenAI.ChatCompletionFunctionTool;
+      assert.ok(tool, call.function.name);
+      const args = JSON.parse(call.function.arguments) as unknown;
+      assert.ok(ajv.validate(tool.function.parameters!, args), `${call.function.arguments}: ${JSON.stringify(ajv.errors)}`);
+    }
+
+    // Streamed: the first delta names the call, later ones carry the arguments.
+    let name = '';
+    let args = '';
+    let id = '';
+    let finish: string | null = null;
+    for await (const chunk of await live.client.chat.completions.create({ model: 'stories260K', messages, tools, tool_choice: 'required', max_tokens: 60, temperature: 1, seed: 1, stream: true })) {
+      const d = chunk.choices[0];
+      for (const tc of d?.delta.tool_calls ?? []) {
+        if (tc.id) id = tc.id;
+        name += tc.function?.name ?? '';
+        args += tc.function?.arguments ?? '';
+      }
+      if (d?.finish_reason) finish = d.finish_reason;
+    }
+    const plain = await live.client.chat.completions.create({ model: 'stories260K', messages, tools, tool_choice: 'required', max_tokens: 60, temperature: 1, seed: 1 });
+    const call = plain.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
+    assert.equal(finish, 'tool_calls');
+    assert.match(id, /^call_/);
+    assert.equal(name, call.function.name);
+    assert.deepEqual(JSON.parse(args), JSON.parse(call.function.arguments));
+
+    // The call and its result go back into the conversation; tool_choice none answers in text.
+    const followUp = await live.client.chat.completions.create({
+      model: 'stories260K',
+      messages: [...messages, { role: 'assistant', content: null, tool_calls: [call] }, { role: 'tool', tool_call_id: call.id, content: '{"temp": 21}' }],
+      tools,
+      tool_choice: 'none',
+      max_tokens: 10,
+      temperature: 0,
+    });
+    assert.equal(followUp.choices[0]!.finish_reason, 'length');
+    assert.equal(typeof followUp.choices[0]!.message.content, 'string');
+    const auto = await live.client.chat.completions.create({ model: 'stories260K', messages, tools, max_tokens: 10, temperature: 0 });
+    assert.ok(auto.choices[0]!.message.content !== undefined);
+
+    for (const [body, param] of [
+      [{ tools: [{ type: 'function', function: { name: 'bad name!' } }] }, 'tools'],
+      [{ tools, tool_choice: { type: 'function', function: { name: 'nope' } } }, 'tool_choice'],
+      [{ tool_choice: 'required' }, 'tool_choice'],
+      [{ tools, tool_choice: 'required', response_format: { type: 'json_object' } }, 'response_format'],
+    ] as const) {
+      const r = await post(live.base, '/v1/chat/completions', { messages, max_tokens: 4, ...body });
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.equal(r.json.error.param, param);
+    }
+  });
+
   test('min_p 1 keeps only the best token: sampling at any temperature equals greedy', async () => {
     const greedy = await live.client.completions.create({ model: 'stories260K', prompt: 'Zoo', max_tokens: 20, temperature: 0 });
     for (const seed of [1, 2, 3]) {
@@ -417,4 +488,15 @@ describe('API parity through the worker engine', { skip: sharedSkipReason() }, (
       await remote.close();
     }
   });
+});
+
+test('parseToolCalls reads the generic format, several calls, and bare call objects; text stays text', () => {
+  const fs = [{ name: 'f' }, { name: 'g' }];
+  const two = parseToolCalls('Let me check. <tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call><tool_call>{"name": "g", "arguments": {}}</tool_call>', fs);
+  assert.deepEqual(two?.calls.map((c) => [c.function.name, c.function.arguments]), [['f', '{"x":1}'], ['g', '{}']]);
+  assert.equal(two?.content, 'Let me check.');
+  assert.equal(parseToolCalls('{"name": "g", "parameters": {"y": 2}}', fs)?.calls[0]?.function.arguments, '{"y":2}');
+  assert.equal(parseToolCalls('Once upon a time', fs), undefined);
+  assert.equal(parseToolCalls('{"name": "unknown", "arguments": {}}', fs), undefined);
+  assert.equal(parseToolCalls('<tool_call>{broken</tool_call>', fs), undefined);
 });

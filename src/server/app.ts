@@ -11,6 +11,7 @@ import { renderChat, type ChatMessage } from './chat.js';
 import { checkFields } from './fields.js';
 import { registerUtilityRoutes } from './routes-extra.js';
 import { requestedGrammar, type RequestedGrammar } from './structured.js';
+import { CallStreamer, callGrammar, parseToolCalls, requestedTools, toolInstructions, type RequestedTools } from './tools.js';
 import { GrammarEngine } from '../sampling/grammar.js';
 import { chatLogprobs, completionLogprobs, generatedPositions, promptPositions } from './logprobs.js';
 import type { TokenLogprobs } from '../sampling/logprobs.js';
@@ -268,9 +269,9 @@ export function buildServer(deps: ServerDeps): Server {
     sampling: SamplingParams,
     body: CommonBody,
     tenant: Tenant,
-    opts: { echo?: { text: string }; constraint?: RequestedGrammar; n: number; bestOf: number },
+    opts: { echo?: { text: string }; constraint?: RequestedGrammar; n: number; bestOf: number; tools?: RequestedTools },
   ) => {
-    const { echo, constraint, n, bestOf } = opts;
+    const { echo, constraint, n, bestOf, tools } = opts;
     const runs = Math.max(n, bestOf);
     // best_of ranks choices by their summed log probabilities, which it needs even if the client did not ask.
     const runSampling = bestOf > n && sampling.logprobs === undefined ? { ...sampling, logprobs: 0 } : sampling;
@@ -322,7 +323,7 @@ export function buildServer(deps: ServerDeps): Server {
       }
       const choices = cs.map((c, index) =>
         kind === 'chat'
-          ? { index, message: { role: 'assistant', content: c.text }, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason }
+          ? { index, ...chatMessage(c.text, c.finishReason, tools), logprobs: logprobsOf(c.logprobs, lastPrompt, 0) }
           : echo !== undefined
             ? { index, text: echo.text + c.text, logprobs: echoLogprobs(c.promptLogprobs, c.logprobs), finish_reason: c.finishReason }
             : { index, text: c.text, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason },
@@ -365,12 +366,52 @@ export function buildServer(deps: ServerDeps): Server {
       streamedChars[index]! += text.length;
       return kind === 'chat' ? { index, delta: text.length > 0 ? { content: text } : {}, logprobs, finish_reason: finish } : { index, text, logprobs, finish_reason: finish };
     };
+    // With tools, text becomes tool-call deltas: constrained calls stream their arguments, and in
+    // auto mode an answer that may be a call is held until it is known.
+    const callers = tools !== undefined && (tools.mode.kind === 'required' || tools.mode.kind === 'named') ? Array.from({ length: runs }, () => new CallStreamer()) : undefined;
+    const held = tools?.mode.kind === 'auto' ? new Array<string | undefined>(runs).fill('') : undefined;
+    const mayBeCall = (t: string) => {
+      const s = t.trimStart();
+      return '<tool_call>'.startsWith(s) || s.startsWith('<tool_call>') || s.startsWith('{');
+    };
+    const writeText = (index: number, text: string, lps: TokenLogprobs[] | undefined) => {
+      if (callers !== undefined) {
+        for (const d of (callers[index] as CallStreamer).push(text)) write({ index, delta: { tool_calls: d }, logprobs: null, finish_reason: null });
+        return;
+      }
+      if (held !== undefined && held[index] !== undefined) {
+        const h = (held[index] as string) + text;
+        if (mayBeCall(h)) {
+          held[index] = h;
+          return;
+        }
+        held[index] = undefined;
+        write(delta(index, h, null, lps));
+        return;
+      }
+      write(delta(index, text, null, lps));
+    };
+    /** The last chunk of a choice: held text as content or calls, then the finish reason. */
+    const finishChoice = (index: number, c: Completion) => {
+      let finish: string = c.finishReason;
+      if (callers !== undefined) finish = c.finishReason === 'stop' ? 'tool_calls' : finish;
+      else if (held !== undefined && held[index] !== undefined) {
+        const parsed = parseToolCalls(held[index] as string, (tools as RequestedTools).functions);
+        if (parsed !== undefined) {
+          if (parsed.content !== null) write(delta(index, parsed.content, null));
+          parsed.calls.forEach((call, k) => write({ index, delta: { tool_calls: [{ index: k, ...call }] }, logprobs: null, finish_reason: null }));
+          finish = 'tool_calls';
+        } else if ((held[index] as string).length > 0) write(delta(index, held[index] as string, null));
+      }
+      return finish;
+    };
     try {
       const pending = generator.submitChoices({
         ...request,
         onText: (index, text, lps) => {
           open();
-          write(delta(index, text, null, lps));
+          if (kind === 'chat') writeText(index, text, lps);
+          else write(delta(index, text, null, lps));
         },
       });
       loop.wake();
@@ -382,7 +423,8 @@ export function buildServer(deps: ServerDeps): Server {
         if (echo !== undefined && sampling.logprobs !== undefined) {
           write({ index, text: '', logprobs: completionLogprobs(tok, promptPositions(prompt, c.promptLogprobs), 0), finish_reason: null });
         }
-        write(delta(index, '', c.finishReason), index === cs.length - 1 ? { bill: t.bill } : {});
+        const finish = kind === 'chat' ? finishChoice(index, c) : c.finishReason;
+        write(delta(index, '', finish), index === cs.length - 1 ? { bill: t.bill } : {});
       });
       if (body.stream_options?.include_usage) {
         if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: t.usage, bill: t.bill })}\n\n`);
@@ -443,16 +485,21 @@ export function buildServer(deps: ServerDeps): Server {
       if (cond) throw Object.assign(new InvalidArgumentError(`${param}: ${what}`), { param });
     };
     unsupported(body.top_logprobs != null && body.logprobs !== true, 'top_logprobs', 'top_logprobs needs logprobs: true');
-    unsupported(Array.isArray(body.tools) && body.tools.length > 0, 'tools', 'tool calling is not supported');
-    unsupported(body.tool_choice !== undefined && body.tool_choice !== null && body.tool_choice !== 'none', 'tool_choice', 'tool calling is not supported');
-    const rendered = renderChat(model, body.messages as ChatMessage[]);
+    const tools = requestedTools(body);
+    const active = tools !== undefined && tools.mode.kind !== 'none' ? tools : undefined;
+    const rendered = renderChat(model, body.messages as ChatMessage[], active ? { list: body.tools as unknown[], toolSystem: toolInstructions(active.functions) } : undefined);
     const prompt = await tokenize(rendered.prompt, model.addBos && !rendered.hasBos);
     const ctx = info.maxContext;
     // OpenAI chat: without max_tokens the answer may use the rest of the context.
     const sampling = common(body, (n) => Math.max(1, ctx - n), prompt.length, rendered.stop, { value: body.logprobs === true ? (body.top_logprobs ?? 0) : undefined, param: 'top_logprobs', max: 20 });
     sched.checkFits(prompt.length, sampling.maxTokens);
-    const constraint = requestedGrammar(body as unknown as Record<string, unknown>);
-    return serve(req, reply, 'chat', prompt, sampling, body, tenant, { ...(constraint ? { constraint } : {}), n: body.n ?? 1, bestOf: body.n ?? 1 });
+    let constraint = requestedGrammar(body as unknown as Record<string, unknown>);
+    const call = active !== undefined ? callGrammar(active) : undefined;
+    if (call !== undefined) {
+      unsupported(constraint !== undefined, constraint?.param ?? 'response_format', 'a structured-output constraint cannot be combined with tool_choice required or a named function');
+      constraint = { spec: call, param: 'tools' };
+    }
+    return serve(req, reply, 'chat', prompt, sampling, body, tenant, { ...(constraint ? { constraint } : {}), n: body.n ?? 1, bestOf: body.n ?? 1, ...(active ? { tools: active } : {}) });
   });
 
   const drain = async () => {
@@ -463,6 +510,13 @@ export function buildServer(deps: ServerDeps): Server {
   };
 
   return { app, loop, metrics, drain };
+}
+
+/** A chat choice's message and finish reason: tool calls where the answer is one (tools.ts), else text. */
+function chatMessage(text: string, finish: string, tools: RequestedTools | undefined) {
+  const parsed = tools === undefined ? undefined : parseToolCalls(text, tools.functions);
+  if (parsed === undefined) return { message: { role: 'assistant', content: text }, finish_reason: finish };
+  return { message: { role: 'assistant', content: parsed.content, tool_calls: parsed.calls }, finish_reason: finish === 'stop' ? 'tool_calls' : finish };
 }
 
 /** Most choices (n, best_of) one request may ask for. */

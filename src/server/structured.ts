@@ -31,6 +31,10 @@ function schemaOf(v: unknown, param: string): unknown {
  * outputs: bounds and multiples on non-integer numbers. A strict schema that uses them is
  * refused rather than answered with output that may not validate.
  */
+export function checkSchema(schema: unknown, param: string): void {
+  checkEnforceable(schema, param);
+}
+
 function checkEnforceable(schema: unknown, param: string, path = '#'): void {
   if (typeof schema !== 'object' || schema === null) return;
   if (Array.isArray(schema)) {
