@@ -1,11 +1,11 @@
 import { performance } from 'node:perf_hooks';
-import createError from '@fastify/error';
-import { InvalidArgumentError } from '../errors.js';
+import { BudgetExhaustedError, InvalidArgumentError, RequestRejectedError } from '../errors.js';
 import type { PriceCurves } from '../economy/curves.js';
 import type { Ledger } from '../economy/ledger.js';
 import type { LoadedModel } from '../models/modeldir.js';
 import { StreamDetokenizer } from '../models/tokenizer/stream.js';
 import { createPolicy } from '../scheduler/policies/index.js';
+import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import type { Policy } from '../scheduler/policy.js';
 import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
 import type { Bill } from '../economy/ledger.js';
@@ -21,9 +21,8 @@ import type { Engine, StepPlan, StepResult, StepTiming } from './types.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
-/** A request the scheduler turned away: HTTP 429 with the quote (402 when a budget is spent). */
-export const RejectedError = createError<[string]>('MARGINAL_REJECTED', '%s', 429);
-export type Rejected = InstanceType<typeof RejectedError> & { quote: Quote };
+/** A request the scheduler turned away: HTTP 429 with the quote, or 402 when its tenant's budget is spent. */
+export type Rejected = (InstanceType<typeof RequestRejectedError> | InstanceType<typeof BudgetExhaustedError>) & { quote: Quote };
 
 export interface Completion {
   text: string;
@@ -37,6 +36,8 @@ export interface Completion {
   logprobs?: TokenLogprobs[];
   /** Per prompt position p ≥ 0, the log probability of prompt token p + 1, when promptLogprobs is set. */
   promptLogprobs?: TokenLogprobs[];
+  /** The server's verdict, the same numbers its metrics count (response extension `outcome`). */
+  outcome: { value_counted: number; slo_met: boolean; value_realized: number };
 }
 
 export interface GenerationRequest {
@@ -64,6 +65,8 @@ export interface GenerationRequest {
   priority?: number;
   /** Aborts the request when signalled (client disconnect). */
   signal?: AbortSignal;
+  /** Which API route it came through (a feature of the length model). */
+  endpoint?: 'completion' | 'chat';
 }
 
 interface Pending {
@@ -110,6 +113,12 @@ export interface GeneratorOptions {
   antiThrashSteps?: number;
   /** Value per output token of requests that carry no `value` or `bid`, by tenant. */
   defaultBid?: (tenant: string) => number | undefined;
+  /** The pricing policy's settings (risk price, retention). */
+  shadow?: ShadowOptions;
+  /** Clearing prices (default on) and payment (default on); off only for ablations. */
+  clearing?: boolean;
+  payment?: boolean;
+  basePrice?: number;
   /** Seconds; injected for tests. */
   clock?: () => number;
   /** Sees every token and every finished request (metrics). */
@@ -134,7 +143,7 @@ export class Generator {
     readonly model: LoadedModel,
     opts: GeneratorOptions = {},
   ) {
-    const policy = typeof opts.policy === 'object' ? opts.policy : createPolicy(opts.policy ?? 'fcfs');
+    const policy = typeof opts.policy === 'object' ? opts.policy : createPolicy(opts.policy ?? 'fcfs', opts.shadow ?? {});
     const info = engine.info;
     const config: SchedulerConfig = {
       maxBatchTokens: opts.maxBatchTokens ?? Math.max(256, info.maxSequences),
@@ -150,6 +159,9 @@ export class Generator {
     if (opts.prefixCaching !== undefined) config.prefixCaching = opts.prefixCaching;
     if (opts.antiThrashSteps !== undefined) config.antiThrashSteps = opts.antiThrashSteps;
     if (opts.defaultBid) config.defaultBid = opts.defaultBid;
+    if (opts.clearing !== undefined) config.clearing = opts.clearing;
+    if (opts.payment !== undefined) config.payment = opts.payment;
+    if (opts.basePrice !== undefined) config.basePrice = opts.basePrice;
     this.clock = opts.clock ?? (() => performance.now() / 1000);
     this.observer = opts.observer;
     this.scheduler = new Scheduler(engine, policy, config, this);
@@ -201,6 +213,7 @@ export class Generator {
         ...(req.deadlineMs !== undefined ? { deadlineMs: req.deadlineMs } : {}),
         ...(req.priority !== undefined ? { priority: req.priority } : {}),
         ...(req.promptLogprobs !== undefined ? { computeWholePrompt: true } : {}),
+        ...(req.endpoint !== undefined ? { endpoint: req.endpoint } : {}),
       };
       const sp = req.sampling;
       const entry: Pending = {
@@ -467,9 +480,10 @@ export class Generator {
     p.grammar?.dispose();
     if (p.onStart !== undefined) this.started(p);
     if (r.outcome === 'rejected') {
-      const err = new RejectedError(`request rejected: ${r.quote?.reason ?? 'it cannot clear at current prices'}`) as Rejected;
-      err.quote = r.quote as Quote;
-      if (r.quote?.reason.includes('budget')) err.statusCode = 402;
+      const q = r.quote as Quote;
+      const message = `request rejected (${q.reason}): ${q.message}`;
+      const err = (q.reason === 'budget_exhausted' ? new BudgetExhaustedError(message) : new RequestRejectedError(message)) as Rejected;
+      err.quote = q;
       p.reject(err);
       return;
     }
@@ -494,6 +508,7 @@ export class Generator {
       preemptions: r.preemptions,
       ...(p.logprobs !== undefined ? { logprobs: p.logprobs.slice(0, r.length - r.promptLength) } : {}),
       ...(p.promptLogprobs !== undefined ? { promptLogprobs: p.promptLogprobs } : {}),
+      outcome: { value_counted: r.valueAt(r.generated), slo_met: r.metSlo(), value_realized: r.valueRealized() },
     });
   }
 

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { InvalidArgumentError, isMarginalError } from '../errors.js';
+import { BudgetExhaustedError, InvalidArgumentError, isMarginalError, RequestRejectedError } from '../errors.js';
 import type { Completion, Generator, Rejected } from '../engine/generator.js';
 import { validateSamplingParams, type SamplingParams } from '../sampling/params.js';
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
@@ -18,6 +18,7 @@ import type { TokenLogprobs } from '../sampling/logprobs.js';
 import { EngineLoop } from './loop.js';
 import { ServerMetrics } from './metrics.js';
 import { chatBody, completionBody, type ChatBody, type CommonBody, type CompletionBody } from './schemas.js';
+import { quoteHeaders, rejectionBody } from './quote.js';
 import { openDirectory, type Tenant, type TenantDirectory } from './tenants.js';
 
 export interface ServerDeps {
@@ -55,16 +56,9 @@ function send(reply: FastifyReply, status: number, message: string, type: ErrorT
 /** An HTTP-ready error: status and OpenAI body, from anything a handler can throw. */
 function describeError(e: unknown): { status: number; body: ReturnType<typeof errorBody>; headers: Record<string, string> } {
   const err = e as Error & { statusCode?: number; code?: string; param?: string; quote?: Quote; validation?: unknown; validationContext?: string };
-  if (err.code === 'MARGINAL_REJECTED' && err.quote) {
-    const q = err.quote;
-    if (err.statusCode === 402) {
-      return { status: 402, body: errorBody(err.message, 'insufficient_quota', null, 'budget_exhausted'), headers: {} };
-    }
-    return {
-      status: 429,
-      body: { ...errorBody(err.message, 'rate_limit_error', null, 'price_above_bid'), quote: quoteBody(q) } as ReturnType<typeof errorBody>,
-      headers: quoteHeaders(q),
-    };
+  const quote = err.quote;
+  if (quote !== undefined && (e instanceof RequestRejectedError || e instanceof BudgetExhaustedError)) {
+    return { status: e.statusCode as number, body: rejectionBody(err.message, quote) as unknown as ReturnType<typeof errorBody>, headers: quoteHeaders(quote) };
   }
   if (err.validation) {
     const param = (err.message.match(/^body\/([\w/]+)/)?.[1] ?? null)?.replace(/\//g, '.') ?? null;
@@ -80,18 +74,6 @@ function describeError(e: unknown): { status: number; body: ReturnType<typeof er
     return { status: err.statusCode, body: errorBody(err.message, 'invalid_request_error', null, err.code ?? null), headers: {} };
   }
   return { status: 500, body: errorBody('internal error', 'server_error', null, null), headers: {} };
-}
-
-function quoteBody(q: Quote) {
-  return { price_per_token: q.pricePerToken, min_value: q.minValue, expected_wait_ms: q.expectedWaitMs, reason: q.reason };
-}
-
-function quoteHeaders(q: Quote): Record<string, string> {
-  return {
-    'x-marginal-price': String(q.pricePerToken),
-    'x-marginal-min-value': String(q.minValue),
-    'retry-after': String(Math.max(1, Math.ceil(q.expectedWaitMs / 1000))),
-  };
 }
 
 /** The OpenAI-compatible HTTP surface over one model and its engine loop. */
@@ -139,14 +121,13 @@ export function buildServer(deps: ServerDeps): Server {
     },
     onFinish: (r, now) => {
       if (r.outcome === 'rejected') {
-        metrics.rejected(r.quote?.reason.includes('budget') ? 'budget' : 'price');
+        metrics.rejected(r.quote?.reason ?? 'price_above_bid');
         return;
       }
       metrics.prefixQuery(r.promptLength, r.cachedTokens);
       const e2e = now - r.spec.arrival;
       const ttft = Number.isNaN(r.firstTokenAt) ? null : r.firstTokenAt - r.spec.arrival;
-      const met = r.outcome === 'completed' && meetsSloNow(r, e2e, ttft);
-      const realized = met ? (r.spec.value ?? (r.spec.bid ?? 0) * r.generated) : 0;
+      const realized = r.valueRealized();
       metrics.finished({
         finishReason: r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
         e2eSeconds: e2e,
@@ -159,7 +140,7 @@ export function buildServer(deps: ServerDeps): Server {
         billTotal: r.finalBill?.total ?? 0,
       });
       const t = sched.ledger?.account(r.tenant);
-      if (t && Number.isFinite(t.budget)) metrics.budget(r.tenant, t.budget - t.spent);
+      if (t && Number.isFinite(t.budget)) metrics.budget(r.tenant, t.budget - t.spent - t.escrowed);
     },
   });
 
@@ -170,10 +151,11 @@ export function buildServer(deps: ServerDeps): Server {
   });
   app.setNotFoundHandler((req, reply) => send(reply, 404, `no route ${req.method} ${req.url}`, 'not_found_error', null, 'route_not_found'));
 
-  // Prices on every response, so a client can see congestion before it is turned away.
+  // Prices on every response, so a client can see congestion before it is turned away. A
+  // rejection already carries the prices of its quote: the same numbers, never overwritten.
   app.addHook('onSend', async (_req, reply, payload) => {
-    reply.header('x-marginal-price-token', String(sched.prices.token));
-    reply.header('x-marginal-price-kv-block-second', String(sched.prices.kv));
+    if (!reply.hasHeader('x-marginal-price-token')) reply.header('x-marginal-price-token', String(sched.prices.token));
+    if (!reply.hasHeader('x-marginal-price-kv-block-second')) reply.header('x-marginal-price-kv-block-second', String(sched.prices.kv));
     return payload;
   });
 
@@ -301,7 +283,7 @@ export function buildServer(deps: ServerDeps): Server {
       if (sampling.logprobs === undefined) return null;
       return completionLogprobs(tok, [...promptPositions(prompt, promptLps), ...generatedPositions(lps ?? [], lastPrompt)], 0);
     };
-    const request = { prompt, sampling: runSampling, signal: abort.signal, n: runs, onSubmitted: () => loop.wake(), ...promptLp, ...(matchers ? { grammars: matchers } : {}), ...economics(body, tenant) };
+    const request = { prompt, sampling: runSampling, signal: abort.signal, endpoint: kind, n: runs, onSubmitted: () => loop.wake(), ...promptLp, ...(matchers ? { grammars: matchers } : {}), ...economics(body, tenant) };
     /** All the runs' usage and bills as one request's: the prompt counted once, completions summed. */
     const total = (cs: Completion[]) => {
       const first = cs[0] as Completion;
@@ -309,6 +291,11 @@ export function buildServer(deps: ServerDeps): Server {
       return {
         usage: { prompt_tokens: first.promptTokens, completion_tokens: completion, total_tokens: first.promptTokens + completion, prompt_tokens_details: { cached_tokens: first.cachedTokens } },
         bill: mergeBills(cs.map((c) => c.bill)),
+        outcome: {
+          value_counted: cs.reduce((a, c) => a + c.outcome.value_counted, 0),
+          slo_met: cs.every((c) => c.outcome.slo_met),
+          value_realized: cs.reduce((a, c) => a + c.outcome.value_realized, 0),
+        },
       };
     };
 
@@ -329,7 +316,7 @@ export function buildServer(deps: ServerDeps): Server {
             : { index, text: c.text, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason },
       );
       const t = total(all);
-      return reply.send({ id, object, created: createdAt, model: model.name, choices, usage: t.usage, bill: t.bill });
+      return reply.send({ id, object, created: createdAt, model: model.name, choices, usage: t.usage, bill: t.bill, outcome: t.outcome });
     }
 
     // Streaming: headers wait for the first token (or the verdict), so a request turned away
@@ -424,10 +411,10 @@ export function buildServer(deps: ServerDeps): Server {
           write({ index, text: '', logprobs: completionLogprobs(tok, promptPositions(prompt, c.promptLogprobs), 0), finish_reason: null });
         }
         const finish = kind === 'chat' ? finishChoice(index, c) : c.finishReason;
-        write(delta(index, '', finish), index === cs.length - 1 ? { bill: t.bill } : {});
+        write(delta(index, '', finish), index === cs.length - 1 ? { bill: t.bill, outcome: t.outcome } : {});
       });
       if (body.stream_options?.include_usage) {
-        if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: t.usage, bill: t.bill })}\n\n`);
+        if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: t.usage, bill: t.bill, outcome: t.outcome })}\n\n`);
       }
       if (!res.writableEnded) res.end('data: [DONE]\n\n');
     } catch (e) {
@@ -548,12 +535,5 @@ function checkTokens(prompt: number[], vocab: number): void {
   }
 }
 
-function meetsSloNow(r: { spec: { slo?: { ttftMs?: number; tpotMs?: number }; deadlineMs?: number }; generated: number }, e2e: number, ttft: number | null): boolean {
-  const s = r.spec;
-  if (s.slo?.ttftMs !== undefined && (ttft === null || ttft * 1000 > s.slo.ttftMs)) return false;
-  if (s.slo?.tpotMs !== undefined && ttft !== null && r.generated > 1 && ((e2e - ttft) / (r.generated - 1)) * 1000 > s.slo.tpotMs) return false;
-  if (s.deadlineMs !== undefined && e2e * 1000 > s.deadlineMs) return false;
-  return true;
-}
 
 export type { Bill, Rejected, ServerResponse };
