@@ -194,7 +194,7 @@ describe('OpenAI-compatible server on stories260K', { skip: sharedSkipReason() }
       ['chat without messages', H, { messages: [] }, 400],
       ['chat with an unknown role', H, { messages: [{ role: 'wizard', content: 'x' }] }, 400],
       ['chat with an image', H, { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'http://x' } }] }] }, 400, 'messages[0].content'],
-      ['chat with tools', H, { messages: [{ role: 'user', content: 'x' }], tools: [{ type: 'function', function: { name: 'f' } }] }, 400, 'tools'],
+      ['chat with a nameless tool', H, { messages: [{ role: 'user', content: 'x' }], tools: [{ type: 'function', function: {} }] }, 400, 'tools'],
       ['chat JSON schema without a schema', H, { messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema' } }, 400, 'response_format'],
     ];
     assert.ok(cases.length >= 30);

@@ -87,6 +87,8 @@ export class OnnxEngine implements Engine {
   /** Raw rows of sampled items that report logprobs, kept while their row is adjusted and sampled. */
   private rawRows = new Float32Array(0);
   private readonly topHeap = new Int32Array(64);
+  /** RunOutput.lastRow of fast runs: each run's rows are sampled before the next run starts. */
+  private readonly lastRowBuf: Int32Array;
   // Reused across steps: a step allocates tensors' wrappers, never their data.
   private readonly idsBuf: BigInt64Array;
   private readonly rowsBuf: BigInt64Array;
@@ -139,6 +141,7 @@ export class OnnxEngine implements Engine {
     this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
     this.idsBuf = new BigInt64Array(maxSequences);
     this.rowsBuf = new BigInt64Array(maxSequences);
+    this.lastRowBuf = new Int32Array(maxSequences);
     this.posBuf = new BigInt64Array(maxSequences);
     this.lengthsBuf = new BigInt64Array(maxSequences);
     this.swapSecondsPerToken = (this.layers * 2 * this.kvHeads * this.headDim * 4) / 4e9;
@@ -474,7 +477,7 @@ export class OnnxEngine implements Engine {
     let rowCount = 0;
     for (const i of group) rowCount += (items[i] as StepItem).promptLogprobs !== undefined ? width : 1;
     const rows = rowCount <= this.rowsBuf.length ? this.rowsBuf.subarray(0, rowCount) : new BigInt64Array(rowCount);
-    const lastRow = new Int32Array(group.length);
+    const lastRow = this.lastRowBuf;
     let row = 0;
     for (let k = 0; k < group.length; k++) {
       const item = items[group[k] as number] as StepItem;
