@@ -129,6 +129,11 @@ describe('API parity on stories260K', { skip: sharedSkipReason() }, () => {
     assert.equal(detok.json.prompt, 'Once upon a time');
     assert.equal((await post(live.base, '/detokenize', { tokens: [1, 99999] })).status, 400);
     assert.equal((await post(live.base, '/tokenize', { prompt: 'x', frobnicate: true })).status, 400);
+    const noBosCompletion = await post(live.base, '/v1/completions', { prompt: 'Once upon a time', max_tokens: 1, add_special_tokens: false });
+    assert.equal(noBosCompletion.json.usage.prompt_tokens, model.tokenizer.encode('Once upon a time').length);
+    const noGenPrompt = await post(live.base, '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], add_generation_prompt: false });
+    assert.equal(noGenPrompt.status, 400);
+    assert.equal(noGenPrompt.json.error.param, 'add_generation_prompt');
     const version = (await (await fetch(`${live.base}/version`)).json()) as { version: string };
     assert.match(version.version, /^\d+\.\d+\.\d+/);
   });
@@ -496,6 +501,7 @@ test('parseToolCalls reads the generic format, several calls, and bare call obje
   assert.deepEqual(two?.calls.map((c) => [c.function.name, c.function.arguments]), [['f', '{"x":1}'], ['g', '{}']]);
   assert.equal(two?.content, 'Let me check.');
   assert.equal(parseToolCalls('{"name": "g", "parameters": {"y": 2}}', fs)?.calls[0]?.function.arguments, '{"y":2}');
+  assert.equal(parseToolCalls('<tool_call>{"name": "f", "arguments": {}}</tool_call><tool_call>{"name": "g", "arguments": {}}</tool_call>', fs, false)?.calls.length, 1, 'parallel_tool_calls: false');
   assert.equal(parseToolCalls('Once upon a time', fs), undefined);
   assert.equal(parseToolCalls('{"name": "unknown", "arguments": {}}', fs), undefined);
   assert.equal(parseToolCalls('<tool_call>{broken</tool_call>', fs), undefined);

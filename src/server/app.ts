@@ -383,7 +383,7 @@ export function buildServer(deps: ServerDeps): Server {
       let finish: string = c.finishReason;
       if (callers !== undefined) finish = c.finishReason === 'stop' ? 'tool_calls' : finish;
       else if (held !== undefined && held[index] !== undefined) {
-        const parsed = parseToolCalls(held[index] as string, (tools as RequestedTools).functions);
+        const parsed = parseToolCalls(held[index] as string, (tools as RequestedTools).functions, (tools as RequestedTools).parallel);
         if (parsed !== undefined) {
           if (parsed.content !== null) write(delta(index, parsed.content, null));
           parsed.calls.forEach((call, k) => write({ index, delta: { tool_calls: [{ index: k, ...call }] }, logprobs: null, finish_reason: null }));
@@ -448,10 +448,12 @@ export function buildServer(deps: ServerDeps): Server {
     unsupported(body.suffix != null && body.suffix !== '', 'suffix', 'suffix is not supported');
     const p = body.prompt;
     let prompt: number[];
-    if (typeof p === 'string') prompt = await tokenize(p, model.addBos);
+    // vLLM's add_special_tokens (default true): false leaves the BOS out of a text prompt.
+    const bos = model.addBos && (body as { add_special_tokens?: unknown }).add_special_tokens !== false;
+    if (typeof p === 'string') prompt = await tokenize(p, bos);
     else if (p.length !== 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) {
       throw Object.assign(new InvalidArgumentError('prompt: one prompt per request (send several requests)'), { param: 'prompt' });
-    } else if (typeof p[0] === 'string') prompt = await tokenize(p[0], model.addBos);
+    } else if (typeof p[0] === 'string') prompt = await tokenize(p[0], bos);
     else if (Array.isArray(p[0])) prompt = (p as number[][])[0] as number[];
     else prompt = p as number[];
     checkTokens(prompt, model.vocabSize);
@@ -472,7 +474,7 @@ export function buildServer(deps: ServerDeps): Server {
       if (cond) throw Object.assign(new InvalidArgumentError(`${param}: ${what}`), { param });
     };
     unsupported(body.top_logprobs != null && body.logprobs !== true, 'top_logprobs', 'top_logprobs needs logprobs: true');
-    const tools = requestedTools(body);
+    const tools = requestedTools(body as ChatBody & { parallel_tool_calls?: unknown });
     const active = tools !== undefined && tools.mode.kind !== 'none' ? tools : undefined;
     const rendered = renderChat(model, body.messages as ChatMessage[], active ? { list: body.tools as unknown[], toolSystem: toolInstructions(active.functions) } : undefined);
     const prompt = await tokenize(rendered.prompt, model.addBos && !rendered.hasBos);
@@ -501,7 +503,7 @@ export function buildServer(deps: ServerDeps): Server {
 
 /** A chat choice's message and finish reason: tool calls where the answer is one (tools.ts), else text. */
 function chatMessage(text: string, finish: string, tools: RequestedTools | undefined) {
-  const parsed = tools === undefined ? undefined : parseToolCalls(text, tools.functions);
+  const parsed = tools === undefined ? undefined : parseToolCalls(text, tools.functions, tools.parallel);
   if (parsed === undefined) return { message: { role: 'assistant', content: text }, finish_reason: finish };
   return { message: { role: 'assistant', content: parsed.content, tool_calls: parsed.calls }, finish_reason: finish === 'stop' ? 'tool_calls' : finish };
 }

@@ -22,7 +22,7 @@ const SHARED_IMPLEMENTED = [
 const METADATA = ['user', 'metadata', 'safety_identifier', 'prompt_cache_key', 'request_id', 'service_tier', 'store'] as const;
 
 const COMPLETION_ONLY = ['prompt', 'echo', 'logprobs', 'best_of', 'suffix', 'add_special_tokens'] as const;
-const CHAT_ONLY = ['messages', 'max_completion_tokens', 'logprobs', 'top_logprobs', 'tools', 'tool_choice', 'parallel_tool_calls', 'add_generation_prompt'] as const;
+const CHAT_ONLY = ['messages', 'max_completion_tokens', 'logprobs', 'top_logprobs', 'tools', 'tool_choice', 'parallel_tool_calls'] as const;
 
 /**
  * Defined by OpenAI or vLLM, not implemented here: the neutral value each may carry (undefined
@@ -55,6 +55,7 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   guided_whitespace_pattern: () => false,
   structural_tag: () => false,
   continue_final_message: (v) => v === false,
+  add_generation_prompt: (v) => v === true,
   documents: () => false,
   chat_template: () => false,
   chat_template_kwargs: (v) => typeof v === 'object' && v !== null && Object.keys(v).length === 0,
@@ -88,4 +89,6 @@ export function checkFields(body: Record<string, unknown>, kind: 'completion' | 
     fail(name, `Unrecognized request argument supplied: ${name}`);
   }
   if (body.store === true) fail('store', 'store is not supported (completions are not stored)');
+  if (body.add_special_tokens !== undefined && body.add_special_tokens !== null && typeof body.add_special_tokens !== 'boolean') fail('add_special_tokens', 'add_special_tokens must be a boolean');
+  if (body.parallel_tool_calls !== undefined && body.parallel_tool_calls !== null && typeof body.parallel_tool_calls !== 'boolean') fail('parallel_tool_calls', 'parallel_tool_calls must be a boolean');
 }

@@ -26,6 +26,8 @@ export type ToolMode = { kind: 'none' } | { kind: 'auto' } | { kind: 'required' 
 export interface RequestedTools {
   functions: ToolFunction[];
   mode: ToolMode;
+  /** parallel_tool_calls (default true): false keeps an auto answer to its first call. */
+  parallel: boolean;
 }
 
 export interface ToolCall {
@@ -39,7 +41,7 @@ function bad(param: string, message: string): never {
 }
 
 /** The request's tools and tool_choice, validated; undefined when it has no tools. */
-export function requestedTools(body: { tools?: unknown; tool_choice?: unknown }): RequestedTools | undefined {
+export function requestedTools(body: { tools?: unknown; tool_choice?: unknown; parallel_tool_calls?: unknown }): RequestedTools | undefined {
   const { tools, tool_choice: choice } = body;
   if (tools === undefined || tools === null || (Array.isArray(tools) && tools.length === 0)) {
     if (choice !== undefined && choice !== null && choice !== 'none' && choice !== 'auto') bad('tool_choice', 'tool_choice needs tools');
@@ -70,7 +72,7 @@ export function requestedTools(body: { tools?: unknown; tool_choice?: unknown })
     if (!functions.some((f) => f.name === name)) bad('tool_choice', `tool_choice names ${name}, which is not among the tools`);
     mode = { kind: 'named', name };
   }
-  return { functions, mode };
+  return { functions, mode, parallel: body.parallel_tool_calls !== false };
 }
 
 /** The system text that describes the tools in the generic format. */
@@ -107,7 +109,7 @@ function callFrom(v: unknown, names: ReadonlySet<string>): ToolCall | undefined 
  * The calls in a model's answer: `<tool_call>…</tool_call>` blocks, or the whole answer as one
  * bare {"name", "arguments"} object. Undefined when the answer is text (it is then content).
  */
-export function parseToolCalls(text: string, functions: readonly ToolFunction[]): { calls: ToolCall[]; content: string | null } | undefined {
+export function parseToolCalls(text: string, functions: readonly ToolFunction[], parallel = true): { calls: ToolCall[]; content: string | null } | undefined {
   const names = new Set(functions.map((f) => f.name));
   const blocks = [...text.matchAll(/<tool_call>\s*([\s\S]*?)\s*(?:<\/tool_call>|$)/g)];
   if (blocks.length > 0) {
@@ -121,6 +123,7 @@ export function parseToolCalls(text: string, functions: readonly ToolFunction[])
       }
     }
     if (calls.length === 0) return undefined;
+    if (!parallel) calls.length = 1;
     const content = text.slice(0, text.indexOf('<tool_call>')).trim();
     return { calls, content: content.length > 0 ? content : null };
   }
