@@ -329,6 +329,9 @@ describe('API parity on stories260K', { skip: sharedSkipReason() }, () => {
       const g = await post(live.base, C, { prompt: 'Once', max_tokens: 40, temperature: 1, seed, guided_grammar: 'root ::= "Lily " ("runs" | "jumps" | "sings") " " [0-9]' });
       assert.match(g.json.choices[0].text, /^Lily (runs|jumps|sings) [0-9]$/);
     }
+    const ignoring = await post(live.base, C, { prompt: 'Once', max_tokens: 40, temperature: 1, seed: 5, guided_choice: ['yes', 'no'], ignore_eos: true });
+    assert.ok(['yes', 'no'].includes(ignoring.json.choices[0].text), 'a complete grammar ends the request even with ignore_eos');
+    assert.equal(ignoring.json.choices[0].finish_reason, 'stop');
     let streamed = '';
     for await (const chunk of await live.client.completions.create({ model: 'stories260K', prompt: 'Once', max_tokens: 40, temperature: 1, seed: 4, stream: true, guided_choice: ['alpha', 'beta'] } as OpenAI.CompletionCreateParamsStreaming)) streamed += chunk.choices[0]?.text ?? '';
     assert.ok(['alpha', 'beta'].includes(streamed));

@@ -394,6 +394,11 @@ export class Generator {
       const r = this.scheduler.get(item.seq);
       if (r === undefined) continue;
       for (; p.grammarAt < r.length; p.grammarAt++) p.grammar.accept(r.tokens[p.grammarAt] as number);
+      // Complete (its stop token accepted, as when ignore_eos keeps the request going): nothing may follow.
+      if (p.grammar.done) {
+        this.scheduler.stop(item.seq, this.clock());
+        continue;
+      }
       item.mask = await p.grammar.mask();
     }
   }
