@@ -186,19 +186,21 @@ describe('console, request journal and logs on a live server', () => {
       assert.equal(bad.status, 400);
       const chat = await post(live.base, '/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }], max_tokens: 5, value: 1 });
       assert.equal(chat.status, 200);
+      const two = await post(live.base, '/v1/completions', { prompt: 'the dog', max_tokens: 4, n: 2, temperature: 1, seed: 3 });
+      assert.equal(two.status, 200, JSON.stringify(two.json));
       // Not API requests: no line.
       await fetch(`${live.base}/metrics`);
       await fetch(`${live.base}/health`);
       await fetch(`${live.base}/console`);
-      await until(() => requestLines(live).length >= 4, 'four request lines');
+      await until(() => requestLines(live).length >= 5, 'five request lines');
       await new Promise((r) => setTimeout(r, 50));
       const lines = requestLines(live);
-      assert.equal(lines.length, 4, JSON.stringify(lines));
+      assert.equal(lines.length, 5, JSON.stringify(lines));
       for (const l of live.lines) {
         assert.equal(typeof l.level, 'string');
         assert.match(String(l.time), /^\d{4}-\d\d-\d\dT/);
       }
-      const [okLine, rejLine, badLine, chatLine] = lines as [Record<string, any>, Record<string, any>, Record<string, any>, Record<string, any>];
+      const [okLine, rejLine, badLine, chatLine, twoLine] = lines as [Record<string, any>, Record<string, any>, Record<string, any>, Record<string, any>, Record<string, any>];
       assert.equal(okLine.level, 'info');
       assert.equal(okLine.id, ok.json.id);
       assert.equal(okLine.outcome, 'completed');
@@ -220,6 +222,11 @@ describe('console, request journal and logs on a live server', () => {
       assert.equal(badLine.error_code, 'invalid_request');
       assert.equal(chatLine.path, '/v1/chat/completions');
       assert.equal(chatLine.value, 1);
+      // Two choices are one request: one line, both runs' tokens, the bill the client got.
+      assert.equal(twoLine.id, two.json.id);
+      assert.equal(twoLine.completion_tokens, two.json.usage.completion_tokens);
+      assert.equal(twoLine.completion_tokens, 8);
+      assert.ok(Math.abs(twoLine.bill_total - two.json.bill.total) < 1e-15);
 
       const state = await getJson(live.base, '/console/api/state');
       assert.equal(state.status, 200);
@@ -231,9 +238,9 @@ describe('console, request journal and logs on a live server', () => {
       assert.deepEqual(byId.get(ok.json.id)?.bill, ok.json.bill, 'the itemized bill the client got');
       assert.equal(byId.get(rejLine.id)?.quote?.price_per_token, rejected.json.quote.price_per_token);
       const anon = (s.tenants as Array<{ tenant: string; requests: Record<string, number>; budget: number | null; spent: number }>).find((t) => t.tenant === 'anonymous');
-      assert.deepEqual(anon?.requests, { completed: 2, rejected: 1, aborted: 0, failed: 0 });
+      assert.deepEqual(anon?.requests, { completed: 4, rejected: 1, aborted: 0, failed: 0 }, 'the tenant counters count runs: n = 2 is two');
       assert.equal(anon?.budget, null);
-      assert.ok(Math.abs((anon?.spent ?? 0) - (ok.json.bill.total + chat.json.bill.total)) < 1e-12);
+      assert.ok(Math.abs((anon?.spent ?? 0) - (ok.json.bill.total + chat.json.bill.total + two.json.bill.total)) < 1e-12);
     } finally {
       await live.close();
     }

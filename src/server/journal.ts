@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import type { Bill } from '../economy/ledger.js';
+import { mergeBills, type Bill } from '../economy/ledger.js';
 import type { Logger } from '../log.js';
 import type { QuoteBody } from './quote.js';
 
@@ -106,10 +106,10 @@ export class RequestJournal {
     this.live.set(id, ex);
   }
 
-  /** The scheduler finished (or turned away) the request submitted under `id`. */
+  /** The scheduler finished (or turned away) a run of the request submitted under `id` (one per choice). */
   marketDone(id: string, part: MarketPart): void {
     const ex = this.live.get(id);
-    if (ex !== undefined) ex.market = part;
+    if (ex !== undefined) ex.market = ex.market === undefined ? part : combine(ex.market, part);
   }
 
   /** The generation promise settled: nothing more will come from the scheduler. */
@@ -153,6 +153,28 @@ export class RequestJournal {
     this.log?.info(logFields(record), 'request');
     for (const fn of this.subscribers) fn(record);
   }
+}
+
+const WORST: Record<MarketPart['outcome'], number> = { completed: 0, aborted: 1, rejected: 2 };
+
+/** Two runs (choices) of one request as one: the prompt once, completions, waste and value summed. */
+function combine(a: MarketPart, b: MarketPart): MarketPart {
+  const min = (x: number | null, y: number | null) => (x === null ? y : y === null ? x : Math.min(x, y));
+  const max = (x: number | null, y: number | null) => (x === null ? y : y === null ? x : Math.max(x, y));
+  return {
+    ...a,
+    // One run turned away or cut short is what the client saw.
+    outcome: WORST[b.outcome] > WORST[a.outcome] ? b.outcome : a.outcome,
+    quote: a.quote ?? b.quote,
+    completion_tokens: a.completion_tokens + b.completion_tokens,
+    preemptions: a.preemptions + b.preemptions,
+    ttft_ms: min(a.ttft_ms, b.ttft_ms),
+    tpot_ms: max(a.tpot_ms, b.tpot_ms),
+    queue_ms: min(a.queue_ms, b.queue_ms),
+    value: a.value === null && b.value === null ? null : (a.value ?? 0) + (b.value ?? 0),
+    value_realized: a.value_realized + b.value_realized,
+    bill: a.bill === null ? b.bill : b.bill === null ? a.bill : mergeBills([a.bill, b.bill]),
+  };
 }
 
 function round(x: number): number {
