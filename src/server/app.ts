@@ -112,6 +112,10 @@ export function buildServer(deps: ServerDeps): Server {
   const loop = new EngineLoop(generator, (e) => app.log.error(e), () => observeStep());
   const journal = new RequestJournal(deps.logger);
   journal.install(app);
+  // Tenants' requests counted as their clients see them: one per HTTP request, whatever its n.
+  journal.subscribe((r) => {
+    if (r.tenant !== null && r.outcome !== 'invalid') metrics.tenantFinished(r.tenant, r.outcome, r.value_realized ?? 0, r.bill?.total ?? 0);
+  });
   const created = Math.floor(Date.now() / 1000);
   let draining = false;
 
@@ -158,7 +162,6 @@ export function buildServer(deps: ServerDeps): Server {
       };
       if (r.outcome === 'rejected') {
         metrics.rejected(r.quote?.reason ?? 'price_above_bid');
-        metrics.tenantFinished(r.tenant, 'rejected', 0, 0);
         const quote = r.quote ? { ...quoteBody(r.quote), message: r.quote.message } : null;
         journal.marketDone(r.spec.id, { ...market, outcome: 'rejected', finish_reason: null, completion_tokens: 0, ttft_ms: null, tpot_ms: null, queue_ms: null, value_realized: 0, bill: null, quote });
         return;
@@ -180,11 +183,9 @@ export function buildServer(deps: ServerDeps): Server {
         computeCost: (r.promptLength - r.cachedTokens + r.generated + r.recomputed) * (deps.basePrice ?? 2e-4),
         billTotal: r.finalBill?.total ?? 0,
       });
-      const outcome = r.outcome === 'aborted' ? 'aborted' : 'completed';
-      metrics.tenantFinished(r.tenant, outcome, realized, r.finalBill?.total ?? 0);
       journal.marketDone(r.spec.id, {
         ...market,
-        outcome,
+        outcome: r.outcome === 'aborted' ? 'aborted' : 'completed',
         finish_reason: r.finishReason ?? null,
         completion_tokens: r.generated,
         ttft_ms: ms(ttft),
