@@ -6,7 +6,11 @@ import { loadTf, type Tf } from '../src/economy/tfjs.js';
 import { Rng } from '../src/engine/sampling.js';
 
 /** Standard normal quantiles at LEVELS (from tables, not from the code under test). */
-const Z: Record<number, number> = { 0.05: -1.644854, 0.1: -1.281552, 0.25: -0.67449, 0.5: 0, 0.75: 0.67449, 0.9: 1.281552, 0.95: 1.644854 };
+const Z: Record<number, number> = {
+  0.05: -1.644854, 0.1: -1.281552, 0.2: -0.841621, 0.25: -0.67449, 0.3: -0.524401, 0.4: -0.253347, 0.5: 0,
+  0.6: 0.253347, 0.7: 0.524401, 0.75: 0.67449, 0.8: 0.841621, 0.9: 1.281552, 0.95: 1.644854,
+};
+const MEDIAN = LEVELS.indexOf(0.5);
 
 /**
  * A synthetic workload with a known answer: log output length is normal with a mean set by the
@@ -126,19 +130,21 @@ describe('length distributions', () => {
   });
 
   it('quantile distribution: interpolates log-linearly, keeps atoms, extends tails within [1, max_tokens]', () => {
+    const levels = [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95];
     const q = Float64Array.from([10, 20, 40, 80, 160, 320, 640]);
-    const d = new QuantileDistribution(LEVELS, q.slice(), 1024);
+    const d = new QuantileDistribution(levels, q.slice(), 1024);
     // Halfway between the 0.25 and 0.5 knots in p is the geometric mean of 40 and 80.
     assert.ok(Math.abs(d.quantile(0.375) - Math.sqrt(40 * 80)) < 1e-9);
     assert.ok(Math.abs(d.cdf(Math.sqrt(40 * 80)) - 0.375) < 1e-12);
     checkDistribution(d, 1024, 'geometric knots');
     // Quantiles stuck at the cap: an atom of mass 1 − 0.75 at max_tokens.
-    const atom = new QuantileDistribution(LEVELS, Float64Array.from([5, 6, 9, 30, 100, 100, 100]), 100);
+    const atom = new QuantileDistribution(levels, Float64Array.from([5, 6, 9, 30, 100, 100, 100]), 100);
     assert.equal(atom.cdf(99.9) <= 0.75 + 1e-12, true);
     assert.equal(atom.cdf(100), 1);
     checkDistribution(atom, 100, 'atom at the cap');
     checkDistribution(new QuantileDistribution(LEVELS, new Float64Array(LEVELS.length).fill(7), 64), 64, 'point mass');
-    checkDistribution(new QuantileDistribution(LEVELS, Float64Array.from([1, 1, 1, 2, 3, 900, 1000]), 1000), 1000, 'ragged');
+    checkDistribution(new QuantileDistribution(levels, Float64Array.from([1, 1, 1, 2, 3, 900, 1000]), 1000), 1000, 'ragged');
+    checkDistribution(new QuantileDistribution(LEVELS, Float64Array.from(LEVELS, (l) => 3 + 200 * l * l), 4096), 4096, 'LEVELS');
   });
 });
 
@@ -189,7 +195,7 @@ describe('learned length predictor', () => {
     assert.ok(p.ready);
     // Within 20% (in length) of the true quantile on average at every level; 12% at the median.
     for (let j = 0; j < LEVELS.length; j++) assert.ok(err[j]! < 0.2, `level ${LEVELS[j]}: mean |log error| ${err[j]!.toFixed(3)}`);
-    assert.ok(err[LEVELS.indexOf(0.5)]! < 0.12, `median: mean |log error| ${err[LEVELS.indexOf(0.5)]!.toFixed(3)}`);
+    assert.ok(err[MEDIAN]! < 0.12, `median: mean |log error| ${err[MEDIAN]!.toFixed(3)}`);
     assert.ok(lossLearned < 0.9 * lossMean, `pinball learned ${lossLearned.toFixed(4)} vs online mean ${lossMean.toFixed(4)}`);
     assert.ok(lossLearned < 1.05 * lossTruth, `pinball learned ${lossLearned.toFixed(4)} vs the true quantiles' ${lossTruth.toFixed(4)}`);
     for (const t of TENANTS) for (const prompt of [20, 150, 1000]) checkDistribution(p.predict(features(t.name, prompt)), 2048, `${t.name}/${prompt}`);
@@ -309,7 +315,7 @@ describe('learned length predictor', () => {
       }
     }
     const medianBefore = censored.predict(f).quantile(0.5);
-    assert.ok(Math.abs(Math.log(medianBefore / truth[3]!)) < 0.2, `median ${medianBefore} vs true ${truth[3]}`);
+    assert.ok(Math.abs(Math.log(medianBefore / truth[MEDIAN]!)) < 0.2, `median ${medianBefore} vs true ${truth[MEDIAN]}`);
     for (let i = 0; i < 800; i++) {
       censored.observe(f, 8, true);
       censored.train(Infinity);
@@ -318,7 +324,7 @@ describe('learned length predictor', () => {
     }
     const kept = censored.predict(f);
     const pulled = exact.predict(f);
-    assert.ok(Math.abs(Math.log(kept.quantile(0.5) / truth[3]!)) < 0.25, `censored: median ${kept.quantile(0.5)} vs true ${truth[3]}`);
+    assert.ok(Math.abs(Math.log(kept.quantile(0.5) / truth[MEDIAN]!)) < 0.25, `censored: median ${kept.quantile(0.5)} vs true ${truth[MEDIAN]}`);
     assert.ok(kept.quantile(0.05) >= 8, `censored: 5% quantile ${kept.quantile(0.05)} below the censoring point`);
     assert.ok(pulled.quantile(0.25) < 0.5 * kept.quantile(0.25), `as exact lengths the lower quantiles fall (${pulled.quantile(0.25)} vs ${kept.quantile(0.25)})`);
     assert.ok(pulled.quantile(0.5) < 0.75 * kept.quantile(0.5), `as exact lengths the median falls (${pulled.quantile(0.5)} vs ${kept.quantile(0.5)})`);

@@ -5,7 +5,7 @@
  */
 
 /** The probability levels every predictor reports quantiles at. */
-export const LEVELS: readonly number[] = Object.freeze([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]);
+export const LEVELS: readonly number[] = Object.freeze([0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]);
 
 /** Output length in tokens, as quantiles at fixed levels (LEVELS, e.g. 0.05 … 0.95). */
 export interface LengthDistribution {

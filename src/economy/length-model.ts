@@ -8,7 +8,7 @@
 import type * as tfjs from '@tensorflow/tfjs';
 import { Rng } from '../engine/sampling.js';
 import { LEVELS, QuantileDistribution, ShiftedExponentialDistribution, type LengthDistribution } from './length-distribution.js';
-import { encodeLengthFeatures, FEATURE_WIDTH, type LengthFeatures } from './length-features.js';
+import { FEATURE_WIDTH, LengthFeatureEncoder, type LengthFeatures } from './length-features.js';
 import { DenseStack } from './mlp.js';
 import { loadTf, type Tf } from './tfjs.js';
 
@@ -192,6 +192,7 @@ export class LearnedLength implements LengthPredictor {
   private readonly s: Settings;
   private readonly fallback: OnlineMeanLength;
   private readonly net: DenseStack;
+  private readonly encoder = new LengthFeatureEncoder();
   private readonly input = new Float32Array(FEATURE_WIDTH);
   private readonly output: Float64Array;
 
@@ -278,7 +279,7 @@ export class LearnedLength implements LengthPredictor {
 
   predict(f: LengthFeatures): LengthDistribution {
     if (!this.fitted) return this.fallback.predict(f);
-    encodeLengthFeatures(f, this.input, 0);
+    this.encoder.encode(f, this.input, 0);
     const z = this.output;
     this.net.forward(this.input, z);
     const cap = Math.max(1, f.maxTokens);
@@ -296,7 +297,8 @@ export class LearnedLength implements LengthPredictor {
   observe(f: LengthFeatures, outputTokens: number, finishedByLength: boolean): void {
     this.fallback.observe(f, outputTokens);
     const slot = this.head;
-    encodeLengthFeatures(f, this.features, slot * FEATURE_WIDTH);
+    this.encoder.encode(f, this.features, slot * FEATURE_WIDTH);
+    this.encoder.record(f);
     this.target[slot] = Math.log(Math.max(1, outputTokens));
     this.censored[slot] = finishedByLength ? 1 : 0;
     this.head = (slot + 1) % this.s.bufferSize;
