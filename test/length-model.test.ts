@@ -2,6 +2,7 @@ import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { QuantileDistribution, ShiftedExponentialDistribution } from '../src/economy/length-distribution.js';
 import { createLengthPredictor, LearnedLength, LEVELS, OnlineMeanLength, type LengthDistribution, type LengthFeatures, type LearnedLengthOptions } from '../src/economy/length-model.js';
+import { FEATURE_WIDTH, LengthFeatureEncoder } from '../src/economy/length-features.js';
 import { loadTf, type Tf } from '../src/economy/tfjs.js';
 import { Rng } from '../src/engine/sampling.js';
 
@@ -14,7 +15,8 @@ const MEDIAN = LEVELS.indexOf(0.5);
 
 /**
  * A synthetic workload with a known answer: log output length is normal with a mean set by the
- * tenant plus 0.4 × (log prompt − 5), and a spread set by the tenant.
+ * tenant, plus 0.4 × (log prompt − 5), plus ln 2 for prompts that open with the second template
+ * (their outputs are twice as long), and a spread set by the tenant.
  */
 const TENANTS = [
   { name: 'terse', mu: 2.0, sigma: 0.3 },
@@ -30,13 +32,21 @@ interface Draw {
   truth: number[];
 }
 
-function features(tenant: string, promptTokens: number, maxTokens = 2048): LengthFeatures {
-  return { tenant, promptTokens, maxTokens, endpoint: 'completion', hasStop: false, temperature: 0.7, leadingTokens: [1, 15043, 29892] };
+const TEMPLATES = [
+  [1, 15043, 29892],
+  [1, 887, 526, 263, 8444, 20255, 29889, 13, 1576],
+];
+
+function features(tenant: string, promptTokens: number, maxTokens = 2048, template = 0): LengthFeatures {
+  return { tenant, promptTokens, maxTokens, endpoint: 'completion', hasStop: false, temperature: 0.7, leadingTokens: TEMPLATES[template]! };
 }
 
-function truthFor(t: (typeof TENANTS)[number], promptTokens: number, maxTokens: number): number[] {
-  const loc = t.mu + 0.4 * (Math.log(promptTokens) - 5);
-  return LEVELS.map((l) => Math.min(maxTokens, Math.exp(loc + t.sigma * Z[l]!)));
+function location(t: (typeof TENANTS)[number], promptTokens: number, template: number): number {
+  return t.mu + 0.4 * (Math.log(promptTokens) - 5) + template * Math.LN2;
+}
+
+function truthFor(t: (typeof TENANTS)[number], promptTokens: number, maxTokens: number, template = 0): number[] {
+  return LEVELS.map((l) => Math.min(maxTokens, Math.exp(location(t, promptTokens, template) + t.sigma * Z[l]!)));
 }
 
 function workload(seed: number): () => Draw {
@@ -44,11 +54,12 @@ function workload(seed: number): () => Draw {
   return () => {
     const t = TENANTS[rng.nextUint32() % TENANTS.length]!;
     const promptTokens = Math.round(Math.exp(3 + 4 * rng.next()));
+    const template = rng.nextUint32() % 2;
     const maxTokens = 2048;
     const normal = Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next());
-    const raw = Math.exp(t.mu + 0.4 * (Math.log(promptTokens) - 5) + t.sigma * normal);
+    const raw = Math.exp(location(t, promptTokens, template) + t.sigma * normal);
     const tokens = Math.max(1, Math.min(maxTokens, Math.round(raw)));
-    return { f: features(t.name, promptTokens, maxTokens), tokens, byLength: tokens >= maxTokens, truth: truthFor(t, promptTokens, maxTokens) };
+    return { f: features(t.name, promptTokens, maxTokens, template), tokens, byLength: tokens >= maxTokens, truth: truthFor(t, promptTokens, maxTokens, template) };
   };
 }
 
@@ -145,6 +156,34 @@ describe('length distributions', () => {
     checkDistribution(new QuantileDistribution(LEVELS, new Float64Array(LEVELS.length).fill(7), 64), 64, 'point mass');
     checkDistribution(new QuantileDistribution(levels, Float64Array.from([1, 1, 1, 2, 3, 900, 1000]), 1000), 1000, 'ragged');
     checkDistribution(new QuantileDistribution(LEVELS, Float64Array.from(LEVELS, (l) => 3 + 200 * l * l), 4096), 4096, 'LEVELS');
+  });
+});
+
+describe('length features', () => {
+  it('count a leading-token prefix only once it recurs, and forget it when it stops', () => {
+    const enc = new LengthFeatureEncoder(2, 64);
+    const a = new Float32Array(FEATURE_WIDTH);
+    const b = new Float32Array(FEATURE_WIDTH);
+    const f = features('t', 100, 256, 1);
+    const bare = { ...f, leadingTokens: [] };
+    enc.encode(bare, b, 0);
+    const prefixBits = (): number => a.reduce((n, v, i) => n + (v !== b[i] ? 1 : 0), 0);
+    enc.encode(f, a, 0);
+    assert.equal(prefixBits(), 0, 'an unseen prefix sets nothing');
+    enc.record(f);
+    enc.encode(f, a, 0);
+    assert.equal(prefixBits(), 0, 'seen once: still nothing (one request is not a template)');
+    enc.record(f);
+    enc.encode(f, a, 0);
+    assert.equal(prefixBits(), 1, 'seen twice: one bucket set');
+    // Only the first 8 tokens count.
+    const longer = new Float32Array(FEATURE_WIDTH);
+    enc.encode({ ...f, leadingTokens: [...TEMPLATES[1]!, 42, 43] }, longer, 0);
+    assert.deepEqual(longer, a);
+    // Two halvings later, with no more of it, the prefix no longer counts.
+    for (let i = 0; i < 128; i++) enc.record(features('t', 100, 256, 0));
+    enc.encode(f, a, 0);
+    assert.equal(prefixBits(), 0, 'forgotten after it stopped recurring');
   });
 });
 
