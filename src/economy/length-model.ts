@@ -422,10 +422,13 @@ function inverseSoftplus(v: number): number {
  * The scheduler's output-length predictor. 'learned' loads TensorFlow.js first (one log line
  * saying which backend), so it is asynchronous; 'online-mean' is not.
  */
-export function createLengthPredictor(kind: 'online-mean', opts?: LearnedLengthOptions): LengthPredictor;
-export function createLengthPredictor(kind: 'learned', opts?: LearnedLengthOptions): Promise<LengthPredictor>;
-export function createLengthPredictor(kind: 'learned' | 'online-mean', opts?: LearnedLengthOptions): Promise<LengthPredictor> | LengthPredictor;
-export function createLengthPredictor(kind: 'learned' | 'online-mean', opts: LearnedLengthOptions = {}): Promise<LengthPredictor> | LengthPredictor {
+/** Settings of either kind: `onlineMean` for the baseline (alone or as the learned model's fallback), the rest for the learned model. */
+export type LengthPredictorOptions = LearnedLengthOptions;
+
+export function createLengthPredictor(kind: 'online-mean', opts?: LengthPredictorOptions): LengthPredictor;
+export function createLengthPredictor(kind: 'learned', opts?: LengthPredictorOptions): Promise<LengthPredictor>;
+export function createLengthPredictor(kind: 'learned' | 'online-mean', opts?: LengthPredictorOptions): Promise<LengthPredictor> | LengthPredictor;
+export function createLengthPredictor(kind: 'learned' | 'online-mean', opts: LengthPredictorOptions = {}): Promise<LengthPredictor> | LengthPredictor {
   if (kind === 'online-mean') return new OnlineMeanLength(opts.onlineMean);
   if (kind !== 'learned') throw new RangeError(`unknown length predictor ${JSON.stringify(kind)} (expected learned or online-mean)`);
   return loadTf(opts.log).then(({ tf }) => new LearnedLength(tf, opts));
