@@ -4,9 +4,11 @@
  * `--horizon` arrivals later (as if it finished while that many more arrived), training to
  * completion after each observation as the simulator does. Prints, per trace and model: MAE of
  * the median and of the mean, pinball loss on log length averaged over the levels, coverage of
- * the 10–90% interval, calibration, and training and prediction time per request.
+ * the 10–90% interval, calibration, and training and prediction time per request. Then the
+ * welfare side: the pricing scheduler (`shadow`) in the simulator with each predictor, on the
+ * replays and geometry of `bench:policies`, at `--welfare-loads` × capacity.
  *
- *   npm run bench:length -- [--limit N] [--horizon 32] [--json bench/results/length-model.json]
+ *   npm run bench:length -- [--limit N] [--horizon 32] [--welfare-loads 1,2] [--json bench/results/length-model.json]
  *
  * What the traces carry: lengths (used unscaled) and arrival times; Mooncake's prompt-prefix
  * hashes (the simulator's synthetic prompt tokens are built from them, so its leading tokens
@@ -17,13 +19,15 @@
  * no information about length here.
  */
 import { Command } from 'commander';
+import { profileFromCli, readTraceFromCli, type TraceCliOptions } from '../src/cli/sim.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createLengthPredictor, LEADING_TOKENS, LearnedLength, LEVELS, type LearnedLengthOptions, type LengthDistribution, type LengthFeatures, type LengthPredictor } from '../src/economy/length-model.js';
 import { Rng } from '../src/engine/sampling.js';
 import { packageRoot } from '../src/models/importers.js';
-import { synthesizePrompt } from '../src/sim/simulator.js';
+import type { Summary } from '../src/sim/metrics.js';
+import { simulate, synthesizePrompt, type SimOptions } from '../src/sim/simulator.js';
 import { readTrace, type TraceRequest } from '../src/sim/trace.js';
 import { defaultWorkload } from '../src/sim/workload.js';
 
@@ -34,8 +38,10 @@ const o = new Command()
   .option('--json <file>', 'where the figures go', 'bench/results/length-model.json')
   .option('--learned <json>', 'options for the learned model (LearnedLengthOptions as JSON)', '{}')
   .option('--no-leading-tokens', 'hide the prompt tokens from the models (an ablation)')
+  .option('--welfare-loads <list>', 'offered loads (× capacity) for the simulator runs; empty to skip', '1,2')
+  .option('--welfare-limit <n>', 'requests per trace in the simulator runs', '3000')
   .parse()
-  .opts<{ limit: string; horizon: string; traces: string; json: string; learned: string; leadingTokens: boolean }>();
+  .opts<{ limit: string; horizon: string; traces: string; json: string; learned: string; leadingTokens: boolean; welfareLoads: string; welfareLimit: string }>();
 
 const limit = Number(o.limit);
 const horizon = Number(o.horizon);
@@ -219,7 +225,49 @@ for (const name of o.traces.split(',')) {
   const [m, l] = scores as [Scores, Scores];
   console.log(`\nlearned / online-mean: pinball ${f2(l.pinball_log / m.pinball_log, 2)}, MAE median ${f2(l.mae_median / m.mae_median, 2)}, RMSE mean ${f2(l.rmse_mean / m.rmse_mean, 2)}`);
 }
+// ---------------------------------------------------------------------------------------------
+// Welfare: the same scheduler with each predictor, everything else equal.
+
+const welfareLoads = o.welfareLoads === '' ? [] : o.welfareLoads.split(',').map(Number);
+const welfareLimit = Number(o.welfareLimit);
+// bench:policies' replays and geometry, so that these rows sit beside its table.
+const geometry = { maxRunning: 64, maxContext: 1024, totalBlocks: 512, maxBatchTokens: 512 };
+const replays: { name: string; cli: TraceCliOptions }[] = [
+  { name: 'azure-conv', cli: { trace: join(tracesDir, 'azure2023_AzureLLMInferenceTrace_conv.csv'), lengthScale: 0.125, maxPromptTokens: 768, maxOutputTokens: 192, limit: welfareLimit } },
+  { name: 'mooncake-conv', cli: { trace: join(tracesDir, 'mooncake_fast25_conversation_trace.jsonl'), lengthScale: 0.03125, maxPromptTokens: 768, maxOutputTokens: 192, limit: welfareLimit } },
+];
+const welfare: { trace: string; load: number; rateScale: number; model: string; summary: Summary; wallS: number }[] = [];
+if (welfareLoads.length > 0) {
+  const base: Omit<SimOptions, 'policy'> = { profile: await profileFromCli(undefined), ...geometry };
+  for (const t of replays) {
+    const reqs = await readTraceFromCli(t.cli);
+    const nativeRate = reqs.length / ((reqs[reqs.length - 1]?.t ?? 0) - (reqs[0]?.t ?? 0));
+    // Capacity as bench:policies measures it: fcfs with everything arriving at once.
+    const sat = simulate(
+      reqs.map((r) => ({ ...r, t: r.t / 1e6 })),
+      { ...base, policy: 'fcfs' },
+    ).summary;
+    const capacity = sat.completed / sat.duration_s;
+    console.log(`\n### ${t.name} in the simulator: ${reqs.length} requests, shadow policy\n`);
+    console.log('| load | length model | welfare | value | SLO met | goodput req/s | rejected | preempted | recomputed tokens | lost | wall s |');
+    console.log('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    for (const load of welfareLoads) {
+      const rateScale = Number(((load * capacity) / nativeRate).toPrecision(6));
+      const scaled = reqs.map((r) => ({ ...r, t: r.t / rateScale }));
+      for (const kind of ['online-mean', 'learned'] as const) {
+        const lengthModel = kind === 'learned' ? await createLengthPredictor('learned', { ...(JSON.parse(o.learned) as LearnedLengthOptions), log: () => {} }) : createLengthPredictor('online-mean');
+        const t0 = performance.now();
+        const s = simulate(scaled, { ...base, policy: 'shadow', lengthModel }).summary;
+        const wallS = (performance.now() - t0) / 1000;
+        if (lengthModel instanceof LearnedLength) lengthModel.dispose();
+        welfare.push({ trace: t.name, load, rateScale, model: kind, summary: s, wallS });
+        console.log(`| ${load}× | ${kind} | ${f2(s.welfare)} | ${f2(s.value_realized)} | ${s.slo_met} | ${f2(s.goodput_rps, 3)} | ${s.rejected} | ${s.preempted} | ${s.recomputed_tokens} | ${s.lost} | ${f2(wallS)} |`);
+      }
+    }
+  }
+}
+
 console.log(`\n${backend}`);
-console.log(`\`npm run bench:length -- --limit ${limit} --horizon ${horizon}\``);
+console.log(`\`npm run bench:length -- --limit ${limit} --horizon ${horizon} --welfare-loads ${o.welfareLoads} --welfare-limit ${welfareLimit}\``);
 mkdirSync(dirname(o.json), { recursive: true });
-writeFileSync(o.json, JSON.stringify({ horizon, limit, levels: LEVELS, backend, results }, null, 2) + '\n');
+writeFileSync(o.json, JSON.stringify({ horizon, limit, levels: LEVELS, backend, results, welfare }, null, 2) + '\n');
