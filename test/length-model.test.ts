@@ -5,6 +5,9 @@ import { createLengthPredictor, LearnedLength, LEVELS, OnlineMeanLength, type Le
 import { FEATURE_WIDTH, LengthFeatureEncoder } from '../src/economy/length-features.js';
 import { loadTf, type Tf } from '../src/economy/tfjs.js';
 import { Rng } from '../src/engine/sampling.js';
+import { simulate } from '../src/sim/simulator.js';
+import { generateWorkload } from '../src/sim/workload.js';
+import { testProfile } from './helpers/profile.js';
 
 /** Standard normal quantiles at LEVELS (from tables, not from the code under test). */
 const Z: Record<number, number> = {
@@ -373,6 +376,23 @@ describe('learned length predictor', () => {
     assert.equal(capped.mean(), 8);
     censored.dispose();
     exact.dispose();
+  });
+
+  it('drives the simulator deterministically: same trace, same seed, same run', async () => {
+    const trace = generateWorkload({ seed: 9, requests: 400, rate: 80, promptTokens: { mean: 100, sigma: 0.5 }, outputTokens: { mean: 40, sigma: 0.8 }, maxPromptTokens: 300, maxOutputTokens: 150 });
+    const runs = [];
+    for (let i = 0; i < 2; i++) {
+      const lengthModel = await learned({ minObservations: 64, trainEvery: 16 });
+      const r = simulate(trace, { policy: 'shadow', profile: testProfile, lengthModel });
+      assert.ok(lengthModel.ready && lengthModel.steps > 0, 'the simulator trained it');
+      runs.push({ r, probe: Array.from(lengthModel.predict(features('standard', 100, 150)).quantiles) });
+      lengthModel.dispose();
+    }
+    const [a, b] = runs as [(typeof runs)[number], (typeof runs)[number]];
+    assert.equal(a.r.summary.lost, 0);
+    assert.deepEqual(a.r.summary, b.r.summary);
+    assert.deepEqual(a.r.outcomes, b.r.outcomes);
+    assert.deepEqual(a.probe, b.probe);
   });
 
   it('logs which TensorFlow.js backend it runs on', async () => {
