@@ -134,6 +134,7 @@ economyOptions(simulatorOptions(
       .option('--loads <list>', 'offered loads as multiples of capacity (default: the grid\'s, else 1,2)')
       .option('--policy <name>', "overrides the grid's policy")
       .option('--threads <n>', 'worker threads (default: all cores)', intArg('--threads'))
+      .option('--replicates <n>', 'replicates of the trace under consecutive workload seeds: the noise candidates must beat (default 3)', intArg('--replicates'))
       .option('--json', 'print the result summary as JSON')
       .option('--quiet', 'no progress bar'),
   ),

@@ -713,6 +713,10 @@ export class Scheduler implements SchedulerView {
     return this.swapOk && r.computed > 0 && 2 * (this.engine.swapSecondsPerToken as number) < this.perTokenEma;
   }
 
+  preemptionSeconds(r: SchedRequest): number {
+    return this.wouldSwap(r) ? 2 * r.computed * (this.engine.swapSecondsPerToken as number) : 0;
+  }
+
   preemptionCost(r: SchedRequest): number {
     const price = Math.max(this.prices.token, this.basePrice);
     // A swap costs its transfer time, priced as the tokens that time could have computed.
