@@ -204,7 +204,7 @@ const f2 = (x: number, d = 1): string => x.toFixed(d);
 const pct = (x: number): string => `${(x * 100).toFixed(1)}%`;
 const results: { trace: string; caps: Record<string, number>; censored: number; scores: Scores[] }[] = [];
 let backend = '';
-for (const name of o.traces.split(',')) {
+for (const name of o.traces.split(',').filter((n) => n !== '')) {
   const source = sources[name];
   if (!source) throw new Error(`unknown trace ${name} (expected one of ${Object.keys(sources).join(', ')})`);
   const { cases, caps } = await source();
