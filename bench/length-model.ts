@@ -24,7 +24,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createLengthPredictor, LEADING_TOKENS, LearnedLength, LEVELS, type LearnedLengthOptions, type LengthDistribution, type LengthFeatures, type LengthPredictor } from '../src/economy/length-model.js';
-import { Rng } from '../src/engine/sampling.js';
+import { Rng } from '../src/sampling/rng.js';
 import { packageRoot } from '../src/models/importers.js';
 import type { Summary } from '../src/sim/metrics.js';
 import { simulate, synthesizePrompt, type SimOptions } from '../src/sim/simulator.js';

@@ -4,7 +4,7 @@ import { QuantileDistribution, ShiftedExponentialDistribution } from '../src/eco
 import { createLengthPredictor, LearnedLength, LEVELS, OnlineMeanLength, type LengthDistribution, type LengthFeatures, type LearnedLengthOptions } from '../src/economy/length-model.js';
 import { FEATURE_WIDTH, LengthFeatureEncoder } from '../src/economy/length-features.js';
 import { loadTf, type Tf } from '../src/economy/tfjs.js';
-import { Rng } from '../src/engine/sampling.js';
+import { Rng } from '../src/sampling/rng.js';
 import { simulate } from '../src/sim/simulator.js';
 import { generateWorkload } from '../src/sim/workload.js';
 import { testProfile } from './helpers/profile.js';

@@ -6,7 +6,7 @@
  * TensorFlow.js, evaluated in plain TypeScript).
  */
 import type * as tfjs from '@tensorflow/tfjs';
-import { Rng } from '../engine/sampling.js';
+import { Rng } from '../sampling/rng.js';
 import { LEVELS, QuantileDistribution, ShiftedExponentialDistribution, type LengthDistribution } from './length-distribution.js';
 import { FEATURE_WIDTH, LengthFeatureEncoder, type LengthFeatures } from './length-features.js';
 import { DenseStack } from './mlp.js';
