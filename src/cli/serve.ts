@@ -7,6 +7,7 @@ import { loadApiKeys, openDirectory } from '../server/tenants.js';
 import { TokenizePool } from '../server/tokenize-pool.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 import { economyFromCli } from './sim.js';
+import { createLengthPredictor } from '../economy/length-model.js';
 
 interface ServeOptions extends EngineCliOptions {
   host: string;
@@ -38,6 +39,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
   }
   const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
 
+  const lengthModel = await createLengthPredictor(econ.lengthModel);
   const { model, engine } = await openModelAndEngine({ ...o, worker: true });
   const generator = new Generator(engine, model, {
     policy: o.policy,
@@ -46,6 +48,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
     shadow: econ.shadow,
     clearing: econ.clearing,
     payment: econ.payment,
+    lengthModel,
     ...(curves ? { curves } : {}),
   });
   // Long prompts are tokenized on a worker pool: inline they would stall every stream's SSE.
