@@ -9,6 +9,7 @@ import { loadApiKeys, openDirectory } from '../server/tenants.js';
 import { TokenizePool } from '../server/tokenize-pool.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 import { economyFromCli } from './sim.js';
+import { createLengthPredictor } from '../economy/length-model.js';
 
 interface ServeOptions extends EngineCliOptions {
   host: string;
@@ -68,6 +69,7 @@ async function serve(o: ServeOptions, logger: Logger): Promise<void> {
   }
   const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
 
+  const lengthModel = await createLengthPredictor(econ.lengthModel, { log: lineLogger(logger) });
   const { model, engine } = await openModelAndEngine({ ...o, worker: true, log: lineLogger(logger) });
   const generator = new Generator(engine, model, {
     policy: o.policy,
@@ -76,6 +78,7 @@ async function serve(o: ServeOptions, logger: Logger): Promise<void> {
     shadow: econ.shadow,
     clearing: econ.clearing,
     payment: econ.payment,
+    lengthModel,
     ...(curves ? { curves } : {}),
   });
   // Long prompts are tokenized on a worker pool: inline they would stall every stream's SSE.

@@ -10,7 +10,7 @@ import { Rng } from '../sampling/rng.js';
 import { LEVELS, QuantileDistribution, ShiftedExponentialDistribution, type LengthDistribution } from './length-distribution.js';
 import { FEATURE_WIDTH, LengthFeatureEncoder, type LengthFeatures } from './length-features.js';
 import { DenseStack } from './mlp.js';
-import { loadTf, type Tf } from './tfjs.js';
+import { loadedTf, loadTf, type Tf } from './tfjs.js';
 
 export { LEVELS, type LengthDistribution } from './length-distribution.js';
 export { LEADING_TOKENS, type LengthFeatures } from './length-features.js';
@@ -432,4 +432,19 @@ export function createLengthPredictor(kind: 'learned' | 'online-mean', opts: Len
   if (kind === 'online-mean') return new OnlineMeanLength(opts.onlineMean);
   if (kind !== 'learned') throw new RangeError(`unknown length predictor ${JSON.stringify(kind)} (expected learned or online-mean)`);
   return loadTf(opts.log).then(({ tf }) => new LearnedLength(tf, opts));
+}
+
+export type LengthModelKind = 'learned' | 'online-mean';
+export const LENGTH_MODELS: readonly LengthModelKind[] = ['learned', 'online-mean'];
+
+/**
+ * A fresh predictor, synchronously: for 'learned', TensorFlow.js must already be loaded (await
+ * loadTf() first). The simulator builds one per run, so that a run's predictions depend on
+ * that run alone.
+ */
+export function newLengthPredictor(kind: LengthModelKind, opts: LengthPredictorOptions = {}): LengthPredictor {
+  if (kind === 'online-mean') return new OnlineMeanLength(opts.onlineMean);
+  const loaded = loadedTf();
+  if (loaded === undefined) throw new Error("the learned length model needs TensorFlow.js loaded first (await loadTf())");
+  return new LearnedLength(loaded.tf, opts);
 }

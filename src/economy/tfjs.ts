@@ -19,6 +19,7 @@ export interface LoadedTf {
 const NATIVE_PACKAGE: string = '@tensorflow/tfjs-node-gpu';
 
 let loading: Promise<LoadedTf> | undefined;
+let loaded: LoadedTf | undefined;
 
 async function load(log: (line: string) => void): Promise<LoadedTf> {
   let tf: Tf;
@@ -39,7 +40,8 @@ async function load(log: (line: string) => void): Promise<LoadedTf> {
   await tf.ready();
   const backend = tf.getBackend();
   log(`marginal: length model on ${pkg} ${tf.version.tfjs}, backend ${backend}${why}`);
-  return { tf, package: pkg, backend };
+  loaded = { tf, package: pkg, backend };
+  return loaded;
 }
 
 function firstLine(e: unknown): string {
@@ -54,4 +56,9 @@ function firstLine(e: unknown): string {
 export function loadTf(log: (line: string) => void = (line) => process.stderr.write(line + '\n')): Promise<LoadedTf> {
   loading ??= load(log);
   return loading;
+}
+
+/** TensorFlow.js if loadTf has finished, for synchronous callers (the simulator builds a predictor per run). */
+export function loadedTf(): LoadedTf | undefined {
+  return loaded;
 }

@@ -6,6 +6,7 @@ import type { LoadedModel } from '../models/modeldir.js';
 import { StreamDetokenizer } from '../models/tokenizer/stream.js';
 import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
+import type { LengthPredictor } from '../economy/length-model.js';
 import type { Policy } from '../scheduler/policy.js';
 import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
 import type { Bill } from '../economy/ledger.js';
@@ -117,6 +118,8 @@ export interface GeneratorOptions {
   defaultBid?: (tenant: string) => number | undefined;
   /** The pricing policy's settings (risk price, retention). */
   shadow?: ShadowOptions;
+  /** Predicts output lengths (default: the online mean); trained while the engine computes a step. */
+  lengthModel?: LengthPredictor;
   /** Clearing prices (default on) and payment (default on); off only for ablations. */
   clearing?: boolean;
   payment?: boolean;
@@ -164,6 +167,7 @@ export class Generator {
     if (opts.clearing !== undefined) config.clearing = opts.clearing;
     if (opts.payment !== undefined) config.payment = opts.payment;
     if (opts.basePrice !== undefined) config.basePrice = opts.basePrice;
+    if (opts.lengthModel !== undefined) config.lengthModel = opts.lengthModel;
     this.clock = opts.clock ?? (() => performance.now() / 1000);
     this.observer = opts.observer;
     this.scheduler = new Scheduler(engine, policy, config, this);
@@ -340,6 +344,9 @@ export class Generator {
       void running.catch(() => {});
       throw e;
     }
+    // The length model learns here, while the engine's thread computes: a slice of about half
+    // the last step, so training never holds a step back by more than a fraction of one.
+    this.scheduler.lengthModel.train(Math.max(1, (this.lastTiming?.totalMs ?? 2) / 2));
     try {
       result = await running;
     } catch (e) {

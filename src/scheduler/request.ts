@@ -1,4 +1,5 @@
-import { expectedRemaining, type LengthDistribution, type LengthFeatures } from '../economy/estimator.js';
+import { expectedRemaining } from '../economy/estimator.js';
+import type { LengthDistribution, LengthFeatures } from '../economy/length-model.js';
 import { BillBuilder, type Bill } from '../economy/ledger.js';
 import type { Rng } from '../sampling/rng.js';
 import type { SamplingParams } from '../sampling/params.js';

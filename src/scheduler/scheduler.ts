@@ -1,6 +1,7 @@
 import { ContextLengthError, InvalidArgumentError } from '../errors.js';
 import { defaultCurves, type PriceCurves } from '../economy/curves.js';
-import { OnlineMeanLength, PointLength, type LengthFeatures, type LengthPredictor } from '../economy/estimator.js';
+import { PointLength } from '../economy/estimator.js';
+import { OnlineMeanLength, type LengthFeatures, type LengthPredictor } from '../economy/length-model.js';
 import type { Ledger } from '../economy/ledger.js';
 import type { Engine, StepItem, StepPlan, StepResult } from '../engine/types.js';
 import { BlockManager } from '../kv/block-manager.js';
