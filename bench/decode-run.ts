@@ -5,7 +5,8 @@
  */
 import { performance } from 'node:perf_hooks';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
-import { Rng, validateSamplingParams } from '../src/engine/sampling.js';
+import { validateSamplingParams } from '../src/sampling/params.js';
+import { Rng } from '../src/sampling/rng.js';
 import type { StepItem } from '../src/engine/types.js';
 import type { LoadedModel } from '../src/models/modeldir.js';
 

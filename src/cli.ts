@@ -3,7 +3,7 @@ import { Command, InvalidArgumentError as CommanderArgError } from 'commander';
 import { isMarginalError } from './errors.js';
 import { runGenerate } from './cli/generate.js';
 import { runImportGguf, runImportHf, runImportLlama2c, runSynth } from './cli/models.js';
-import { runServe } from './cli/serve.js';
+import { ReportedError, runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
 import { runBenchServe } from './cli/bench-serve.js';
@@ -48,6 +48,7 @@ const economyOptions = (c: Command) =>
     .option('--max-value <v>', 'the most one request may claim to be worth, for tenants without their own max_value', numArg('--max-value'))
     .option('--risk-price <rho>', 'ρ: value charged per value of expected waste (shadow policy)', numArg('--risk-price'))
     .option('--retention <kind>', 'cached KV blocks kept by keep-value | lru (shadow policy)')
+    .option('--length-model <kind>', 'output-length predictor: learned | online-mean (default: learned; tune: online-mean)')
     .option('--no-clearing', 'prices from the curves alone, no clearing price (ablation)')
     .option('--no-payment', 'itemize bills but charge nothing (ablation)');
 
@@ -112,7 +113,9 @@ economyOptions(engineOptions(
     .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
     .option('--curve <file>', 'price curve file')
     .option('--api-keys <file>', 'API keys with tenants, default bids and budgets (default: one anonymous tenant)')
-    .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
+    .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01)
+    .option('--log-level <level>', 'trace | debug | info | warn | error | fatal | silent (default: MARGINAL_LOG_LEVEL, else info)')
+    .option('--metrics-key <key>', '/metrics then needs Authorization: Bearer <key> (or an admin key); default: MARGINAL_METRICS_KEY, else open'),
 )).action(runServe);
 
 /** Server geometry and welfare pricing, shared by everything that runs the simulator. */
@@ -162,6 +165,7 @@ economyOptions(simulatorOptions(
       .option('--loads <list>', 'offered loads as multiples of capacity (default: the grid\'s, else 1,2)')
       .option('--policy <name>', "overrides the grid's policy")
       .option('--threads <n>', 'worker threads (default: all cores)', intArg('--threads'))
+      .option('--replicates <n>', 'replicates of the trace under consecutive workload seeds: the noise candidates must beat (default 3)', intArg('--replicates'))
       .option('--json', 'print the result summary as JSON')
       .option('--quiet', 'no progress bar'),
   ),
@@ -222,7 +226,10 @@ try {
   await program.parseAsync(process.argv);
 } catch (e) {
   const err = e as Error & { code?: string; exitCode?: number };
-  if (err.code?.startsWith('commander.')) {
+  if (e instanceof ReportedError) {
+    // The server has logged it already, as one of its JSON lines.
+    process.exitCode = e.exitCode;
+  } else if (err.code?.startsWith('commander.')) {
     // Commander already printed the message; help and version exit 0, usage errors 2.
     process.exitCode = err.exitCode === 0 ? 0 : 2;
   } else if (isMarginalError(e)) {

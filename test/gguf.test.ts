@@ -6,7 +6,7 @@ import { GGMLQuantizationType } from '@huggingface/gguf';
 import { forcedLogProbs, top2 } from '../src/engine/evaluate.js';
 import { Generator } from '../src/engine/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
-import { validateSamplingParams } from '../src/engine/sampling.js';
+import { validateSamplingParams } from '../src/sampling/params.js';
 import { exportModelDir, type GgufWeightType } from '../src/models/gguf/export.js';
 import { importGguf } from '../src/models/gguf/import.js';
 import { kv, writeGguf } from '../src/models/gguf/writer.js';

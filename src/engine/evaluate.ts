@@ -1,4 +1,5 @@
-import { Rng, validateSamplingParams } from './sampling.js';
+import { validateSamplingParams } from '../sampling/params.js';
+import { Rng } from '../sampling/rng.js';
 import type { Engine, StepItem } from './types.js';
 
 /**

@@ -1,6 +1,7 @@
 import { ContextLengthError, InvalidArgumentError } from '../errors.js';
 import { defaultCurves, type PriceCurves } from '../economy/curves.js';
-import { OnlineMeanLength, PointLength, type LengthFeatures, type LengthPredictor } from '../economy/estimator.js';
+import { PointLength } from '../economy/estimator.js';
+import { OnlineMeanLength, type LengthFeatures, type LengthPredictor } from '../economy/length-model.js';
 import type { Ledger } from '../economy/ledger.js';
 import type { Engine, StepItem, StepPlan, StepResult } from '../engine/types.js';
 import { BlockManager } from '../kv/block-manager.js';
@@ -81,6 +82,8 @@ export interface SchedulerCounters {
   swaps: number;
   /** Prompt tokens computed for the first time (not cache hits, not recompute). */
   prefillTokens: number;
+  /** Requests admitted for the first time (resumptions after preemption not counted). */
+  admitted: number;
 }
 
 /**
@@ -94,7 +97,7 @@ export interface SchedulerCounters {
 export class Scheduler implements SchedulerView {
   readonly blocks: BlockManager;
   readonly lengthModel: LengthPredictor;
-  readonly counters: SchedulerCounters = { steps: 0, batchBound: 0, kvBound: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0 };
+  readonly counters: SchedulerCounters = { steps: 0, batchBound: 0, kvBound: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0, admitted: 0 };
   /** Prices in force this step: max(reserve curve, clearing price), per batched token and per KV block-second. */
   readonly prices = { token: 0, kv: 0 };
   /** The curves' reserve prices at this step's utilization. */
@@ -106,6 +109,8 @@ export class Scheduler implements SchedulerView {
   now = 0;
   step = 0;
   tokenUtilization = 0;
+  /** Preempted requests whose keys and values wait in host memory. */
+  swappedCount = 0;
 
   private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds' | 'defaultBid' | 'lengthModel'>>;
   private readonly defaultBid: ((tenant: string) => number | undefined) | undefined;
@@ -189,6 +194,10 @@ export class Scheduler implements SchedulerView {
 
   get config(): Readonly<SchedulerConfig> {
     return this.cfg;
+  }
+  /** The operator's congestion curves: the reserve prices beneath whatever clears. */
+  get priceCurves(): PriceCurves {
+    return this.curves;
   }
   get running(): readonly SchedRequest[] {
     return this.runningList;
@@ -483,7 +492,8 @@ export class Scheduler implements SchedulerView {
   }
 
   private sampled(r: SchedRequest, token: number, now: number): void {
-    if (this.stopIds.has(token)) {
+    const sp = r.spec.sampling;
+    if ((sp.ignoreEos !== true && this.stopIds.has(token)) || sp.stopTokenIds?.includes(token) === true) {
       this.finish(r, 'stop', now);
       return;
     }
@@ -503,7 +513,7 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'waiting') {
       this.policy.remove(r);
       this.leftWaiting();
-      if (r.swapped) this.engine.close(r.seq);
+      if (r.swapped) this.dropSwapped(r);
     } else this.leaveRunning(r);
     r.state = 'done';
     r.finishedAt = now;
@@ -526,7 +536,7 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'waiting') {
       this.policy.remove(r);
       this.leftWaiting();
-      if (r.swapped) this.engine.close(r.seq);
+      if (r.swapped) this.dropSwapped(r);
     } else this.leaveRunning(r);
     r.state = 'done';
     r.finishedAt = this.now;
@@ -613,7 +623,7 @@ export class Scheduler implements SchedulerView {
 
   cachedPrefixTokens(r: SchedRequest): number {
     if (r.swapped) return r.computed;
-    if (!this.prefixOk) return 0;
+    if (!this.prefixOk || r.spec.computeWholePrompt === true) return 0;
     const maxBlocks = Math.floor((r.length - 1) / this.cfg.blockSize);
     if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
     return this.blocks.matchPrefix(r.tokens, r.chain, maxBlocks) * this.cfg.blockSize;
@@ -625,7 +635,8 @@ export class Scheduler implements SchedulerView {
     const bs = this.cfg.blockSize;
     if (r.swapped) return this.swapBackIn(r);
     let hitBlocks = 0;
-    if (this.prefixOk) {
+    // Prompt log probabilities need every prompt position computed, so such requests take no cache hit.
+    if (this.prefixOk && r.spec.computeWholePrompt !== true) {
       const maxBlocks = Math.floor((r.length - 1) / bs);
       if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
       hitBlocks = this.blocks.matchPrefix(r.tokens, r.chain, maxBlocks);
@@ -646,6 +657,7 @@ export class Scheduler implements SchedulerView {
     r.computed = hitBlocks * bs;
     r.registered = hitBlocks;
     if (r.preemptions === 0) {
+      this.counters.admitted++;
       r.cachedTokens = hitBlocks * bs;
       this.counters.promptTokens += r.promptLength;
       this.counters.cachedTokens += r.cachedTokens;
@@ -673,6 +685,7 @@ export class Scheduler implements SchedulerView {
     this.leftWaiting();
     (this.engine.swapIn as (seq: number) => void)(r.seq);
     r.swapped = false;
+    this.swappedCount--;
     r.registered = 0;
     r.state = 'running';
     r.admittedStep = this.step;
@@ -695,6 +708,7 @@ export class Scheduler implements SchedulerView {
       (this.engine.swapOut as (seq: number) => void)(r.seq);
       this.leaveRunning(r, false);
       r.swapped = true;
+      this.swappedCount++;
       this.counters.swaps++;
     } else {
       this.leaveRunning(r);
@@ -711,6 +725,10 @@ export class Scheduler implements SchedulerView {
   /** Swap when the engine can and moving the KV out and back is quicker than recomputing it. */
   private wouldSwap(r: SchedRequest): boolean {
     return this.swapOk && r.computed > 0 && 2 * (this.engine.swapSecondsPerToken as number) < this.perTokenEma;
+  }
+
+  preemptionSeconds(r: SchedRequest): number {
+    return this.wouldSwap(r) ? 2 * r.computed * (this.engine.swapSecondsPerToken as number) : 0;
   }
 
   preemptionCost(r: SchedRequest): number {
@@ -771,6 +789,11 @@ export class Scheduler implements SchedulerView {
       }
     }
     r.registered = full;
+  }
+
+  private dropSwapped(r: SchedRequest): void {
+    this.engine.close(r.seq);
+    this.swappedCount--;
   }
 
   private insertRunning(r: SchedRequest): void {
