@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError as CommanderArgError } from 'commander';
 import { isMarginalError } from './errors.js';
 import { runGenerate } from './cli/generate.js';
 import { runImportLlama2c, runSynth } from './cli/models.js';
+import { limitOptions } from './cli/limit-options.js';
 import { runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
@@ -73,7 +74,7 @@ engineOptions(
     .option('--stop <text...>', 'stop sequences'),
 ).action(runGenerate);
 
-economyOptions(engineOptions(
+limitOptions(economyOptions(engineOptions(
   program
     .command('serve')
     .description('serve the OpenAI-compatible HTTP API')
@@ -85,7 +86,7 @@ economyOptions(engineOptions(
     .option('--curve <file>', 'price curve file')
     .option('--api-keys <file>', 'API keys with tenants, default bids and budgets (default: one anonymous tenant)')
     .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
-)).action(runServe);
+))).action(runServe);
 
 /** Server geometry and welfare pricing, shared by everything that runs the simulator. */
 const simulatorOptions = (c: Command) =>
