@@ -31,6 +31,8 @@ export const InvalidApiKeyError = createError<[string]>('MARGINAL_INVALID_API_KE
 /** A request names a model this server does not serve. */
 export const UnknownModelError = createError<[string]>('MARGINAL_MODEL_NOT_FOUND', '%s', 404);
 export const RouteNotFoundError = createError<[string]>('MARGINAL_ROUTE_NOT_FOUND', '%s', 404);
+/** CONNECT and other methods node hands to the server outside the router. */
+export const MethodNotAllowedError = createError<[string]>('MARGINAL_METHOD_NOT_ALLOWED', '%s', 405);
 export const BodyTooLargeError = createError<[string]>('MARGINAL_BODY_TOO_LARGE', '%s', 413);
 export const UnsupportedMediaTypeError = createError<[string]>('MARGINAL_UNSUPPORTED_MEDIA_TYPE', '%s', 415);
 
@@ -38,6 +40,8 @@ export const UnsupportedMediaTypeError = createError<[string]>('MARGINAL_UNSUPPO
 export const MalformedRequestError = createError<[string]>('MARGINAL_MALFORMED_REQUEST', '%s', 400);
 export const RequestTimeoutError = createError<[string]>('MARGINAL_REQUEST_TIMEOUT', '%s', 408);
 export const HeadersTooLargeError = createError<[string]>('MARGINAL_HEADERS_TOO_LARGE', '%s', 431);
+/** An `Expect` header other than 100-continue. */
+export const ExpectationFailedError = createError<[string]>('MARGINAL_EXPECTATION_FAILED', '%s', 417);
 
 // --- the economy ---------------------------------------------------------------------------
 /** The scheduler turned the request away with a price quote (`quote` on the error): HTTP 429. */
@@ -80,11 +84,13 @@ export const ERROR_CLASSES = [
   InvalidApiKeyError,
   UnknownModelError,
   RouteNotFoundError,
+  MethodNotAllowedError,
   BodyTooLargeError,
   UnsupportedMediaTypeError,
   MalformedRequestError,
   RequestTimeoutError,
   HeadersTooLargeError,
+  ExpectationFailedError,
   RequestRejectedError,
   BudgetExhaustedError,
   ClientQueueFullError,

@@ -7,7 +7,7 @@ import { validateSamplingParams, type SamplingParams } from '../engine/sampling.
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
 import type { Bill } from '../economy/ledger.js';
 import { renderChat, type ChatMessage } from './chat.js';
-import { clientErrorHandler, describeError } from './errors-http.js';
+import { answerOutsideRouter, clientErrorHandler, describeError, frameworkErrors } from './errors-http.js';
 import { fastifyServerOptions, limitConnections, RequestGate, resolveLimits, type ServerLimits } from './limits.js';
 import { EngineLoop } from './loop.js';
 import { ServerMetrics } from './metrics.js';
@@ -86,9 +86,11 @@ export function buildServer(deps: ServerDeps): Server {
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
     // Shutdown answers in the OpenAI shape too (DrainingError below), not fastify's own 503 body.
     return503OnClosing: false,
-    // The HTTP parser's errors (malformed requests, 431, 408) in the OpenAI shape.
+    // The HTTP parser's errors (malformed requests, 431, 408) and undecodable URLs in the OpenAI shape.
     clientErrorHandler,
+    frameworkErrors,
   });
+  answerOutsideRouter(app.server);
   limitConnections(app.server, limits);
   const gate = new RequestGate(limits.maxQueued, () => sched.running.length);
   const bound = new PromptBound(model.tokenizer, info.maxContext);

@@ -5,16 +5,19 @@
  * too large, requests too slow), connection limits and shutdown. The status comes from the
  * error's class in `src/errors.ts`; fastify's errors are first translated into those classes.
  */
-import { STATUS_CODES } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import {
   BodyTooLargeError,
   BudgetExhaustedError,
+  ExpectationFailedError,
   HeadersTooLargeError,
   InternalError,
   InvalidRequestError,
   isMarginalError,
   MalformedRequestError,
+  MethodNotAllowedError,
   RequestRejectedError,
   RequestTimeoutError,
   RouteNotFoundError,
@@ -160,4 +163,24 @@ export function clientErrorHandler(err: Error & { code?: string }, socket: Socke
     return;
   }
   answerSocket(socket, describeClientError(err));
+}
+
+/**
+ * What node answers by itself, outside fastify, in the OpenAI shape too: an `Expect` it does
+ * not know (node's own 417 has an empty body) and CONNECT (node drops the connection unanswered).
+ */
+export function answerOutsideRouter(server: HttpServer): void {
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const d = describeError(new ExpectationFailedError(`Expect: ${String(req.headers.expect ?? '').slice(0, 64)} is not supported`));
+    const body = JSON.stringify(d.body);
+    res.writeHead(d.status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' });
+    res.end(body);
+  });
+  server.on('connect', (_req: IncomingMessage, socket: Socket) => answerSocket(socket, describeError(new MethodNotAllowedError('CONNECT is not supported: this is not a proxy'))));
+}
+
+/** fastify's `frameworkErrors`: URLs it cannot decode, in the OpenAI shape. */
+export function frameworkErrors(err: FastifyError, _req: FastifyRequest, reply: FastifyReply): void {
+  const d = err.code === 'FST_ERR_BAD_URL' ? describeError(new MalformedRequestError(err.message)) : describeError(err);
+  reply.code(d.status).headers(d.headers).send(d.body);
 }
