@@ -13,6 +13,7 @@
 import { Command } from 'commander';
 import { join } from 'node:path';
 import { parseCurveFile } from '../src/economy/curves.js';
+import { loadTf } from '../src/economy/tfjs.js';
 import { profileFromCli } from '../src/cli/sim.js';
 import type { Summary } from '../src/sim/metrics.js';
 import { simulate, type SimOptions } from '../src/sim/simulator.js';
@@ -43,6 +44,7 @@ function workload(claim?: { times?: number; value?: number }): Workload {
 }
 
 const profile = await profileFromCli(undefined);
+await loadTf();
 const f = (x: number) => x.toFixed(1);
 for (const t of traces) {
   const path = join(packageRoot(), '..', 'shared', 'traces', t.file);
@@ -50,7 +52,7 @@ for (const t of traces) {
   for (const s of scenarios) {
     const w = workload(s.claim);
     const trace = await readTrace(path, { workload: w, lengthScale: t.lengthScale, maxPromptTokens: 768, maxOutputTokens: 192, limit: Number(o.limit), rateScale: t.rateScale });
-    for (const r of regimes) runs.set(`${s.name}|${r.name}`, simulate(trace, { policy: 'shadow', profile, ...geometry, budgets: tenantBudgets(w), ...r.opts }).summary);
+    for (const r of regimes) runs.set(`${s.name}|${r.name}`, simulate(trace, { policy: 'shadow', profile, ...geometry, lengthModel: 'learned', budgets: tenantBudgets(w), ...r.opts }).summary);
   }
   console.log(`\n### ${t.name} at 2× capacity (rate scale ${t.rateScale}), shadow\n`);
   console.log(`| regime | scenario | liar's utility | liar paid | liar's value | honest tenants' value | honest tenants' loss | honest tenants' utility | welfare |`);

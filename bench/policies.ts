@@ -5,8 +5,10 @@
  * latency percentiles, throughput, recompute waste and cache hit rate side by side, the targets
  * checked, and SVG plots of welfare and goodput against load.
  *
- * Ablations (rows "shadow, …"): prices at zero (zero curves, no clearing price); no payment
- * (bills itemized, nothing charged); LRU retention instead of keep-value; no risk term (ρ = 0).
+ * Every run predicts output lengths with the learned model, as `marginal serve` and `marginal sim`
+ * do by default. Ablations (rows "shadow, …"): prices at zero (zero curves, no clearing price); no
+ * payment (bills itemized, nothing charged); LRU retention instead of keep-value; no risk term
+ * (ρ = 0); the online mean instead of the learned length model.
  *
  *   npm run bench:policies -- [--out DIR] [--limit 3000]
  *
@@ -18,6 +20,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { profileFromCli, readTraceFromCli, type TraceCliOptions } from '../src/cli/sim.js';
 import { parseCurveFile } from '../src/economy/curves.js';
+import { loadTf } from '../src/economy/tfjs.js';
 import { POLICIES } from '../src/scheduler/policies/index.js';
 import type { Summary } from '../src/sim/metrics.js';
 import { simulate, type SimOptions } from '../src/sim/simulator.js';
@@ -46,7 +49,8 @@ const traces: { name: string; cli: TraceCliOptions; flags: string }[] = [
 ];
 const loads = o.loads.split(',').map(Number);
 const profile = await profileFromCli(undefined);
-const base: Omit<SimOptions, 'policy'> = { profile, ...geometry };
+await loadTf();
+const base: Omit<SimOptions, 'policy'> = { profile, ...geometry, lengthModel: 'learned' };
 
 /** A row: a policy, or the pricing policy with one mechanism removed, with the flags that reproduce it. */
 interface Variant {
@@ -62,6 +66,7 @@ const variants: Variant[] = [
   { name: 'shadow, no payment', policy: 'shadow', opts: { payment: false }, flags: '--no-payment' },
   { name: 'shadow, LRU', policy: 'shadow', opts: { shadow: { retention: 'lru' } }, flags: '--retention lru' },
   { name: 'shadow, no risk', policy: 'shadow', opts: { shadow: { riskPrice: 0 } }, flags: '--risk-price 0' },
+  { name: 'shadow, mean lengths', policy: 'shadow', opts: { lengthModel: 'online-mean' }, flags: '--length-model online-mean' },
   ...POLICIES.filter((p) => p !== 'shadow').map((p) => ({ name: p, policy: p, opts: {}, flags: '' })),
 ];
 const geometryFlags = `--max-running ${geometry.maxRunning} --max-context ${geometry.maxContext} --blocks ${geometry.totalBlocks} --max-batch-tokens ${geometry.maxBatchTokens}`;

@@ -41,6 +41,7 @@ const economyOptions = (c: Command) =>
     .option('--max-value <v>', 'the most one request may claim to be worth, for tenants without their own max_value', numArg('--max-value'))
     .option('--risk-price <rho>', 'ρ: value charged per value of expected waste (shadow policy)', numArg('--risk-price'))
     .option('--retention <kind>', 'cached KV blocks kept by keep-value | lru (shadow policy)')
+    .option('--length-model <kind>', 'output-length predictor: learned | online-mean (default: learned; tune: online-mean)')
     .option('--no-clearing', 'prices from the curves alone, no clearing price (ablation)')
     .option('--no-payment', 'itemize bills but charge nothing (ablation)');
 

@@ -8,6 +8,7 @@ import { loadApiKeys, openDirectory } from '../server/tenants.js';
 import { TokenizePool } from '../server/tokenize-pool.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 import { economyFromCli } from './sim.js';
+import { createLengthPredictor } from '../economy/length-model.js';
 
 interface ServeOptions extends EngineCliOptions, LimitCliOptions {
   host: string;
@@ -40,6 +41,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
   }
   const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
 
+  const lengthModel = await createLengthPredictor(econ.lengthModel);
   const { model, engine } = await openModelAndEngine({ ...o, worker: true });
   const generator = new Generator(engine, model, {
     policy: o.policy,
@@ -48,6 +50,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
     shadow: econ.shadow,
     clearing: econ.clearing,
     payment: econ.payment,
+    lengthModel,
     ...(curves ? { curves } : {}),
   });
   // Long prompts are tokenized on a worker pool: inline they would stall every stream's SSE.

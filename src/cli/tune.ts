@@ -6,6 +6,7 @@ import { createPolicy } from '../scheduler/policies/index.js';
 import type { SimOptions } from '../sim/simulator.js';
 import { defaultGrid, loadGrid, parseLoads, tune, writeTuneOutputs, type CandidateResult, type TuneResult } from '../sim/tune.js';
 import { defaultWorkload, loadWorkload, tenantBudgets } from '../sim/workload.js';
+import { loadTf } from '../economy/tfjs.js';
 import { economyFromCli, profileFromCli, readTraceFromCli, type TraceCliOptions } from './sim.js';
 
 export interface TuneCliOptions extends TraceCliOptions {
@@ -31,6 +32,7 @@ export interface TuneCliOptions extends TraceCliOptions {
   retention?: string;
   clearing?: boolean;
   payment?: boolean;
+  lengthModel?: string;
   /** Where the report goes (default stdout); not a flag: for tests and embedders. */
   write?: (text: string) => void;
 }
@@ -102,9 +104,11 @@ export async function runTune(o: TuneCliOptions): Promise<void> {
   if (seed !== undefined) grid.seed = seed;
   const replicates = o.replicates ?? 3;
   if (!(Number.isInteger(replicates) && replicates >= 1 && replicates <= 64)) throw new InvalidArgumentError('--replicates must be an integer in [1, 64]');
-  const econ = economyFromCli(o);
+  // Sweeps run hundreds of simulations: the cheap predictor unless asked (`serve` learns).
+  const econ = economyFromCli(o, 'online-mean');
   const profile = await profileFromCli(o.profile);
-  const sim: Omit<SimOptions, 'curves' | 'policy'> = { profile, shadow: econ.shadow, clearing: econ.clearing, payment: econ.payment };
+  if (econ.lengthModel === 'learned') await loadTf();
+  const sim: Omit<SimOptions, 'curves' | 'policy'> = { profile, shadow: econ.shadow, clearing: econ.clearing, payment: econ.payment, lengthModel: econ.lengthModel };
   if (econ.maxValue !== undefined) sim.maxValue = econ.maxValue;
   const workload = o.workload ? await loadWorkload(o.workload) : defaultWorkload();
   const budgets = tenantBudgets(workload);

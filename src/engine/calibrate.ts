@@ -2,7 +2,8 @@ import { cpus } from 'node:os';
 import type { LoadedModel } from '../models/modeldir.js';
 import { fitProfile, type StepProfile, type StepShape } from './cost-model.js';
 import { OnnxEngine, type OnnxEngineOptions } from './onnx-engine.js';
-import { Rng, validateSamplingParams } from './sampling.js';
+import { Rng } from '../sampling/rng.js';
+import { validateSamplingParams } from '../sampling/params.js';
 import type { StepItem } from './types.js';
 
 export interface CalibrateOptions extends OnnxEngineOptions {

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { EngineCapacityError, InvalidArgumentError } from '../errors.js';
-import type { Rng, SamplingParams } from './sampling.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 import type { Engine, EngineInfo, StepPlan, StepResult } from './types.js';
 
 /**

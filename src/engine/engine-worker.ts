@@ -69,7 +69,23 @@ async function step(engine: OnnxEngine, m: StepRequest): Promise<void> {
   const items: StepItem[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const f = i * ITEM_FIELDS;
-    items[i] = { seq: m.items[f] as number, tokens: m.tokens, offset: m.items[f + 1] as number, count: m.items[f + 2] as number, sample: m.items[f + 3] === 1 };
+    const item: StepItem = { seq: m.items[f] as number, tokens: m.tokens, offset: m.items[f + 1] as number, count: m.items[f + 2] as number, sample: m.items[f + 3] === 1 };
+    const x = m.extras?.[i];
+    if (x !== undefined) {
+      item.adjust = x.adjust;
+      item.mask = x.mask;
+      if (x.promptLogprobs !== undefined && item.offset >= 0) {
+        // The item's own tokens plus the prompt token after them, whose log probability the last position reports.
+        const own = new Int32Array(item.count + (x.next !== undefined ? 1 : 0));
+        for (let t = 0; t < item.count; t++) own[t] = m.tokens[item.offset + t] as number;
+        if (x.next !== undefined) own[item.count] = x.next;
+        item.tokens = own;
+        item.offset = 0;
+        item.promptLogprobs = x.promptLogprobs;
+        item.promptEnd = x.promptEnd;
+      }
+    }
+    items[i] = item;
   }
   let result: StepResult | undefined;
   if (!failed) {
@@ -92,7 +108,19 @@ async function step(engine: OnnxEngine, m: StepRequest): Promise<void> {
   // The engine allocates both arrays per step and keeps no reference: moving them costs nothing.
   const transfer: ArrayBuffer[] = [result.tokens.buffer as ArrayBuffer, held.buffer];
   if (result.logits) transfer.push(result.logits.buffer as ArrayBuffer);
-  post({ type: 'step', ok: true, tokens: result.tokens, ...(result.logits ? { logits: result.logits } : {}), timing: result.timing, held }, transfer);
+  post(
+    {
+      type: 'step',
+      ok: true,
+      tokens: result.tokens,
+      ...(result.logits ? { logits: result.logits } : {}),
+      ...(result.logprobs ? { logprobs: result.logprobs } : {}),
+      ...(result.promptLogprobs ? { promptLogprobs: result.promptLogprobs } : {}),
+      timing: result.timing,
+      held,
+    },
+    transfer,
+  );
 }
 
 async function main(): Promise<void> {

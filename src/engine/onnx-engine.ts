@@ -6,7 +6,10 @@ import type { Flavour, LoadedModel } from '../models/modeldir.js';
 import { IO } from '../models/llama/graph.js';
 import { BatchSampler } from '../native/sampling.js';
 import { kvCopy, type KvShape } from '../native/kv-copy.js';
-import { Sampler, type Rng, type SamplingParams } from './sampling.js';
+import { Sampler } from '../sampling/sampler.js';
+import { applyTokenMask, rowLogprobs, type TokenLogprobs } from '../sampling/logprobs.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 import { openSession, type SessionConfig } from './session.js';
 import type { Engine, EngineInfo, ExecutionProvider, StepItem, StepPlan, StepResult } from './types.js';
 
@@ -28,12 +31,17 @@ export interface OnnxEngineOptions extends SessionConfig {
 
 const FREE = -1;
 
-/** A run's output for sampling: full logits rows, or each row's k best (values and ids, best first). */
+/**
+ * A run's output for sampling: full logits rows, or each row's k best (values and ids, best
+ * first). Item k of the group samples from row `lastRow[k]`; with prompt logprobs its fed
+ * positions are rows lastRow[k] - count + 1 .. lastRow[k] (full logits only).
+ */
 interface RunOutput {
   logits?: Float32Array;
   values?: Float32Array;
   ids?: BigInt64Array;
   k: number;
+  lastRow: Int32Array;
 }
 
 /**
@@ -76,6 +84,11 @@ export class OnnxEngine implements Engine {
   private readonly inputNames: Set<string>;
   private readonly maxRanked: number;
   private readonly kBuf = new BigInt64Array(1);
+  /** Raw rows of sampled items that report logprobs, kept while their row is adjusted and sampled. */
+  private rawRows = new Float32Array(0);
+  private readonly topHeap = new Int32Array(64);
+  /** RunOutput.lastRow of fast runs: each run's rows are sampled before the next run starts. */
+  private readonly lastRowBuf: Int32Array;
   // Reused across steps: a step allocates tensors' wrappers, never their data.
   private readonly idsBuf: BigInt64Array;
   private readonly rowsBuf: BigInt64Array;
@@ -128,6 +141,7 @@ export class OnnxEngine implements Engine {
     this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
     this.idsBuf = new BigInt64Array(maxSequences);
     this.rowsBuf = new BigInt64Array(maxSequences);
+    this.lastRowBuf = new Int32Array(maxSequences);
     this.posBuf = new BigInt64Array(maxSequences);
     this.lengthsBuf = new BigInt64Array(maxSequences);
     this.swapSecondsPerToken = (this.layers * 2 * this.kvHeads * this.headDim * 4) / 4e9;
@@ -259,6 +273,8 @@ export class OnnxEngine implements Engine {
     const n = plan.items.length;
     const tokens = new Int32Array(n).fill(-1);
     const logits = plan.keepLogits ? new Float32Array(n * this.vocab).fill(NaN) : undefined;
+    let logprobs: (TokenLogprobs | undefined)[] | undefined;
+    let promptLogprobs: (TokenLogprobs[] | undefined)[] | undefined;
     const decodes: number[] = [];
     const prefills: number[] = [];
     const seen = new Set<number>();
@@ -287,11 +303,37 @@ export class OnnxEngine implements Engine {
     let runMs = 0;
     let sampleMs = 0;
     let runs = 0;
-    const sampleRows = (batchItems: number[], rowOf: (k: number) => number, out: RunOutput) => {
+    const V = this.vocab;
+    const sampleRows = (batchItems: number[], out: RunOutput) => {
       const s0 = performance.now();
+      const rowOf = (k: number): number => out.lastRow[k] as number;
       if (out.logits) {
+        const full = out.logits;
+        // Log probabilities read the model's own logits, so they come before any adjustment.
+        let raw = 0;
+        for (let k = 0; k < batchItems.length; k++) {
+          const i = batchItems[k] as number;
+          const item = plan.items[i] as StepItem;
+          if (item.promptLogprobs !== undefined) {
+            (promptLogprobs ??= new Array(n).fill(undefined))[i] = this.promptLogprobsOf(item, full, rowOf(k));
+          }
+          if (!item.sample) continue;
+          if (logits) logits.set(full.subarray(rowOf(k) * V, (rowOf(k) + 1) * V), i * V);
+          const params = this.slotParams[this.slotOf.get(item.seq) as number] as SamplingParams;
+          if (params.logprobs !== undefined) {
+            if (this.rawRows.length < (raw + 1) * V) {
+              const grown = new Float32Array(Math.max((raw + 1) * V, 2 * this.rawRows.length));
+              grown.set(this.rawRows);
+              this.rawRows = grown;
+            }
+            this.rawRows.set(full.subarray(rowOf(k) * V, (rowOf(k) + 1) * V), raw * V);
+            raw++;
+          }
+          if (item.adjust !== undefined) this.batchSampler.adjust(full, rowOf(k), item.adjust);
+          if (item.mask !== undefined) applyTokenMask(full, rowOf(k) * V, V, item.mask);
+        }
         // One call for the whole batch: the native sampler when built, else the same loop in TypeScript.
-        let n = 0;
+        let count = 0;
         if (this.batchRows.length < batchItems.length) {
           this.batchRows = new Int32Array(batchItems.length);
           this.batchOut = new Int32Array(batchItems.length);
@@ -304,21 +346,27 @@ export class OnnxEngine implements Engine {
           const item = plan.items[i] as StepItem;
           if (!item.sample) continue;
           const slot = this.slotOf.get(item.seq) as number;
-          this.batchRows[n++] = rowOf(k);
+          this.batchRows[count++] = rowOf(k);
           this.batchParams.push(this.slotParams[slot] as SamplingParams);
           this.batchRngs.push(this.slotRng[slot] as Rng);
           this.batchItems.push(i);
-          if (logits) logits.set(out.logits.subarray(rowOf(k) * this.vocab, (rowOf(k) + 1) * this.vocab), i * this.vocab);
         }
-        this.batchSampler.sample(out.logits, this.batchRows, this.batchParams, this.batchRngs, this.batchOut, n);
-        for (let j = 0; j < n; j++) tokens[this.batchItems[j] as number] = this.batchOut[j] as number;
+        this.batchSampler.sample(full, this.batchRows, this.batchParams, this.batchRngs, this.batchOut, count);
+        raw = 0;
+        for (let j = 0; j < count; j++) {
+          const i = this.batchItems[j] as number;
+          const token = this.batchOut[j] as number;
+          tokens[i] = token;
+          const top = (this.batchParams[j] as SamplingParams).logprobs;
+          if (top !== undefined) (logprobs ??= new Array(n).fill(undefined))[i] = rowLogprobs(this.rawRows, V * raw++, V, token, top, this.topHeap);
+        }
       } else {
         for (let k = 0; k < batchItems.length; k++) {
           const i = batchItems[k] as number;
           const item = plan.items[i] as StepItem;
           if (!item.sample) continue;
           const slot = this.slotOf.get(item.seq) as number;
-          tokens[i] = this.sampler.sampleRanked(out.values as Float32Array, out.ids as BigInt64Array, rowOf(k) * out.k, out.k, this.slotParams[slot] as SamplingParams, this.slotRng[slot] as Rng);
+          tokens[i] = this.sampler.sampleRanked(out.values as Float32Array, out.ids as BigInt64Array, rowOf(k) * out.k, out.k, this.slotParams[slot] as SamplingParams, this.slotRng[slot] as Rng, item.adjust);
         }
       }
       sampleMs += performance.now() - s0;
@@ -330,14 +378,14 @@ export class OnnxEngine implements Engine {
         const out = await this.runFast(plan.items, decodes, plan.keepLogits === true);
         runMs += performance.now() - r0;
         runs++;
-        sampleRows(decodes, (k) => k, out);
+        sampleRows(decodes, out);
       }
       for (const group of this.prefillGroups(plan.items, prefills)) {
         const r0 = performance.now();
         const out = await this.runFast(plan.items, group, plan.keepLogits === true);
         runMs += performance.now() - r0;
         runs++;
-        sampleRows(group, (k) => k, out);
+        sampleRows(group, out);
       }
     } else {
       const groups = decodes.length > 0 ? [decodes, ...prefills.map((i) => [i])] : prefills.map((i) => [i]);
@@ -347,7 +395,7 @@ export class OnnxEngine implements Engine {
         runMs += performance.now() - r0;
         runs++;
         // Left-padded new tokens end at the last column, so each sequence's last token is row S-1.
-        sampleRows(group, (k) => k * seqLen + seqLen - 1, { logits: out, k: 0 });
+        sampleRows(group, { logits: out, k: 0, lastRow: Int32Array.from(group, (_, k) => k * seqLen + seqLen - 1) });
       }
     }
     let batchTokens = 0;
@@ -359,7 +407,22 @@ export class OnnxEngine implements Engine {
     const totalMs = performance.now() - t0;
     const result: StepResult = { tokens, timing: { totalMs, runMs, sampleMs, glueMs: totalMs - runMs - sampleMs, runs, batchTokens } };
     if (logits) result.logits = logits;
+    if (logprobs) result.logprobs = logprobs;
+    if (promptLogprobs) result.promptLogprobs = promptLogprobs;
     return result;
+  }
+
+  /** Log probabilities of the prompt's next tokens at the item's fed positions (rows ending at lastRow). */
+  private promptLogprobsOf(item: StepItem, logits: Float32Array, lastRow: number): TokenLogprobs[] {
+    const entries: TokenLogprobs[] = [];
+    const end = item.promptEnd ?? item.tokens.length;
+    const first = lastRow - item.count + 1;
+    for (let t = 0; t < item.count; t++) {
+      const p = item.offset + t;
+      if (p + 1 >= end) break;
+      entries.push(rowLogprobs(logits, (first + t) * this.vocab, this.vocab, item.tokens[p + 1] as number, item.promptLogprobs as number, this.topHeap));
+    }
+    return entries;
   }
 
   /**
@@ -411,7 +474,11 @@ export class OnnxEngine implements Engine {
     ids.fill(0n);
     pos.fill(0n);
     lengths.fill(0n);
-    const rows = this.rowsBuf.subarray(0, group.length);
+    let rowCount = 0;
+    for (const i of group) rowCount += (items[i] as StepItem).promptLogprobs !== undefined ? width : 1;
+    const rows = rowCount <= this.rowsBuf.length ? this.rowsBuf.subarray(0, rowCount) : new BigInt64Array(rowCount);
+    const lastRow = this.lastRowBuf;
+    let row = 0;
     for (let k = 0; k < group.length; k++) {
       const item = items[group[k] as number] as StepItem;
       const s = (this.slotOf.get(item.seq) as number) - lo;
@@ -421,13 +488,16 @@ export class OnnxEngine implements Engine {
         pos[s * width + t] = BigInt(len + t);
       }
       lengths[s] = BigInt(len);
-      rows[k] = BigInt(s * width + width - 1);
+      // Prompt logprobs need every fed position's logits, not only the last one's.
+      const all = item.promptLogprobs !== undefined;
+      for (let t = all ? 0 : width - 1; t < width; t++) rows[row++] = BigInt(s * width + t);
+      lastRow[k] = row - 1;
     }
     const feeds: Record<string, ort.Tensor> = {
       [IO.inputIds]: new ort.Tensor('int64', ids, [b, width]),
       [IO.positionIds]: new ort.Tensor('int64', pos, [b, width]),
       [IO.pastLengths]: new ort.Tensor('int64', lengths, [b]),
-      [IO.logitsRows]: new ort.Tensor('int64', rows, [group.length]),
+      [IO.logitsRows]: new ort.Tensor('int64', rows, [rowCount]),
     };
     const dims = [b, this.kvHeads, this.capacity, this.headDim];
     const from = lo * this.slotStride;
@@ -438,13 +508,14 @@ export class OnnxEngine implements Engine {
     }
     // Rank in the graph when every sampled row can be served from its k best logits.
     let k = 1;
-    let ranked = this.maxRanked > 0 && !fullLogits;
+    let ranked = this.maxRanked > 0 && !fullLogits && rowCount === group.length;
     for (const i of group) {
       const item = items[i] as StepItem;
       if (!item.sample || !ranked) continue;
       const params = this.slotParams[this.slotOf.get(item.seq) as number] as SamplingParams;
-      if (!Sampler.rankedSuffices(params, this.maxRanked)) ranked = false;
-      else if (params.temperature > 0) k = Math.max(k, params.topK);
+      // A grammar mask or logprobs need the whole row; adjustments fit while they only lower logits.
+      if (item.mask !== undefined || params.logprobs !== undefined || !Sampler.rankedSuffices(params, this.maxRanked, item.adjust)) ranked = false;
+      else k = Math.max(k, Sampler.rankedNeeds(params, item.adjust));
     }
     if (this.inputNames.has(IO.topK)) {
       this.kBuf[0] = BigInt(k);
@@ -469,8 +540,8 @@ export class OnnxEngine implements Engine {
         }
       }
     }
-    if (ranked) return { values: out[IO.topKValues]?.data as Float32Array, ids: out[IO.topKIndices]?.data as BigInt64Array, k };
-    return { logits: out[IO.logits]?.data as Float32Array, k: 0 };
+    if (ranked) return { values: out[IO.topKValues]?.data as Float32Array, ids: out[IO.topKIndices]?.data as BigInt64Array, k, lastRow };
+    return { logits: out[IO.logits]?.data as Float32Array, k: 0, lastRow };
   }
 
   /** One hf-interface run: pack the group's caches (left-padded), run, copy the new positions back. */

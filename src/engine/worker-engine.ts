@@ -38,8 +38,11 @@ import { Worker } from 'node:worker_threads';
 import { ContextLengthError, EngineCapacityError, EngineWorkerError, InvalidArgumentError } from '../errors.js';
 import { BlockPool } from '../kv/blocks.js';
 import type { OnnxEngineOptions } from './onnx-engine.js';
-import { Rng, type SamplingParams } from './sampling.js';
+import { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 import type { Engine, EngineInfo, StepItem, StepPlan, StepResult, StepTiming } from './types.js';
+import type { LogitAdjust } from '../sampling/penalties.js';
+import type { TokenLogprobs } from '../sampling/logprobs.js';
 
 /** Re-exported from the error registry, where it is defined. */
 export { EngineWorkerError };
@@ -70,6 +73,20 @@ export interface StepRequest {
   /** Every item's tokens back to back: Int32Array unless some token does not fit one (then it is invalid, and the worker must see the exact value to reject it as the OnnxEngine would). */
   tokens: Int32Array | Float64Array;
   keepLogits: boolean;
+  /** Per item, the optional StepItem fields that travel as structured clones (absent when no item has any). */
+  extras?: (ItemExtras | undefined)[];
+}
+
+/**
+ * StepItem's optional sampling inputs. promptEnd is relative to the item's first fed token, and
+ * `next` is the prompt token after the item's chunk (the worker sees only the chunk's tokens).
+ */
+export interface ItemExtras {
+  adjust?: LogitAdjust | undefined;
+  mask?: Int32Array | undefined;
+  promptLogprobs?: number;
+  promptEnd?: number;
+  next?: number;
 }
 
 export type ToWorker = StepRequest | { type: 'dispose' };
@@ -86,7 +103,16 @@ export interface SerializedError {
 type Held = Int32Array;
 
 export type StepReply =
-  | { type: 'step'; ok: true; tokens: Int32Array; logits?: Float32Array; timing: StepTiming; held: Held }
+  | {
+      type: 'step';
+      ok: true;
+      tokens: Int32Array;
+      logits?: Float32Array;
+      logprobs?: (TokenLogprobs | undefined)[];
+      promptLogprobs?: (TokenLogprobs[] | undefined)[];
+      timing: StepTiming;
+      held: Held;
+    }
   | { type: 'step'; ok: false; error: SerializedError; held: Held };
 
 export type FromWorker =
@@ -351,6 +377,8 @@ export class WorkerEngine implements Engine {
     const commands = this.queue;
     this.queue = [];
     const request: StepRequest = { type: 'step', commands, items, tokens, keepLogits: plan.keepLogits === true };
+    const extras = itemExtras(plan.items);
+    if (extras !== undefined) request.extras = extras;
     const reply = await new Promise<StepReply>((resolvePromise, reject) => {
       try {
         this.worker.postMessage(request, [items.buffer, tokens.buffer as ArrayBuffer]);
@@ -383,6 +411,8 @@ export class WorkerEngine implements Engine {
     const w = reply.timing;
     const result: StepResult = { tokens: reply.tokens, timing: { ...w, totalMs, glueMs: totalMs - w.runMs - w.sampleMs } };
     if (reply.logits) result.logits = reply.logits;
+    if (reply.logprobs) result.logprobs = reply.logprobs;
+    if (reply.promptLogprobs) result.promptLogprobs = reply.promptLogprobs;
     return result;
   }
 
@@ -508,4 +538,25 @@ function packTokens(plan: StepItem[], items: Float64Array): Int32Array | Float64
   const floats = new Float64Array(total);
   fill(floats);
   return floats;
+}
+
+/** The items' optional sampling inputs for the worker, or undefined when no item has any (the usual step). */
+function itemExtras(plan: StepItem[]): (ItemExtras | undefined)[] | undefined {
+  let out: (ItemExtras | undefined)[] | undefined;
+  for (let i = 0; i < plan.length; i++) {
+    const item = plan[i] as StepItem;
+    if (item.adjust === undefined && item.mask === undefined && item.promptLogprobs === undefined) continue;
+    out ??= new Array<ItemExtras | undefined>(plan.length).fill(undefined);
+    const x: ItemExtras = {};
+    if (item.adjust !== undefined) x.adjust = item.adjust;
+    if (item.mask !== undefined) x.mask = item.mask;
+    if (item.promptLogprobs !== undefined) {
+      const end = item.promptEnd ?? item.tokens.length;
+      x.promptLogprobs = item.promptLogprobs;
+      x.promptEnd = end - item.offset;
+      if (item.offset + item.count < end) x.next = item.tokens[item.offset + item.count] as number;
+    }
+    out[i] = x;
+  }
+  return out;
 }

@@ -1,7 +1,8 @@
 import { ContextLengthError, InvalidArgumentError } from '../errors.js';
 import { MAX_REQUEST_VALUE, finiteOr } from '../economy/bounds.js';
 import { defaultCurves, type PriceCurves } from '../economy/curves.js';
-import { OnlineMeanLength, PointLength, type LengthFeatures, type LengthPredictor } from '../economy/estimator.js';
+import { PointLength } from '../economy/estimator.js';
+import { OnlineMeanLength, type LengthFeatures, type LengthPredictor } from '../economy/length-model.js';
 import type { Ledger } from '../economy/ledger.js';
 import type { Engine, StepItem, StepPlan, StepResult } from '../engine/types.js';
 import { BlockManager } from '../kv/block-manager.js';
@@ -495,7 +496,8 @@ export class Scheduler implements SchedulerView {
   }
 
   private sampled(r: SchedRequest, token: number, now: number): void {
-    if (this.stopIds.has(token)) {
+    const sp = r.spec.sampling;
+    if ((sp.ignoreEos !== true && this.stopIds.has(token)) || sp.stopTokenIds?.includes(token) === true) {
       this.finish(r, 'stop', now);
       return;
     }
@@ -670,7 +672,7 @@ export class Scheduler implements SchedulerView {
 
   cachedPrefixTokens(r: SchedRequest): number {
     if (r.swapped) return r.computed;
-    if (!this.prefixOk) return 0;
+    if (!this.prefixOk || r.spec.computeWholePrompt === true) return 0;
     const maxBlocks = Math.floor((r.length - 1) / this.cfg.blockSize);
     if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
     return this.blocks.matchPrefix(r.tokens, r.chain, maxBlocks) * this.cfg.blockSize;
@@ -682,7 +684,8 @@ export class Scheduler implements SchedulerView {
     const bs = this.cfg.blockSize;
     if (r.swapped) return this.swapBackIn(r);
     let hitBlocks = 0;
-    if (this.prefixOk) {
+    // Prompt log probabilities need every prompt position computed, so such requests take no cache hit.
+    if (this.prefixOk && r.spec.computeWholePrompt !== true) {
       const maxBlocks = Math.floor((r.length - 1) / bs);
       if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
       hitBlocks = this.blocks.matchPrefix(r.tokens, r.chain, maxBlocks);

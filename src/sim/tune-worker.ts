@@ -13,6 +13,7 @@
 import { workerData } from 'node:worker_threads';
 import { unpack } from 'msgpackr';
 import { parseCurveFile } from '../economy/curves.js';
+import { loadTf } from '../economy/tfjs.js';
 import type { Summary } from './metrics.js';
 import { simulate, type SimOptions } from './simulator.js';
 import type { TraceRequest } from './trace.js';
@@ -51,9 +52,11 @@ function traceAt(replicate: number, rateScale: number): TraceRequest[] {
   return scaled.trace;
 }
 
-export default function runTuneTask(task: TuneTask): TuneTaskResult {
+export default async function runTuneTask(task: TuneTask): Promise<TuneTaskResult> {
   const { sim } = workerData as TuneWorkerData;
   try {
+    // The learned length model's TensorFlow.js, once per thread (its line was logged by the main thread).
+    if (sim.lengthModel === 'learned') await loadTf(() => {});
     const curves = parseCurveFile(task.curves, `candidate ${task.candidate}`);
     const { summary } = simulate(traceAt(task.replicate, task.rateScale), { ...sim, policy: task.policy, curves });
     return { candidate: task.candidate, load: task.load, replicate: task.replicate, summary };
