@@ -138,6 +138,7 @@ export function hostileCases(n: number, seed = 1): HostileCase[] {
     post('finding 2: a 1.5 MB prompt', '/v1/completions', JSON.stringify({ prompt: 'Once upon a time there was a cat. '.repeat(45_000), max_tokens: 4 })),
     post('finding 2: a 1.5 MB chat message', '/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user', content: 'Tell me a story. '.repeat(90_000) }] })),
     post('finding 4: an 8 MB body', '/v1/completions', JSON.stringify({ prompt: 'x'.repeat(8 * 1024 * 1024) })),
+    post('finding 2: /tokenize a 1.5 MB prompt', '/tokenize', JSON.stringify({ prompt: 'Once upon a time there was a cat. '.repeat(45_000) })),
     post('finding 5: TTFT SLO 1000 ms', '/v1/completions', JSON.stringify({ ...COMPLETION, slo: { ttft_ms: 1000 } })),
     post('finding 5: deadline 1e-300 ms', '/v1/completions', JSON.stringify({ ...COMPLETION, deadline_ms: 1e-300 })),
     post('finding 5: TTFT SLO 5e-324 ms', '/v1/completions', JSON.stringify({ ...COMPLETION, slo: { ttft_ms: 5e-324 } })),

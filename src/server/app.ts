@@ -201,7 +201,16 @@ export function buildServer(deps: ServerDeps): Server {
     policy: sched.policyName,
   });
   app.get('/v1/models', async () => ({ object: 'list', data: [modelCard()] }));
-  registerUtilityRoutes(app, model, info.maxContext, modelCard);
+  // /tokenize counts prompts longer than the context too (that is what clients use it for), on the
+  // pool in the client's turn — but not without end: one 1.5 MB prompt held a worker for seconds.
+  registerUtilityRoutes(app, model, info.maxContext, modelCard, (text, bos, req) => {
+    bound.checkCountable(text, TOKENIZE_CONTEXTS, 'prompt');
+    const controller = new AbortController();
+    const socket = req.raw.socket;
+    const gone = () => controller.abort(new Error('the client went away'));
+    socket?.once('close', gone);
+    return tokenize(text, bos, { client: req.ip, signal: controller.signal }).finally(() => socket?.off('close', gone));
+  });
 
   /** Checks shared by both routes: model, sampling parameters (logprobs is the route's own spelling of the count). */
   const common = (body: CommonBody, defaultMaxTokens: (promptTokens: number) => number, promptTokens: number, extraStop: string[], logprobs: { value: unknown; param: string; max: number }): SamplingParams => {
@@ -544,6 +553,8 @@ export function buildServer(deps: ServerDeps): Server {
 }
 
 const BODY_TOO_LARGE = new BodyTooLargeError('').statusCode as number;
+/** /tokenize counts texts up to this many contexts long. */
+const TOKENIZE_CONTEXTS = 16;
 
 /**
  * Answering before the body is read, then closing (fastify's way, and node's for a client that

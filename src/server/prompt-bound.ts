@@ -65,4 +65,12 @@ export class PromptBound {
       throw Object.assign(new ContextLengthError(`this model's maximum context length is ${ctx} tokens; the prompt is at least ${min} tokens and max_tokens is ${maxTokens}`), { param });
     }
   }
+
+  /** For counting only (/tokenize): refuses texts that are at least `contexts` contexts long. */
+  checkCountable(text: string, contexts: number, param: string): void {
+    const min = this.minTokens(text);
+    if (min > contexts * this.maxContext) {
+      throw Object.assign(new ContextLengthError(`the prompt is at least ${min} tokens, more than ${contexts} times this model's context of ${this.maxContext}: too long to count here`), { param });
+    }
+  }
 }
