@@ -209,6 +209,23 @@ describe('issue 10: one client cannot break the server for others (stories260K)'
     }
   });
 
+  test('finding 3: requests beyond --max-queued get a 503 queue_full they can retry; the rest are served', async () => {
+    const live = await startLive(model, { maxSequences: 1, limits: { maxQueued: 3 } });
+    try {
+      const results = await Promise.all(Array.from({ length: 12 }, () => postJson(live.base, C, { prompt: 'Once upon a time', max_tokens: 200, temperature: 0.8, value: 5 })));
+      const full = results.filter((r) => r.status === 503);
+      assert.ok(full.length >= 1, results.map((r) => r.status).join(' '));
+      for (const r of full) {
+        assertOpenAiError(r.json, 'queue_full', 'over the queue');
+        assert.equal(r.headers.get('retry-after'), '1');
+      }
+      assert.ok(results.filter((r) => r.status === 200).length >= 3, 'those the queue held were served');
+      assert.equal(results.filter((r) => r.status !== 200 && r.status !== 503).length, 0);
+    } finally {
+      await live.close();
+    }
+  });
+
   test('finding 4: parser errors, 431, shutdown 503 and a too-large body all answer in the OpenAI shape', async () => {
     const live = await startLive(model);
     try {
@@ -272,11 +289,19 @@ describe('issue 10: one client cannot break the server for others (stories260K)'
   test('finding 5: a hopeless SLO is answered at admission, before the SLO passes, with a meaningful quote', async () => {
     const live = await startLive(model, { maxSequences: 1 });
     try {
-      // One slot, and ten long streams worth more queued for it: seconds of work ahead.
-      const ahead = Array.from({ length: 10 }, () => postJson(live.base, C, { prompt: 'Once upon a time', max_tokens: 450, temperature: 0.8, value: 5 }));
-      for (let i = 0; i < 400 && live.generator.scheduler.waiting < 9; i++) await new Promise((r) => setTimeout(r, 5));
+      // One slot, and forty long streams worth more queued for it: whatever the step time and the
+      // length model's guess, seconds of work ahead. They are cancelled once the point is made.
+      const leave = new AbortController();
+      const ahead = Array.from({ length: 40 }, () =>
+        fetch(`${live.base}${C}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 450, temperature: 0.8, value: 5 }), signal: leave.signal }).then(
+          (r) => r.status,
+          () => 'cancelled',
+        ),
+      );
+      for (let i = 0; i < 1000 && live.generator.scheduler.waiting < 39; i++) await new Promise((r) => setTimeout(r, 5));
       const t0 = performance.now();
-      const r = await postJson(live.base, C, { prompt: 'Zoo', max_tokens: 8, value: 1, slo: { ttft_ms: 1000 } });
+      // Worth less per token than every request ahead, so behind all of them in the pricing policy's order.
+      const r = await postJson(live.base, C, { prompt: 'Zoo', max_tokens: 8, value: 0.1, slo: { ttft_ms: 1000 } });
       const elapsed = performance.now() - t0;
       assert.equal(r.status, 429, r.text);
       assert.equal(r.json.error?.code, 'slo_unreachable');
@@ -286,7 +311,9 @@ describe('issue 10: one client cannot break the server for others (stories260K)'
       assert.ok(q.predicted_ttft_ms > 1000, `the quote says why: predicted TTFT ${q.predicted_ttft_ms} ms`);
       assert.equal(q.retryable, true, 'an idle server would meet it');
       assert.ok((q.expected_wait_ms ?? 0) > 0);
-      for (const x of await Promise.all(ahead)) assert.equal(x.status, 200);
+      leave.abort();
+      for (const x of await Promise.all(ahead)) assert.ok(x === 200 || x === 'cancelled', String(x));
+      for (let i = 0; i < 400 && live.generator.inFlight > 0; i++) await new Promise((r) => setTimeout(r, 5));
 
       // A deadline nothing can meet: a quote that says so in numbers, not zeros.
       const d = await postJson(live.base, C, { prompt: 'Zoo', max_tokens: 8, deadline_ms: 1e-300 });
