@@ -20,6 +20,8 @@ export const TokenizerFormatError = createError<[string]>('MARGINAL_TOKENIZER_FO
 export const EngineCapacityError = createError<[string]>('MARGINAL_ENGINE_CAPACITY', '%s', 503);
 /** The engine's worker thread failed or exited: nothing can run until a new engine is created. */
 export const EngineWorkerError = createError<[string]>('MARGINAL_ENGINE_WORKER', 'engine worker: %s', 500);
+/** /health: the engine is not running, so nothing can be served. */
+export const EngineDownError = createError<[string]>('MARGINAL_ENGINE_DOWN', '%s', 503);
 
 // --- what a request asks for -----------------------------------------------------------------
 export const InvalidSamplingError = createError<[string]>('MARGINAL_INVALID_SAMPLING', 'invalid sampling parameter: %s', 400);
@@ -77,6 +79,7 @@ export const ERROR_CLASSES = [
   TokenizerFormatError,
   EngineCapacityError,
   EngineWorkerError,
+  EngineDownError,
   InvalidSamplingError,
   ContextLengthError,
   InvalidArgumentError,

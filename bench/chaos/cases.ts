@@ -164,6 +164,9 @@ export function hostileCases(n: number, seed = 1): HostileCase[] {
     post('token ids past the vocabulary', '/v1/completions', JSON.stringify({ prompt: [1, 2 ** 31, 2 ** 53], max_tokens: 2 })),
     post('4096 chat messages', '/v1/chat/completions', JSON.stringify({ messages: Array.from({ length: 4096 }, () => ({ role: 'user', content: 'hi' })), max_tokens: 2 })),
     post('4097 chat messages', '/v1/chat/completions', JSON.stringify({ messages: Array.from({ length: 4097 }, () => ({ role: 'user', content: 'hi' })), max_tokens: 2 })),
+    post('chat message without content', '/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user' }], max_tokens: 2 })),
+    post('chat message with a misspelt content key', '/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user', cont: 'hi' }], max_tokens: 2 })),
+    post('assistant turn without content', '/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user', content: 'hi' }, { role: 'assistant' }, { role: 'user', content: 'go on' }], max_tokens: 2 })),
     post('chat content parts of the wrong types', '/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user', content: [{ type: 'text', text: 5 }, { type: 'image_url' }, null] }] })),
     post('a 1 MB stop string', '/v1/completions', JSON.stringify({ ...COMPLETION, max_tokens: 8, stop: ['a'.repeat(1_000_000)] })),
     // Headers and content types.

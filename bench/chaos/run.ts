@@ -128,7 +128,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const t0 = performance.now();
   const port = await freePort();
   const rand = prng(o.seed);
-  const args = [cli, 'serve', '--model', o.modelDir, '--port', String(port), '--providers', 'cpu', '--max-sequences', '8', '--request-timeout', '2', '--headers-timeout', '1', '--drain-timeout', '3', '--max-connections-per-address', '2048', '--threads', '1', ...(o.serverArgs ?? [])];
+  const args = [cli, 'serve', '--model', o.modelDir, '--port', String(port), '--providers', 'cpu', '--max-sequences', '8', '--request-timeout', '5', '--headers-timeout', '2', '--drain-timeout', '3', '--max-connections-per-address', '2048', '--threads', '1', ...(o.serverArgs ?? [])];
   const child: ChildProcess = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (d) => (stderr = (stderr + d).slice(-4000)));

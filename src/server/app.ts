@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { BodyTooLargeError, DrainingError, InvalidApiKeyError, InvalidArgumentError, RouteNotFoundError, ShutdownError, UnknownModelError } from '../errors.js';
+import { BodyTooLargeError, DrainingError, EngineDownError, InvalidApiKeyError, InvalidArgumentError, RouteNotFoundError, ShutdownError, UnknownModelError } from '../errors.js';
 import type { Completion, Generator, Rejected } from '../engine/generator.js';
 import { validateSamplingParams, type SamplingParams } from '../sampling/params.js';
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
@@ -173,13 +173,11 @@ export function buildServer(deps: ServerDeps): Server {
   };
 
   app.get('/health', async (_req, reply) => {
-    if (draining) {
-      const d = describeError(new DrainingError('the server is shutting down'));
-      return reply.code(d.status).headers(d.headers).send({ ...d.body, status: 'draining' });
-    }
-    // A dead engine worker means nothing can be served: say so to the load balancer.
-    if ((generator.engine as { alive?: boolean }).alive === false) return reply.code(503).send({ status: 'engine down' });
-    return { status: 'ok' };
+    // Draining, or a dead engine worker (nothing can be served): say so to the load balancer.
+    const down = draining ? { e: new DrainingError('the server is shutting down'), status: 'draining' } : (generator.engine as { alive?: boolean }).alive === false ? { e: new EngineDownError('the engine is not running'), status: 'engine down' } : undefined;
+    if (down === undefined) return { status: 'ok' };
+    const d = describeError(down.e);
+    return reply.code(d.status).headers(d.headers).send({ ...d.body, status: down.status });
   });
 
   app.get('/metrics', async (_req, reply) => {
