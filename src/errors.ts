@@ -29,7 +29,10 @@ export const ContextLengthError = createError<[string]>('MARGINAL_CONTEXT_LENGTH
 export const InvalidArgumentError = createError<[string]>('MARGINAL_INVALID_ARGUMENT', '%s', 400);
 /** The body does not match the API's schema (wrong type, missing field) or is not JSON. */
 export const InvalidRequestError = createError<[string]>('MARGINAL_INVALID_REQUEST', '%s', 400);
+/** A request to a protected route without a key, or with a key the server does not know. */
 export const InvalidApiKeyError = createError<[string]>('MARGINAL_INVALID_API_KEY', '%s', 401);
+/** A known key that lacks the right for this route (the console needs an admin key). */
+export const AdminKeyRequiredError = createError<[string]>('MARGINAL_ADMIN_KEY_REQUIRED', '%s', 403);
 /** A request names a model this server does not serve. */
 export const UnknownModelError = createError<[string]>('MARGINAL_MODEL_NOT_FOUND', '%s', 404);
 export const RouteNotFoundError = createError<[string]>('MARGINAL_ROUTE_NOT_FOUND', '%s', 404);
@@ -85,6 +88,7 @@ export const ERROR_CLASSES = [
   InvalidArgumentError,
   InvalidRequestError,
   InvalidApiKeyError,
+  AdminKeyRequiredError,
   UnknownModelError,
   RouteNotFoundError,
   MethodNotAllowedError,

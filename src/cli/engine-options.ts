@@ -14,14 +14,17 @@ export interface EngineCliOptions {
   maxSequences?: number;
   /** Run the engine in a worker thread (the server: its event loop must never wait on a step). */
   worker?: boolean;
+  /** Where start-up lines go (the server's logger); default stderr. */
+  log?: (line: string) => void;
 }
 
-const log = (s: string) => process.stderr.write(s + '\n');
+const stderrLog = (s: string) => process.stderr.write(s + '\n');
 
 export async function openModelAndEngine(o: EngineCliOptions): Promise<{ model: LoadedModel; engine: Engine }> {
   if (o.flavour !== 'fast' && o.flavour !== 'hf') throw new InvalidArgumentError(`--flavour must be fast or hf, got ${o.flavour}`);
   const providers = o.providers.split(',').map((p) => p.trim());
   for (const p of providers) if (p !== 'cuda' && p !== 'cpu') throw new InvalidArgumentError(`unknown execution provider ${p} (cuda, cpu)`);
+  const log = o.log ?? stderrLog;
   const model = await loadModelDir(o.model ?? defaultModelDir(log));
   if (model.synthetic) log(`marginal: ${describeModel(model)}`);
   log(`marginal: ${nativeStatus()}`);

@@ -83,6 +83,8 @@ export interface SchedulerCounters {
   swaps: number;
   /** Prompt tokens computed for the first time (not cache hits, not recompute). */
   prefillTokens: number;
+  /** Requests admitted for the first time (resumptions after preemption not counted). */
+  admitted: number;
 }
 
 /**
@@ -96,7 +98,7 @@ export interface SchedulerCounters {
 export class Scheduler implements SchedulerView {
   readonly blocks: BlockManager;
   readonly lengthModel: LengthPredictor;
-  readonly counters: SchedulerCounters = { steps: 0, batchBound: 0, kvBound: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0 };
+  readonly counters: SchedulerCounters = { steps: 0, batchBound: 0, kvBound: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0, admitted: 0 };
   /** Prices in force this step: max(reserve curve, clearing price), per batched token and per KV block-second. */
   readonly prices = { token: 0, kv: 0 };
   /** The curves' reserve prices at this step's utilization. */
@@ -108,6 +110,8 @@ export class Scheduler implements SchedulerView {
   now = 0;
   step = 0;
   tokenUtilization = 0;
+  /** Preempted requests whose keys and values wait in host memory. */
+  swappedCount = 0;
 
   private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds' | 'defaultBid' | 'lengthModel'>>;
   private readonly defaultBid: ((tenant: string) => number | undefined) | undefined;
@@ -193,6 +197,10 @@ export class Scheduler implements SchedulerView {
 
   get config(): Readonly<SchedulerConfig> {
     return this.cfg;
+  }
+  /** The operator's congestion curves: the reserve prices beneath whatever clears. */
+  get priceCurves(): PriceCurves {
+    return this.curves;
   }
   get running(): readonly SchedRequest[] {
     return this.runningList;
@@ -517,7 +525,7 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'waiting') {
       this.policy.remove(r);
       this.leftWaiting();
-      if (r.swapped) this.engine.close(r.seq);
+      if (r.swapped) this.dropSwapped(r);
     } else this.leaveRunning(r);
     r.state = 'done';
     r.finishedAt = now;
@@ -540,7 +548,7 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'waiting') {
       this.policy.remove(r);
       this.leftWaiting();
-      if (r.swapped) this.engine.close(r.seq);
+      if (r.swapped) this.dropSwapped(r);
     } else this.leaveRunning(r);
     r.state = 'done';
     r.finishedAt = this.now;
@@ -706,6 +714,7 @@ export class Scheduler implements SchedulerView {
     r.computed = hitBlocks * bs;
     r.registered = hitBlocks;
     if (r.preemptions === 0) {
+      this.counters.admitted++;
       r.cachedTokens = hitBlocks * bs;
       this.counters.promptTokens += r.promptLength;
       this.counters.cachedTokens += r.cachedTokens;
@@ -733,6 +742,7 @@ export class Scheduler implements SchedulerView {
     this.leftWaiting();
     (this.engine.swapIn as (seq: number) => void)(r.seq);
     r.swapped = false;
+    this.swappedCount--;
     r.registered = 0;
     r.state = 'running';
     r.admittedStep = this.step;
@@ -755,6 +765,7 @@ export class Scheduler implements SchedulerView {
       (this.engine.swapOut as (seq: number) => void)(r.seq);
       this.leaveRunning(r, false);
       r.swapped = true;
+      this.swappedCount++;
       this.counters.swaps++;
     } else {
       this.leaveRunning(r);
@@ -835,6 +846,11 @@ export class Scheduler implements SchedulerView {
       }
     }
     r.registered = full;
+  }
+
+  private dropSwapped(r: SchedRequest): void {
+    this.engine.close(r.seq);
+    this.swappedCount--;
   }
 
   private insertRunning(r: SchedRequest): void {

@@ -28,7 +28,7 @@ import {
 import type { Quote } from '../scheduler/request.js';
 import { quoteHeaders, rejectionBody } from './quote.js';
 
-export type ErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'rate_limit_error' | 'insufficient_quota' | 'server_error';
+export type ErrorType = 'invalid_request_error' | 'authentication_error' | 'permission_error' | 'not_found_error' | 'rate_limit_error' | 'insufficient_quota' | 'server_error';
 
 export interface ErrorBody {
   error: { message: string; type: ErrorType; param: string | null; code: string | null; [extra: string]: unknown };
@@ -44,6 +44,7 @@ export interface HttpError {
 /** OpenAI's error `type` for a status. */
 export function errorType(status: number): ErrorType {
   if (status === 401) return 'authentication_error';
+  if (status === 403) return 'permission_error';
   if (status === 402) return 'insufficient_quota';
   if (status === 404) return 'not_found_error';
   if (status === 429) return 'rate_limit_error';
