@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError as CommanderArgError } from 'commander';
 import { isMarginalError } from './errors.js';
 import { runGenerate } from './cli/generate.js';
 import { runImportGguf, runImportHf, runImportLlama2c, runSynth } from './cli/models.js';
+import { limitOptions } from './cli/limit-options.js';
 import { ReportedError, runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
@@ -102,7 +103,7 @@ engineOptions(
     .option('--stop <text...>', 'stop sequences'),
 ).action(runGenerate);
 
-economyOptions(engineOptions(
+limitOptions(economyOptions(engineOptions(
   program
     .command('serve')
     .description('serve the OpenAI-compatible HTTP API')
@@ -116,7 +117,7 @@ economyOptions(engineOptions(
     .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01)
     .option('--log-level <level>', 'trace | debug | info | warn | error | fatal | silent (default: MARGINAL_LOG_LEVEL, else info)')
     .option('--metrics-key <key>', '/metrics then needs Authorization: Bearer <key> (or an admin key); default: MARGINAL_METRICS_KEY, else open'),
-)).action(runServe);
+))).action(runServe);
 
 /** Server geometry and welfare pricing, shared by everything that runs the simulator. */
 const simulatorOptions = (c: Command) =>

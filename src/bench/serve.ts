@@ -44,6 +44,8 @@ export function quoteFromBody(q: QuoteBody, message = ''): Quote {
     valueCounted: q.value_counted,
     retryable: q.retryable,
     expectedWaitMs: q.expected_wait_ms,
+    ...(q.predicted_ttft_ms !== undefined ? { predictedTtftMs: q.predicted_ttft_ms } : {}),
+    ...(q.predicted_e2e_ms !== undefined ? { predictedE2eMs: q.predicted_e2e_ms } : {}),
   };
 }
 

@@ -5,13 +5,14 @@ import { isMarginalError } from '../errors.js';
 import { createLogger, lineLogger, resolveLogLevel, type Logger } from '../log.js';
 import { createPolicy } from '../scheduler/policies/index.js';
 import { buildServer } from '../server/app.js';
+import { limitsFromCli, type LimitCliOptions } from './limit-options.js';
 import { loadApiKeys, openDirectory } from '../server/tenants.js';
 import { TokenizePool } from '../server/tokenize-pool.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 import { economyFromCli } from './sim.js';
 import { createLengthPredictor } from '../economy/length-model.js';
 
-interface ServeOptions extends EngineCliOptions {
+interface ServeOptions extends EngineCliOptions, LimitCliOptions {
   host: string;
   port: number;
   policy: string;
@@ -58,6 +59,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
 async function serve(o: ServeOptions, logger: Logger): Promise<void> {
   // Everything that can be wrong with the command line fails before the model loads.
   createPolicy(o.policy);
+  const limits = limitsFromCli(o);
   const curves = o.curve ? await loadCurveFile(o.curve) : undefined;
   const tenants = o.apiKeys ? await loadApiKeys(o.apiKeys) : openDirectory(o.defaultBid);
   const metricsKey = o.metricsKey ?? (process.env.MARGINAL_METRICS_KEY || undefined);
@@ -82,14 +84,19 @@ async function serve(o: ServeOptions, logger: Logger): Promise<void> {
     ...(curves ? { curves } : {}),
   });
   // Long prompts are tokenized on a worker pool: inline they would stall every stream's SSE.
-  const pool = await TokenizePool.create(model.dir, { tokenizer: model.tokenizer });
-  const server = buildServer({ model, generator, tenants, logger, tokenize: (text, bos) => pool.encode(text, bos), ...(metricsKey ? { metricsKey } : {}) });
+  const pool = await TokenizePool.create(model.dir, { tokenizer: model.tokenizer, maxQueued: limits.tokenizerQueue, maxQueuedPerClient: limits.tokenizerQueuePerClient });
+  const server = buildServer({ model, generator, tenants, logger, limits, tokenize: (text, bos, ctx) => pool.encode(text, bos, ctx), ...(metricsKey ? { metricsKey } : {}) });
   const { app } = server;
   let closing = false;
   const shutdown = async (signal: string) => {
     if (closing) return;
     closing = true;
-    app.log.info(`${signal}: no new requests; draining ${generator.inFlight} in flight`);
+    // Whatever hangs below, the process ends: a drain bounded by its timeout, then a little for the rest.
+    setTimeout(() => {
+      app.log.error(`${signal}: shutdown did not finish in time; exiting`);
+      process.exit(1);
+    }, limits.drainTimeoutMs + 10_000).unref();
+    app.log.info(`${signal}: no new requests; draining ${generator.inFlight} in flight (at most ${limits.drainTimeoutMs} ms)`);
     await server.drain();
     await pool.close();
     await engine.dispose();

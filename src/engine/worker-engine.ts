@@ -35,8 +35,7 @@ import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import createError from '@fastify/error';
-import { ContextLengthError, EngineCapacityError, InvalidArgumentError } from '../errors.js';
+import { ContextLengthError, EngineCapacityError, EngineWorkerError, InvalidArgumentError } from '../errors.js';
 import { BlockPool } from '../kv/blocks.js';
 import type { OnnxEngineOptions } from './onnx-engine.js';
 import { Rng } from '../sampling/rng.js';
@@ -45,8 +44,8 @@ import type { Engine, EngineInfo, StepItem, StepPlan, StepResult, StepTiming } f
 import type { LogitAdjust } from '../sampling/penalties.js';
 import type { TokenLogprobs } from '../sampling/logprobs.js';
 
-/** The engine's worker thread failed or exited: nothing can run until a new engine is created. */
-export const EngineWorkerError = createError<[string]>('MARGINAL_ENGINE_WORKER', 'engine worker: %s', 500);
+/** Re-exported from the error registry, where it is defined. */
+export { EngineWorkerError };
 
 // --- protocol shared with engine-worker.ts ---------------------------------------------------
 

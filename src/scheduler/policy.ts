@@ -39,6 +39,8 @@ export interface SchedulerView {
   preempt(r: SchedRequest): void;
   reject(r: SchedRequest, quote: Quote): void;
   quote(r: SchedRequest, reason: RejectReason, message: string): Quote;
+  /** Seconds waiting request `r` is expected to wait before it starts, given the queue ahead of it. */
+  expectedWaitSeconds(r: SchedRequest): number;
 }
 
 /**

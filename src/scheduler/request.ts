@@ -71,6 +71,10 @@ export interface Quote {
   retryable: boolean;
   /** When retryable: the expected wait before it would clear, ms; else null. */
   expectedWaitMs: number | null;
+  /** The server's prediction of its time to first token had it been admitted now (queue wait + prefill), ms. */
+  predictedTtftMs?: number;
+  /** The same for its end (TTFT + expected output at the current step time), ms. */
+  predictedE2eMs?: number;
 }
 
 /**

@@ -1,4 +1,5 @@
 import { ContextLengthError, InvalidArgumentError } from '../errors.js';
+import { MAX_REQUEST_VALUE, finiteOr } from '../economy/bounds.js';
 import { defaultCurves, type PriceCurves } from '../economy/curves.js';
 import { PointLength } from '../economy/estimator.js';
 import { OnlineMeanLength, type LengthFeatures, type LengthPredictor } from '../economy/length-model.js';
@@ -140,6 +141,8 @@ export class Scheduler implements SchedulerView {
   private kvShort = false;
   /** Tokens computed per second, recently: how fast a queue drains. */
   private tokenRateEma = 0;
+  /** Scratch for expectedWaitSeconds: running streams' expected finish times. */
+  private readonly finishTimes: number[] = [];
 
   constructor(
     private readonly engine: Engine,
@@ -250,6 +253,8 @@ export class Scheduler implements SchedulerView {
    */
   submit(spec: RequestSpec): SchedRequest {
     this.checkFits(spec.prompt.length, spec.maxTokens);
+    // Admission decisions (is its SLO still reachable?) are made at its arrival, not at the last step.
+    if (spec.arrival > this.now) this.now = spec.arrival;
     if (spec.value === undefined && spec.bid === undefined) {
       const bid = this.defaultBid?.(spec.tenant);
       if (bid !== undefined) spec = { ...spec, bid };
@@ -271,7 +276,11 @@ export class Scheduler implements SchedulerView {
     const r = new SchedRequest(this.nextSeqNo++, spec, dist, features, this.cfg.cachedDiscount);
     this.byId.set(r.seq, r);
     const claim = r.claimAt(spec.maxTokens);
-    let capped = false;
+    // However rich the tenant, no claim counts for more than this: every price, bill and metric
+    // derived from it stays finite (two claims of 1e308 once overflowed a counter to Infinity).
+    let capped = claim > MAX_REQUEST_VALUE;
+    r.capped = capped;
+    r.maxCharge = Math.min(claim, MAX_REQUEST_VALUE);
     if (this.ledger) {
       if (this.ledger.exhausted(spec.tenant)) {
         this.enqueue(r, false);
@@ -279,7 +288,7 @@ export class Scheduler implements SchedulerView {
         return r;
       }
       const cap = this.ledger.valueCap(spec.tenant);
-      const counted = Math.min(claim, cap);
+      const counted = Math.min(claim, cap, MAX_REQUEST_VALUE);
       capped = counted < claim;
       r.capped = capped;
       r.maxCharge = counted;
@@ -391,6 +400,9 @@ export class Scheduler implements SchedulerView {
     batch.best = batch.second = kv.best = kv.second = 0;
     batch.bestSeq = kv.bestSeq = -1;
     if (this.cfg.clearing && this.waitingLive > 0) this.rationDemand();
+    // A curve from a file can misbehave at the edges of its domain: a price is always finite.
+    this.reserve.token = finiteOr(this.reserve.token, this.floorTokenPrice);
+    this.reserve.kv = finiteOr(this.reserve.kv, 0);
     this.prices.token = Math.max(this.reserve.token, batch.best);
     this.prices.kv = Math.max(this.reserve.kv, kv.best);
   }
@@ -581,6 +593,8 @@ export class Scheduler implements SchedulerView {
         retryable = counted >= idleCost && counted > 0 && this.feasibleWhenIdle(r, uncached);
       }
     }
+    const wait = r.state === 'waiting' ? this.expectedWaitSeconds(r) : 0;
+    const ttft = Math.max(0, this.now - r.spec.arrival) + wait + Math.ceil(uncached / this.cfg.prefillChunk) * this.stepEma;
     return {
       reason,
       message,
@@ -590,7 +604,50 @@ export class Scheduler implements SchedulerView {
       valueCounted: counted,
       retryable,
       expectedWaitMs: retryable ? Math.round(this.drainSeconds(r) * 1000) : null,
+      predictedTtftMs: roundMs(ttft),
+      predictedE2eMs: roundMs(ttft + out * this.stepEma),
     };
+  }
+
+  /**
+   * Seconds `r` (waiting) is expected to wait before it starts computing, from the queue as it
+   * stands: the requests ahead of it (waiting ones of at least its value density — the pricing
+   * policy's order — or already preempted) need slots and prefill first, so `r` starts once
+   * enough running streams have finished to seat them and it, and once their prompts have
+   * passed through the batch. 0 on a server with room for everyone.
+   */
+  expectedWaitSeconds(r: SchedRequest): number {
+    const step = this.stepEma;
+    const mine = r.valueAt(r.generated + r.remainingOutput()) / tokensToGo(r, r.swapped ? 0 : r.length - r.computed);
+    let ahead = 0;
+    let aheadPrompt = 0;
+    let aheadService = 0;
+    this.waitingByValue.forEach((e) => {
+      if (e.r === r || e.r.state !== 'waiting' || e.epoch !== e.r.epoch) return;
+      if (!(e.density >= mine) && e.r.preemptions === 0) return;
+      ahead++;
+      const uncached = e.r.swapped ? 0 : e.r.length - e.r.computed;
+      aheadPrompt += uncached;
+      aheadService += Math.ceil(uncached / this.cfg.prefillChunk) + e.r.remainingOutput();
+    });
+    // Their prompts go through the batch before r's, at most a batch's worth per step.
+    const prefillWait = (aheadPrompt / this.cfg.maxBatchTokens) * step;
+    const free = this.cfg.maxRunning - this.runningList.length;
+    const need = ahead + 1 - free;
+    if (need <= 0) return prefillWait;
+    // Slots free up as running streams finish: the need-th soonest finish seats r.
+    const ends = this.finishTimes;
+    ends.length = 0;
+    for (const x of this.runningList) ends.push((Math.ceil(x.pending / this.cfg.prefillChunk) + x.remainingOutput()) * step);
+    ends.sort((a, b) => a - b);
+    let slotWait: number;
+    if (need <= ends.length) slotWait = ends[need - 1] as number;
+    else {
+      // More ahead than running: further rounds of the queue ahead, maxRunning at a time.
+      const meanService = ahead > 0 ? (aheadService / ahead) * step : 0;
+      slotWait = (ends[ends.length - 1] ?? 0) + Math.ceil((need - ends.length) / this.cfg.maxRunning) * meanService;
+    }
+    return Math.max(prefillWait, slotWait);
   }
 
   /** Whether a fresh attempt of `r` would meet its SLO and deadline on an otherwise idle server. */
@@ -810,6 +867,10 @@ export class Scheduler implements SchedulerView {
     if (close) this.engine.close(r.seq);
     r.plannedStep = -1;
   }
+}
+
+function roundMs(seconds: number): number {
+  return Number.isFinite(seconds) ? Math.round(seconds * 1000) : Number.MAX_SAFE_INTEGER;
 }
 
 function offer(into: Rationed, seq: number, density: number): void {

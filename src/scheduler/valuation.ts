@@ -13,7 +13,8 @@ export interface ValuationClock {
   stepSeconds(): number;
 }
 
-const logistic = (x: number): number => 1 / (1 + Math.exp(x));
+// NaN (an SLO so small it underflows to 0 s, against an estimate of 0) counts as a miss.
+const logistic = (x: number): number => (x <= 0 || x > 0 ? 1 / (1 + Math.exp(x)) : 0);
 
 /** Width of the SLO logistic, as a fraction of the SLO: soft, because step times vary. */
 const SOFTNESS = 0.1;

@@ -1,7 +1,7 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { BudgetExhaustedError, InvalidArgumentError, isMarginalError, RequestRejectedError } from '../errors.js';
+import { BodyTooLargeError, DrainingError, EngineDownError, InvalidApiKeyError, InvalidArgumentError, RouteNotFoundError, ShutdownError, UnknownModelError } from '../errors.js';
 import type { Completion, Generator, Rejected } from '../engine/generator.js';
 import { validateSamplingParams, type SamplingParams } from '../sampling/params.js';
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
@@ -13,6 +13,8 @@ import { renderChat, type ChatMessage } from './chat.js';
 import { serverMarket } from './console/market.js';
 import { registerConsole } from './console/routes.js';
 import { Sampler } from './console/sampler.js';
+import { answerOutsideRouter, clientErrorHandler, describeError, frameworkErrors } from './errors-http.js';
+import { fastifyServerOptions, limitConnections, RequestGate, resolveLimits, type ServerLimits } from './limits.js';
 import { checkFields } from './fields.js';
 import { registerUtilityRoutes } from './routes-extra.js';
 import { requestedGrammar, type RequestedGrammar } from './structured.js';
@@ -24,24 +26,28 @@ import { RequestJournal } from './journal.js';
 import { EngineLoop } from './loop.js';
 import { ServerMetrics } from './metrics.js';
 import { chatBody, completionBody, type ChatBody, type CommonBody, type CompletionBody } from './schemas.js';
+import { PromptBound } from './prompt-bound.js';
 import { quoteBody, quoteHeaders, rejectionBody } from './quote.js';
 import { openDirectory, type Tenant, type TenantDirectory } from './tenants.js';
+import type { EncodeContext } from './tokenize-pool.js';
 
 export interface ServerDeps {
   model: LoadedModel;
   generator: Generator;
   tenants?: TenantDirectory;
   metrics?: ServerMetrics;
-  /** Tokenizes off the main thread where it pays (TokenizePool.encode); default inline. */
-  tokenize?: (text: string, bos: boolean) => Promise<number[]>;
+  /** Tokenizes off the main thread where it pays (TokenizePool.encode, fair per client and cancellable); default inline. */
+  tokenize?: (text: string, bos: boolean, ctx: EncodeContext) => Promise<number[]>;
   /** Where the server logs (pino, JSON lines); default: nothing. */
   logger?: Logger;
   /** `--metrics-key`: /metrics then needs this bearer key (or an admin key). */
   metricsKey?: string;
   /** The console's built page (default: dist/console); `false` serves no console. */
   console?: { assetsDir?: string } | false;
-  /** Largest request body accepted, bytes (413 beyond). */
+  /** Largest request body accepted, bytes (413 beyond); the same as limits.bodyLimit. */
   bodyLimit?: number;
+  /** Timeouts, connection caps, queue bounds and the drain timeout (defaults: limits.ts). */
+  limits?: Partial<ServerLimits>;
   /** Compute cost per token for the welfare metric. */
   basePrice?: number;
 }
@@ -52,41 +58,29 @@ export interface Server {
   metrics: ServerMetrics;
   /** One record per finished API request (logged, and shown by the console). */
   journal: RequestJournal;
-  /** Stop accepting, finish what is running, resolve when drained. */
-  drain(): Promise<void>;
+  limits: ServerLimits;
+  /**
+   * Stop accepting, let what is in flight finish for up to `timeoutMs` (default the drain
+   * timeout), then abort the rest (503 `shutdown`) and close every connection; resolves when done.
+   */
+  drain(timeoutMs?: number): Promise<void>;
 }
 
-type ErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'rate_limit_error' | 'insufficient_quota' | 'server_error';
-
-function errorBody(message: string, type: ErrorType, param: string | null, code: string | null) {
-  return { error: { message, type, param, code } };
+/** True when `p` settles within `ms`. */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((r) => (timer = setTimeout(() => r(false), ms)));
+  try {
+    return await Promise.race([p.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
-function send(reply: FastifyReply, status: number, message: string, type: ErrorType, param: string | null, code: string | null) {
-  return reply.code(status).send(errorBody(message, type, param, code));
-}
-
-/** An HTTP-ready error: status and OpenAI body, from anything a handler can throw. */
-function describeError(e: unknown): { status: number; body: ReturnType<typeof errorBody>; headers: Record<string, string> } {
-  const err = e as Error & { statusCode?: number; code?: string; param?: string; quote?: Quote; validation?: unknown; validationContext?: string };
-  const quote = err.quote;
-  if (quote !== undefined && (e instanceof RequestRejectedError || e instanceof BudgetExhaustedError)) {
-    return { status: e.statusCode as number, body: rejectionBody(err.message, quote) as unknown as ReturnType<typeof errorBody>, headers: quoteHeaders(quote) };
-  }
-  if (err.validation) {
-    const param = (err.message.match(/^body\/([\w/]+)/)?.[1] ?? null)?.replace(/\//g, '.') ?? null;
-    return { status: 400, body: errorBody(err.message, 'invalid_request_error', param, 'invalid_request'), headers: {} };
-  }
-  if (isMarginalError(e)) {
-    const status = err.statusCode ?? 500;
-    const code = (err.code as string).replace(/^MARGINAL_/, '').toLowerCase();
-    return { status, body: errorBody(err.message, status === 404 ? 'not_found_error' : status < 500 ? 'invalid_request_error' : 'server_error', err.param ?? null, code), headers: {} };
-  }
-  if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
-    // fastify's own: bad JSON, body too large, wrong content type...
-    return { status: err.statusCode, body: errorBody(err.message, 'invalid_request_error', null, err.code ?? null), headers: {} };
-  }
-  return { status: 500, body: errorBody('internal error', 'server_error', null, null), headers: {} };
+/** One generation request in flight: aborted when its client leaves, or by a drain that timed out. */
+interface Job {
+  controller: AbortController;
+  ctx: EncodeContext;
 }
 
 /** The OpenAI-compatible HTTP surface over one model and its engine loop. */
@@ -97,15 +91,25 @@ export function buildServer(deps: ServerDeps): Server {
   const tenants = deps.tenants ?? openDirectory(undefined);
   const metrics = deps.metrics ?? new ServerMetrics({ modelName: model.name, blockSize: info.blockSize, numBlocks: info.totalBlocks, maxSequences: info.maxSequences, maxContext: info.maxContext });
   const tokenize = deps.tokenize ?? (async (text: string, bos: boolean) => model.tokenizer.encode(text, { bos }));
+  const limits = resolveLimits({ ...(deps.bodyLimit !== undefined ? { bodyLimit: deps.bodyLimit } : {}), ...deps.limits });
   const app = Fastify({
     ...(deps.logger ? { loggerInstance: deps.logger as FastifyBaseLogger } : { logger: false }),
     // The journal writes one line per finished request instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: deps.bodyLimit ?? 2 * 1024 * 1024,
+    ...fastifyServerOptions(limits),
     // OpenAI semantics: "10" is not a number of tokens. No coercion, no silent defaults.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
-    return503OnClosing: true,
+    // Shutdown answers in the OpenAI shape too (DrainingError below), not fastify's own 503 body.
+    return503OnClosing: false,
+    // The HTTP parser's errors (malformed requests, 431, 408) and undecodable URLs in the OpenAI shape.
+    clientErrorHandler,
+    frameworkErrors,
   });
+  answerOutsideRouter(app.server);
+  limitConnections(app.server, limits);
+  const gate = new RequestGate(limits.maxQueued, () => sched.running.length);
+  const bound = new PromptBound(model.tokenizer, info.maxContext);
+  const jobs = new Set<Job>();
   // JSON only: a text/plain body is a client bug to report (415), not a string to validate.
   app.removeContentTypeParser('text/plain');
   const grammars = new GrammarEngine(model.tokenizer, model.vocabSize, model.stopIds);
@@ -203,9 +207,12 @@ export function buildServer(deps: ServerDeps): Server {
     const d = describeError(err);
     journal.noteError(req, d.body.error.code);
     if (d.status >= 500) app.log.error(err);
+    if (d.status === BODY_TOO_LARGE && !req.raw.complete) keepReading(req, reply);
     return reply.code(d.status).headers(d.headers).send(d.body);
   });
-  app.setNotFoundHandler((req, reply) => send(reply, 404, `no route ${req.method} ${req.url}`, 'not_found_error', null, 'route_not_found'));
+  app.setNotFoundHandler((req) => {
+    throw new RouteNotFoundError(`no route ${req.method} ${req.url}`);
+  });
 
   // Prices on every response, so a client can see congestion before it is turned away. A
   // rejection already carries the prices of its quote: the same numbers, never overwritten.
@@ -219,17 +226,16 @@ export function buildServer(deps: ServerDeps): Server {
     const header = req.headers.authorization;
     const key = typeof header === 'string' && /^Bearer\s+/i.test(header) ? header.replace(/^Bearer\s+/i, '').trim() : undefined;
     const t = tenants.byKey(key);
-    if (t === undefined) {
-      throw Object.assign(new InvalidArgumentError(key === undefined ? 'missing API key: send Authorization: Bearer <key>' : 'invalid API key'), { statusCode: 401, code: 'MARGINAL_INVALID_API_KEY' });
-    }
+    if (t === undefined) throw new InvalidApiKeyError(key === undefined ? 'missing API key: send Authorization: Bearer <key>' : 'invalid API key');
     return t;
   };
 
   app.get('/health', async (_req, reply) => {
-    if (draining) return reply.code(503).send({ status: 'draining' });
-    // A dead engine worker means nothing can be served: say so to the load balancer.
-    if ((generator.engine as { alive?: boolean }).alive === false) return reply.code(503).send({ status: 'engine down' });
-    return { status: 'ok' };
+    // Draining, or a dead engine worker (nothing can be served): say so to the load balancer.
+    const down = draining ? { e: new DrainingError('the server is shutting down'), status: 'draining' } : (generator.engine as { alive?: boolean }).alive === false ? { e: new EngineDownError('the engine is not running'), status: 'engine down' } : undefined;
+    if (down === undefined) return { status: 'ok' };
+    const d = describeError(down.e);
+    return reply.code(d.status).headers(d.headers).send({ ...d.body, status: down.status });
   });
 
   app.get('/metrics', async (req, reply) => {
@@ -255,12 +261,21 @@ export function buildServer(deps: ServerDeps): Server {
     policy: sched.policyName,
   });
   app.get('/v1/models', async () => ({ object: 'list', data: [modelCard()] }));
-  registerUtilityRoutes(app, model, info.maxContext, modelCard);
+  // /tokenize counts prompts longer than the context too (that is what clients use it for), on the
+  // pool in the client's turn — but not without end: one 1.5 MB prompt held a worker for seconds.
+  registerUtilityRoutes(app, model, info.maxContext, modelCard, (text, bos, req) => {
+    bound.checkCountable(text, TOKENIZE_CONTEXTS, 'prompt');
+    const controller = new AbortController();
+    const socket = req.raw.socket;
+    const gone = () => controller.abort(new Error('the client went away'));
+    socket?.once('close', gone);
+    return tokenize(text, bos, { client: req.ip, signal: controller.signal }).finally(() => socket?.off('close', gone));
+  });
 
   /** Checks shared by both routes: model, sampling parameters (logprobs is the route's own spelling of the count). */
   const common = (body: CommonBody, defaultMaxTokens: (promptTokens: number) => number, promptTokens: number, extraStop: string[], logprobs: { value: unknown; param: string; max: number }): SamplingParams => {
     if (body.model !== undefined && body.model !== model.name) {
-      throw Object.assign(new InvalidArgumentError(`The model \`${body.model}\` does not exist. This server serves \`${model.name}\`.`), { statusCode: 404, code: 'MARGINAL_MODEL_NOT_FOUND', param: 'model' });
+      throw Object.assign(new UnknownModelError(`The model \`${body.model}\` does not exist. This server serves \`${model.name}\`.`), { param: 'model' });
     }
     if (body.n !== undefined && body.n !== null && !(Number.isInteger(body.n) && body.n >= 1 && body.n <= MAX_CHOICES)) {
       throw Object.assign(new InvalidArgumentError(`n must be an integer in [1, ${MAX_CHOICES}]`), { param: 'n' });
@@ -312,6 +327,7 @@ export function buildServer(deps: ServerDeps): Server {
     body: CommonBody,
     tenant: Tenant,
     opts: { echo?: { text: string }; constraint?: RequestedGrammar; n: number; bestOf: number; tools?: RequestedTools },
+    job: Job,
   ) => {
     const { echo, constraint, n, bestOf, tools } = opts;
     const runs = Math.max(n, bestOf);
@@ -322,14 +338,12 @@ export function buildServer(deps: ServerDeps): Server {
     journal.generating(req, id, tenant.name);
     const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
     const createdAt = Math.floor(Date.now() / 1000);
-    const abort = new AbortController();
+    const abort = job.controller;
     const res = reply.raw;
-    // The client leaving before the answer is complete aborts the request: its KV blocks are freed within a step.
-    res.on('close', () => {
-      if (!res.writableFinished) abort.abort();
-    });
-    // The client may have gone while the prompt was being tokenized.
-    if (res.destroyed || req.raw.socket?.destroyed) abort.abort();
+    /** A drain that timed out aborted it: say so rather than answer with a truncated completion. */
+    const shutDown = () => {
+      if (abort.signal.aborted && abort.signal.reason instanceof ShutdownError) throw abort.signal.reason;
+    };
 
     const tok = model.tokenizer;
     const lastPrompt = prompt[prompt.length - 1] ?? -1;
@@ -364,6 +378,7 @@ export function buildServer(deps: ServerDeps): Server {
       const pending = generator.submitChoices(request);
       loop.wake();
       const all = await pending;
+      shutDown();
       let cs = all;
       if (bestOf > n) {
         const score = (c: Completion) => (c.logprobs ?? []).reduce((a, l) => a + l.logprob, 0);
@@ -465,6 +480,7 @@ export function buildServer(deps: ServerDeps): Server {
       loop.wake();
       if (echo !== undefined) open();
       const cs = await pending;
+      shutDown();
       open();
       const t = total(cs);
       cs.forEach((c, index) => {
@@ -495,6 +511,28 @@ export function buildServer(deps: ServerDeps): Server {
     return reply;
   };
 
+  /**
+   * Admits a generation request (or throws QueueFullError) and follows it to its response's end:
+   * aborted if its client leaves first (queued tokenization is dropped, KV blocks freed within a
+   * step) or if a drain times out.
+   */
+  const begin = (req: FastifyRequest, reply: FastifyReply, tenant: Tenant): Job => {
+    const leave = gate.enter();
+    const controller = new AbortController();
+    // Fair shares of the tokenizer go to tenants when keys identify them, else to client addresses.
+    const job: Job = { controller, ctx: { client: tenants.open ? req.ip : tenant.name, signal: controller.signal } };
+    jobs.add(job);
+    const res = reply.raw;
+    res.once('close', () => {
+      if (!res.writableFinished) controller.abort(new Error('the client went away'));
+      jobs.delete(job);
+      leave();
+    });
+    // It may have gone while the body was read.
+    if (res.destroyed || req.raw.socket?.destroyed) controller.abort(new Error('the client went away'));
+    return job;
+  };
+
   /** generate() under the journal: the request's record is complete once its generations have settled. */
   const serve = async (...args: Parameters<typeof generate>) => {
     try {
@@ -505,7 +543,7 @@ export function buildServer(deps: ServerDeps): Server {
   };
 
   app.post('/v1/completions', { schema: { body: completionBody } }, async (req, reply) => {
-    if (draining) return send(reply, 503, 'the server is shutting down', 'server_error', null, 'draining');
+    if (draining) throw new DrainingError('the server is shutting down');
     const tenant = authenticate(req);
     const body = req.body as CompletionBody;
     checkFields(body as unknown as Record<string, unknown>, 'completion');
@@ -518,13 +556,17 @@ export function buildServer(deps: ServerDeps): Server {
     unsupported(bestOf > n && body.stream === true, 'best_of', 'best_of > n cannot be streamed');
     unsupported(body.suffix != null && body.suffix !== '', 'suffix', 'suffix is not supported');
     const p = body.prompt;
+    if (typeof p !== 'string' && p.length !== 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) {
+      throw Object.assign(new InvalidArgumentError('prompt: one prompt per request (send several requests)'), { param: 'prompt' });
+    }
+    const text = typeof p === 'string' ? p : typeof p[0] === 'string' ? p[0] : undefined;
+    // A text that cannot fit is turned away before it costs the tokenizer anything.
+    if (text !== undefined) bound.check(text, body.max_tokens ?? 16, 'prompt');
+    const job = begin(req, reply, tenant);
     let prompt: number[];
     // vLLM's add_special_tokens (default true): false leaves the BOS out of a text prompt.
     const bos = model.addBos && (body as { add_special_tokens?: unknown }).add_special_tokens !== false;
-    if (typeof p === 'string') prompt = await tokenize(p, bos);
-    else if (p.length !== 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) {
-      throw Object.assign(new InvalidArgumentError('prompt: one prompt per request (send several requests)'), { param: 'prompt' });
-    } else if (typeof p[0] === 'string') prompt = await tokenize(p[0], bos);
+    if (text !== undefined) prompt = await tokenize(text, bos, job.ctx);
     else if (Array.isArray(p[0])) prompt = (p as number[][])[0] as number[];
     else prompt = p as number[];
     checkTokens(prompt, model.vocabSize);
@@ -533,11 +575,11 @@ export function buildServer(deps: ServerDeps): Server {
     sched.checkFits(prompt.length, sampling.maxTokens);
     const promptText = typeof p === 'string' ? p : typeof p[0] === 'string' ? p[0] : model.tokenizer.decode(prompt);
     const constraint = requestedGrammar(body as unknown as Record<string, unknown>);
-    return serve(req, reply, 'completion', prompt, sampling, body, tenant, { ...(body.echo === true ? { echo: { text: promptText } } : {}), ...(constraint ? { constraint } : {}), n, bestOf });
+    return serve(req, reply, 'completion', prompt, sampling, body, tenant, { ...(body.echo === true ? { echo: { text: promptText } } : {}), ...(constraint ? { constraint } : {}), n, bestOf }, job);
   });
 
   app.post('/v1/chat/completions', { schema: { body: chatBody } }, async (req, reply) => {
-    if (draining) return send(reply, 503, 'the server is shutting down', 'server_error', null, 'draining');
+    if (draining) throw new DrainingError('the server is shutting down');
     const tenant = authenticate(req);
     const body = req.body as ChatBody;
     checkFields(body as unknown as Record<string, unknown>, 'chat');
@@ -548,7 +590,9 @@ export function buildServer(deps: ServerDeps): Server {
     const tools = requestedTools(body as ChatBody & { parallel_tool_calls?: unknown });
     const active = tools !== undefined && tools.mode.kind !== 'none' ? tools : undefined;
     const rendered = renderChat(model, body.messages as ChatMessage[], active ? { list: body.tools as unknown[], toolSystem: toolInstructions(active.functions) } : undefined);
-    const prompt = await tokenize(rendered.prompt, model.addBos && !rendered.hasBos);
+    bound.check(rendered.prompt, body.max_tokens ?? body.max_completion_tokens ?? undefined, 'messages');
+    const job = begin(req, reply, tenant);
+    const prompt = await tokenize(rendered.prompt, model.addBos && !rendered.hasBos, job.ctx);
     const ctx = info.maxContext;
     // OpenAI chat: without max_tokens the answer may use the rest of the context.
     const sampling = common(body, (n) => Math.max(1, ctx - n), prompt.length, rendered.stop, { value: body.logprobs === true ? (body.top_logprobs ?? 0) : undefined, param: 'top_logprobs', max: 20 });
@@ -559,7 +603,7 @@ export function buildServer(deps: ServerDeps): Server {
       unsupported(constraint !== undefined, constraint?.param ?? 'response_format', 'a structured-output constraint cannot be combined with tool_choice required or a named function');
       constraint = { spec: call, param: 'tools' };
     }
-    return serve(req, reply, 'chat', prompt, sampling, body, tenant, { ...(constraint ? { constraint } : {}), n: body.n ?? 1, bestOf: body.n ?? 1, ...(active ? { tools: active } : {}) });
+    return serve(req, reply, 'chat', prompt, sampling, body, tenant, { ...(constraint ? { constraint } : {}), n: body.n ?? 1, bestOf: body.n ?? 1, ...(active ? { tools: active } : {}) }, job);
   });
 
   if (deps.console !== false) {
@@ -569,14 +613,39 @@ export function buildServer(deps: ServerDeps): Server {
     registerConsole(app, { market, sampler, directory: tenants, ...(deps.console?.assetsDir ? { assetsDir: deps.console.assetsDir } : {}) });
   }
 
-  const drain = async () => {
+  const drain = async (timeoutMs = limits.drainTimeoutMs) => {
     draining = true;
     const closed = app.close();
-    await loop.drain();
-    await closed;
+    if (await within(Promise.all([loop.drain(), closed]), timeoutMs)) return;
+    // Out of time: abort what is left (each answered 503 `shutdown`, or an error event on its
+    // stream), then cut the connections still open — clients that never read their stream would
+    // otherwise hold the process forever.
+    const reason = new ShutdownError(`the server shut down before this request finished (drain timeout ${timeoutMs} ms)`);
+    for (const job of jobs) job.controller.abort(reason);
+    await within(loop.drain(), 2000);
+    app.server.closeAllConnections();
+    await within(closed, 2000);
   };
 
-  return { app, loop, metrics, journal, drain };
+  return { app, loop, metrics, journal, limits, drain };
+}
+
+const BODY_TOO_LARGE = new BodyTooLargeError('').statusCode as number;
+/** /tokenize counts texts up to this many contexts long. */
+const TOKENIZE_CONTEXTS = 16;
+
+/**
+ * Answering before the body is read, then closing (fastify's way, and node's for a client that
+ * sent `Connection: close`), makes the kernel reset the connection on the bytes still arriving:
+ * the client, still sending, sees EPIPE or ECONNRESET instead of its 413. Kept open, node reads
+ * and discards the rest of the body (bounded by the request timeout); then the connection closes
+ * if the client asked for that.
+ */
+function keepReading(req: FastifyRequest, reply: FastifyReply): void {
+  const closeAfter = /\bclose\b/i.test(String(req.headers.connection ?? ''));
+  reply.removeHeader('connection');
+  reply.raw.shouldKeepAlive = true;
+  if (closeAfter) req.raw.once('end', () => req.raw.socket?.end());
 }
 
 /** A chat choice's message and finish reason: tool calls where the answer is one (tools.ts), else text. */

@@ -34,7 +34,8 @@ export const PLAIN_TEMPLATE_STOP = '\nUser:';
 const LABEL: Record<ChatMessage['role'], string> = { system: 'System', developer: 'System', user: 'User', assistant: 'Assistant', tool: 'Tool' };
 
 export function messageText(m: ChatMessage, index: number): string {
-  if (m.content === null) return '';
+  // Absent (an assistant turn that only called tools, or a client that left it out) reads as empty.
+  if (m.content === null || m.content === undefined) return '';
   if (typeof m.content === 'string') return m.content;
   return m.content
     .map((part, k) => {

@@ -88,6 +88,14 @@ function buckets125(max: number): number[] {
   }
 }
 
+/**
+ * What a gauge may show: a finite number. prom-client renders Infinity and NaN, but a scrape
+ * that parses them into a sum poisons dashboards, and nothing a request sends may decide that.
+ */
+function finite(x: number): number {
+  return Number.isFinite(x) ? x : 0;
+}
+
 /** Python's str(float): the exposition vLLM produces writes `le="1.0"`, not `le="1"`. */
 function pyFloat(x: number): string {
   if (x === Infinity) return '+Inf';
@@ -107,8 +115,12 @@ class Tally {
     child.inc(0);
   }
   add(n: number): void {
-    // A counter only goes up; NaN or negative input would corrupt every rate() over it.
-    if (n > 0 && n !== Infinity) this.value += n;
+    // A counter only goes up; NaN or negative input would corrupt every rate() over it, and a
+    // sum that overflows to Infinity would make prom-client throw on every later scrape.
+    if (n > 0 && n < Infinity) {
+      const next = this.value + n;
+      if (next < Infinity) this.value = next;
+    }
   }
   flush(): void {
     const d = this.value - this.flushed;
@@ -141,8 +153,8 @@ class FixedHistogram {
     this.counts = new Float64Array(buckets.length);
   }
   observe(v: number): void {
-    // One NaN would turn _sum into NaN for the life of the process.
-    if (!Number.isFinite(v)) return;
+    // One NaN or Infinity would poison _sum for the life of the process.
+    if (!Number.isFinite(v) || !Number.isFinite(this.sum + v)) return;
     const b = this.bounds;
     let i = 0;
     while (i < b.length && v > b[i]!) i++;
@@ -330,14 +342,14 @@ export class ServerMetrics {
 
   /** Called once per engine step with the scheduler's state. */
   step(s: MetricsSnapshot): void {
-    this.running.set(s.running);
-    this.waiting.set(s.waiting);
-    this.kvUsage.set(s.kvUsage);
-    this.gpuCacheUsage.set(s.kvUsage);
-    this.priceToken.set(s.priceToken);
-    this.priceKv.set(s.priceKvBlockSecond);
-    this.swappedGauge.set(s.swapped ?? 0);
-    this.tokenUtilization.set(s.tokenUtilization ?? 0);
+    this.running.set(finite(s.running));
+    this.waiting.set(finite(s.waiting));
+    this.kvUsage.set(finite(s.kvUsage));
+    this.gpuCacheUsage.set(finite(s.kvUsage));
+    this.priceToken.set(finite(s.priceToken));
+    this.priceKv.set(finite(s.priceKvBlockSecond));
+    this.swappedGauge.set(finite(s.swapped ?? 0));
+    this.tokenUtilization.set(finite(s.tokenUtilization ?? 0));
   }
 
   /** n requests admitted for the first time. */
@@ -389,10 +401,10 @@ export class ServerMetrics {
     this.valueRealized.add(r.realizedValue);
     this.computeCost.add(r.computeCost);
     this.revenue.add(r.billTotal);
-    const dw = r.realizedValue - r.computeCost;
-    if (Number.isFinite(dw)) {
-      this.welfare += dw;
-      this.welfareGauge.set(this.welfare);
+    const welfare = this.welfare + (r.realizedValue - r.computeCost);
+    if (Number.isFinite(welfare)) {
+      this.welfare = welfare;
+      this.welfareGauge.set(welfare);
     }
   }
 
@@ -467,7 +479,7 @@ export class ServerMetrics {
       g = this.budgetGauge.labels({ tenant });
       this.budgetChildren.set(tenant, g);
     }
-    g.set(remaining);
+    g.set(finite(remaining));
   }
 
   /** The exposition text for GET /metrics. */

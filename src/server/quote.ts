@@ -9,6 +9,10 @@ export interface QuoteBody {
   value_counted: number;
   retryable: boolean;
   expected_wait_ms: number | null;
+  /** The server's prediction of its time to first token had it been admitted now: queue wait + prefill. */
+  predicted_ttft_ms?: number;
+  /** And of its end: TTFT + its expected output at the current step time. */
+  predicted_e2e_ms?: number;
 }
 
 export function quoteBody(q: Quote): QuoteBody {
@@ -20,6 +24,8 @@ export function quoteBody(q: Quote): QuoteBody {
     value_counted: q.valueCounted,
     retryable: q.retryable,
     expected_wait_ms: q.expectedWaitMs,
+    ...(q.predictedTtftMs !== undefined ? { predicted_ttft_ms: q.predictedTtftMs } : {}),
+    ...(q.predictedE2eMs !== undefined ? { predicted_e2e_ms: q.predictedE2eMs } : {}),
   };
 }
 

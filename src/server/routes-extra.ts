@@ -1,6 +1,6 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createRequire } from 'node:module';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, UnknownModelError } from '../errors.js';
 import type { LoadedModel } from '../models/modeldir.js';
 import { renderChat, type ChatMessage } from './chat.js';
 
@@ -38,10 +38,17 @@ const detokenizeBody = {
  * `/detokenize`, `/version`, and OpenAI's `GET /v1/models/{id}`. `describe` is the model card
  * that `/v1/models` lists.
  */
-export function registerUtilityRoutes(app: FastifyInstance, model: LoadedModel, maxModelLen: number, describe: () => Record<string, unknown>): void {
+export function registerUtilityRoutes(
+  app: FastifyInstance,
+  model: LoadedModel,
+  maxModelLen: number,
+  describe: () => Record<string, unknown>,
+  /** Encodes as the generation routes do (off the event loop, in the client's turn); default inline. */
+  encode: (text: string, bos: boolean, req: FastifyRequest) => Promise<number[]> = async (text, bos) => model.tokenizer.encode(text, { bos }),
+): void {
   const checkModel = (name: unknown) => {
     if (name !== undefined && name !== model.name) {
-      throw Object.assign(new InvalidArgumentError(`The model \`${String(name)}\` does not exist. This server serves \`${model.name}\`.`), { statusCode: 404, code: 'MARGINAL_MODEL_NOT_FOUND', param: 'model' });
+      throw Object.assign(new UnknownModelError(`The model \`${String(name)}\` does not exist. This server serves \`${model.name}\`.`), { param: 'model' });
     }
   };
 
@@ -61,10 +68,10 @@ export function registerUtilityRoutes(app: FastifyInstance, model: LoadedModel, 
       if (body.prompt !== undefined) bad('prompt', 'send either prompt or messages, not both');
       if (body.add_generation_prompt === false) bad('add_generation_prompt', 'add_generation_prompt: false is not supported');
       const rendered = renderChat(model, body.messages);
-      tokens = model.tokenizer.encode(rendered.prompt, { bos: (body.add_special_tokens ?? model.addBos) && model.addBos && !rendered.hasBos });
+      tokens = await encode(rendered.prompt, (body.add_special_tokens ?? model.addBos) && model.addBos && !rendered.hasBos, req);
     } else {
       if (body.prompt === undefined) bad('prompt', 'prompt or messages is required');
-      tokens = model.tokenizer.encode(body.prompt, { bos: (body.add_special_tokens ?? true) && model.addBos });
+      tokens = await encode(body.prompt as string, (body.add_special_tokens ?? true) && model.addBos, req);
     }
     const out: Record<string, unknown> = { count: tokens.length, max_model_len: maxModelLen, tokens };
     if (body.return_token_strs === true) out.token_strs = tokens.map((t, i) => model.tokenizer.decode(i > 0 ? [tokens[i - 1]!, t] : [t]).slice(i > 0 ? model.tokenizer.decode([tokens[i - 1]!]).length : 0));

@@ -174,10 +174,19 @@ export class ShadowPolicy implements Policy, EvictionPolicy {
         v.reject(r, v.quote(r, r.capped ? 'value_cap' : 'price_above_bid', 'its value is below the cost of serving it even on an idle server'));
         return;
       }
-      // Known now, not after the SLO has passed: even started at once, it would miss.
-      if (pMeet(r, r.length - v.cachedPrefixTokens(r), v) < HOPELESS) {
-        v.reject(r, v.quote(r, 'slo_unreachable', 'its SLO or deadline cannot be met even if it starts now'));
-        return;
+      // Known at admission, not after the SLO has passed: with the wait the queue ahead of it
+      // predicts (nothing on a server with room), it would miss.
+      if (r.spec.slo !== undefined || r.spec.deadlineMs !== undefined) {
+        const uncached = r.length - v.cachedPrefixTokens(r);
+        if (pMeet(r, uncached, v) < HOPELESS) {
+          v.reject(r, v.quote(r, 'slo_unreachable', 'its SLO or deadline cannot be met even if it starts now'));
+          return;
+        }
+        const wait = v.expectedWaitSeconds(r);
+        if (wait > 0 && pMeet(r, uncached, v, wait) < HOPELESS) {
+          v.reject(r, v.quote(r, 'slo_unreachable', `its SLO or deadline cannot be met behind the requests queued ahead of it (expected wait ${Math.round(wait * 1000)} ms)`));
+          return;
+        }
       }
     }
     r.score = this.value(r) / Math.max(1, v.blocks.blocksFor(r.length + r.remainingOutput()));
