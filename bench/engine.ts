@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { Rng, Sampler, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
-import type { StepItem } from '../src/engine/types.js';
+import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import { IO } from '../src/models/llama/graph.js';
 import { ensureSynthetic, importLlama2c, packageRoot } from '../src/models/importers.js';
 import { GRAPH_VERSION, loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
@@ -73,23 +73,23 @@ async function engineRun(model: LoadedModel, name: string, mode: 'fast' | 'fast-
   const flavour = mode === 'hf' ? 'hf' : 'fast';
   // fast-full: the same graph, but full logits rows copied out and sampled (no in-graph top-k).
   const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: batch, intraOpThreads: threads, maxContext: promptLen + steps + 8, rankedCandidates: mode === 'fast-full' ? 0 : 64 });
-  for (let i = 0; i < batch; i++) engine.open(i, sampling, new Rng(i));
+  const driver = new DirectDriver(engine);
+  for (let i = 0; i < batch; i++) driver.open(i, sampling, new Rng(i));
   const last = new Int32Array(batch);
   for (let i = 0; i < batch; i++) {
-    const p = prompt(model, i);
-    const r = await engine.execute({ items: [{ seq: i, tokens: p, offset: 0, count: p.length, sample: true }] });
+    const r = await driver.step([[i, prompt(model, i), true]]);
     last[i] = r.tokens[0] as number;
   }
-  const items: StepItem[] = Array.from({ length: batch }, (_, i) => ({ seq: i, tokens: [0], offset: 0, count: 1, sample: true }));
+  const items: DirectItem[] = Array.from({ length: batch }, (_, i) => [i, [0], true]);
   let ortMs = 0;
   let sampleMs = 0;
   let glueMs = 0;
   // One warm-up step so allocation and first-run costs stay out of the figure.
   for (let s = -1; s < steps; s++) {
     if (s === 0) ortMs = sampleMs = glueMs = 0;
-    for (let i = 0; i < batch; i++) ((items[i] as StepItem).tokens as number[])[0] = last[i] as number;
+    for (let i = 0; i < batch; i++) ((items[i] as DirectItem)[1] as number[])[0] = last[i] as number;
     const t0 = performance.now();
-    const r = await engine.execute({ items });
+    const r = await driver.step(items);
     if (s >= 0) {
       ortMs += r.timing.runMs;
       sampleMs += r.timing.sampleMs;
