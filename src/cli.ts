@@ -7,6 +7,7 @@ import { runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
 import { runBenchServe } from './cli/bench-serve.js';
+import { addGeometryOptions } from './cli/geometry-options.js';
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -64,28 +65,21 @@ engineOptions(
     .option('--stop <text...>', 'stop sequences'),
 ).action(runGenerate);
 
-engineOptions(
+addGeometryOptions(engineOptions(
   program
     .command('serve')
     .description('serve the OpenAI-compatible HTTP API')
     .option('--model <dir>', 'model directory (default: the built-in synthetic model)')
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', intArg('--port'), 8000)
-    .option('--max-sequences <n>', 'sequences resident at once', intArg('--max-sequences'), 32)
     .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
     .option('--curve <file>', 'price curve file')
     .option('--api-keys <file>', 'API keys with tenants, default bids and budgets (default: one anonymous tenant)')
     .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
-).action(runServe);
+)).action(runServe);
 
 /** Server geometry and welfare pricing, shared by everything that runs the simulator. */
-const simulatorOptions = (c: Command) =>
-  c
-    .option('--max-running <n>', 'sequences at once', intArg('--max-running'))
-    .option('--max-batch-tokens <n>', 'token budget per step', intArg('--max-batch-tokens'))
-    .option('--max-context <n>', 'context per sequence', intArg('--max-context'))
-    .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
-    .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price'));
+const simulatorOptions = (c: Command) => addGeometryOptions(c).option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price'));
 
 const traceOptions = (c: Command) =>
   c
@@ -176,6 +170,8 @@ program
   .option('--providers <list>', 'execution providers', 'cpu')
   .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'))
   .option('--repeats <n>', 'measurements per shape', intArg('--repeats'))
+  .option('--block-size <n>', 'positions per KV block (default 16)', intArg('--block-size'))
+  .option('--max-model-len <n>', "positions per sequence (default: the model's context)", intArg('--max-model-len'))
   .action(runCalibrate);
 
 try {

@@ -6,8 +6,9 @@ import { buildServer } from '../server/app.js';
 import { loadApiKeys, openDirectory } from '../server/tenants.js';
 import { TokenizePool } from '../server/tokenize-pool.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
+import { geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
 
-interface ServeOptions extends EngineCliOptions {
+interface ServeOptions extends EngineCliOptions, GeometryCliOptions {
   host: string;
   port: number;
   policy: string;
@@ -25,8 +26,8 @@ export async function runServe(o: ServeOptions): Promise<void> {
   for (const t of tenants.tenants()) if (Number.isFinite(t.budget)) ledger.setBudget(t.name, t.budget);
   const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
 
-  const { model, engine } = await openModelAndEngine({ ...o, worker: true });
-  const generator = new Generator(engine, model, { policy: o.policy, ledger, defaultBid: (tenant) => defaults.get(tenant), ...(curves ? { curves } : {}) });
+  const { model, engine, geometry } = await openModelAndEngine({ ...o, worker: true }, geometryFromCli(o));
+  const generator = new Generator(engine, model, { geometry, policy: o.policy, ledger, defaultBid: (tenant) => defaults.get(tenant), ...(curves ? { curves } : {}) });
   // Long prompts are tokenized on a worker pool: inline they would stall every stream's SSE.
   const pool = await TokenizePool.create(model.dir, { tokenizer: model.tokenizer });
   const server = buildServer({ model, generator, tenants, logger: true, tokenize: (text, bos) => pool.encode(text, bos) });

@@ -102,7 +102,7 @@ export function buildServer(deps: ServerDeps): Server {
   const sched = generator.scheduler;
   const info = generator.engine.info;
   const tenants = deps.tenants ?? openDirectory(undefined);
-  const metrics = deps.metrics ?? new ServerMetrics({ modelName: model.name, blockSize: info.blockSize, numBlocks: info.totalBlocks, maxSequences: info.maxSequences, maxContext: info.maxContext });
+  const metrics = deps.metrics ?? new ServerMetrics({ modelName: model.name, blockSize: info.blockSize, numBlocks: info.totalBlocks, numCpuBlocks: info.hostBlocks, maxSequences: info.maxSequences, maxContext: info.maxContext });
   const tokenize = deps.tokenize ?? (async (text: string, bos: boolean) => model.tokenizer.encode(text, { bos }));
   const app = Fastify({
     logger: deps.logger ?? false,
@@ -118,7 +118,7 @@ export function buildServer(deps: ServerDeps): Server {
   let draining = false;
 
   // --- metrics wiring: per step from the scheduler's counters, per token and request from the generator.
-  const last = { prompt: 0, preemptions: 0, swaps: 0 };
+  const last = { prompt: 0, preemptions: 0, swaps: 0, kvBytes: 0, blockCopies: 0 };
   const snapshot = () =>
     metrics.step({ running: sched.running.length, waiting: sched.waiting, kvUsage: sched.blocks.heldBlocks / sched.blocks.totalBlocks, priceToken: sched.prices.token, priceKvBlockSecond: sched.prices.kv });
   const observeStep = () => {
@@ -130,6 +130,9 @@ export function buildServer(deps: ServerDeps): Server {
     if (c.swaps > last.swaps) metrics.preempted(c.swaps - last.swaps, true);
     last.preemptions = c.preemptions;
     last.swaps = c.swaps;
+    metrics.kvCopies(generator.totals.kvBytesCopied - last.kvBytes, c.blockCopies - last.blockCopies);
+    last.kvBytes = generator.totals.kvBytesCopied;
+    last.blockCopies = c.blockCopies;
   };
   generator.setObserver({
     onToken: (r, now) => {

@@ -10,6 +10,7 @@ import type { Policy } from '../scheduler/policy.js';
 import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
 import type { Bill } from '../economy/ledger.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
+import { GEOMETRY_DEFAULTS, type Geometry } from '../geometry.js';
 import { Rng, StopMatcher, type SamplingParams } from '../engine/sampling.js';
 import { emptyPlan, type Engine, type StepResult, type StepTiming } from '../engine/types.js';
 
@@ -57,9 +58,11 @@ interface Pending {
 
 export interface GeneratorOptions {
   policy?: string | Policy;
-  /** Largest prompt slice fed in one step. */
+  /** The scheduling half of the serving geometry (the pool half is the engine's); defaults from GEOMETRY_DEFAULTS. */
+  geometry?: Partial<Pick<Geometry, 'maxNumSeqs' | 'maxNumBatchedTokens' | 'prefillChunk'>>;
+  /** Largest prompt slice fed in one step (overrides the geometry's). */
   prefillChunk?: number;
-  /** Tokens per step (decodes plus prefill chunks). */
+  /** Tokens per step, decodes plus prefill chunks (overrides the geometry's). */
   maxBatchTokens?: number;
   curves?: PriceCurves;
   ledger?: Ledger;
@@ -85,6 +88,8 @@ export class Generator {
   private readonly clock: () => number;
   private observer: GeneratorOptions['observer'];
   lastTiming: StepTiming | undefined;
+  /** Over every step the engine ran: steps, tokens fed, KV bytes copied outside the graph. */
+  readonly totals = { steps: 0, batchTokens: 0, kvBytesCopied: 0 };
 
   constructor(
     readonly engine: Engine,
@@ -93,10 +98,12 @@ export class Generator {
   ) {
     const policy = typeof opts.policy === 'object' ? opts.policy : createPolicy(opts.policy ?? 'fcfs');
     const info = engine.info;
+    const g = opts.geometry ?? {};
+    const maxBatchTokens = opts.maxBatchTokens ?? g.maxNumBatchedTokens ?? GEOMETRY_DEFAULTS.maxNumBatchedTokens;
     const config: SchedulerConfig = {
-      maxBatchTokens: opts.maxBatchTokens ?? Math.max(256, info.maxSequences),
-      maxRunning: info.maxSequences,
-      prefillChunk: opts.prefillChunk ?? 64,
+      maxBatchTokens,
+      maxRunning: g.maxNumSeqs ?? info.maxSequences,
+      prefillChunk: opts.prefillChunk ?? g.prefillChunk ?? Math.min(GEOMETRY_DEFAULTS.prefillChunk, maxBatchTokens),
       totalBlocks: info.totalBlocks,
       blockSize: info.blockSize,
       maxContext: info.maxContext,
@@ -225,6 +232,9 @@ export class Generator {
       throw e;
     }
     this.lastTiming = result.timing;
+    this.totals.steps++;
+    this.totals.batchTokens += result.timing.batchTokens;
+    this.totals.kvBytesCopied += result.timing.kvBytesCopied;
     this.scheduler.commit(result, this.clock(), result.timing.totalMs / 1000);
     return plan.items.length > 0;
   }

@@ -5,6 +5,7 @@ import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import type { SchedRequest } from '../scheduler/request.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
+import { resolveGeometry, type Geometry, type GeometryOptions } from '../geometry.js';
 import { meetsSlo, realizedValue, summarize, tpotMs, type RequestOutcome, type Summary } from './metrics.js';
 import type { TraceRequest } from './trace.js';
 
@@ -12,12 +13,12 @@ export interface SimOptions {
   policy: string;
   profile: StepProfile;
   curves?: PriceCurves;
-  /** Scheduler geometry; defaults come from the profile. */
-  maxBatchTokens?: number;
-  maxRunning?: number;
-  prefillChunk?: number;
-  totalBlocks?: number;
-  maxContext?: number;
+  /**
+   * The serving geometry, with the server's defaults (src/geometry.ts); the profile supplies
+   * the model's context (which --max-model-len may exceed here: the cost model extrapolates)
+   * and bytes per token (to turn --kv-memory bytes into blocks).
+   */
+  geometry?: GeometryOptions;
   antiThrashSteps?: number;
   prefixCaching?: boolean;
   shadow?: ShadowOptions;
@@ -67,19 +68,18 @@ export function synthesizePrompt(r: TraceRequest, index: number): Int32Array {
  */
 export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResult {
   const p = o.profile;
-  const maxRunning = o.maxRunning ?? p.maxSequences;
-  const maxContext = o.maxContext ?? p.maxContext;
-  const totalBlocks = o.totalBlocks ?? maxRunning * Math.ceil(maxContext / p.blockSize);
-  const engine = new CostModelEngine(p, { maxSequences: maxRunning, maxContext, totalBlocks });
+  const g = simGeometry(o);
+  const maxContext = g.maxModelLen;
+  const engine = new CostModelEngine(p, { maxSequences: g.maxNumSeqs, maxContext, blockSize: g.blockSize, totalBlocks: g.kvBlocks, hostBlocks: g.swapBlocks });
   const outcomes: (RequestOutcome | undefined)[] = new Array(trace.length);
   const basePrice = o.basePrice ?? DEFAULT_BASE_PRICE;
   let finished = 0;
   const config: SchedulerConfig = {
-    maxBatchTokens: o.maxBatchTokens ?? 512,
-    maxRunning,
-    prefillChunk: o.prefillChunk ?? 256,
-    totalBlocks,
-    blockSize: p.blockSize,
+    maxBatchTokens: g.maxNumBatchedTokens,
+    maxRunning: g.maxNumSeqs,
+    prefillChunk: g.prefillChunk,
+    totalBlocks: g.kvBlocks,
+    blockSize: g.blockSize,
     maxContext,
     hostBlocks: engine.info.hostBlocks,
     swapSecondsPerToken: engine.info.swapSecondsPerToken,
@@ -183,6 +183,17 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
     basePrice,
   });
   return { summary, outcomes: list };
+}
+
+/** The geometry a simulation runs: the server's defaults, with the profile standing in for the model. */
+export function simGeometry(o: Pick<SimOptions, 'geometry' | 'profile'>): Geometry {
+  const requested = o.geometry ?? {};
+  return resolveGeometry(requested, {
+    maxContext: requested.maxModelLen ?? o.profile.maxContext,
+    ...(o.profile.kvBytesPerToken !== undefined ? { kvBytesPerToken: o.profile.kvBytesPerToken } : {}),
+    // A simulation must not depend on the memory free where it runs: no fractions, no cap.
+    freeMemory: NaN,
+  });
 }
 
 function lostOutcome(t: TraceRequest): RequestOutcome {
