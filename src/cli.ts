@@ -35,6 +35,15 @@ const engineOptions = (c: Command) =>
     .option('--providers <list>', 'execution providers in order of preference', 'cuda,cpu')
     .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'));
 
+/** The economy's settings, shared by serve, sim and tune. */
+const economyOptions = (c: Command) =>
+  c
+    .option('--max-value <v>', 'the most one request may claim to be worth, for tenants without their own max_value', numArg('--max-value'))
+    .option('--risk-price <rho>', 'ρ: value charged per value of expected waste (shadow policy)', numArg('--risk-price'))
+    .option('--retention <kind>', 'cached KV blocks kept by keep-value | lru (shadow policy)')
+    .option('--no-clearing', 'prices from the curves alone, no clearing price (ablation)')
+    .option('--no-payment', 'itemize bills but charge nothing (ablation)');
+
 const imp = program.command('import').description('import a model into a model directory');
 imp
   .command('llama2c')
@@ -65,7 +74,7 @@ engineOptions(
     .option('--stop <text...>', 'stop sequences'),
 ).action(runGenerate);
 
-addGeometryOptions(engineOptions(
+economyOptions(addGeometryOptions(engineOptions(
   program
     .command('serve')
     .description('serve the OpenAI-compatible HTTP API')
@@ -76,7 +85,7 @@ addGeometryOptions(engineOptions(
     .option('--curve <file>', 'price curve file')
     .option('--api-keys <file>', 'API keys with tenants, default bids and budgets (default: one anonymous tenant)')
     .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
-)).action(runServe);
+))).action(runServe);
 
 /** Server geometry and welfare pricing, shared by everything that runs the simulator. */
 const simulatorOptions = (c: Command) => addGeometryOptions(c).option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price'));
@@ -95,7 +104,7 @@ const traceOptions = (c: Command) =>
     .option('--workload <file>', 'tenants, values and SLOs for traces that carry none (default: built-in three-tenant mix)')
     .option('--seed <n>', 'workload seed', intArg('--seed'));
 
-simulatorOptions(
+economyOptions(simulatorOptions(
   traceOptions(
     program
       .command('sim')
@@ -106,9 +115,9 @@ simulatorOptions(
       .option('--json', 'print the summary as one JSON object')
       .option('--requests-out <file>', 'write one JSON line per request'),
   ),
-).action(runSim);
+)).action(runSim);
 
-simulatorOptions(
+economyOptions(simulatorOptions(
   traceOptions(
     program
       .command('tune')
@@ -122,7 +131,7 @@ simulatorOptions(
       .option('--json', 'print the result summary as JSON')
       .option('--quiet', 'no progress bar'),
   ),
-).action(runTune);
+)).action(runTune);
 
 program
   .command('bench')
@@ -158,6 +167,9 @@ program
   .option('--api-key <key>', 'bearer key (default: OPENAI_API_KEY)')
   .option('--api-keys <file>', "the server's keys file: each tenant sends with its own key")
   .option('--base-price <p>', 'compute cost per token for welfare')
+  .option('--default-bid <v>', 'value per output token of requests with no value or bid, where the server gives no verdict')
+  .option('--client-retries <n>', 'answer 429 quotes: retry after the quoted wait up to n times while it can clear')
+  .option('--client-mode <mode>', 'retry | agent (an agent lowers max_tokens to fit its value)', 'retry')
   .option('--timeout <s>', 'per-request timeout, seconds')
   .option('--quiet', 'no progress bar')
   .action(runBenchServe);

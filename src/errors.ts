@@ -13,6 +13,10 @@ export const InvalidSamplingError = createError<[string]>('MARGINAL_INVALID_SAMP
 export const ContextLengthError = createError<[string]>('MARGINAL_CONTEXT_LENGTH', '%s', 400);
 export const InvalidArgumentError = createError<[string]>('MARGINAL_INVALID_ARGUMENT', '%s', 400);
 export const EngineCapacityError = createError<[string]>('MARGINAL_ENGINE_CAPACITY', '%s', 503);
+/** The scheduler turned the request away with a price quote (`quote` on the error): HTTP 429. */
+export const RequestRejectedError = createError<[string]>('MARGINAL_REJECTED', '%s', 429);
+/** The tenant's budget is spent, and nothing in flight will refund any of it: HTTP 402. */
+export const BudgetExhaustedError = createError<[string]>('MARGINAL_BUDGET_EXHAUSTED', '%s', 402);
 
 export interface MarginalError extends Error {
   code: string;

@@ -6,11 +6,12 @@ import { loadCurveFile } from '../economy/curves.js';
 import { loadProfile, type StepProfile } from '../engine/cost-model.js';
 import { calibrate } from '../engine/calibrate.js';
 import { createPolicy } from '../scheduler/policies/index.js';
+import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import { packageRoot } from '../models/importers.js';
 import { simGeometry, simulate, type SimOptions } from '../sim/simulator.js';
 import { geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
 import { readTrace, type TraceOptions, type TraceRequest } from '../sim/trace.js';
-import { defaultWorkload, loadWorkload } from '../sim/workload.js';
+import { defaultWorkload, loadWorkload, tenantBudgets } from '../sim/workload.js';
 import type { Summary } from '../sim/metrics.js';
 
 export const DEFAULT_PROFILE = 'bench/profiles/stories15m-cpu.json';
@@ -55,6 +56,27 @@ interface SimCliOptions extends TraceCliOptions, GeometryCliOptions {
   json?: boolean;
   requestsOut?: string;
   basePrice?: number;
+  maxValue?: number;
+  riskPrice?: number;
+  retention?: string;
+  clearing?: boolean;
+  payment?: boolean;
+}
+
+/** The economy's CLI settings (serve, sim, tune): checked, in the form the scheduler takes. */
+export function economyFromCli(o: { maxValue?: number; riskPrice?: number; retention?: string; clearing?: boolean; payment?: boolean }): {
+  shadow: ShadowOptions;
+  clearing: boolean;
+  payment: boolean;
+  maxValue?: number;
+} {
+  if (o.maxValue !== undefined && !(o.maxValue >= 0)) throw new InvalidArgumentError(`--max-value must be a number >= 0 (got ${o.maxValue})`);
+  if (o.riskPrice !== undefined && !(o.riskPrice >= 0)) throw new InvalidArgumentError(`--risk-price must be a number >= 0 (got ${o.riskPrice})`);
+  if (o.retention !== undefined && o.retention !== 'keep-value' && o.retention !== 'lru') throw new InvalidArgumentError(`--retention must be keep-value or lru (got ${JSON.stringify(o.retention)})`);
+  const shadow: ShadowOptions = {};
+  if (o.riskPrice !== undefined) shadow.riskPrice = o.riskPrice;
+  if (o.retention !== undefined) shadow.retention = o.retention as 'keep-value' | 'lru';
+  return { shadow, clearing: o.clearing !== false, payment: o.payment !== false, ...(o.maxValue !== undefined ? { maxValue: o.maxValue } : {}) };
 }
 
 export async function simOptionsFromCli(o: SimCliOptions): Promise<SimOptions> {
@@ -65,6 +87,13 @@ export async function simOptionsFromCli(o: SimCliOptions): Promise<SimOptions> {
   // Bad geometry fails here, before the trace is read.
   simGeometry(s);
   if (o.basePrice !== undefined) s.basePrice = o.basePrice;
+  const econ = economyFromCli(o);
+  s.shadow = econ.shadow;
+  s.clearing = econ.clearing;
+  s.payment = econ.payment;
+  if (econ.maxValue !== undefined) s.maxValue = econ.maxValue;
+  const budgets = tenantBudgets(o.workload ? await loadWorkload(o.workload) : defaultWorkload());
+  if (budgets.size > 0) s.budgets = budgets;
   return s;
 }
 
