@@ -10,20 +10,23 @@
  *
  * Capacity is measured as the tuner measures it, on the real server: completed requests per
  * second when the whole trace arrives at once under fcfs. The prediction is calibrated on the
- * server's own steps: every run logs them (`serve --step-log`), and each policy's replay is
- * predicted with a profile fitted (`calibrate --from-steps`) to the steps of the other runs —
- * the capacity run and the other policies' replays, never its own — so the profile has seen
- * this machine serving, at batch sizes both policies reach, and no run predicts itself. For
- * comparison the simulator also runs on the engine measured alone (`calibrate --model`, the
- * worker engine on a grid of step shapes), and on each replay's own steps (not a prediction:
- * it shows how much of an error is the step-time model rather than the scheduler's).
+ * server's own steps: every run logs them (`serve --step-log`), and each replay is predicted
+ * with a profile fitted (`calibrate --from-steps`) to the steps of the run before it — the
+ * capacity run for the first — as an operator would recalibrate from the latest served run.
+ * Replays alternate between the policies (`--repeats` each) and the totals over them are the
+ * check. Two more columns separate the causes of an error: the simulator on the engine measured
+ * alone (`calibrate --model`, the worker engine on a grid of step shapes, what a profile was
+ * before served steps could be fitted), and on each replay's own steps (not a prediction: the
+ * scheduler's model alone, with the machine's speed during that very run). The machine here is
+ * shared, and its speed drifts between runs: `speed` is the step time of a fixed batch-32
+ * decode under each run's own fit, to show by how much.
  */
 import { Command } from 'commander';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { benchServe, type BenchServeResult } from '../src/bench/serve.js';
-import { loadProfile, type StepProfile } from '../src/engine/cost-model.js';
+import { loadProfile, predictStepMs, type StepProfile } from '../src/engine/cost-model.js';
 import { geometryFlags } from '../src/cli/geometry-options.js';
 import type { GeometryOptions } from '../src/geometry.js';
 import { ensureSynthetic, packageRoot } from '../src/models/importers.js';
@@ -41,9 +44,10 @@ const o = new Command()
   .option('--engine-profile <file>', 'a profile of the engine alone (calibrate --model) to compare (default: calibrate now; "none" to skip)')
   .option('--kv-blocks <n>', 'KV pool size in blocks (server and simulator)', '512')
   .option('--policies <list>', 'policies to compare', 'fcfs,shadow')
+  .option('--repeats <n>', 'replays per policy, alternating (the machine drifts)', '3')
   .option('--json <file>', 'write everything as JSON', join('bench', 'results', 'sim-to-real.json'))
   .parse()
-  .opts<{ shape: string; requests: string; load: string; seed: string; engineProfile?: string; kvBlocks: string; policies: string; json: string }>();
+  .opts<{ shape: string; requests: string; load: string; seed: string; engineProfile?: string; kvBlocks: string; policies: string; repeats: string; json: string }>();
 
 const root = packageRoot();
 const cli = join(root, 'dist', 'cli.js');
@@ -131,49 +135,63 @@ log(`capacity: real ${capacity.toFixed(2)} req/s (${cap.summary.duration.toFixed
 
 interface Row {
   policy: string;
+  repeat: number;
   real: BenchServeResult['summary'];
   predicted: Summary;
   profile: StepProfile;
-  capacityOnly: Summary;
   engineAlone: Summary | undefined;
   ownSteps: Summary;
   ownProfile: StepProfile;
 }
 const loaded = at(rateScale);
 const policies = o.policies.split(',');
-const stepLog = (policy: string) => join(results, `sim-to-real-${policy}.steps.jsonl`);
-const reals = new Map<string, BenchServeResult['summary']>();
-for (const policy of policies) {
-  const real = await serve(policy, stepLog(policy), (url) => replay(url, loaded));
-  reals.set(policy, real.summary);
-  log(`${policy}: value realized ${real.summary.value_realized.toFixed(2)}`);
+const repeats = Number(o.repeats);
+// Policies alternate, so that the machine's drift (it is shared) falls on each alike.
+const runs: { policy: string; repeat: number; log: string; real?: BenchServeResult['summary'] }[] = [];
+for (let k = 0; k < repeats; k++) for (const policy of policies) runs.push({ policy, repeat: k, log: join(results, `sim-to-real-${policy}-${k}.steps.jsonl`) });
+for (const run of runs) {
+  const real = await serve(run.policy, run.log, (url) => replay(url, loaded));
+  run.real = real.summary;
+  log(`${run.policy} #${run.repeat}: value realized ${real.summary.value_realized.toFixed(2)}`);
 }
 const rows: Row[] = [];
-for (const policy of policies) {
-  const others = [capLog, ...policies.filter((x) => x !== policy).map(stepLog)];
-  const profile = calibrate(['--from-steps', others.join(',')], join(results, `sim-to-real-${policy}-profile.json`));
-  const ownProfile = calibrate(['--from-steps', stepLog(policy)], join(results, `sim-to-real-${policy}-own-profile.json`));
-  const sim = (p: StepProfile) => simulate(loaded, { policy, profile: p, geometry }).summary;
-  const real = reals.get(policy) as BenchServeResult['summary'];
-  const row: Row = { policy, real, predicted: sim(profile), profile, capacityOnly: sim(served), engineAlone: alone ? sim(alone) : undefined, ownSteps: sim(ownProfile), ownProfile };
+for (let i = 0; i < runs.length; i++) {
+  const run = runs[i] as (typeof runs)[number];
+  // Calibrated on the served run before this one.
+  const previous = i === 0 ? capLog : (runs[i - 1] as (typeof runs)[number]).log;
+  const profile = calibrate(['--from-steps', previous], join(results, `sim-to-real-profile.json`));
+  const ownProfile = calibrate(['--from-steps', run.log], join(results, `sim-to-real-own-profile.json`));
+  const sim = (p: StepProfile) => simulate(loaded, { policy: run.policy, profile: p, geometry }).summary;
+  const real = run.real as BenchServeResult['summary'];
+  const row: Row = { policy: run.policy, repeat: run.repeat, real, predicted: sim(profile), profile, engineAlone: alone ? sim(alone) : undefined, ownSteps: sim(ownProfile), ownProfile };
   rows.push(row);
-  log(`${policy}: value realized real ${real.value_realized.toFixed(2)}, predicted ${row.predicted.value_realized.toFixed(2)} (capacity run's steps alone ${row.capacityOnly.value_realized.toFixed(2)}, engine-alone profile ${row.engineAlone?.value_realized.toFixed(2) ?? '-'}, its own steps ${row.ownSteps.value_realized.toFixed(2)})`);
+  log(`${run.policy} #${run.repeat}: value realized real ${real.value_realized.toFixed(2)}, predicted ${row.predicted.value_realized.toFixed(2)} (engine-alone profile ${row.engineAlone?.value_realized.toFixed(2) ?? '-'}, its own steps ${row.ownSteps.value_realized.toFixed(2)})`);
 }
 
 const f = (x: number | null | undefined, d = 1) => (x === null || x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
-const ratio = (sim: Summary | undefined, real: number) => (sim === undefined ? '-' : f(sim.value_realized / real, 2));
-console.log(`\n${trace.length} requests (${workload.tenants.map((t) => t.name).join('/')}), ${o.shape}, default geometry with --kv-blocks ${o.kvBlocks}; load ${load}× the real capacity of ${capacity.toFixed(2)} req/s\n`);
-console.log('| policy | value realized: real | predicted | predicted/real | capacity run only/real | engine-alone profile/real | own-steps profile/real | SLO met real / predicted | completed real / predicted | rejected real / predicted | TTFT p50 ms real / predicted | TPOT p50 ms real / predicted | duration s real / predicted |');
-console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+const ratio = (sim: number | undefined, real: number) => (sim === undefined ? '-' : f(sim / real, 2));
+console.log(`\n${trace.length} requests (${workload.tenants.map((t) => t.name).join('/')}), ${o.shape}, default geometry with --kv-blocks ${o.kvBlocks}; load ${load}× the real capacity of ${capacity.toFixed(2)} req/s; ${repeats} alternating replays per policy\n`);
+const speed = (p: StepProfile) => predictStepMs(p, { tokens: 32, contextTokens: 32 * 100, sequences: 32, runs: 1 });
+console.log('| policy | run | speed: batch-32 step ms | value realized: real | predicted | predicted/real | engine-alone profile/real | own-steps profile/real | SLO met real / predicted | completed real / predicted | rejected real / predicted | TTFT p50 ms real / predicted | TPOT p50 ms real / predicted | duration s real / predicted |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+console.log(`| fcfs | capacity | ${f(speed(served), 1)} | | | | | | | ${cap.summary.completed} / | | | | ${f(cap.summary.duration, 1)} / |`);
 for (const r of rows) {
   const q = r.predicted;
+  const v = r.real.value_realized;
   console.log(
-    `| ${r.policy} | ${f(r.real.value_realized, 2)} | ${f(q.value_realized, 2)} | ${ratio(q, r.real.value_realized)} | ${ratio(r.capacityOnly, r.real.value_realized)} | ${ratio(r.engineAlone, r.real.value_realized)} | ${ratio(r.ownSteps, r.real.value_realized)} | ${r.real.slo_met} / ${q.slo_met} | ${r.real.completed} / ${q.completed} | ${r.real.rejected} / ${q.rejected} | ${f(r.real.ttft_p50_ms, 0)} / ${f(q.ttft_p50_ms, 0)} | ${f(r.real.tpot_p50_ms, 1)} / ${f(q.tpot_p50_ms, 1)} | ${f(r.real.duration, 1)} / ${f(q.duration_s, 1)} |`,
+    `| ${r.policy} | ${r.repeat + 1} | ${f(speed(r.ownProfile), 1)} | ${f(v, 2)} | ${f(q.value_realized, 2)} | ${ratio(q.value_realized, v)} | ${ratio(r.engineAlone?.value_realized, v)} | ${ratio(r.ownSteps.value_realized, v)} | ${r.real.slo_met} / ${q.slo_met} | ${r.real.completed} / ${q.completed} | ${r.real.rejected} / ${q.rejected} | ${f(r.real.ttft_p50_ms, 0)} / ${f(q.ttft_p50_ms, 0)} | ${f(r.real.tpot_p50_ms, 1)} / ${f(q.tpot_p50_ms, 1)} | ${f(r.real.duration, 1)} / ${f(q.duration_s, 1)} |`,
+  );
+}
+const total = (rs: Row[], pick: (r: Row) => number | undefined) => rs.reduce((s, r) => s + (pick(r) ?? NaN), 0);
+for (const policy of policies) {
+  const rs = rows.filter((r) => r.policy === policy);
+  const real = total(rs, (r) => r.real.value_realized);
+  console.log(
+    `| **${policy}** | all | | **${f(real, 2)}** | **${f(total(rs, (r) => r.predicted.value_realized), 2)}** | **${ratio(total(rs, (r) => r.predicted.value_realized), real)}** | ${alone ? ratio(total(rs, (r) => r.engineAlone?.value_realized), real) : '-'} | ${ratio(total(rs, (r) => r.ownSteps.value_realized), real)} | | | | | | |`,
   );
 }
 console.log('\nprofiles:');
-for (const r of rows) console.log(`- ${r.policy}'s prediction (the other runs' steps): ${fmtProfile(r.profile)}`);
 console.log(`- capacity run's steps: ${fmtProfile(served)}`);
 if (alone) console.log(`- engine alone: ${fmtProfile(alone)}`);
-for (const r of rows) console.log(`- ${r.policy} replay's own steps: ${fmtProfile(r.ownProfile)}`);
-if (o.json) writeFileSync(o.json, JSON.stringify({ shape: o.shape, requests: trace.length, geometry, capacity, load, rateScale, capacityProfile: served, alone, rows }, null, 2) + '\n');
+for (const r of rows) console.log(`- ${r.policy} #${r.repeat + 1}: predicted with the previous run's ${fmtProfile(r.profile)}; its own steps ${fmtProfile(r.ownProfile)}`);
+if (o.json) writeFileSync(o.json, JSON.stringify({ shape: o.shape, requests: trace.length, geometry, capacity, load, rateScale, repeats, capacityProfile: served, alone, rows }, null, 2) + '\n');

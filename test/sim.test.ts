@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { fitProfile, predictStepMs, type StepProfile } from '../src/engine/cost-model.js';
+import { fitProfile, predictStepMs, stepShape, type StepProfile } from '../src/engine/cost-model.js';
 import { meetsSlo, percentile, realizedValue, tpotMs } from '../src/sim/metrics.js';
 import { simulate } from '../src/sim/simulator.js';
 import { writeTrace, type TraceRequest } from '../src/sim/trace.js';
@@ -34,6 +34,16 @@ describe('cost model', () => {
     const fit = fitProfile(samples);
     for (const [k, v] of Object.entries(truth)) assert.ok(Math.abs((fit as Record<string, number>)[k] as number - v) < 1e-6, `${k}: ${(fit as Record<string, number>)[k]} vs ${v}`);
     assert.ok((fit.r2 ?? 0) > 0.999999);
+  });
+});
+
+describe('step shapes', () => {
+  test('attention reads, per run, the longest past in whole blocks plus the new tokens', () => {
+    const item = (offset: number, count: number) => ({ seq: 0, tokens: [], offset, count, sample: true, blocks: [] });
+    // Decodes at 10, 40 and 17 positions: one run of 3 rows over ⌈40/16⌉ = 3 blocks.
+    // Prefill chunks of 8 at 0 and 20: one run of 2 rows over 2 blocks; a chunk of 5 at 0: one row, one (empty) block.
+    const shape = stepShape([item(10, 1), item(0, 8), item(40, 1), item(20, 8), item(17, 1), item(0, 5)], 16, { tokens: 0, contextTokens: 0, sequences: 0, runs: 0 });
+    assert.deepEqual(shape, { tokens: 24, contextTokens: 3 * (48 + 1) + 2 * (32 + 8) + 1 * (16 + 5), sequences: 6, runs: 3 });
   });
 });
 

@@ -28,8 +28,9 @@ describe('step logs', () => {
       await Promise.all(done);
       await engine.dispose();
       assert.ok(steps.length >= 7, `${steps.length} steps`);
-      // The first step prefills 8 tokens of each prompt: three sequences, 24 tokens, one run.
-      assert.deepEqual({ ...steps[0], at: 0, engineMs: 0, periodMs: 0 }, { at: 0, tokens: 24, contextTokens: 24, sequences: 3, runs: 1, engineMs: 0, periodMs: 0 });
+      // The first step prefills 8 tokens of each prompt in one run: three rows, each reading one
+      // (empty, masked) block of 16 positions plus its 8 new tokens.
+      assert.deepEqual({ ...steps[0], at: 0, engineMs: 0, periodMs: 0 }, { at: 0, tokens: 24, contextTokens: 3 * (16 + 8), sequences: 3, runs: 1, engineMs: 0, periodMs: 0 });
       for (const s of steps.slice(0, -1)) assert.ok(s.periodMs !== null && s.periodMs >= s.engineMs * 0.999, 'back to back: the period covers the engine');
       assert.equal((steps[steps.length - 1] as StepRecord).periodMs, null, 'the last step has no successor');
       assert.equal(steps.reduce((n, s) => n + s.tokens, 0), 10 + 11 + 12 + 3 * 5, 'every fed token, once');

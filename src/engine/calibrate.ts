@@ -53,6 +53,9 @@ async function measure(engine: Engine, o: CalibrateOptions & { batches: number[]
   const chunks = (o.chunks ?? [16, 64, 128, 256]).filter((c) => c < maxContext);
   const repeats = o.repeats ?? 5;
   const driver = new DirectDriver(engine);
+  const bs = engine.info.blockSize;
+  // StepShape.contextTokens of one run: rows reading `past` positions (whole blocks, at least one) plus `width` new ones.
+  const attended = (rows: number, past: number, width: number) => rows * (Math.max(1, Math.ceil(past / bs)) * bs + width);
   const sampling = validateSamplingParams({ temperature: 0, max_tokens: maxContext });
   const samples: { shape: StepShape; ms: number }[] = [];
   const vocab = engine.info.vocabSize;
@@ -87,7 +90,7 @@ async function measure(engine: Engine, o: CalibrateOptions & { batches: number[]
     for (const b of batches) {
       const seqs = await open(b, context);
       // Each measured step grows every context by one; the shape uses the average.
-      await measureShape(seqs, { tokens: b, contextTokens: b * (context + 1 + repeats / 2), sequences: b, runs: 1 });
+      await measureShape(seqs, { tokens: b, contextTokens: attended(b, context + repeats / 2, 1), sequences: b, runs: 1 });
       for (const seq of seqs) driver.close(seq);
       o.log?.(`calibrate: decode batch ${b} at context ${context}: ${samples[samples.length - 1]?.ms.toFixed(2)} ms`);
     }
@@ -99,7 +102,7 @@ async function measure(engine: Engine, o: CalibrateOptions & { batches: number[]
     for (let k = 0; k < repeats && (k + 1) * chunk < maxContext; k++) {
       const r = await driver.step([[seq as number, prompt.slice(k * chunk, (k + 1) * chunk), true]]);
       times.push(r.timing.totalMs);
-      samples.push({ shape: { tokens: chunk, contextTokens: (k + 1) * chunk, sequences: 1, runs: 1 }, ms: r.timing.totalMs });
+      samples.push({ shape: { tokens: chunk, contextTokens: attended(1, k * chunk, chunk), sequences: 1, runs: 1 }, ms: r.timing.totalMs });
     }
     driver.close(seq as number);
     o.log?.(`calibrate: prefill chunk ${chunk}: ${times.map((t) => t.toFixed(2)).join(', ')} ms`);
@@ -112,7 +115,7 @@ async function measure(engine: Engine, o: CalibrateOptions & { batches: number[]
       const [pre] = await open(1, 0);
       const prompt = Array.from({ length: chunk }, (_, i) => token(i));
       const r = await driver.step([...decodeItems(seqs), [pre as number, prompt, true]]);
-      samples.push({ shape: { tokens: b + chunk, contextTokens: b * (context + 1 + k) + chunk, sequences: b + 1, runs: 2 }, ms: r.timing.totalMs });
+      samples.push({ shape: { tokens: b + chunk, contextTokens: attended(b, context + k, 1) + attended(1, 0, chunk), sequences: b + 1, runs: 2 }, ms: r.timing.totalMs });
       driver.close(pre as number);
     }
     for (const seq of seqs) driver.close(seq);

@@ -37,9 +37,48 @@ export interface StepProfile {
 
 export interface StepShape {
   tokens: number;
+  /**
+   * Positions the step's attention reads, as the paged engine runs it: in each session run
+   * (the decodes together, prefill chunks of one length together) every row reads the longest
+   * past in the run, in whole blocks, plus the run's new tokens.
+   */
   contextTokens: number;
   sequences: number;
   runs: number;
+}
+
+// Scratch for stepShape: one entry per run (width 1 = the decodes), reused across calls.
+const runWidth: number[] = [];
+const runRows: number[] = [];
+const runLongest: number[] = [];
+
+/** A step's shape as the engine will run it (see StepShape); writes into `into`. */
+export function stepShape(items: readonly StepItem[], blockSize: number, into: StepShape): StepShape {
+  let runs = 0;
+  let tokens = 0;
+  for (const it of items) {
+    tokens += it.count;
+    let r = 0;
+    while (r < runs && runWidth[r] !== it.count) r++;
+    if (r === runs) {
+      runWidth[r] = it.count;
+      runRows[r] = 0;
+      runLongest[r] = 0;
+      runs++;
+    }
+    runRows[r] = (runRows[r] as number) + 1;
+    if (it.offset > (runLongest[r] as number)) runLongest[r] = it.offset;
+  }
+  let context = 0;
+  for (let r = 0; r < runs; r++) {
+    const past = Math.max(1, Math.ceil((runLongest[r] as number) / blockSize)) * blockSize;
+    context += (runRows[r] as number) * (past + (runWidth[r] as number));
+  }
+  into.tokens = tokens;
+  into.contextTokens = context;
+  into.sequences = items.length;
+  into.runs = runs;
+  return into;
 }
 
 export function predictStepMs(p: StepProfile, s: StepShape): number {
@@ -138,24 +177,15 @@ export class CostModelEngine implements Engine {
   executeSync(plan: StepPlan): StepResult {
     const items = plan.items;
     const tokens = new Int32Array(items.length).fill(-1);
-    let batch = 0;
-    let ctx = 0;
-    let decodes = 0;
-    let prefills = 0;
-    for (let i = 0; i < items.length; i++) {
-      const it = items[i] as StepItem;
-      batch += it.count;
-      ctx += it.offset + it.count;
-      if (it.count === 1) decodes++;
-      else prefills++;
-      if (it.sample) tokens[i] = CostModelEngine.TOKEN;
-    }
+    for (let i = 0; i < items.length; i++) if ((items[i] as StepItem).sample) tokens[i] = CostModelEngine.TOKEN;
     let swaps = 0;
     for (let i = 0; i < plan.kvOps.length; i += 3) if (plan.kvOps[i] !== KvOp.copy) swaps++;
-    const runs = (decodes > 0 ? 1 : 0) + prefills;
-    const ms = (items.length === 0 ? 0 : predictStepMs(this.profile, { tokens: batch, contextTokens: ctx, sequences: items.length, runs })) + swaps * this.swapMsPerBlock;
-    return { tokens, timing: { totalMs: ms, runMs: ms, sampleMs: 0, glueMs: 0, runs, batchTokens: batch, kvBytesCopied: 0 } };
+    const shape = stepShape(items, this.info.blockSize, this.shape);
+    const ms = (items.length === 0 ? 0 : predictStepMs(this.profile, shape)) + swaps * this.swapMsPerBlock;
+    return { tokens, timing: { totalMs: ms, runMs: ms, sampleMs: 0, glueMs: 0, runs: shape.runs, batchTokens: shape.tokens, kvBytesCopied: 0 } };
   }
+
+  private readonly shape: StepShape = { tokens: 0, contextTokens: 0, sequences: 0, runs: 0 };
 
   async dispose(): Promise<void> {}
 }

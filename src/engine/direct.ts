@@ -16,7 +16,8 @@ export type DirectItem = [seq: number, tokens: ArrayLike<number>, sample: boolea
  * Drives an engine without a scheduler — calibration, benchmarks and tests of the engine
  * itself: sequences take pool blocks from a plain free list and each call builds one plan
  * (with the opens, closes and block moves queued since the last). Serving never uses it: there
- * the scheduler's block manager is the one account of the pool.
+ * the scheduler's block manager is the one account of the pool. After a step the engine
+ * rejects, close the sequences it named before using them again.
  */
 export class DirectDriver {
   private readonly seqs = new Map<number, Sequence>();

@@ -13,6 +13,7 @@ import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
 import { GEOMETRY_DEFAULTS, type Geometry } from '../geometry.js';
 import { Rng, StopMatcher, type SamplingParams } from '../engine/sampling.js';
 import { emptyPlan, type Engine, type StepItem, type StepResult, type StepTiming } from '../engine/types.js';
+import { stepShape } from '../engine/cost-model.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
@@ -59,7 +60,7 @@ export interface StepRecord {
   /** Clock at plan time, seconds. */
   at: number;
   tokens: number;
-  /** Σ over items of the positions they reach (the attention term). */
+  /** Positions the attention reads (StepShape.contextTokens). */
   contextTokens: number;
   sequences: number;
   runs: number;
@@ -271,7 +272,7 @@ export class Generator {
       throw e;
     }
     this.lastTiming = result.timing;
-    if (this.onStep !== undefined && plan.items.length > 0) this.lastStep = stepRecord(at, plan.items, result);
+    if (this.onStep !== undefined && plan.items.length > 0) this.lastStep = stepRecord(at, plan.items, this.engine.info.blockSize, result);
     this.totals.steps++;
     this.totals.batchTokens += result.timing.batchTokens;
     this.totals.kvBytesCopied += result.timing.kvBytesCopied;
@@ -386,10 +387,9 @@ export class Generator {
   }
 }
 
-function stepRecord(at: number, items: readonly StepItem[], result: StepResult): StepRecord {
-  let contextTokens = 0;
-  for (const it of items) contextTokens += it.offset + it.count;
-  return { at, tokens: result.timing.batchTokens, contextTokens, sequences: items.length, runs: result.timing.runs, engineMs: result.timing.totalMs, periodMs: null };
+function stepRecord(at: number, items: readonly StepItem[], blockSize: number, result: StepResult): StepRecord {
+  const shape = stepShape(items, blockSize, { tokens: 0, contextTokens: 0, sequences: 0, runs: 0 });
+  return { at, ...shape, engineMs: result.timing.totalMs, periodMs: null };
 }
 
 const NOTHING_RAN: StepResult = { tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0, kvBytesCopied: 0 } };
