@@ -32,9 +32,10 @@ const o = new Command()
   .option('--rounds <n>', 'alternating rounds per context', '5')
   .option('--threads <n>', 'ONNX Runtime intra-op threads (default: all cores)')
   .option('--baseline <dir>', 'an older marginal checkout to run alongside')
+  .option('--spinning-too', "also run the engine with ONNX Runtime's intra-op spinning on (its default; marginal turns it off)")
   .option('--json <file>', 'write the results as JSON')
   .parse()
-  .opts<{ contexts: string; batch: string; prompt: string; steps: string; rounds: string; threads?: string; baseline?: string; json?: string }>();
+  .opts<{ contexts: string; batch: string; prompt: string; steps: string; rounds: string; threads?: string; baseline?: string; spinningToo?: boolean; json?: string }>();
 const contexts = o.contexts.split(',').map(Number);
 const batch = Number(o.batch);
 const promptLen = Number(o.prompt);
@@ -72,8 +73,8 @@ interface Sample {
   poolMiB: number;
 }
 
-async function measure(model: LoadedModel, context: number, round: number): Promise<Sample> {
-  const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: batch, maxContext: context, intraOpThreads: threads });
+async function measure(model: LoadedModel, context: number, round: number, spinning = false): Promise<Sample> {
+  const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: batch, maxContext: context, intraOpThreads: threads, spinning });
   try {
     const d = new DirectDriver(engine);
     const sampling = validateSamplingParams({ temperature: 0, max_tokens: context });
@@ -98,7 +99,7 @@ async function measure(model: LoadedModel, context: number, round: number): Prom
       }
       last.set(r.tokens);
     }
-    return { engine: 'paged pool', context, round, tokS: (batch * steps) / (ms / 1000), stepMs: ms / steps, kvBytesPerStep: bytes / steps, poolMiB: (engine.info.totalBlocks * engine.info.blockBytes) / 2 ** 20 };
+    return { engine: spinning ? 'paged pool, spinning threads' : 'paged pool', context, round, tokS: (batch * steps) / (ms / 1000), stepMs: ms / steps, kvBytesPerStep: bytes / steps, poolMiB: (engine.info.totalBlocks * engine.info.blockBytes) / 2 ** 20 };
   } finally {
     await engine.dispose();
   }
@@ -155,6 +156,7 @@ for (let round = 0; round < rounds; round++) {
   const order = round % 2 === 0 ? contexts : [...contexts].reverse();
   for (const c of order) {
     const runs = [() => measure(model, c, round)];
+    if (o.spinningToo) runs.push(() => measure(model, c, round, true));
     if (o.baseline) runs.push(() => measureBaseline(resolve(o.baseline as string), c, round));
     for (const run of round % 2 === 0 ? runs : runs.reverse()) {
       const s = await run();

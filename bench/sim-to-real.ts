@@ -23,7 +23,8 @@
  */
 import { Command } from 'commander';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { benchServe, type BenchServeResult } from '../src/bench/serve.js';
 import { loadProfile, predictStepMs, type StepProfile } from '../src/engine/cost-model.js';
@@ -83,6 +84,8 @@ const at = (scale: number): TraceRequest[] => trace.map((r) => ({ ...r, t: r.t /
 
 const results = join(root, 'bench', 'results');
 mkdirSync(results, { recursive: true });
+// Step logs and the profiles fitted to them are working files: the JSON report carries the profiles.
+const work = mkdtempSync(join(tmpdir(), 'marginal-sim-to-real-'));
 
 function calibrate(args: string[], out: string): StepProfile {
   const r = spawnSync(process.execPath, [cli, 'calibrate', ...args, '--out', out], { stdio: ['ignore', 'ignore', 'inherit'] });
@@ -94,7 +97,7 @@ async function engineProfile(): Promise<StepProfile | undefined> {
   if (o.engineProfile === 'none') return undefined;
   if (o.engineProfile) return loadProfile(o.engineProfile);
   log(`calibrating the engine alone (${modelDir}, its worker thread, a grid of step shapes)`);
-  return calibrate(['--model', modelDir, '--providers', 'cpu'], join(results, `sim-to-real-engine-profile.json`));
+  return calibrate(['--model', modelDir, '--providers', 'cpu'], join(work, 'engine-profile.json'));
 }
 
 /** Runs `f` against a fresh server with `policy`, its steps logged to `stepLog`. */
@@ -119,10 +122,10 @@ if (alone) log(`engine alone: ${fmtProfile(alone)}`);
 
 // Capacity on the real server: everything at once, fcfs; its steps calibrate the prediction.
 const burst = at(1e6);
-const capLog = join(results, 'sim-to-real-capacity.steps.jsonl');
+const capLog = join(work, 'capacity.steps.jsonl');
 const cap = await serve('fcfs', capLog, (url) => replay(url, burst));
 const capacity = cap.summary.completed / cap.summary.duration;
-const served = calibrate(['--from-steps', capLog], join(results, 'sim-to-real-capacity-profile.json'));
+const served = calibrate(['--from-steps', capLog], join(work, 'capacity-profile.json'));
 log(`capacity run's steps: ${fmtProfile(served)}`);
 const simCapacity = (p: StepProfile) => {
   const r = simulate(burst, { policy: 'fcfs', profile: p, geometry }).summary;
@@ -148,7 +151,7 @@ const policies = o.policies.split(',');
 const repeats = Number(o.repeats);
 // Policies alternate, so that the machine's drift (it is shared) falls on each alike.
 const runs: { policy: string; repeat: number; log: string; real?: BenchServeResult['summary'] }[] = [];
-for (let k = 0; k < repeats; k++) for (const policy of policies) runs.push({ policy, repeat: k, log: join(results, `sim-to-real-${policy}-${k}.steps.jsonl`) });
+for (let k = 0; k < repeats; k++) for (const policy of policies) runs.push({ policy, repeat: k, log: join(work, `${policy}-${k}.steps.jsonl`) });
 for (const run of runs) {
   const real = await serve(run.policy, run.log, (url) => replay(url, loaded));
   run.real = real.summary;
@@ -159,8 +162,8 @@ for (let i = 0; i < runs.length; i++) {
   const run = runs[i] as (typeof runs)[number];
   // Calibrated on the served run before this one.
   const previous = i === 0 ? capLog : (runs[i - 1] as (typeof runs)[number]).log;
-  const profile = calibrate(['--from-steps', previous], join(results, `sim-to-real-profile.json`));
-  const ownProfile = calibrate(['--from-steps', run.log], join(results, `sim-to-real-own-profile.json`));
+  const profile = calibrate(['--from-steps', previous], join(work, 'profile.json'));
+  const ownProfile = calibrate(['--from-steps', run.log], join(work, 'own-profile.json'));
   const sim = (p: StepProfile) => simulate(loaded, { policy: run.policy, profile: p, geometry }).summary;
   const real = run.real as BenchServeResult['summary'];
   const row: Row = { policy: run.policy, repeat: run.repeat, real, predicted: sim(profile), profile, engineAlone: alone ? sim(alone) : undefined, ownSteps: sim(ownProfile), ownProfile };
@@ -195,3 +198,4 @@ console.log(`- capacity run's steps: ${fmtProfile(served)}`);
 if (alone) console.log(`- engine alone: ${fmtProfile(alone)}`);
 for (const r of rows) console.log(`- ${r.policy} #${r.repeat + 1}: predicted with the previous run's ${fmtProfile(r.profile)}; its own steps ${fmtProfile(r.ownProfile)}`);
 if (o.json) writeFileSync(o.json, JSON.stringify({ shape: o.shape, requests: trace.length, geometry, capacity, load, rateScale, repeats, capacityProfile: served, alone, rows }, null, 2) + '\n');
+rmSync(work, { recursive: true, force: true });
