@@ -20,7 +20,8 @@ import { pathToFileURL } from 'node:url';
 import type * as ort from 'onnxruntime-node';
 import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
-import { Rng, validateSamplingParams } from '../src/engine/sampling.js';
+import { Rng } from '../src/sampling/rng.js';
+import { validateSamplingParams } from '../src/sampling/params.js';
 import { importLlama2c, packageRoot } from '../src/models/importers.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 

@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { benchServe, promptText } from '../src/bench/serve.js';
 import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
-import { validateSamplingParams } from '../src/engine/sampling.js';
+import { validateSamplingParams } from '../src/sampling/params.js';
 import { ensureSynthetic, packageRoot } from '../src/models/importers.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { freePort, startServer } from './servers.js';

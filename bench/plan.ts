@@ -7,7 +7,8 @@
 import { Command } from 'commander';
 import { performance } from 'node:perf_hooks';
 import { CostModelEngine, type StepProfile } from '../src/engine/cost-model.js';
-import { Rng, validateSamplingParams } from '../src/engine/sampling.js';
+import { Rng } from '../src/sampling/rng.js';
+import { validateSamplingParams } from '../src/sampling/params.js';
 import { createPolicy, POLICIES } from '../src/scheduler/policies/index.js';
 import { Scheduler } from '../src/scheduler/scheduler.js';
 

@@ -1,8 +1,14 @@
 /**
- * The four policies on replays of the public traces at 0.5×, 1×, 2× and 4× of the server's
- * capacity, on the calibrated cost model of stories15m on this machine: welfare, value
- * realized, SLO goodput, latency percentiles, throughput, recompute waste and cache hit rate
- * side by side, the targets checked, and SVG plots of welfare and goodput against load.
+ * The four policies — and the pricing policy with each of its mechanisms taken away in turn —
+ * on replays of the public traces at 0.5×, 1×, 2× and 4× of the server's capacity, on the
+ * calibrated cost model of stories15m on this machine: welfare, value realized, SLO goodput,
+ * latency percentiles, throughput, recompute waste and cache hit rate side by side, the targets
+ * checked, and SVG plots of welfare and goodput against load.
+ *
+ * Every run predicts output lengths with the learned model, as `marginal serve` and `marginal sim`
+ * do by default. Ablations (rows "shadow, …"): prices at zero (zero curves, no clearing price); no
+ * payment (bills itemized, nothing charged); LRU retention instead of keep-value; no risk term
+ * (ρ = 0); the online mean instead of the learned length model.
  *
  *   npm run bench:policies -- [--out DIR] [--limit 3000]
  *
@@ -13,6 +19,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { profileFromCli, readTraceFromCli, type TraceCliOptions } from '../src/cli/sim.js';
+import { parseCurveFile } from '../src/economy/curves.js';
+import { loadTf } from '../src/economy/tfjs.js';
 import { POLICIES } from '../src/scheduler/policies/index.js';
 import type { Summary } from '../src/sim/metrics.js';
 import { simulate, type SimOptions } from '../src/sim/simulator.js';
@@ -41,7 +49,26 @@ const traces: { name: string; cli: TraceCliOptions; flags: string }[] = [
 ];
 const loads = o.loads.split(',').map(Number);
 const profile = await profileFromCli(undefined);
-const base: Omit<SimOptions, 'policy'> = { profile, geometry };
+await loadTf();
+const base: Omit<SimOptions, 'policy'> = { profile, geometry, lengthModel: 'learned' };
+
+/** A row: a policy, or the pricing policy with one mechanism removed, with the flags that reproduce it. */
+interface Variant {
+  name: string;
+  policy: string;
+  opts: Partial<SimOptions>;
+  flags: string;
+}
+const zero = () => parseCurveFile({ tokens: { kind: 'linear', p0: 0, slope: 0 }, kv: { kind: 'linear', p0: 0, slope: 0 } });
+const variants: Variant[] = [
+  { name: 'shadow', policy: 'shadow', opts: {}, flags: '' },
+  { name: 'shadow, prices 0', policy: 'shadow', opts: { clearing: false, curves: zero() }, flags: '--no-clearing --curve ZERO' },
+  { name: 'shadow, no payment', policy: 'shadow', opts: { payment: false }, flags: '--no-payment' },
+  { name: 'shadow, LRU', policy: 'shadow', opts: { shadow: { retention: 'lru' } }, flags: '--retention lru' },
+  { name: 'shadow, no risk', policy: 'shadow', opts: { shadow: { riskPrice: 0 } }, flags: '--risk-price 0' },
+  { name: 'shadow, mean lengths', policy: 'shadow', opts: { lengthModel: 'online-mean' }, flags: '--length-model online-mean' },
+  ...POLICIES.filter((p) => p !== 'shadow').map((p) => ({ name: p, policy: p, opts: {}, flags: '' })),
+];
 const geometryFlags = `--max-num-seqs ${geometry.maxNumSeqs} --max-model-len ${geometry.maxModelLen} --kv-blocks ${geometry.kvBlocks} --max-num-batched-tokens ${geometry.maxNumBatchedTokens}`;
 mkdirSync(o.out, { recursive: true });
 
@@ -62,18 +89,19 @@ for (const t of traces) {
   for (const load of loads) {
     const rateScale = Number(((load * capacity) / nativeRate).toPrecision(6));
     const scaled = reqs.map((r) => ({ ...r, t: r.t / rateScale }));
-    for (const policy of POLICIES) {
+    for (const v of variants) {
       const t0 = performance.now();
-      const s = simulate(scaled, { ...base, policy }).summary;
+      const s = { ...simulate(scaled, { ...base, ...v.opts, policy: v.policy }).summary, policy: v.name };
       all.push({ trace: t.name, load, rateScale, summary: s });
       console.log(
-        `| ${load}× | ${policy} | ${s.welfare.toFixed(1)} | ${s.value_realized.toFixed(1)} | ${s.slo_met} | ${f(s.goodput_rps, 3)} | ${f(s.ttft_p50_ms, 0)} / ${f(s.ttft_p99_ms, 0)} | ${f(s.tpot_p50_ms)} / ${f(s.tpot_p99_ms)} | ${f(s.throughput_tok_s, 0)} | ${s.recomputed_tokens} | ${(s.cache_hit_rate * 100).toFixed(1)}% | ${s.rejected} | ${s.preempted} (${s.swaps}) | ${s.lost} |`,
+        `| ${load}× | ${v.name} | ${s.welfare.toFixed(1)} | ${s.value_realized.toFixed(1)} | ${s.slo_met} | ${f(s.goodput_rps, 3)} | ${f(s.ttft_p50_ms, 0)} / ${f(s.ttft_p99_ms, 0)} | ${f(s.tpot_p50_ms)} / ${f(s.tpot_p99_ms)} | ${f(s.throughput_tok_s, 0)} | ${s.recomputed_tokens} | ${(s.cache_hit_rate * 100).toFixed(1)}% | ${s.rejected} | ${s.preempted} (${s.swaps}) | ${s.lost} |`,
       );
-      process.stderr.write(`  ${t.name} ${load}× ${policy}: ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+      process.stderr.write(`  ${t.name} ${load}× ${v.name}: ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
     }
-    commands.push(`marginal sim ${t.flags} --limit ${o.limit} --rate-scale ${rateScale} ${geometryFlags} --policy POLICY --json`);
+    commands.push(`marginal sim ${t.flags} --limit ${o.limit} --rate-scale ${rateScale} ${geometryFlags} --policy POLICY [ABLATION] --json`);
   }
   console.log('\nEach row: ' + commands.map((c) => '`' + c + '`').join(', '));
+  console.log('ABLATION: ' + variants.filter((v) => v.flags !== '').map((v) => `${v.name}: \`${v.flags}\``).join('; ') + ' (ZERO: a curve file with zero linear curves)');
   const pick = (load: number, policy: string) => all.find((a) => a.trace === t.name && a.load === load && a.summary.policy === policy)?.summary as Summary;
   if (loads.includes(2) && loads.includes(0.5)) {
     const ws = pick(2, 'shadow').welfare;
@@ -84,7 +112,9 @@ for (const t of traces) {
     const g = pick(2, 'shadow').goodput_rps / pick(2, 'fcfs').goodput_rps;
     const th = pick(0.5, 'shadow').throughput_tok_s / pick(0.5, 'fcfs').throughput_tok_s;
     const lost = all.filter((a) => a.trace === t.name).reduce((n, a) => n + a.summary.lost, 0);
-    console.log(`\nTargets (${t.name}): 2× welfare shadow/fcfs = ${w} (≥ 1.5 ${wMet ? 'met' : 'MISSED'}); 2× goodput shadow/fcfs = ${g.toFixed(2)} (≥ 1.3 ${g >= 1.3 ? 'met' : 'MISSED'}); 0.5× throughput shadow/fcfs = ${(th * 100).toFixed(1)}% (≥ 98% ${th >= 0.98 ? 'met' : 'MISSED'}); lost = ${lost}`);
+    const bestOther = Math.max(pick(2, 'priority').welfare, pick(2, 'vtc').welfare);
+    const vsOther = bestOther > 0 ? ws / bestOther : Infinity;
+    console.log(`\nTargets (${t.name}): 2× welfare shadow/fcfs = ${w} (≥ 1.5 ${wMet ? 'met' : 'MISSED'}); 2× welfare shadow/best of priority, vtc = ${vsOther.toFixed(2)} (≥ 1.2 ${vsOther >= 1.2 ? 'met' : 'MISSED'}); 2× goodput shadow/fcfs = ${g.toFixed(2)}; 0.5× throughput shadow/fcfs = ${(th * 100).toFixed(1)}% (≥ 98% ${th >= 0.98 ? 'met' : 'MISSED'}); lost = ${lost}`);
   }
   for (const [metric, label] of [['welfare', 'welfare'], ['goodput_rps', 'SLO goodput (req/s)']] as const) {
     const svg = lineChart(

@@ -42,6 +42,7 @@ const economyOptions = (c: Command) =>
     .option('--max-value <v>', 'the most one request may claim to be worth, for tenants without their own max_value', numArg('--max-value'))
     .option('--risk-price <rho>', 'ρ: value charged per value of expected waste (shadow policy)', numArg('--risk-price'))
     .option('--retention <kind>', 'cached KV blocks kept by keep-value | lru (shadow policy)')
+    .option('--length-model <kind>', 'output-length predictor: learned | online-mean (default: learned; tune: online-mean)')
     .option('--no-clearing', 'prices from the curves alone, no clearing price (ablation)')
     .option('--no-payment', 'itemize bills but charge nothing (ablation)');
 
@@ -130,6 +131,7 @@ economyOptions(simulatorOptions(
       .option('--loads <list>', 'offered loads as multiples of capacity (default: the grid\'s, else 1,2)')
       .option('--policy <name>', "overrides the grid's policy")
       .option('--threads <n>', 'worker threads (default: all cores)', intArg('--threads'))
+      .option('--replicates <n>', 'replicates of the trace under consecutive workload seeds: the noise candidates must beat (default 3)', intArg('--replicates'))
       .option('--json', 'print the result summary as JSON')
       .option('--quiet', 'no progress bar'),
   ),

@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type Server as HttpServer, type Ser
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { arrivalSchedule, benchServe, npPercentile, promptText, randomLengths, summarizeTimelines, type RequestTimeline } from '../src/bench/serve.js';
+import { arrivalSchedule, benchServe, npPercentile, promCounter, promptText, randomLengths, summarizeTimelines, type RequestTimeline } from '../src/bench/serve.js';
 import { benchOptionsFromCli, formatBenchSummary, parsePercentiles, parseSlo } from '../src/cli/bench-serve.js';
 import { readTraceFromCli } from '../src/cli/sim.js';
 import type { Bill } from '../src/economy/ledger.js';
@@ -392,6 +392,32 @@ describe('bench serve against the real server on a synthetic model', () => {
     checkRun(r, 5, 8);
   });
 
+  test('one definition of realized value: bench serve and the server\'s /metrics agree on the same run', async () => {
+    const path = join(tempDir('bench'), 'agree.jsonl');
+    const reqs: TraceRequest[] = Array.from({ length: 12 }, (_, i) => ({
+      id: String(i),
+      t: i * 0.01,
+      promptTokens: 8 + (i % 5),
+      outputTokens: 4 + (i % 4),
+      // Values, bids, SLOs some of which are missed, and requests with no value (the server's default bid).
+      ...(i % 3 === 0 ? { value: 1 + i } : i % 3 === 1 ? { bid: 0.05 } : {}),
+      ...(i % 4 === 0 ? { slo: { ttftMs: 0.001 } } : i % 4 === 1 ? { slo: { ttftMs: 600_000, tpotMs: 600_000 } } : {}),
+      tenant: 'default',
+      prefix: [],
+      prefixBlockTokens: 16,
+    }));
+    await writeTrace(path, reqs);
+    const trace = await readTraceFromCli({ trace: path });
+    const before = await (await fetch(`${url}/metrics`)).text();
+    const r = await benchServe({ url, trace });
+    const after = await (await fetch(`${url}/metrics`)).text();
+    const delta = (name: string) => (promCounter(after, name) ?? NaN) - (promCounter(before, name) ?? 0);
+    assert.equal(r.summary.completed, 12);
+    close(r.summary.value_realized, delta('marginal_value_realized_total'), 'value realized: bench vs /metrics');
+    close(r.summary.billed, delta('marginal_revenue_total'), 'billed: bench vs /metrics');
+    assert.ok(r.outcomes.some((o) => !o.met_slo) && r.outcomes.some((o) => o.met_slo && o.value > 0));
+  });
+
   test('input lengths past the model context are refused before sending', async () => {
     await assert.rejects(benchServe({ url, requests: 2, inputLen: 300, outputLen: 8 }), /context of 256/);
   });
@@ -423,6 +449,7 @@ describe('bench serve against the real server on a synthetic model', () => {
       [1.5, 0.25 * outB, 0, 2],
     );
     close(r.summary.value_realized, 1.5 + 0.25 * outB + 2, 'value realized');
+    for (const o of r.outcomes) assert.equal(r.timelines.find((t) => t.id === o.id)?.outcome?.value_realized, o.value, 'the server\'s verdict');
     close(r.summary.welfare, r.summary.value_realized, 'welfare at base price 0');
     assert.equal(r.summary.lost, 0);
     assert.equal(r.summary.slo_met, 3);

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { Generator } from '../src/serving/generator.js';
-import { validateSamplingParams } from '../src/engine/sampling.js';
+import { validateSamplingParams } from '../src/sampling/params.js';
 import { importLlama2c } from '../src/models/importers.js';
 import { readLlama2cCheckpoint } from '../src/models/llama/weights.js';
 import { describeModel, loadModelDir } from '../src/models/modeldir.js';

@@ -1,8 +1,11 @@
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { Rng, Sampler, type SamplingParams } from '../src/engine/sampling.js';
+import { Rng } from '../src/sampling/rng.js';
+import { Sampler } from '../src/sampling/sampler.js';
+import type { SamplingParams } from '../src/sampling/params.js';
 import { native, nativeStatus } from '../src/native/index.js';
 import { BatchSampler } from '../src/native/sampling.js';
+import { BANNED, IN_PROMPT, type LogitAdjust } from '../src/sampling/penalties.js';
 import { checkKvCopy, kvCopyNative, kvCopyTs, type KvCopy, type KvDirection, type KvShape } from '../src/native/kv-copy.js';
 
 /**
@@ -159,7 +162,10 @@ function randomParams(g: Rng, V: number): SamplingParams {
   const temperature = pick(g, [0, 0, 0.05, 0.3, 0.7, 1, 1, 1.3, 2, 5e-324, 1e-3, Infinity, NaN]);
   const topP = pick(g, [1, 1, 1, 0.9, 0.95, 0.5, 0.1, 1e-6, 0.999999, 0]);
   const topK = pick(g, [0, 0, 0, 1, 2, 5, 50, V - 1, V, V + 7, 3.5, -1]);
-  return params(temperature, topP, topK);
+  const p = params(temperature, topP, topK);
+  const minP = pick(g, [0, 0, 0, 0.01, 0.1, 0.5, 1]);
+  if (minP > 0) p.minP = minP;
+  return p;
 }
 
 function randomSeed(g: Rng): number {
@@ -209,7 +215,7 @@ function run(sampler: BatchSampler, b: Batch, steps = 1): { tokens: number[][]; 
 function assertSameRun(b: Batch, a: BatchSampler, c: BatchSampler, steps: number, label: string): void {
   const x = run(a, b, steps);
   const y = run(c, b, steps);
-  const where = (): string => `${label}: V=${b.V}, rows ${JSON.stringify(Array.from(b.rows))}, params ${JSON.stringify(b.params.map((p) => [p.temperature, p.topP, p.topK]))}`;
+  const where = (): string => `${label}: V=${b.V}, rows ${JSON.stringify(Array.from(b.rows))}, params ${JSON.stringify(b.params.map((p) => [p.temperature, p.topP, p.topK, p.minP ?? 0]))}`;
   assert.deepEqual(x.tokens, y.tokens, `tokens differ (${where()})`);
   assert.deepEqual(x.states, y.states, `Rng states differ (${where()})`);
 }
@@ -416,6 +422,35 @@ describe('BatchSampler: native agrees with TypeScript', { skip: nativeSkip }, ()
       // Broad nuclei: high temperature, high top-p, no top-k, so most of the row is a candidate.
       b.params = b.params.map((p) => (g.next() < 0.8 ? params(pick(g, [1, 2, 5, 50]), pick(g, [0.9, 0.99, 0.999999, 0.5]), 0) : p));
       assertSameRun(b, nat(V), ts(V), 2, `iteration ${iter}`);
+    }
+  });
+
+  it('adjustLogits (penalties, biases, bans) rounds every entry as applyLogitAdjust does', () => {
+    const g = new Rng(31);
+    for (let iter = 0; iter < 400; iter++) {
+      const V = pick(g, [5, 50, 1000, 32000]);
+      const rows = 1 + Math.floor(g.next() * 3);
+      const a = new Float32Array(rows * V);
+      for (let r = 0; r < rows; r++) fillRow(a.subarray(r * V, (r + 1) * V), pick(g, ROW_KINDS), g);
+      const b = a.slice();
+      const n = Math.min(V, Math.floor(g.next() * 40));
+      const ids = new Set<number>();
+      while (ids.size < n) ids.add(Math.floor(g.next() * V));
+      const adj: LogitAdjust = {
+        n,
+        tokens: Int32Array.from(ids),
+        counts: Int32Array.from({ length: n }, () => pick(g, [0, 0, 1, 2, 7, 300])),
+        flags: Uint8Array.from({ length: n }, () => pick(g, [0, 0, IN_PROMPT, BANNED, IN_PROMPT | BANNED])),
+        bias: Float64Array.from({ length: n }, () => pick(g, [0, 0, -100, 100, 0.3, -1e-7, 3.25])),
+        presence: pick(g, [0, 0.5, -2, 2, 1e-3]),
+        frequency: pick(g, [0, 0.25, -1.7, 2]),
+        repetition: pick(g, [1, 1.1, 1.3, 0.7, 10]),
+        onlyLowers: false,
+      };
+      const row = Math.floor(g.next() * rows);
+      nat(V).adjust(a, row, adj);
+      ts(V).adjust(b, row, adj);
+      assert.deepEqual(new Uint32Array(a.buffer), new Uint32Array(b.buffer), `iteration ${iter}`);
     }
   });
 

@@ -1,6 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { Rng, Sampler, StopMatcher, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
+import { Rng } from '../src/sampling/rng.js';
+import { Sampler } from '../src/sampling/sampler.js';
+import { StopMatcher } from '../src/sampling/stop.js';
+import { validateSamplingParams, type SamplingParams } from '../src/sampling/params.js';
+import { applyLogitAdjust, LogitAdjuster, type LogitAdjust } from '../src/sampling/penalties.js';
 import { InvalidSamplingError } from '../src/errors.js';
 
 function params(over: Partial<SamplingParams> = {}): SamplingParams {
@@ -18,7 +22,7 @@ function randomLogits(rng: Rng, n: number, scale = 4, levels = 0): Float32Array 
 }
 
 /**
- * The straightforward definition from sampling.ts, written with a full sort, to check that the
+ * The straightforward definition from src/sampling/sampler.ts, written with a full sort, to check that the
  * heap/threshold shortcuts give bit-identical picks.
  */
 function referenceSample(row: Float32Array, p: SamplingParams, u: number): number {
@@ -29,7 +33,8 @@ function referenceSample(row: Float32Array, p: SamplingParams, u: number): numbe
   const invT = 1 / p.temperature;
   const weight = (id: number, max: number): number => {
     const z = (row[id]! - max) * invT;
-    return z > -Infinity ? Math.exp(z) : 0;
+    const e = z > -Infinity ? Math.exp(z) : 0;
+    return e < (p.minP ?? 0) ? 0 : e;
   };
   const topK = p.topK > 0 && p.topK < V;
   if (!topK && p.topP >= 1) {
@@ -202,6 +207,12 @@ describe('Sampler', () => {
       params({ topP: 0.999999 }),
       params({ topK: 20, topP: 0.6 }),
       params({ topK: 300, topP: 0.95, temperature: 2 }),
+      params({ minP: 0.05 }),
+      params({ minP: 0.5, temperature: 2 }),
+      params({ minP: 1 }),
+      params({ minP: 0.1, topK: 50 }),
+      params({ minP: 0.02, topP: 0.9 }),
+      params({ minP: 0.3, topK: 20, topP: 0.6, temperature: 1.5 }),
     ];
     for (let trial = 0; trial < 40; trial++) {
       const levels = trial % 3 === 0 ? 1 : trial % 3 === 1 ? 8 : 0;
@@ -449,4 +460,80 @@ it('sampleRanked over in-graph top-k candidates equals sample over the full row 
       assert.equal(a.next(), b.next(), 'the same random stream consumed');
     }
   }
+});
+
+describe('logit adjustments (penalties, logit_bias, min_tokens)', () => {
+  it('follow vLLM: bias, then repetition over prompt and output, then frequency and presence over output', () => {
+    // Worked by hand: prompt [0, 4], generated [1, 1, 2].
+    const p = validateSamplingParams({ presence_penalty: 0.5, frequency_penalty: 0.25, repetition_penalty: 2, logit_bias: { 3: -1, 1: 0.5 } });
+    const adj = new LogitAdjuster(p, [5]);
+    const a = adj.sync([0, 4, 1, 1, 2], 2, 5) as LogitAdjust;
+    const row = Float32Array.from([1, 2, -1, 0.5, 3, 7]);
+    applyLogitAdjust(row, 0, a);
+    const want = [
+      1 / 2, // prompt: repetition only
+      (2 + 0.5) / 2 - 0.25 * 2 - 0.5, // biased, generated twice
+      -1 * 2 - 0.25 - 0.5, // negative: multiplied by the repetition penalty
+      0.5 - 1, // bias only
+      3 / 2, // prompt
+      7, // untouched
+    ];
+    assert.deepEqual(Array.from(row), want.map(Math.fround));
+  });
+
+  it('min_tokens bans the stop tokens until enough tokens are generated, then lifts the ban', () => {
+    const p = validateSamplingParams({ min_tokens: 2, max_tokens: 5 });
+    const adj = new LogitAdjuster(p, [2, 7]);
+    const row = new Float32Array(8).fill(1);
+    applyLogitAdjust(row, 0, adj.sync([1, 3], 1, 2) as LogitAdjust);
+    assert.equal(row[2], -Infinity);
+    assert.equal(row[7], -Infinity);
+    row.fill(1);
+    const after = adj.sync([1, 3, 4], 1, 3);
+    if (after) applyLogitAdjust(row, 0, after);
+    assert.deepEqual(Array.from(row), new Array(8).fill(1));
+  });
+
+  it('sampleRanked over adjusted in-graph candidates equals sample over the adjusted full row', () => {
+    const V = 1000;
+    const sampler = new Sampler(V);
+    const gen = new Rng(5);
+    const raw = new Float32Array(V);
+    for (let trial = 0; trial < 200; trial++) {
+      for (let i = 0; i < V; i++) raw[i] = Math.round((gen.next() * 8 - 4) * (trial % 3 === 0 ? 4 : 100)) / 8;
+      const generated = Array.from({ length: 1 + (trial % 20) }, () => Math.floor(gen.next() * (trial % 2 === 0 ? 30 : V)));
+      // Favour the best tokens so the penalties really reorder the head of the row.
+      const best = Array.from(raw, (x, i) => [x, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+      for (let j = 0; j < 4; j++) generated.push(best[j]![1]);
+      const p = validateSamplingParams({
+        temperature: trial % 4 === 0 ? 0 : 0.9,
+        top_k: 5 + (trial % 10),
+        seed: trial,
+        presence_penalty: 0.7,
+        frequency_penalty: 0.3,
+        repetition_penalty: 1.2,
+        logit_bias: { [String(best[0]![1])]: -3 },
+      });
+      const a = new LogitAdjuster(p, []).sync([7, ...generated], 1, 1 + generated.length) as LogitAdjust;
+      const K = Sampler.rankedNeeds(p, a);
+      assert.ok(Sampler.rankedSuffices(p, K, a) && a.onlyLowers);
+      const top = best.slice(0, K);
+      const values = Float32Array.from(top.map((r) => r[0]));
+      const ids = BigInt64Array.from(top.map((r) => BigInt(r[1])));
+      const full = raw.slice();
+      applyLogitAdjust(full, 0, a);
+      const r1 = new Rng(trial);
+      const r2 = new Rng(trial);
+      assert.equal(sampler.sampleRanked(values, ids, 0, K, p, r1, a), sampler.sample(full, 0, p, r2), `trial ${trial}`);
+      assert.equal(r1.next(), r2.next());
+    }
+  });
+
+  it('a positive bias or a negative penalty can raise a token, so such rows need the full logits', () => {
+    const up = new LogitAdjuster(validateSamplingParams({ logit_bias: { 9: 5 } }), []).sync([1], 1, 1) as LogitAdjust;
+    assert.equal(up.onlyLowers, false);
+    assert.equal(Sampler.rankedSuffices(validateSamplingParams({ temperature: 0 }), 64, up), false);
+    const neg = new LogitAdjuster(validateSamplingParams({ presence_penalty: -1 }), []).sync([1, 2], 1, 2) as LogitAdjust;
+    assert.equal(neg.onlyLowers, false);
+  });
 });

@@ -7,6 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { fitProfile, predictStepMs, stepShape, type StepProfile } from '../src/engine/cost-model.js';
 import { meetsSlo, percentile, realizedValue, tpotMs } from '../src/sim/metrics.js';
 import { simulate } from '../src/sim/simulator.js';
+import { answerQuote } from '../src/sim/client.js';
+import type { Quote } from '../src/scheduler/request.js';
 import { writeTrace, type TraceRequest } from '../src/sim/trace.js';
 import { generateWorkload } from '../src/sim/workload.js';
 import { tempDir } from './helpers/models.js';
@@ -126,5 +128,58 @@ describe('simulator on the public traces', { skip: sharedSkipReason() }, () => {
     assert.equal(s.lost, 0);
     assert.equal(s.completed + s.rejected, 400);
     assert.ok(s.cache_hit_rate > 0.02, `cache hit rate ${s.cache_hit_rate}`);
+  });
+});
+
+describe('clients that answer to prices', () => {
+  // A step-time model under which this burst's quotes leave waiting worth a request's value.
+  // perContextMs prices the positions attention reads, whole blocks per run (a 64-token prefill
+  // reads 80), so it is lower than the 0.5 this test had when only the tokens held were counted.
+  const profile: StepProfile = { model: 't', machine: 't', flavour: 'fast', baseMs: 2, perTokenMs: 0.05, perContextMs: 0.3, perSequenceMs: 0.1, perRunMs: 1, maxSequences: 8, maxContext: 512, blockSize: 16 };
+  // A burst far beyond capacity: requests whose TTFT SLO cannot survive the queue are turned away.
+  const burst = (client?: TraceRequest['client']): TraceRequest[] =>
+    Array.from({ length: 120 }, (_, i) => ({
+      id: String(i),
+      t: i * 0.002,
+      promptTokens: 64,
+      outputTokens: 32,
+      value: 1,
+      slo: { ttftMs: 400 },
+      tenant: 't',
+      prefix: [],
+      prefixBlockTokens: 16,
+      ...(client ? { client } : {}),
+    }));
+
+  test('retrying after the quoted wait serves requests a one-shot client loses; nobody retries a quote that says it cannot clear', () => {
+    const once = simulate(burst(), { policy: 'shadow', profile, geometry: { maxNumSeqs: 8, kvBlocks: 256 } });
+    const patient = simulate(burst({ mode: 'retry', retries: 5 }), { policy: 'shadow', profile, geometry: { maxNumSeqs: 8, kvBlocks: 256 } });
+    assert.ok(once.summary.rejected > 0, 'the burst overloads the server');
+    assert.ok(patient.summary.slo_met > once.summary.slo_met, `${patient.summary.slo_met} vs ${once.summary.slo_met} requests met their SLO`);
+    assert.ok(patient.summary.attempts > patient.summary.requests, 'some requests came back');
+    assert.equal(patient.summary.lost, 0);
+    for (const o of patient.outcomes) {
+      // Giving up is right only when out of retries, or the quote says waiting cannot help, or is too dear or too long.
+      if (o.outcome === 'rejected') assert.ok(o.attempts === 6 || o.quote?.retryable === false || (o.quote?.minValue ?? 0) > 1 || (o.quote?.expectedWaitMs ?? 0) > 60_000, `request ${o.id} gave up early: ${JSON.stringify(o.quote)} after ${o.attempts}`);
+    }
+    // A quote that says waiting cannot help is taken at its word.
+    const hopeless = simulate(burst({ mode: 'retry', retries: 5 }).map((r) => ({ ...r, slo: { ttftMs: 0.001 } })), { policy: 'shadow', profile, geometry: { maxNumSeqs: 8, kvBlocks: 256 } });
+    assert.equal(hopeless.summary.attempts, hopeless.summary.requests);
+  });
+
+  test('the client rule: retry while the quote can clear and is worth it; an agent asks for less; give up otherwise', () => {
+    const q = (o: Partial<Quote>): Quote => ({ reason: 'price_above_bid', message: '', pricePerToken: 0.01, pricePerKvBlockSecond: 0, minValue: 0.5, valueCounted: 1, retryable: true, expectedWaitMs: 2000, ...o });
+    const retry = { mode: 'retry' as const, retries: 2 };
+    const agent = { mode: 'agent' as const, retries: 2 };
+    assert.deepEqual(answerQuote(retry, q({}), 1, 100, 1), { afterSeconds: 2, maxTokens: 100 });
+    assert.equal(answerQuote(retry, q({}), 3, 100, 1), undefined, 'out of retries');
+    assert.equal(answerQuote(retry, q({ retryable: false, expectedWaitMs: null }), 1, 100, 1), undefined, 'the server says waiting cannot help');
+    assert.equal(answerQuote(retry, q({ expectedWaitMs: 90_000 }), 1, 100, 1), undefined, 'longer than it will wait');
+    assert.equal(answerQuote(retry, q({}), 1, 100, 1, 1500), undefined, 'past its deadline by then');
+    assert.equal(answerQuote(retry, q({ minValue: 2 }), 1, 100, 1), undefined, 'too dear for a plain client');
+    assert.deepEqual(answerQuote(agent, q({ minValue: 2 }), 1, 100, 1), { afterSeconds: 2, maxTokens: 45 }, 'an agent asks for 90% of what it can afford');
+    assert.equal(answerQuote(agent, q({ minValue: Infinity }), 1, 100, 1), undefined);
+    assert.equal(answerQuote(undefined, q({}), 1, 100, 1), undefined, 'no behaviour: gives up');
+    assert.equal(realizedValue({ arrival: 0, value: 1, outputTokens: 200 }, true, 100), 0.5, 'half the answer is half the value');
   });
 });

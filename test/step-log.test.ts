@@ -6,7 +6,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { predictStepMs, type StepProfile } from '../src/engine/cost-model.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
-import { validateSamplingParams } from '../src/engine/sampling.js';
+import { validateSamplingParams } from '../src/sampling/params.js';
 import { resolveGeometry } from '../src/geometry.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { Generator, type StepRecord } from '../src/serving/generator.js';

@@ -22,7 +22,7 @@ namespace {
 
 // Bumped whenever an export's signature or meaning changes, so that a stale build left in
 // native/build is refused by src/native/index.ts instead of being called with the wrong layout.
-constexpr int32_t kAbiVersion = 1;
+constexpr int32_t kAbiVersion = 2;
 
 template <typename T>
 struct Span {
@@ -64,6 +64,7 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
                              InstanceValue("abiVersion", Napi::Number::New(env, kAbiVersion)),
                              InstanceValue("hardwareThreads", Napi::Number::New(env, std::max(1u, std::thread::hardware_concurrency()))),
                              InstanceMethod("sampleBatch", &MarginalNative::SampleBatch),
+                             InstanceMethod("adjustLogits", &MarginalNative::AdjustLogits),
                              InstanceMethod("kvCopy", &MarginalNative::KvCopy),
                              InstanceMethod("fdlibmExp", &MarginalNative::FdlibmExp),
                              InstanceMethod("fdlibmLog", &MarginalNative::FdlibmLog),
@@ -103,7 +104,7 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
     if (info.Length() > 6 && !info[6].IsUndefined()) threads = static_cast<size_t>(std::max(1.0, std::min(64.0, whole(info[6], "threads"))));
 
     const size_t n = rows.length;
-    if (params.length < 3 * n) throw Napi::RangeError::New(env, "params needs 3 numbers per row (temperature, topP, topK)");
+    if (params.length < 4 * n) throw Napi::RangeError::New(env, "params needs 4 numbers per row (temperature, topP, topK, minP)");
     if (state.length < 4 * n) throw Napi::RangeError::New(env, "rngState needs 4 words per row");
     if (out.length < n) throw Napi::RangeError::New(env, "out is shorter than rows");
     // Copied before checking: `out` or `rngState` may share memory with `rows`, and a row index
@@ -123,7 +124,7 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
     // top-k scan the row; full and top-p exponentiate it), in units of about 0.15 ns.
     double work = 0;
     for (size_t i = 0; i < n; i++) {
-      const double* p = params.data + 3 * i;
+      const double* p = params.data + 4 * i;
       const bool scans = !(p[0] > 0) || (p[2] > 0 && p[2] < vocab_d);
       work += vocab_d * (scans ? 4 : 40);
     }
@@ -135,8 +136,8 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
       marginal::RowSampler& s = *samplers_[t];
       for (size_t i = next.fetch_add(1, std::memory_order_relaxed); i < n; i = next.fetch_add(1, std::memory_order_relaxed)) {
         const float* row = logits.data + static_cast<size_t>(row_ids[i]) * static_cast<size_t>(vocab);
-        const double* p = params.data + 3 * i;
-        out.data[i] = s.sample(row, p[0], p[1], p[2], state.data + 4 * i);
+        const double* p = params.data + 4 * i;
+        out.data[i] = s.sample(row, p[0], p[1], p[2], p[3], state.data + 4 * i);
       }
     };
     if (threads == 1) {
@@ -154,6 +155,32 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
     }
     run(0);
     for (auto& th : pool) th.join();
+    return env.Undefined();
+  }
+
+  // adjustLogits(logits, vocab, row, tokens, counts, flags, bias, n, presence, frequency, repetition)
+  Napi::Value AdjustLogits(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 11) throw Napi::TypeError::New(env, "adjustLogits(logits, vocab, row, tokens, counts, flags, bias, n, presence, frequency, repetition)");
+    const auto logits = typed_array<float>(info[0], napi_float32_array, "logits");
+    const double vocab = whole(info[1], "vocab");
+    const double row = whole(info[2], "row");
+    const auto tokens = typed_array<int32_t>(info[3], napi_int32_array, "tokens");
+    const auto counts = typed_array<int32_t>(info[4], napi_int32_array, "counts");
+    const auto flags = typed_array<uint8_t>(info[5], napi_uint8_array, "flags");
+    const auto bias = typed_array<double>(info[6], napi_float64_array, "bias");
+    const double n = whole(info[7], "n");
+    if (!info[8].IsNumber() || !info[9].IsNumber() || !info[10].IsNumber()) throw Napi::TypeError::New(env, "presence, frequency and repetition must be numbers");
+    if ((row + 1) * vocab > static_cast<double>(logits.length)) throw Napi::RangeError::New(env, "row is outside logits");
+    if (n > static_cast<double>(tokens.length) || n > static_cast<double>(counts.length) || n > static_cast<double>(flags.length) || n > static_cast<double>(bias.length)) {
+      throw Napi::RangeError::New(env, "n exceeds an entry array");
+    }
+    const size_t count = static_cast<size_t>(n);
+    for (size_t j = 0; j < count; j++) {
+      if (tokens.data[j] < 0 || static_cast<double>(tokens.data[j]) >= vocab) throw Napi::RangeError::New(env, "token " + std::to_string(tokens.data[j]) + " is outside the vocabulary");
+    }
+    marginal::adjust_logits(logits.data + static_cast<size_t>(row * vocab), tokens.data, counts.data, flags.data, bias.data, static_cast<int32_t>(count),
+                            info[8].As<Napi::Number>().DoubleValue(), info[9].As<Napi::Number>().DoubleValue(), info[10].As<Napi::Number>().DoubleValue());
     return env.Undefined();
   }
 

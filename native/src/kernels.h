@@ -1,5 +1,5 @@
 // The row-wide loops of the sampler, several lanes at a time, each returning exactly what the
-// scalar loop in sampling.ts returns (see kernels.cc for why that holds).
+// scalar loop in src/sampling/sampler.ts returns (see kernels.cc for why that holds).
 #pragma once
 
 #include <cstdint>

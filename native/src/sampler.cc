@@ -17,7 +17,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // cheaper than sorting them all.
 constexpr int32_t kRadixMin = 1024;
 
-// `z > -Infinity` is false for NaN, so NaN logits weigh 0 (as in sampling.ts).
+// `z > -Infinity` is false for NaN, so NaN logits weigh 0 (as in src/sampling/sampler.ts).
 inline double weight(float logit, double max, double inv_t) {
   const double z = (static_cast<double>(logit) - max) * inv_t;
   return z > -kInf ? fdlibm::exp(z) : 0.0;
@@ -40,7 +40,26 @@ inline uint32_t rank_key(float f) {
   return ~ascending;
 }
 
+/** min_p: a weight below it counts as 0 (as in src/sampling/sampler.ts). */
+inline double keep(double e, double min_p) { return e < min_p ? 0.0 : e; }
+
 }  // namespace
+
+void adjust_logits(float* row, const int32_t* tokens, const int32_t* counts, const uint8_t* flags, const double* bias, int32_t n,
+                   double presence, double frequency, double repetition) {
+  for (int32_t j = 0; j < n; j++) {
+    float* at = row + tokens[j];
+    double v = static_cast<double>(*at) + bias[j];
+    const int32_t c = counts[j];
+    if (repetition != 1 && ((flags[j] & 1) != 0 || c > 0)) v = v > 0 ? v / repetition : v * repetition;
+    if (c > 0) {
+      v = v - frequency * static_cast<double>(c);
+      v = v - presence;
+    }
+    if ((flags[j] & 2) != 0) v = -kInf;
+    *at = static_cast<float>(v);
+  }
+}
 
 RowSampler::RowSampler(int32_t vocab)
     : vocab_(vocab),
@@ -52,18 +71,18 @@ RowSampler::RowSampler(int32_t vocab)
       keys_b_(static_cast<size_t>(vocab)),
       counts_(3 * 2048) {}
 
-int32_t RowSampler::sample(const float* row, double temperature, double top_p, double top_k, uint32_t* state) {
+int32_t RowSampler::sample(const float* row, double temperature, double top_p, double top_k, double min_p, uint32_t* state) {
   const double t = temperature;
   if (!(t > 0)) return argmax(row, vocab_);
   const double u = next_uniform(state);
   const double inv_t = 1.0 / t;
   if (inv_t == kInf) return argmax(row, vocab_);
-  if (top_k > 0 && top_k < static_cast<double>(vocab_)) return sample_top_k(row, inv_t, top_k, top_p, u);
-  if (top_p < 1) return sample_top_p(row, t, inv_t, top_p, u);
-  return sample_full(row, inv_t, u);
+  if (top_k > 0 && top_k < static_cast<double>(vocab_)) return sample_top_k(row, inv_t, top_k, top_p, min_p, u);
+  if (top_p < 1) return sample_top_p(row, t, inv_t, top_p, min_p, u);
+  return sample_full(row, inv_t, min_p, u);
 }
 
-int32_t RowSampler::sample_full(const float* row, double inv_t, double u) {
+int32_t RowSampler::sample_full(const float* row, double inv_t, double min_p, double u) {
   const int32_t V = vocab_;
   double* w = weights_.data();
   const int32_t am = argmax(row, V);
@@ -71,12 +90,22 @@ int32_t RowSampler::sample_full(const float* row, double inv_t, double u) {
   if (!(max > -kInf && max < kInf)) return am;
   // The running sums of the TypeScript loop (same additions, same order) in place of the
   // weights: the draw's scan becomes a search.
-  const double total = dense_weights(row, V, max, inv_t, w, true);
+  double total;
+  if (min_p > 0) {
+    dense_weights(row, V, max, inv_t, w, false);
+    total = 0;
+    for (int32_t i = 0; i < V; i++) {
+      total += keep(w[i], min_p);
+      w[i] = total;
+    }
+  } else {
+    total = dense_weights(row, V, max, inv_t, w, true);
+  }
   const int32_t i = first_sum_above(w, V, u * total);
   return i < V ? i : am;
 }
 
-int32_t RowSampler::sample_top_k(const float* row, double inv_t, double k, double top_p, double u) {
+int32_t RowSampler::sample_top_k(const float* row, double inv_t, double k, double top_p, double min_p, double u) {
   const int32_t V = vocab_;
   int32_t* h = heap_.data();
   double* w = weights_.data();
@@ -111,7 +140,7 @@ int32_t RowSampler::sample_top_k(const float* row, double inv_t, double k, doubl
   if (!(max > -kInf && max < kInf)) return first;
   double total = 0;
   for (int32_t j = 0; j < size; j++) {
-    const double e = weight(row[h[j]], max, inv_t);
+    const double e = keep(weight(row[h[j]], max, inv_t), min_p);
     w[j] = e;
     total += e;
   }
@@ -137,7 +166,7 @@ int32_t RowSampler::sample_top_k(const float* row, double inv_t, double k, doubl
   return first;
 }
 
-int32_t RowSampler::sample_top_p(const float* row, double t, double inv_t, double top_p, double u) {
+int32_t RowSampler::sample_top_p(const float* row, double t, double inv_t, double top_p, double min_p, double u) {
   const int32_t V = vocab_;
   int32_t* h = heap_.data();
   double* w = weights_.data();
@@ -145,7 +174,14 @@ int32_t RowSampler::sample_top_p(const float* row, double t, double inv_t, doubl
   const int32_t am = argmax(row, V);
   const double max = row[am];
   if (!(max > -kInf && max < kInf)) return am;
-  const double total = dense_weights(row, V, max, inv_t, w, false);
+  double total = dense_weights(row, V, max, inv_t, w, false);
+  if (min_p > 0) {
+    total = 0;
+    for (int32_t i = 0; i < V; i++) {
+      w[i] = keep(w[i], min_p);
+      total += w[i];
+    }
+  }
   const double target = top_p * total;
   // V8's log, so that even the candidate set (not only the result, which does not depend on
   // it) is the TypeScript sampler's.

@@ -1,5 +1,5 @@
-// The C++ twin of Sampler and Rng in src/engine/sampling.ts. That file's header is the
-// specification, and every result here equals the TypeScript one bit for bit: the same float64
+// The C++ twin of Sampler (src/sampling/sampler.ts) and Rng (src/sampling/rng.ts). Their headers are the
+// specifications, and every result here equals the TypeScript one bit for bit: the same float64
 // operations in the same order wherever a rounded value is produced (weights, totals, running
 // sums). Where only comparisons are involved the work is organised differently, with identical
 // outcomes: vector scans (kernels.h), a binary search over running sums instead of the linear
@@ -31,6 +31,15 @@ inline double next_uniform(uint32_t* s) {
 }
 
 /**
+ * LogitAdjust (src/sampling/penalties.ts) applied to one row in place: for each of the n
+ * entries, v = logit + bias; the repetition penalty where the token is in the prompt (flag 1)
+ * or was generated; minus frequency × count and presence where generated; -Infinity where
+ * banned (flag 2); stored back as float32.
+ */
+void adjust_logits(float* row, const int32_t* tokens, const int32_t* counts, const uint8_t* flags, const double* bias, int32_t n,
+                   double presence, double frequency, double repetition);
+
+/**
  * One row at a time, with vocab-sized scratch reused across rows. Not thread-safe: each
  * thread of a parallel batch owns one.
  */
@@ -45,13 +54,13 @@ class RowSampler {
    * number, so a fractional k (which validation rejects, but the sampler accepts) behaves the
    * same in both.
    */
-  int32_t sample(const float* row, double temperature, double top_p, double top_k, uint32_t* state);
+  int32_t sample(const float* row, double temperature, double top_p, double top_k, double min_p, uint32_t* state);
 
  private:
   int32_t rank_sort(const float* row, int32_t m);
-  int32_t sample_full(const float* row, double inv_t, double u);
-  int32_t sample_top_k(const float* row, double inv_t, double k, double top_p, double u);
-  int32_t sample_top_p(const float* row, double t, double inv_t, double top_p, double u);
+  int32_t sample_full(const float* row, double inv_t, double min_p, double u);
+  int32_t sample_top_k(const float* row, double inv_t, double k, double top_p, double min_p, double u);
+  int32_t sample_top_p(const float* row, double t, double inv_t, double top_p, double min_p, double u);
   void sift_up_worst(const float* row, int32_t pos);
   void sift_down_worst(const float* row, int32_t pos, int32_t size);
   void sift_down_best(const float* row, int32_t pos, int32_t size);

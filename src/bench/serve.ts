@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import cliProgress from 'cli-progress';
 import type { Bill } from '../economy/ledger.js';
-import { Rng } from '../engine/sampling.js';
+import { Rng } from '../sampling/rng.js';
 import { InvalidArgumentError } from '../errors.js';
 import { mean as finiteMean, meetsSlo, percentile, realizedValue, tpotMs, type Expectation, type RequestOutcome } from '../sim/metrics.js';
 import { DEFAULT_BASE_PRICE } from '../sim/simulator.js';

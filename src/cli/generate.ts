@@ -1,5 +1,5 @@
 import { Generator } from '../serving/generator.js';
-import { validateSamplingParams } from '../engine/sampling.js';
+import { validateSamplingParams } from '../sampling/params.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 
 interface GenerateOptions extends EngineCliOptions {

@@ -9,6 +9,7 @@ import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 import { geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
 import { openStepLog } from '../serving/step-log.js';
 import { economyFromCli } from './sim.js';
+import { createLengthPredictor } from '../economy/length-model.js';
 
 interface ServeOptions extends EngineCliOptions, GeometryCliOptions {
   host: string;
@@ -41,6 +42,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
   }
   const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
 
+  const lengthModel = await createLengthPredictor(econ.lengthModel);
   const { model, engine, geometry } = await openModelAndEngine({ ...o, worker: true }, geometryFromCli(o));
   const stepLog = o.stepLog ? openStepLog(o.stepLog, { model: model.name, engine: engine.info, geometry }) : undefined;
   const generator = new Generator(engine, model, {
@@ -52,6 +54,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
     shadow: econ.shadow,
     clearing: econ.clearing,
     payment: econ.payment,
+    lengthModel,
     ...(curves ? { curves } : {}),
   });
   // Long prompts are tokenized on a worker pool: inline they would stall every stream's SSE.

@@ -9,6 +9,8 @@ import { profileFromSteps, readStepLog } from '../serving/step-log.js';
 import { cpus } from 'node:os';
 import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
+import { LENGTH_MODELS, type LengthModelKind } from '../economy/length-model.js';
+import { loadTf } from '../economy/tfjs.js';
 import { packageRoot } from '../models/importers.js';
 import { simGeometry, simulate, type SimOptions } from '../sim/simulator.js';
 import { geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
@@ -63,22 +65,29 @@ interface SimCliOptions extends TraceCliOptions, GeometryCliOptions {
   retention?: string;
   clearing?: boolean;
   payment?: boolean;
+  lengthModel?: string;
 }
 
 /** The economy's CLI settings (serve, sim, tune): checked, in the form the scheduler takes. */
-export function economyFromCli(o: { maxValue?: number; riskPrice?: number; retention?: string; clearing?: boolean; payment?: boolean }): {
+export function economyFromCli(
+  o: { maxValue?: number; riskPrice?: number; retention?: string; clearing?: boolean; payment?: boolean; lengthModel?: string },
+  defaultLengthModel: LengthModelKind = 'learned',
+): {
   shadow: ShadowOptions;
   clearing: boolean;
   payment: boolean;
   maxValue?: number;
+  lengthModel: LengthModelKind;
 } {
+  const lengthModel = (o.lengthModel ?? defaultLengthModel) as LengthModelKind;
+  if (!LENGTH_MODELS.includes(lengthModel)) throw new InvalidArgumentError(`--length-model must be ${LENGTH_MODELS.join(' or ')} (got ${JSON.stringify(o.lengthModel)})`);
   if (o.maxValue !== undefined && !(o.maxValue >= 0)) throw new InvalidArgumentError(`--max-value must be a number >= 0 (got ${o.maxValue})`);
   if (o.riskPrice !== undefined && !(o.riskPrice >= 0)) throw new InvalidArgumentError(`--risk-price must be a number >= 0 (got ${o.riskPrice})`);
   if (o.retention !== undefined && o.retention !== 'keep-value' && o.retention !== 'lru') throw new InvalidArgumentError(`--retention must be keep-value or lru (got ${JSON.stringify(o.retention)})`);
   const shadow: ShadowOptions = {};
   if (o.riskPrice !== undefined) shadow.riskPrice = o.riskPrice;
   if (o.retention !== undefined) shadow.retention = o.retention as 'keep-value' | 'lru';
-  return { shadow, clearing: o.clearing !== false, payment: o.payment !== false, ...(o.maxValue !== undefined ? { maxValue: o.maxValue } : {}) };
+  return { shadow, clearing: o.clearing !== false, payment: o.payment !== false, lengthModel, ...(o.maxValue !== undefined ? { maxValue: o.maxValue } : {}) };
 }
 
 export async function simOptionsFromCli(o: SimCliOptions): Promise<SimOptions> {
@@ -93,6 +102,8 @@ export async function simOptionsFromCli(o: SimCliOptions): Promise<SimOptions> {
   s.shadow = econ.shadow;
   s.clearing = econ.clearing;
   s.payment = econ.payment;
+  if (econ.lengthModel === 'learned') await loadTf();
+  s.lengthModel = econ.lengthModel;
   if (econ.maxValue !== undefined) s.maxValue = econ.maxValue;
   const budgets = tenantBudgets(o.workload ? await loadWorkload(o.workload) : defaultWorkload());
   if (budgets.size > 0) s.budgets = budgets;

@@ -6,7 +6,9 @@ import { createPolicy } from '../scheduler/policies/index.js';
 import { simGeometry, type SimOptions } from '../sim/simulator.js';
 import { geometryFlags, geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
 import { defaultGrid, loadGrid, parseLoads, tune, writeTuneOutputs, type CandidateResult, type TuneResult } from '../sim/tune.js';
-import { profileFromCli, readTraceFromCli, type TraceCliOptions } from './sim.js';
+import { defaultWorkload, loadWorkload, tenantBudgets } from '../sim/workload.js';
+import { loadTf } from '../economy/tfjs.js';
+import { economyFromCli, profileFromCli, readTraceFromCli, type TraceCliOptions } from './sim.js';
 
 export interface TuneCliOptions extends TraceCliOptions, GeometryCliOptions {
   grid?: string;
@@ -20,6 +22,14 @@ export interface TuneCliOptions extends TraceCliOptions, GeometryCliOptions {
   json?: boolean;
   quiet?: boolean;
   basePrice?: number;
+  /** Replicates of the trace under consecutive workload seeds (default 3): the noise every comparison is judged against. */
+  replicates?: number;
+  maxValue?: number;
+  riskPrice?: number;
+  retention?: string;
+  clearing?: boolean;
+  payment?: boolean;
+  lengthModel?: string;
   /** Where the report goes (default stdout); not a flag: for tests and embedders. */
   write?: (text: string) => void;
 }
@@ -53,19 +63,22 @@ const f = (x: number | null, d = 1) => (x === null || !Number.isFinite(x) ? '-' 
 function formatResult(r: TuneResult, files: string[], commands: string[]): string {
   const frontier = new Set(r.frontier);
   const row = (c: CandidateResult, rank: number) =>
-    `${String(rank).padStart(4)}  ${String(c.index).padStart(4)}  ${frontier.has(c.index) ? '*' : ' '}  ${f(c.welfare, 2).padStart(10)}  ${f(c.goodput_rps, 3).padStart(8)}  ${f(c.ttft_p99_ms, 0).padStart(9)}  ${c.label}`;
+    `${String(rank).padStart(4)}  ${String(c.index).padStart(4)}  ${frontier.has(c.index) ? '*' : ' '}  ${f(c.welfare, 2).padStart(10)}  ${f(c.welfare_stderr, 2).padStart(8)}  ${f(c.revenue, 2).padStart(9)}  ${f(c.goodput_rps, 3).padStart(8)}  ${f(c.ttft_p99_ms, 0).padStart(9)}  ${c.label}`;
   const failed = r.candidates.filter((c) => c.error !== undefined);
   const lines = [
     `${r.requests} requests, native ${r.native_rate_rps.toFixed(2)} req/s, capacity ${r.capacity_rps.toFixed(2)} req/s (fcfs, all at once)`,
     `${r.candidates.length} candidates × loads ${r.loads.map((l) => `${l.load}× (rate scale ${l.rate_scale})`).join(', ')}, policy ${r.policy}: ${r.candidates.length * r.loads.length} simulations in ${r.timing.elapsed_s.toFixed(1)} s on ${r.timing.threads} threads`,
     '',
-    `rank  cand  F     welfare   goodput  p99 TTFT  curves (tokens + kv); F: on the Pareto frontier; means over loads, worst p99`,
+    `rank  cand  F     welfare   ±noise    revenue   goodput  p99 TTFT  curves (tokens + kv); F: on the Pareto frontier; means over loads × ${r.replicates} replicates, worst p99`,
     ...r.ranking.slice(0, 10).map((i, k) => row(r.candidates[i] as CandidateResult, k + 1)),
     ...(r.ranking.length > 10 ? [`  … ${r.ranking.length - 10} more in tune.json`] : []),
     '',
     `frontier: ${r.frontier.length} candidates (${r.frontier.join(', ')})`,
+    `where the curves matter (range over candidates; * beyond twice the paired noise): ${r.objectives.map((o) => `${o.objective} ${f(o.min, 2)}–${f(o.max, 2)} (±${f(o.stderr, 2)})${o.separated ? '*' : ''}`).join(', ')}`,
     ...(failed.length > 0 ? [`failed: ${failed.length} candidates, e.g. #${failed[0]?.index}: ${failed[0]?.error}`] : []),
-    `best: #${r.best} ${(r.candidates[r.best] as CandidateResult).label}`,
+    r.best !== null
+      ? `best: #${r.best} ${(r.candidates[r.best] as CandidateResult).label} (${r.separation.reason})`
+      : `no best: ${r.separation.reason}; ${r.tied.length} candidates tie with the top within noise (${r.tied.join(', ')}); no best-curve.json written`,
     `wrote ${files.join(', ')}`,
     ...(commands.length > 0 ? ['replay the best alone:', ...commands.map((c) => `  ${c}`)] : []),
     '',
@@ -86,18 +99,30 @@ export async function runTune(o: TuneCliOptions): Promise<void> {
   // The grid may pin the workload seed so that its results can be reproduced from it alone.
   const seed = o.seed ?? grid.seed;
   if (seed !== undefined) grid.seed = seed;
+  const replicates = o.replicates ?? 3;
+  if (!(Number.isInteger(replicates) && replicates >= 1 && replicates <= 64)) throw new InvalidArgumentError('--replicates must be an integer in [1, 64]');
+  // Sweeps run hundreds of simulations: the cheap predictor unless asked (`serve` learns).
+  const econ = economyFromCli(o, 'online-mean');
   const profile = await profileFromCli(o.profile);
+  if (econ.lengthModel === 'learned') await loadTf();
   const geometry = geometryFromCli(o);
-  const sim: Omit<SimOptions, 'curves' | 'policy'> = { profile, geometry };
+  const sim: Omit<SimOptions, 'curves' | 'policy'> = { profile, geometry, shadow: econ.shadow, clearing: econ.clearing, payment: econ.payment, lengthModel: econ.lengthModel };
   simGeometry(sim);
+  if (econ.maxValue !== undefined) sim.maxValue = econ.maxValue;
+  const workload = o.workload ? await loadWorkload(o.workload) : defaultWorkload();
+  const budgets = tenantBudgets(workload);
+  if (budgets.size > 0) sim.budgets = budgets;
   if (o.basePrice !== undefined) sim.basePrice = o.basePrice;
-  const trace = await readTraceFromCli({ ...o, ...(seed !== undefined ? { seed } : {}) });
+  // Replicate k reads the trace under workload seed + k: other requests, other values.
+  const seed0 = seed ?? workload.seed;
+  const traces = [];
+  for (let k = 0; k < replicates; k++) traces.push(await readTraceFromCli({ ...o, seed: seed0 + k }));
 
   const bar = !o.quiet && process.stderr.isTTY ? new SingleBar({ stream: process.stderr, format: 'tune [{bar}] {value}/{total} simulations | {eta_formatted} left', etaBuffer: 64 }, Presets.shades_classic) : undefined;
   let result: TuneResult;
   try {
     result = await tune({
-      trace,
+      traces,
       sim,
       grid,
       loads,
@@ -118,7 +143,7 @@ export async function runTune(o: TuneCliOptions): Promise<void> {
     ...geometryFlags(geometry),
     ...(o.basePrice !== undefined ? [`--base-price ${o.basePrice}`] : []),
   ];
-  const commands = exact
+  const commands = exact && result.best !== null
     ? result.loads.map((l) => ['marginal sim', ...traceFlags(o, seed), `--rate-scale ${l.rate_scale}`, `--policy ${result.policy}`, `--curve ${bestCurve}`, ...setup, '--json'].join(' '))
     : [];
   // Only what shapes the trace: threads, output and display flags must not make two runs' tune.json differ.
@@ -127,9 +152,9 @@ export async function runTune(o: TuneCliOptions): Promise<void> {
   if (seed !== undefined) traceOpts.seed = seed;
   const files = await writeTuneOutputs(result, out, { trace: traceOpts, replay: commands });
   const write = o.write ?? ((text: string) => void process.stdout.write(text));
-  const list = [files.tuneJson, files.bestCurve, files.frontierSvg, files.pricesSvg];
+  const list = [files.tuneJson, ...(files.bestCurve !== undefined ? [files.bestCurve] : []), files.frontierSvg, files.pricesSvg];
   if (o.json) {
-    const best = result.candidates[result.best] as CandidateResult;
+    const best = result.best !== null ? (result.candidates[result.best] as CandidateResult) : undefined;
     const summary = {
       requests: result.requests,
       capacity_rps: result.capacity_rps,
@@ -139,7 +164,10 @@ export async function runTune(o: TuneCliOptions): Promise<void> {
       candidates: result.candidates.length,
       failed: result.candidates.filter((c) => c.error !== undefined).length,
       frontier: result.frontier,
-      best: { index: best.index, label: best.label, curves: best.curves, welfare: best.welfare, goodput_rps: best.goodput_rps, ttft_p99_ms: best.ttft_p99_ms },
+      replicates: result.replicates,
+      best: best === undefined ? null : { index: best.index, label: best.label, curves: best.curves, welfare: best.welfare, welfare_stderr: best.welfare_stderr, revenue: best.revenue, goodput_rps: best.goodput_rps, ttft_p99_ms: best.ttft_p99_ms },
+      separation: result.separation,
+      tied: result.tied,
       files: list,
       replay: commands,
       timing: result.timing,

@@ -3,7 +3,8 @@ import { loadModelDir } from '../models/modeldir.js';
 import { fitProfile, type StepProfile, type StepShape } from './cost-model.js';
 import { DirectDriver, type DirectItem } from './direct.js';
 import type { OnnxEngineOptions } from './onnx-engine.js';
-import { Rng, validateSamplingParams } from './sampling.js';
+import { Rng } from '../sampling/rng.js';
+import { validateSamplingParams } from '../sampling/params.js';
 import type { Engine } from './types.js';
 import { WorkerEngine } from './worker-engine.js';
 

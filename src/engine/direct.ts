@@ -1,5 +1,6 @@
 import { EngineCapacityError, InvalidArgumentError } from '../errors.js';
-import type { Rng, SamplingParams } from './sampling.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 import { KvOp, type Engine, type StepItem, type StepPlan, type StepResult } from './types.js';
 
 interface Sequence {
@@ -10,7 +11,7 @@ interface Sequence {
 }
 
 /** One sequence's share of a DirectDriver step: tokens to feed after what it holds (a sampled token is fed by the next step), and whether to sample. */
-export type DirectItem = [seq: number, tokens: ArrayLike<number>, sample: boolean];
+export type DirectItem = [seq: number, tokens: ArrayLike<number>, sample: boolean, extra?: Pick<StepItem, 'adjust' | 'mask'>];
 
 /**
  * Drives an engine without a scheduler — calibration, benchmarks and tests of the engine
@@ -128,7 +129,7 @@ export class DirectDriver {
   async step(items: DirectItem[], keepLogits = false): Promise<StepResult> {
     const bs = this.engine.info.blockSize;
     const plan = this.plan;
-    for (const [seq, tokens, sample] of items) {
+    for (const [seq, tokens, sample, extra] of items) {
       const s = this.get(seq);
       const offset = s.tokens.length;
       for (let k = 0; k < tokens.length; k++) s.tokens.push(tokens[k] as number);
@@ -141,7 +142,7 @@ export class DirectDriver {
       }
       this.shared.delete(seq);
       while (s.blocks.length * bs < s.tokens.length) s.blocks.push(this.take());
-      const item: StepItem = { seq, tokens: s.tokens, offset, count: tokens.length, sample, blocks: s.blocks };
+      const item: StepItem = { seq, tokens: s.tokens, offset, count: tokens.length, sample, blocks: s.blocks, ...extra };
       plan.items.push(item);
     }
     if (keepLogits) plan.keepLogits = true;

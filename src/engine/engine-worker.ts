@@ -39,14 +39,18 @@ function unpack(m: StepRequest): StepPlan {
     const count = m.items[f + 2] as number;
     const offset = m.items[f + 4] as number;
     const tableAt = m.items[f + 5] as number;
+    const x = m.extras?.[i];
     let tokens: Float64Array = EMPTY;
     if (at >= 0) {
+      // Room for the prompt token after the chunk, whose log probability its last position reports.
+      const need = offset + count + (x?.next !== undefined ? 1 : 0);
       let buf = tokenArrays[i];
-      if (buf === undefined || buf.length < offset + count) {
-        buf = new Float64Array(Math.max(offset + count, 2 * (buf?.length ?? 0)));
+      if (buf === undefined || buf.length < need) {
+        buf = new Float64Array(Math.max(need, 2 * (buf?.length ?? 0)));
         tokenArrays[i] = buf;
       }
       buf.set(m.tokens.subarray(at, at + count), offset);
+      if (x?.next !== undefined) buf[offset + count] = x.next;
       tokens = buf;
     }
     const item = (itemPool[i] ??= { seq: 0, tokens: EMPTY, offset: 0, count: 0, sample: false, blocks: EMPTY });
@@ -56,6 +60,11 @@ function unpack(m: StepRequest): StepPlan {
     item.count = count;
     item.sample = m.items[f + 3] === 1;
     item.blocks = m.tables.subarray(tableAt, tableAt + (m.items[f + 6] as number));
+    item.adjust = x?.adjust;
+    item.mask = x?.mask;
+    item.promptLogprobs = x?.promptLogprobs;
+    // The buffer is longer than the prompt: where it ends must be said.
+    item.promptEnd = x?.promptEnd === undefined ? undefined : offset + x.promptEnd;
     items[i] = item;
   }
   const plan: StepPlan = {
@@ -79,7 +88,18 @@ async function step(engine: OnnxEngine, m: StepRequest): Promise<void> {
   // The engine allocates both arrays per step and keeps no reference: moving them costs nothing.
   const transfer: ArrayBuffer[] = [result.tokens.buffer as ArrayBuffer];
   if (result.logits) transfer.push(result.logits.buffer as ArrayBuffer);
-  post({ type: 'step', ok: true, tokens: result.tokens, ...(result.logits ? { logits: result.logits } : {}), timing: result.timing }, transfer);
+  post(
+    {
+      type: 'step',
+      ok: true,
+      tokens: result.tokens,
+      ...(result.logits ? { logits: result.logits } : {}),
+      ...(result.logprobs ? { logprobs: result.logprobs } : {}),
+      ...(result.promptLogprobs ? { promptLogprobs: result.promptLogprobs } : {}),
+      timing: result.timing,
+    },
+    transfer,
+  );
 }
 
 async function main(): Promise<void> {

@@ -5,7 +5,10 @@ import { HostKvStorage, blockBytes, type KvPoolShape, type KvStorage } from '../
 import type { Flavour, LoadedModel } from '../models/modeldir.js';
 import { IO } from '../models/llama/graph.js';
 import { BatchSampler } from '../native/sampling.js';
-import { Sampler, type Rng, type SamplingParams } from './sampling.js';
+import { Sampler } from '../sampling/sampler.js';
+import { applyTokenMask, rowLogprobs, type TokenLogprobs } from '../sampling/logprobs.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 import { openSession, type SessionConfig } from './session.js';
 import { KvOp, type Engine, type EngineInfo, type ExecutionProvider, type SequenceOpen, type StepItem, type StepPlan, type StepResult } from './types.js';
 
@@ -35,12 +38,25 @@ export interface OnnxEngineOptions extends SessionConfig {
   stagePool?: boolean;
 }
 
-/** A run's output for sampling: full logits rows, or each row's k best (values and ids, best first). */
+/**
+ * A run's output for sampling: full logits rows, or each row's k best (values and ids, best
+ * first). Item k of the run samples from row `lastRow[k]`; with prompt logprobs its fed
+ * positions are rows lastRow[k] - count + 1 .. lastRow[k] (full logits only).
+ */
 interface RunOutput {
   logits?: Float32Array;
   values?: Float32Array;
   ids?: BigInt64Array;
   k: number;
+  lastRow: Int32Array;
+}
+
+/** What a step reports besides its tokens, filled in as its runs are sampled. */
+interface StepExtras {
+  logits: Float32Array | undefined;
+  logprobs: (TokenLogprobs | undefined)[] | undefined;
+  promptLogprobs: (TokenLogprobs[] | undefined)[] | undefined;
+  sampleMs: number;
 }
 
 interface SequenceState {
@@ -161,6 +177,11 @@ export class OnnxEngine implements Engine {
   private readonly fetchRanked: string[];
   private readonly fetchLogits: string[];
   private decodeIdx = new Int32Array(0);
+  /** RunOutput.lastRow of fast runs: each run's rows are sampled before the next run starts. */
+  private lastRowBuf = new Int32Array(0);
+  /** Raw rows of sampled items that report logprobs, kept while their row is adjusted and sampled. */
+  private rawRows = new Float32Array(0);
+  private readonly topHeap = new Int32Array(64);
   /** A run's new keys and values by layer (ORT's output buffers), reused. */
   private readonly newKeys: Float32Array[] = [];
   private readonly newValues: Float32Array[] = [];
@@ -278,7 +299,7 @@ export class OnnxEngine implements Engine {
     const items = plan.items;
     const n = items.length;
     const tokens = new Int32Array(n).fill(-1);
-    const logits = plan.keepLogits ? new Float32Array(n * this.vocab).fill(NaN) : undefined;
+    const extras: StepExtras = { logits: plan.keepLogits ? new Float32Array(n * this.vocab).fill(NaN) : undefined, logprobs: undefined, promptLogprobs: undefined, sampleMs: 0 };
     let decodes = 0;
     let prefills: number[] | undefined;
     if (this.decodeIdx.length < n) this.decodeIdx = new Int32Array(Math.max(n, 2 * this.decodeIdx.length));
@@ -286,7 +307,7 @@ export class OnnxEngine implements Engine {
       if ((items[i] as StepItem).count === 1) this.decodeIdx[decodes++] = i;
       else (prefills ??= []).push(i);
     }
-    const timing = { runMs: 0, sampleMs: 0, runs: 0 };
+    const timing = { runMs: 0, runs: 0 };
     const fullLogits = plan.keepLogits === true;
     if (this.flavour === 'fast') {
       if (decodes > 0) {
@@ -294,7 +315,7 @@ export class OnnxEngine implements Engine {
         const out = await this.runFast(items, this.decodeIdx, decodes, 1, fullLogits);
         timing.runMs += performance.now() - r0;
         timing.runs++;
-        this.sampleRows(items, this.decodeIdx, decodes, 1, 0, out, tokens, logits, timing);
+        this.sampleRows(items, this.decodeIdx, decodes, out, tokens, extras);
       }
       if (prefills !== undefined) {
         for (const group of prefillGroups(items, prefills)) {
@@ -303,7 +324,7 @@ export class OnnxEngine implements Engine {
           const out = await this.runFast(items, group, group.length, width, fullLogits);
           timing.runMs += performance.now() - r0;
           timing.runs++;
-          this.sampleRows(items, group, group.length, 1, 0, out, tokens, logits, timing);
+          this.sampleRows(items, group, group.length, out, tokens, extras);
         }
       }
     } else {
@@ -316,7 +337,7 @@ export class OnnxEngine implements Engine {
         timing.runMs += performance.now() - r0;
         timing.runs++;
         // Left-padded new tokens end at the last column, so each sequence's last token is row S-1.
-        this.sampleRows(items, group, group.length, seqLen, seqLen - 1, { logits: out, k: 0 }, tokens, logits, timing);
+        this.sampleRows(items, group, group.length, { logits: out, k: 0, lastRow: Int32Array.from(group, (_, k) => k * seqLen + seqLen - 1) }, tokens, extras);
       }
     }
     let batchTokens = 0;
@@ -324,9 +345,11 @@ export class OnnxEngine implements Engine {
     const totalMs = performance.now() - t0;
     const result: StepResult = {
       tokens,
-      timing: { totalMs, runMs: timing.runMs, sampleMs: timing.sampleMs, glueMs: totalMs - timing.runMs - timing.sampleMs, runs: timing.runs, batchTokens, kvBytesCopied: this.pool.takeBytesCopied() + this.takeStagedBytes() },
+      timing: { totalMs, runMs: timing.runMs, sampleMs: extras.sampleMs, glueMs: totalMs - timing.runMs - extras.sampleMs, runs: timing.runs, batchTokens, kvBytesCopied: this.pool.takeBytesCopied() + this.takeStagedBytes() },
     };
-    if (logits) result.logits = logits;
+    if (extras.logits) result.logits = extras.logits;
+    if (extras.logprobs) result.logprobs = extras.logprobs;
+    if (extras.promptLogprobs) result.promptLogprobs = extras.promptLogprobs;
     return result;
   }
 
@@ -392,10 +415,35 @@ export class OnnxEngine implements Engine {
     }
   }
 
-  /** Samples the rows of one run: item group[j]'s logits are row j·stride + shift of `out`. */
-  private sampleRows(items: StepItem[], group: ArrayLike<number>, count: number, stride: number, shift: number, out: RunOutput, tokens: Int32Array, logits: Float32Array | undefined, timing: { sampleMs: number }): void {
+  /** Samples the rows of one run: item group[j] draws from row out.lastRow[j]. */
+  private sampleRows(items: StepItem[], group: ArrayLike<number>, count: number, out: RunOutput, tokens: Int32Array, x: StepExtras): void {
     const s0 = performance.now();
+    const V = this.vocab;
+    const rowOf = out.lastRow;
     if (out.logits) {
+      const full = out.logits;
+      // Log probabilities read the model's own logits, so they come before any adjustment.
+      let raw = 0;
+      for (let k = 0; k < count; k++) {
+        const i = group[k] as number;
+        const item = items[i] as StepItem;
+        const row = rowOf[k] as number;
+        if (item.promptLogprobs !== undefined) (x.promptLogprobs ??= new Array(items.length).fill(undefined))[i] = this.promptLogprobsOf(item, full, row);
+        if (!item.sample) continue;
+        if (x.logits) x.logits.set(full.subarray(row * V, (row + 1) * V), i * V);
+        const params = (this.sequences.get(item.seq) as SequenceState).sampling;
+        if (params.logprobs !== undefined) {
+          if (this.rawRows.length < (raw + 1) * V) {
+            const grown = new Float32Array(Math.max((raw + 1) * V, 2 * this.rawRows.length));
+            grown.set(this.rawRows);
+            this.rawRows = grown;
+          }
+          this.rawRows.set(full.subarray(row * V, (row + 1) * V), raw * V);
+          raw++;
+        }
+        if (item.adjust !== undefined) this.batchSampler.adjust(full, row, item.adjust);
+        if (item.mask !== undefined) applyTokenMask(full, row * V, V, item.mask);
+      }
       // One call for the whole batch: the native sampler when built, else the same loop in TypeScript.
       let n = 0;
       if (this.batchRows.length < count) {
@@ -410,25 +458,43 @@ export class OnnxEngine implements Engine {
         const item = items[i] as StepItem;
         if (!item.sample) continue;
         const state = this.sequences.get(item.seq) as SequenceState;
-        const row = k * stride + shift;
-        this.batchRows[n++] = row;
+        this.batchRows[n++] = rowOf[k] as number;
         this.batchParams.push(state.sampling);
         this.batchRngs.push(state.rng);
         this.batchItems.push(i);
-        if (logits) logits.set(out.logits.subarray(row * this.vocab, (row + 1) * this.vocab), i * this.vocab);
       }
-      this.batchSampler.sample(out.logits, this.batchRows, this.batchParams, this.batchRngs, this.batchOut, n);
-      for (let j = 0; j < n; j++) tokens[this.batchItems[j] as number] = this.batchOut[j] as number;
+      this.batchSampler.sample(full, this.batchRows, this.batchParams, this.batchRngs, this.batchOut, n);
+      raw = 0;
+      for (let j = 0; j < n; j++) {
+        const i = this.batchItems[j] as number;
+        const token = this.batchOut[j] as number;
+        tokens[i] = token;
+        const top = (this.batchParams[j] as SamplingParams).logprobs;
+        if (top !== undefined) (x.logprobs ??= new Array(items.length).fill(undefined))[i] = rowLogprobs(this.rawRows, V * raw++, V, token, top, this.topHeap);
+      }
     } else {
       for (let k = 0; k < count; k++) {
         const i = group[k] as number;
         const item = items[i] as StepItem;
         if (!item.sample) continue;
         const state = this.sequences.get(item.seq) as SequenceState;
-        tokens[i] = this.sampler.sampleRanked(out.values as Float32Array, out.ids as BigInt64Array, (k * stride + shift) * out.k, out.k, state.sampling, state.rng);
+        tokens[i] = this.sampler.sampleRanked(out.values as Float32Array, out.ids as BigInt64Array, (rowOf[k] as number) * out.k, out.k, state.sampling, state.rng, item.adjust);
       }
     }
-    timing.sampleMs += performance.now() - s0;
+    x.sampleMs += performance.now() - s0;
+  }
+
+  /** Log probabilities of the prompt's next tokens at the item's fed positions (rows ending at lastRow). */
+  private promptLogprobsOf(item: StepItem, logits: Float32Array, lastRow: number): TokenLogprobs[] {
+    const entries: TokenLogprobs[] = [];
+    const end = item.promptEnd ?? item.tokens.length;
+    const first = lastRow - item.count + 1;
+    for (let t = 0; t < item.count; t++) {
+      const p = item.offset + t;
+      if (p + 1 >= end) break;
+      entries.push(rowLogprobs(logits, (first + t) * this.vocab, this.vocab, item.tokens[p + 1] as number, item.promptLogprobs as number, this.topHeap));
+    }
+    return entries;
   }
 
   /**
@@ -445,11 +511,17 @@ export class OnnxEngine implements Engine {
       if (past > nb) nb = past;
     }
     const rowsN = count * width;
+    // Prompt logprobs need every fed position's logits, not only the last one's.
+    let rowCount = 0;
+    for (let k = 0; k < count; k++) rowCount += (items[group[k] as number] as StepItem).promptLogprobs !== undefined ? width : 1;
     this.idsFeed.reserve(rowsN);
     this.posFeed.reserve(rowsN);
     this.lengthsFeed.reserve(count);
-    this.rowsFeed.reserve(count);
+    this.rowsFeed.reserve(rowCount);
     this.tablesFeed.reserve(count * nb);
+    if (this.lastRowBuf.length < count) this.lastRowBuf = new Int32Array(Math.max(count, 2 * this.lastRowBuf.length));
+    const lastRow = this.lastRowBuf;
+    let row = 0;
     const tables = this.tablesFeed.buf;
     for (let k = 0; k < count; k++) {
       const item = items[group[k] as number] as StepItem;
@@ -459,7 +531,8 @@ export class OnnxEngine implements Engine {
         this.posFeed.set(k * width + t, len + t);
       }
       this.lengthsFeed.set(k, len);
-      this.rowsFeed.set(k, k * width + width - 1);
+      for (let t = item.promptLogprobs !== undefined ? 0 : width - 1; t < width; t++) this.rowsFeed.set(row++, k * width + t);
+      lastRow[k] = row - 1;
       const used = Math.ceil(len / bs);
       for (let b = 0; b < nb; b++) tables[k * nb + b] = b < used ? (item.blocks[b] as number) : 0;
     }
@@ -467,19 +540,20 @@ export class OnnxEngine implements Engine {
     feeds[IO.inputIds] = this.idsFeed.tensor(count, width);
     feeds[IO.positionIds] = this.posFeed.tensor(count, width);
     feeds[IO.pastLengths] = this.lengthsFeed.tensor(count);
-    feeds[IO.logitsRows] = this.rowsFeed.tensor(count);
+    feeds[IO.logitsRows] = this.rowsFeed.tensor(rowCount);
     if (this.stage) this.stagePool(count * nb, feeds);
     else this.bindPool(feeds);
     feeds[IO.blockTables] = this.tablesFeed.tensor(count, nb);
     // Rank in the graph when every sampled row can be served from its k best logits.
     let k = 1;
-    let ranked = this.maxRanked > 0 && !fullLogits;
+    let ranked = this.maxRanked > 0 && !fullLogits && rowCount === count;
     for (let j = 0; j < count && ranked; j++) {
       const item = items[group[j] as number] as StepItem;
       if (!item.sample) continue;
       const params = (this.sequences.get(item.seq) as SequenceState).sampling;
-      if (!Sampler.rankedSuffices(params, this.maxRanked)) ranked = false;
-      else if (params.temperature > 0) k = Math.max(k, params.topK);
+      // A grammar mask or logprobs need the whole row; adjustments fit while they only lower logits.
+      if (item.mask !== undefined || params.logprobs !== undefined || !Sampler.rankedSuffices(params, this.maxRanked, item.adjust)) ranked = false;
+      else k = Math.max(k, Sampler.rankedNeeds(params, item.adjust));
     }
     if (this.inputNames.has(IO.topK)) {
       this.kFeed.reserve(1);
@@ -497,8 +571,8 @@ export class OnnxEngine implements Engine {
       const item = items[group[j] as number] as StepItem;
       this.pool.writePositions(this.newKeys, this.newValues, j * this.kvHeads * headStride, headStride, item.blocks, item.offset, width);
     }
-    if (ranked) return { values: (out[IO.topKValues] as ort.Tensor).data as Float32Array, ids: (out[IO.topKIndices] as ort.Tensor).data as BigInt64Array, k };
-    return { logits: (out[IO.logits] as ort.Tensor).data as Float32Array, k: 0 };
+    if (ranked) return { values: (out[IO.topKValues] as ort.Tensor).data as Float32Array, ids: (out[IO.topKIndices] as ort.Tensor).data as BigInt64Array, k, lastRow };
+    return { logits: (out[IO.logits] as ort.Tensor).data as Float32Array, k: 0, lastRow };
   }
 
   /** The pool's own buffers as the graph's pool inputs: read in place, nothing copied. */

@@ -1,4 +1,7 @@
-import type { Rng, SamplingParams } from './sampling.js';
+import type { LogitAdjust } from '../sampling/penalties.js';
+import type { TokenLogprobs } from '../sampling/logprobs.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 
 export type ExecutionProvider = 'cuda' | 'cpu';
 
@@ -42,6 +45,17 @@ export interface StepItem {
    * alone (shared ones were copied first, see KvOp.copy).
    */
   blocks: ArrayLike<number>;
+  /** Logit changes before this item's draw (penalties, biases, a min_tokens ban). */
+  adjust?: LogitAdjust | undefined;
+  /** Tokens allowed for this item's draw (structured output): bit i of word i >> 5 set = token i allowed. */
+  mask?: Int32Array | undefined;
+  /**
+   * Prompt log probabilities: report, for each fed position p (offset ≤ p < offset + count, and
+   * p + 1 < promptEnd), the log probability of tokens[p + 1] with this many top alternatives.
+   */
+  promptLogprobs?: number | undefined;
+  /** Where the prompt ends in `tokens` (for promptLogprobs). */
+  promptEnd?: number | undefined;
 }
 
 /** A sequence the engine starts holding sampling state for (its first admission). */
@@ -102,6 +116,10 @@ export interface StepResult {
   timing: StepTiming;
   /** Present when plan.keepLogits: vocabSize floats per item, in item order (NaN-filled when not sampled). */
   logits?: Float32Array;
+  /** Parallel to plan.items where some sequence asked for logprobs: the sampled token's (SamplingParams.logprobs). */
+  logprobs?: (TokenLogprobs | undefined)[];
+  /** Parallel to plan.items where some item asked for promptLogprobs: one entry per reported position, in order. */
+  promptLogprobs?: (TokenLogprobs[] | undefined)[];
 }
 
 /** A plan with nothing to do: no items, opens, closes or block moves. */

@@ -27,7 +27,9 @@ import { resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import createError from '@fastify/error';
 import type { OnnxEngineOptions } from './onnx-engine.js';
-import { Rng } from './sampling.js';
+import { Rng } from '../sampling/rng.js';
+import type { LogitAdjust } from '../sampling/penalties.js';
+import type { TokenLogprobs } from '../sampling/logprobs.js';
 import type { Engine, EngineInfo, SequenceOpen, StepItem, StepPlan, StepResult, StepTiming } from './types.js';
 
 /** The engine's worker thread failed or exited: nothing can run until a new engine is created. */
@@ -61,6 +63,20 @@ export interface StepRequest {
   /** Every item's block table back to back. */
   tables: Float64Array;
   keepLogits: boolean;
+  /** Per item, the optional StepItem fields that travel as structured clones (absent when no item has any). */
+  extras?: (ItemExtras | undefined)[];
+}
+
+/**
+ * StepItem's optional sampling inputs. promptEnd is relative to the item's first fed token, and
+ * `next` is the prompt token after the item's chunk (the worker sees only the chunk's tokens).
+ */
+export interface ItemExtras {
+  adjust?: LogitAdjust | undefined;
+  mask?: Int32Array | undefined;
+  promptLogprobs?: number;
+  promptEnd?: number;
+  next?: number;
 }
 
 export type ToWorker = StepRequest | { type: 'dispose' };
@@ -74,7 +90,15 @@ export interface SerializedError {
 }
 
 export type StepReply =
-  | { type: 'step'; ok: true; tokens: Int32Array; logits?: Float32Array; timing: StepTiming }
+  | {
+      type: 'step';
+      ok: true;
+      tokens: Int32Array;
+      logits?: Float32Array;
+      logprobs?: (TokenLogprobs | undefined)[];
+      promptLogprobs?: (TokenLogprobs[] | undefined)[];
+      timing: StepTiming;
+    }
   | { type: 'step'; ok: false; error: SerializedError };
 
 export type FromWorker =
@@ -248,6 +272,8 @@ export class WorkerEngine implements Engine {
     const w = reply.timing;
     const result: StepResult = { tokens: reply.tokens, timing: { ...w, totalMs, glueMs: totalMs - w.runMs - w.sampleMs } };
     if (reply.logits) result.logits = reply.logits;
+    if (reply.logprobs) result.logprobs = reply.logprobs;
+    if (reply.promptLogprobs) result.promptLogprobs = reply.promptLogprobs;
     return result;
   }
 
@@ -361,7 +387,7 @@ function packPlan(plan: StepPlan): StepRequest {
     for (let b = 0; b < item.blocks.length; b++) tables[q + b] = item.blocks[b] as number;
     q += item.blocks.length;
   }
-  return {
+  const request: StepRequest = {
     type: 'step',
     opens: plan.opens,
     closes: Int32Array.from(plan.closes),
@@ -371,6 +397,30 @@ function packPlan(plan: StepPlan): StepRequest {
     tables,
     keepLogits: plan.keepLogits === true,
   };
+  const extras = itemExtras(items);
+  if (extras !== undefined) request.extras = extras;
+  return request;
+}
+
+/** The items' optional sampling inputs for the worker, or undefined when no item has any (the usual step). */
+function itemExtras(plan: StepItem[]): (ItemExtras | undefined)[] | undefined {
+  let out: (ItemExtras | undefined)[] | undefined;
+  for (let i = 0; i < plan.length; i++) {
+    const item = plan[i] as StepItem;
+    if (item.adjust === undefined && item.mask === undefined && item.promptLogprobs === undefined) continue;
+    out ??= new Array<ItemExtras | undefined>(plan.length).fill(undefined);
+    const x: ItemExtras = {};
+    if (item.adjust !== undefined) x.adjust = item.adjust;
+    if (item.mask !== undefined) x.mask = item.mask;
+    if (item.promptLogprobs !== undefined) {
+      const end = item.promptEnd ?? item.tokens.length;
+      x.promptLogprobs = item.promptLogprobs;
+      x.promptEnd = end - item.offset;
+      if (item.offset + item.count < end) x.next = item.tokens[item.offset + item.count] as number;
+    }
+    out[i] = x;
+  }
+  return out;
 }
 
 function validBounds(item: StepItem): boolean {

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 /** Must equal kAbiVersion in native/src/addon.cc; a stale build with another number is refused. */
-export const NATIVE_ABI_VERSION = 1;
+export const NATIVE_ABI_VERSION = 2;
 
 export interface NativeAddon {
   readonly abiVersion: number;
@@ -17,11 +17,25 @@ export interface NativeAddon {
   readonly hardwareThreads: number;
   /**
    * out[i] = the Sampler's pick from logits[rows[i] * vocab, (rows[i] + 1) * vocab) with
-   * params[3i .. 3i+3) = (temperature, topP, topK) and the xoshiro128** state
+   * params[4i .. 4i+4) = (temperature, topP, topK, minP) and the xoshiro128** state
    * rngState[4i .. 4i+4), which it advances in place (one draw per non-greedy row). Validates
    * everything before sampling anything. Rows are split over `threads` (default 1) threads.
    */
   sampleBatch(logits: Float32Array, vocab: number, rows: Int32Array, params: Float64Array, rngState: Uint32Array, out: Int32Array, threads?: number): void;
+  /** applyLogitAdjust (src/sampling/penalties.ts) on logits[row * vocab, (row + 1) * vocab), bit for bit. */
+  adjustLogits(
+    logits: Float32Array,
+    vocab: number,
+    row: number,
+    tokens: Int32Array,
+    counts: Int32Array,
+    flags: Uint8Array,
+    bias: Float64Array,
+    n: number,
+    presence: number,
+    frequency: number,
+    repetition: number,
+  ): void;
   /**
    * Copies positions [from + b*n, from + (b+1)*n) of one slot of the per-layer caches
    * ([slot][kvHead][capacity][headDim]) to or from packed[b] ([layer][k|v][kvHead][n][headDim]).

@@ -1,4 +1,7 @@
-import { Sampler, type Rng, type SamplingParams } from '../engine/sampling.js';
+import { Sampler } from '../sampling/sampler.js';
+import { applyLogitAdjust, type LogitAdjust } from '../sampling/penalties.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 import { native as loadedAddon, requireNative, type NativeAddon } from './index.js';
 
 /**
@@ -59,6 +62,17 @@ export class BatchSampler {
     this.threads = threads;
     this.addon = opts.native === false ? undefined : opts.native === true ? requireNative() : loadedAddon;
     this.backend = this.addon ? 'native' : 'typescript';
+  }
+
+  /**
+   * Applies a LogitAdjust to logits row `row` in place, in the addon when it is loaded (the same
+   * float32 results as applyLogitAdjust). Callers adjust a row before sampling it.
+   */
+  adjust(logits: Float32Array, row: number, a: LogitAdjust): void {
+    const V = this.vocabSize;
+    if (!Number.isInteger(row) || row < 0 || (row + 1) * V > logits.length) throw new RangeError(`row ${row} is outside logits of length ${logits.length}`);
+    if (this.addon !== undefined) this.addon.adjustLogits(logits, V, row, a.tokens, a.counts, a.flags, a.bias, a.n, a.presence, a.frequency, a.repetition);
+    else applyLogitAdjust(logits, row * V, a);
   }
 
   /** Samples rows[0 .. count) into out[0 .. count); count defaults to rows.length. */
@@ -123,7 +137,7 @@ export class BatchSampler {
     if (this.rowsBuf.length < count) {
       const cap = Math.max(count, 2 * this.rowsBuf.length);
       this.rowsBuf = new Int32Array(cap);
-      this.paramsBuf = new Float64Array(3 * cap);
+      this.paramsBuf = new Float64Array(4 * cap);
       this.stateBuf = new Uint32Array(4 * cap);
     }
     if (this.rowsView.buffer !== this.rowsBuf.buffer || this.rowsView.length !== count) this.rowsView = this.rowsBuf.subarray(0, count);
@@ -133,9 +147,10 @@ export class BatchSampler {
     for (let i = 0; i < count; i++) {
       const p = params[i]!;
       rowsBuf[i] = rows[i]!;
-      paramsBuf[3 * i] = p.temperature;
-      paramsBuf[3 * i + 1] = p.topP;
-      paramsBuf[3 * i + 2] = p.topK;
+      paramsBuf[4 * i] = p.temperature;
+      paramsBuf[4 * i + 1] = p.topP;
+      paramsBuf[4 * i + 2] = p.topK;
+      paramsBuf[4 * i + 3] = p.minP ?? 0;
       rngs[i]!.saveState(stateBuf, 4 * i);
     }
     addon.sampleBatch(logits, this.vocabSize, rowsBuf, paramsBuf, stateBuf, out, this.threads);

@@ -28,6 +28,8 @@ export interface SchedulerView {
   kvPriceFor(r: SchedRequest): number;
   /** What preempting `r` now wastes, in value: the swap's transfer time or the recompute, whichever the scheduler would do. */
   preemptionCost(r: SchedRequest): number;
+  /** Seconds of step time preempting `r` now would take (a swap's transfer out and back; 0 for a recompute, which is priced as tokens). */
+  preemptionSeconds(r: SchedRequest): number;
   /** Not planned this step, running, and outside the anti-thrash window. */
   isPreemptible(r: SchedRequest): boolean;
   /** Tokens of `r`'s prompt found in the prefix cache right now (verified), without taking them. */

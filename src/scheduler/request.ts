@@ -1,6 +1,8 @@
-import { expectedRemaining, type LengthDistribution, type LengthFeatures } from '../economy/estimator.js';
+import { expectedRemaining } from '../economy/estimator.js';
+import type { LengthDistribution, LengthFeatures } from '../economy/length-model.js';
 import { BillBuilder, type Bill } from '../economy/ledger.js';
-import type { Rng, SamplingParams } from '../engine/sampling.js';
+import type { Rng } from '../sampling/rng.js';
+import type { SamplingParams } from '../sampling/params.js';
 
 export interface Slo {
   ttftMs?: number;
@@ -33,6 +35,8 @@ export interface RequestSpec {
   endpoint?: LengthFeatures['endpoint'];
   /** The caller's own index for this request (the simulator's trace position), untouched here. */
   tag?: number;
+  /** Compute every prompt token even where the prefix cache holds them (prompt log probabilities). */
+  computeWholePrompt?: boolean;
 }
 
 export type RequestState = 'waiting' | 'running' | 'swapped' | 'done';

@@ -1,6 +1,7 @@
 import { ContextLengthError, InvalidArgumentError } from '../errors.js';
 import { defaultCurves, type PriceCurves } from '../economy/curves.js';
-import { OnlineMeanLength, PointLength, type LengthFeatures, type LengthPredictor } from '../economy/estimator.js';
+import { PointLength } from '../economy/estimator.js';
+import { OnlineMeanLength, type LengthFeatures, type LengthPredictor } from '../economy/length-model.js';
 import type { Ledger } from '../economy/ledger.js';
 import { KvOp, type SequenceOpen, type StepItem, type StepPlan, type StepResult } from '../engine/types.js';
 import { BlockManager } from '../kv/block-manager.js';
@@ -582,7 +583,8 @@ export class Scheduler implements SchedulerView {
   }
 
   private sampled(r: SchedRequest, token: number, now: number): void {
-    if (this.stopIds.has(token)) {
+    const sp = r.spec.sampling;
+    if ((sp.ignoreEos !== true && this.stopIds.has(token)) || sp.stopTokenIds?.includes(token) === true) {
       this.finish(r, 'stop', now);
       return;
     }
@@ -721,7 +723,7 @@ export class Scheduler implements SchedulerView {
 
   cachedPrefixTokens(r: SchedRequest): number {
     if (r.swapped) return r.computed;
-    if (!this.prefixOk) return 0;
+    if (!this.prefixOk || r.spec.computeWholePrompt === true) return 0;
     // The last token is always computed: its logits are needed.
     return Math.min(this.cachedPrefixBlocks(r) * this.cfg.blockSize, r.length - 1);
   }
@@ -732,7 +734,8 @@ export class Scheduler implements SchedulerView {
     const bs = this.cfg.blockSize;
     if (r.swapped) return this.swapBackIn(r);
     let hitBlocks = 0;
-    if (this.prefixOk) {
+    // Prompt log probabilities need every prompt position computed, so such requests take no cache hit.
+    if (this.prefixOk && r.spec.computeWholePrompt !== true) {
       hitBlocks = this.cachedPrefixBlocks(r);
       if (hitBlocks > 0) this.blocks.acquireCached(r.chain, hitBlocks, this.now, r.blocks);
     }
@@ -825,6 +828,10 @@ export class Scheduler implements SchedulerView {
   /** Swap when there is host room and moving the KV out and back is quicker than recomputing it. */
   private wouldSwap(r: SchedRequest): boolean {
     return this.swapOk && r.computed > 0 && this.blocks.blocksFor(r.computed) <= this.blocks.freeHostBlocks && 2 * this.swapSecondsPerToken < this.perTokenEma;
+  }
+
+  preemptionSeconds(r: SchedRequest): number {
+    return this.wouldSwap(r) ? 2 * r.computed * this.swapSecondsPerToken : 0;
   }
 
   preemptionCost(r: SchedRequest): number {

@@ -35,8 +35,11 @@ export function pMeet(r: SchedRequest, uncached: number, c: ValuationClock, wait
     p *= logistic((est - slo) / (SOFTNESS * slo));
   }
   if (s.slo?.tpotMs !== undefined) {
+    // TPOT is (end − first token) / (tokens − 1): a wait after the first token spreads over the rest.
     const slo = s.slo.tpotMs / 1000;
-    p *= logistic((step - slo) / (SOFTNESS * slo));
+    const started = !Number.isNaN(r.firstTokenAt);
+    const est = step + (started ? waitSeconds / Math.max(1, r.generated + r.remainingOutput() - 1) : 0);
+    p *= logistic((est - slo) / (SOFTNESS * slo));
   }
   if (s.deadlineMs !== undefined) p *= pBeforeDeadline(r, c, waitSeconds + prefillSeconds);
   return p;

@@ -3,11 +3,18 @@ import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { BudgetExhaustedError, InvalidArgumentError, isMarginalError, RequestRejectedError } from '../errors.js';
 import type { Completion, Generator, Rejected } from '../serving/generator.js';
-import { validateSamplingParams, type SamplingParams } from '../engine/sampling.js';
+import { validateSamplingParams, type SamplingParams } from '../sampling/params.js';
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
 import type { Bill } from '../economy/ledger.js';
 import type { Quote } from '../scheduler/request.js';
 import { renderChat, type ChatMessage } from './chat.js';
+import { checkFields } from './fields.js';
+import { registerUtilityRoutes } from './routes-extra.js';
+import { requestedGrammar, type RequestedGrammar } from './structured.js';
+import { CallStreamer, callGrammar, parseToolCalls, requestedTools, toolInstructions, type RequestedTools } from './tools.js';
+import { GrammarEngine } from '../sampling/grammar.js';
+import { chatLogprobs, completionLogprobs, generatedPositions, promptPositions } from './logprobs.js';
+import type { TokenLogprobs } from '../sampling/logprobs.js';
 import { EngineLoop } from '../serving/loop.js';
 import { ServerMetrics } from './metrics.js';
 import { chatBody, completionBody, type ChatBody, type CommonBody, type CompletionBody } from './schemas.js';
@@ -69,15 +76,6 @@ function describeError(e: unknown): { status: number; body: ReturnType<typeof er
   return { status: 500, body: errorBody('internal error', 'server_error', null, null), headers: {} };
 }
 
-function usage(c: Completion) {
-  return {
-    prompt_tokens: c.promptTokens,
-    completion_tokens: c.tokens.length,
-    total_tokens: c.promptTokens + c.tokens.length,
-    prompt_tokens_details: { cached_tokens: c.cachedTokens },
-  };
-}
-
 /** The OpenAI-compatible HTTP surface over one model and its engine loop. */
 export function buildServer(deps: ServerDeps): Server {
   const { model, generator } = deps;
@@ -95,6 +93,7 @@ export function buildServer(deps: ServerDeps): Server {
   });
   // JSON only: a text/plain body is a client bug to report (415), not a string to validate.
   app.removeContentTypeParser('text/plain');
+  const grammars = new GrammarEngine(model.tokenizer, model.vocabSize, model.stopIds);
   const loop = new EngineLoop(generator, (e) => app.log.error(e), () => observeStep());
   const created = Math.floor(Date.now() / 1000);
   let draining = false;
@@ -186,38 +185,49 @@ export function buildServer(deps: ServerDeps): Server {
     return reply.header('content-type', metrics.contentType).send(await metrics.text());
   });
 
-  app.get('/v1/models', async () => ({
-    object: 'list',
-    data: [
-      {
-        id: model.name,
-        object: 'model',
-        created,
-        owned_by: 'marginal',
-        max_model_len: info.maxContext,
-        synthetic: model.synthetic,
-        description: describeModel(model),
-        policy: sched.policyName,
-      },
-    ],
-  }));
+  const modelCard = () => ({
+    id: model.name,
+    object: 'model',
+    created,
+    owned_by: 'marginal',
+    root: model.name,
+    parent: null,
+    max_model_len: info.maxContext,
+    synthetic: model.synthetic,
+    description: describeModel(model),
+    policy: sched.policyName,
+  });
+  app.get('/v1/models', async () => ({ object: 'list', data: [modelCard()] }));
+  registerUtilityRoutes(app, model, info.maxContext, modelCard);
 
-  /** Checks shared by both routes: model, unsupported options; returns sampling parameters. */
-  const common = (body: CommonBody, defaultMaxTokens: (promptTokens: number) => number, promptTokens: number, extraStop: string[]): SamplingParams => {
+  /** Checks shared by both routes: model, sampling parameters (logprobs is the route's own spelling of the count). */
+  const common = (body: CommonBody, defaultMaxTokens: (promptTokens: number) => number, promptTokens: number, extraStop: string[], logprobs: { value: unknown; param: string; max: number }): SamplingParams => {
     if (body.model !== undefined && body.model !== model.name) {
       throw Object.assign(new InvalidArgumentError(`The model \`${body.model}\` does not exist. This server serves \`${model.name}\`.`), { statusCode: 404, code: 'MARGINAL_MODEL_NOT_FOUND', param: 'model' });
     }
-    const unsupported = (cond: boolean, param: string, what: string) => {
-      if (cond) throw Object.assign(new InvalidArgumentError(`${param}: ${what}`), { param });
-    };
-    unsupported(body.n !== undefined && body.n !== null && body.n !== 1, 'n', 'only n = 1 is supported');
-    unsupported(!!body.presence_penalty, 'presence_penalty', 'penalties are not supported (send 0 or omit)');
-    unsupported(!!body.frequency_penalty, 'frequency_penalty', 'penalties are not supported (send 0 or omit)');
-    unsupported(body.logit_bias != null && Object.keys(body.logit_bias).length > 0, 'logit_bias', 'logit_bias is not supported');
+    if (body.n !== undefined && body.n !== null && !(Number.isInteger(body.n) && body.n >= 1 && body.n <= MAX_CHOICES)) {
+      throw Object.assign(new InvalidArgumentError(`n must be an integer in [1, ${MAX_CHOICES}]`), { param: 'n' });
+    }
     const maxTokens = body.max_tokens ?? (body as ChatBody).max_completion_tokens ?? defaultMaxTokens(promptTokens);
     const sampling = validateSamplingParams(
-      { temperature: body.temperature ?? undefined, top_p: body.top_p ?? undefined, top_k: body.top_k ?? undefined, seed: body.seed ?? undefined, max_tokens: maxTokens, stop: body.stop ?? undefined },
-      { maxTokensCap: info.maxContext },
+      {
+        temperature: body.temperature,
+        top_p: body.top_p,
+        top_k: body.top_k,
+        seed: body.seed,
+        max_tokens: maxTokens,
+        stop: body.stop,
+        presence_penalty: body.presence_penalty,
+        frequency_penalty: body.frequency_penalty,
+        repetition_penalty: body.repetition_penalty,
+        logit_bias: body.logit_bias,
+        min_p: body.min_p,
+        min_tokens: body.min_tokens,
+        ignore_eos: body.ignore_eos,
+        stop_token_ids: body.stop_token_ids,
+        logprobs: logprobs.value,
+      },
+      { maxTokensCap: info.maxContext, vocabSize: model.vocabSize, maxLogprobs: logprobs.max, logprobsParam: logprobs.param },
     );
     if (extraStop.length > 0) sampling.stop = [...sampling.stop, ...extraStop];
     return sampling;
@@ -232,8 +242,25 @@ export function buildServer(deps: ServerDeps): Server {
     ...(body.priority !== undefined ? { priority: body.priority } : {}),
   });
 
-  /** Runs one generation and answers it, as JSON or as server-sent events. */
-  const serve = async (req: FastifyRequest, reply: FastifyReply, kind: 'completion' | 'chat', prompt: number[], sampling: SamplingParams, body: CommonBody, tenant: Tenant) => {
+  /**
+   * Runs a request's generations (n choices, or best_of of which the n most likely are kept) and
+   * answers them, as JSON or as server-sent events. `choices` says how many to run and return.
+   */
+  const serve = async (
+    req: FastifyRequest,
+    reply: FastifyReply,
+    kind: 'completion' | 'chat',
+    prompt: number[],
+    sampling: SamplingParams,
+    body: CommonBody,
+    tenant: Tenant,
+    opts: { echo?: { text: string }; constraint?: RequestedGrammar; n: number; bestOf: number; tools?: RequestedTools },
+  ) => {
+    const { echo, constraint, n, bestOf, tools } = opts;
+    const runs = Math.max(n, bestOf);
+    // best_of ranks choices by their summed log probabilities, which it needs even if the client did not ask.
+    const runSampling = bestOf > n && sampling.logprobs === undefined ? { ...sampling, logprobs: 0 } : sampling;
+    const matchers = constraint === undefined ? undefined : await Promise.all(Array.from({ length: runs }, () => grammars.matcher(constraint.spec, constraint.param)));
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
     const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
     const createdAt = Math.floor(Date.now() / 1000);
@@ -246,15 +273,53 @@ export function buildServer(deps: ServerDeps): Server {
     // The client may have gone while the prompt was being tokenized.
     if (res.destroyed || req.raw.socket?.destroyed) abort.abort();
 
+    const tok = model.tokenizer;
+    const lastPrompt = prompt[prompt.length - 1] ?? -1;
+    // Echo with logprobs reports the prompt's too (lm-evaluation-harness's loglikelihood).
+    const promptLp = echo !== undefined && sampling.logprobs !== undefined ? { promptLogprobs: sampling.logprobs } : {};
+    const logprobsOf = (lps: TokenLogprobs[] | undefined, prev: number, textOffset: number) => {
+      if (sampling.logprobs === undefined || lps === undefined) return null;
+      const positions = generatedPositions(lps, prev);
+      return kind === 'chat' ? chatLogprobs(tok, positions) : completionLogprobs(tok, positions, textOffset);
+    };
+    const echoLogprobs = (promptLps: TokenLogprobs[] | undefined, lps: TokenLogprobs[] | undefined) => {
+      if (sampling.logprobs === undefined) return null;
+      return completionLogprobs(tok, [...promptPositions(prompt, promptLps), ...generatedPositions(lps ?? [], lastPrompt)], 0);
+    };
+    const request = { prompt, sampling: runSampling, signal: abort.signal, endpoint: kind, n: runs, onSubmitted: () => loop.wake(), ...promptLp, ...(matchers ? { grammars: matchers } : {}), ...economics(body, tenant) };
+    /** All the runs' usage and bills as one request's: the prompt counted once, completions summed. */
+    const total = (cs: Completion[]) => {
+      const first = cs[0] as Completion;
+      const completion = cs.reduce((a, c) => a + c.tokens.length, 0);
+      return {
+        usage: { prompt_tokens: first.promptTokens, completion_tokens: completion, total_tokens: first.promptTokens + completion, prompt_tokens_details: { cached_tokens: first.cachedTokens } },
+        bill: mergeBills(cs.map((c) => c.bill)),
+        outcome: {
+          value_counted: cs.reduce((a, c) => a + c.outcome.value_counted, 0),
+          slo_met: cs.every((c) => c.outcome.slo_met),
+          value_realized: cs.reduce((a, c) => a + c.outcome.value_realized, 0),
+        },
+      };
+    };
+
     if (body.stream !== true) {
-      const pending = generator.submit({ prompt, sampling, signal: abort.signal, endpoint: kind, ...economics(body, tenant) });
+      const pending = generator.submitChoices(request);
       loop.wake();
-      const c = await pending;
-      const choice =
+      const all = await pending;
+      let cs = all;
+      if (bestOf > n) {
+        const score = (c: Completion) => (c.logprobs ?? []).reduce((a, l) => a + l.logprob, 0);
+        cs = cs.map((c, i) => [c, score(c), i] as const).sort((x, y) => y[1] - x[1] || x[2] - y[2]).slice(0, n).map((x) => x[0]);
+      }
+      const choices = cs.map((c, index) =>
         kind === 'chat'
-          ? { index: 0, message: { role: 'assistant', content: c.text }, logprobs: null, finish_reason: c.finishReason }
-          : { index: 0, text: c.text, logprobs: null, finish_reason: c.finishReason };
-      return reply.send({ id, object, created: createdAt, model: model.name, choices: [choice], usage: usage(c), bill: c.bill ?? null, outcome: c.outcome });
+          ? { index, ...chatMessage(c.text, c.finishReason, tools), logprobs: logprobsOf(c.logprobs, lastPrompt, 0) }
+          : echo !== undefined
+            ? { index, text: echo.text + c.text, logprobs: echoLogprobs(c.promptLogprobs, c.logprobs), finish_reason: c.finishReason }
+            : { index, text: c.text, logprobs: logprobsOf(c.logprobs, lastPrompt, 0), finish_reason: c.finishReason },
+      );
+      const t = total(all);
+      return reply.send({ id, object, created: createdAt, model: model.name, choices, usage: t.usage, bill: t.bill, outcome: t.outcome });
     }
 
     // Streaming: headers wait for the first token (or the verdict), so a request turned away
@@ -271,32 +336,88 @@ export function buildServer(deps: ServerDeps): Server {
         'x-marginal-price-token': String(sched.prices.token),
         'x-marginal-price-kv-block-second': String(sched.prices.kv),
       });
-      if (kind === 'chat') write({ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null });
+      if (kind === 'chat') for (let i = 0; i < runs; i++) write({ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null });
+      // The prompt goes first, as its own chunk; its log probabilities are known only once it has run.
+      if (echo !== undefined) for (let i = 0; i < runs; i++) write({ index: i, text: echo.text, logprobs: null, finish_reason: null });
     };
     const chunkObject = kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
     const write = (choice: object, extra: object = {}) => {
       if (!res.writableEnded && !res.destroyed) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [choice], ...extra })}\n\n`);
     };
-    const delta = (text: string, finish: string | null) =>
-      kind === 'chat' ? { index: 0, delta: text.length > 0 ? { content: text } : {}, logprobs: null, finish_reason: finish } : { index: 0, text, logprobs: null, finish_reason: finish };
+    // Streamed logprobs: each chunk carries those of the tokens its text completed.
+    const prevToken = new Array<number>(runs).fill(lastPrompt);
+    const streamedChars = new Array<number>(runs).fill(echo?.text.length ?? 0);
+    const delta = (index: number, text: string, finish: string | null, lps?: TokenLogprobs[]) => {
+      let logprobs = null;
+      if (lps !== undefined && lps.length > 0) {
+        logprobs = logprobsOf(lps, prevToken[index]!, streamedChars[index]!);
+        prevToken[index] = lps[lps.length - 1]!.token;
+      }
+      streamedChars[index]! += text.length;
+      return kind === 'chat' ? { index, delta: text.length > 0 ? { content: text } : {}, logprobs, finish_reason: finish } : { index, text, logprobs, finish_reason: finish };
+    };
+    // With tools, text becomes tool-call deltas: constrained calls stream their arguments, and in
+    // auto mode an answer that may be a call is held until it is known.
+    const callers = tools !== undefined && (tools.mode.kind === 'required' || tools.mode.kind === 'named') ? Array.from({ length: runs }, () => new CallStreamer()) : undefined;
+    const held = tools?.mode.kind === 'auto' ? new Array<string | undefined>(runs).fill('') : undefined;
+    const mayBeCall = (t: string) => {
+      const s = t.trimStart();
+      return '<tool_call>'.startsWith(s) || s.startsWith('<tool_call>') || s.startsWith('{');
+    };
+    const writeText = (index: number, text: string, lps: TokenLogprobs[] | undefined) => {
+      if (callers !== undefined) {
+        for (const d of (callers[index] as CallStreamer).push(text)) write({ index, delta: { tool_calls: d }, logprobs: null, finish_reason: null });
+        return;
+      }
+      if (held !== undefined && held[index] !== undefined) {
+        const h = (held[index] as string) + text;
+        if (mayBeCall(h)) {
+          held[index] = h;
+          return;
+        }
+        held[index] = undefined;
+        write(delta(index, h, null, lps));
+        return;
+      }
+      write(delta(index, text, null, lps));
+    };
+    /** The last chunk of a choice: held text as content or calls, then the finish reason. */
+    const finishChoice = (index: number, c: Completion) => {
+      let finish: string = c.finishReason;
+      if (callers !== undefined) finish = c.finishReason === 'stop' ? 'tool_calls' : finish;
+      else if (held !== undefined && held[index] !== undefined) {
+        const parsed = parseToolCalls(held[index] as string, (tools as RequestedTools).functions, (tools as RequestedTools).parallel);
+        if (parsed !== undefined) {
+          if (parsed.content !== null) write(delta(index, parsed.content, null));
+          parsed.calls.forEach((call, k) => write({ index, delta: { tool_calls: [{ index: k, ...call }] }, logprobs: null, finish_reason: null }));
+          finish = 'tool_calls';
+        } else if ((held[index] as string).length > 0) write(delta(index, held[index] as string, null));
+      }
+      return finish;
+    };
     try {
-      const pending = generator.submit({
-        prompt,
-        sampling,
-        signal: abort.signal,
-        endpoint: kind,
-        ...economics(body, tenant),
-        onText: (text) => {
+      const pending = generator.submitChoices({
+        ...request,
+        onText: (index, text, lps) => {
           open();
-          write(delta(text, null));
+          if (kind === 'chat') writeText(index, text, lps);
+          else write(delta(index, text, null, lps));
         },
       });
       loop.wake();
-      const c = await pending;
+      if (echo !== undefined) open();
+      const cs = await pending;
       open();
-      write(delta('', c.finishReason), { bill: c.bill ?? null, outcome: c.outcome });
+      const t = total(cs);
+      cs.forEach((c, index) => {
+        if (echo !== undefined && sampling.logprobs !== undefined) {
+          write({ index, text: '', logprobs: completionLogprobs(tok, promptPositions(prompt, c.promptLogprobs), 0), finish_reason: null });
+        }
+        const finish = kind === 'chat' ? finishChoice(index, c) : c.finishReason;
+        write(delta(index, '', finish), index === cs.length - 1 ? { bill: t.bill, outcome: t.outcome } : {});
+      });
       if (body.stream_options?.include_usage) {
-        if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: usage(c), bill: c.bill ?? null, outcome: c.outcome })}\n\n`);
+        if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: t.usage, bill: t.bill, outcome: t.outcome })}\n\n`);
       }
       if (!res.writableEnded) res.end('data: [DONE]\n\n');
     } catch (e) {
@@ -319,45 +440,58 @@ export function buildServer(deps: ServerDeps): Server {
     if (draining) return send(reply, 503, 'the server is shutting down', 'server_error', null, 'draining');
     const tenant = authenticate(req);
     const body = req.body as CompletionBody;
+    checkFields(body as unknown as Record<string, unknown>, 'completion');
     const unsupported = (cond: boolean, param: string, what: string) => {
       if (cond) throw Object.assign(new InvalidArgumentError(`${param}: ${what}`), { param });
     };
-    unsupported(body.echo === true, 'echo', 'echo is not supported');
-    unsupported(body.logprobs != null && body.logprobs !== 0, 'logprobs', 'logprobs are not supported');
-    unsupported(body.best_of != null && body.best_of !== 1, 'best_of', 'only best_of = 1 is supported');
+    const n = body.n ?? 1;
+    const bestOf = body.best_of ?? n;
+    unsupported(!Number.isInteger(bestOf) || bestOf < n || bestOf > MAX_CHOICES, 'best_of', `best_of must be an integer in [n, ${MAX_CHOICES}]`);
+    unsupported(bestOf > n && body.stream === true, 'best_of', 'best_of > n cannot be streamed');
     unsupported(body.suffix != null && body.suffix !== '', 'suffix', 'suffix is not supported');
     const p = body.prompt;
     let prompt: number[];
-    if (typeof p === 'string') prompt = await tokenize(p, model.addBos);
+    // vLLM's add_special_tokens (default true): false leaves the BOS out of a text prompt.
+    const bos = model.addBos && (body as { add_special_tokens?: unknown }).add_special_tokens !== false;
+    if (typeof p === 'string') prompt = await tokenize(p, bos);
     else if (p.length !== 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) {
       throw Object.assign(new InvalidArgumentError('prompt: one prompt per request (send several requests)'), { param: 'prompt' });
-    } else if (typeof p[0] === 'string') prompt = await tokenize(p[0], model.addBos);
+    } else if (typeof p[0] === 'string') prompt = await tokenize(p[0], bos);
     else if (Array.isArray(p[0])) prompt = (p as number[][])[0] as number[];
     else prompt = p as number[];
     checkTokens(prompt, model.vocabSize);
-    const sampling = common(body, () => 16, prompt.length, []);
+    // OpenAI's completions cap logprobs at 5; vLLM allows up to its max_logprobs (20).
+    const sampling = common(body, () => 16, prompt.length, [], { value: body.logprobs, param: 'logprobs', max: 20 });
     sched.checkFits(prompt.length, sampling.maxTokens);
-    return serve(req, reply, 'completion', prompt, sampling, body, tenant);
+    const promptText = typeof p === 'string' ? p : typeof p[0] === 'string' ? p[0] : model.tokenizer.decode(prompt);
+    const constraint = requestedGrammar(body as unknown as Record<string, unknown>);
+    return serve(req, reply, 'completion', prompt, sampling, body, tenant, { ...(body.echo === true ? { echo: { text: promptText } } : {}), ...(constraint ? { constraint } : {}), n, bestOf });
   });
 
   app.post('/v1/chat/completions', { schema: { body: chatBody } }, async (req, reply) => {
     if (draining) return send(reply, 503, 'the server is shutting down', 'server_error', null, 'draining');
     const tenant = authenticate(req);
     const body = req.body as ChatBody;
+    checkFields(body as unknown as Record<string, unknown>, 'chat');
     const unsupported = (cond: boolean, param: string, what: string) => {
       if (cond) throw Object.assign(new InvalidArgumentError(`${param}: ${what}`), { param });
     };
-    unsupported(body.logprobs === true, 'logprobs', 'logprobs are not supported');
-    unsupported(Array.isArray(body.tools) && body.tools.length > 0, 'tools', 'tool calling is not supported');
-    unsupported(body.tool_choice !== undefined && body.tool_choice !== null && body.tool_choice !== 'none', 'tool_choice', 'tool calling is not supported');
-    unsupported(body.response_format != null && body.response_format.type !== undefined && body.response_format.type !== 'text', 'response_format', 'only {"type": "text"} is supported');
-    const rendered = renderChat(model, body.messages as ChatMessage[]);
+    unsupported(body.top_logprobs != null && body.logprobs !== true, 'top_logprobs', 'top_logprobs needs logprobs: true');
+    const tools = requestedTools(body as ChatBody & { parallel_tool_calls?: unknown });
+    const active = tools !== undefined && tools.mode.kind !== 'none' ? tools : undefined;
+    const rendered = renderChat(model, body.messages as ChatMessage[], active ? { list: body.tools as unknown[], toolSystem: toolInstructions(active.functions) } : undefined);
     const prompt = await tokenize(rendered.prompt, model.addBos && !rendered.hasBos);
     const ctx = info.maxContext;
     // OpenAI chat: without max_tokens the answer may use the rest of the context.
-    const sampling = common(body, (n) => Math.max(1, ctx - n), prompt.length, rendered.stop);
+    const sampling = common(body, (n) => Math.max(1, ctx - n), prompt.length, rendered.stop, { value: body.logprobs === true ? (body.top_logprobs ?? 0) : undefined, param: 'top_logprobs', max: 20 });
     sched.checkFits(prompt.length, sampling.maxTokens);
-    return serve(req, reply, 'chat', prompt, sampling, body, tenant);
+    let constraint = requestedGrammar(body as unknown as Record<string, unknown>);
+    const call = active !== undefined ? callGrammar(active) : undefined;
+    if (call !== undefined) {
+      unsupported(constraint !== undefined, constraint?.param ?? 'response_format', 'a structured-output constraint cannot be combined with tool_choice required or a named function');
+      constraint = { spec: call, param: 'tools' };
+    }
+    return serve(req, reply, 'chat', prompt, sampling, body, tenant, { ...(constraint ? { constraint } : {}), n: body.n ?? 1, bestOf: body.n ?? 1, ...(active ? { tools: active } : {}) });
   });
 
   const drain = async () => {
@@ -368,6 +502,34 @@ export function buildServer(deps: ServerDeps): Server {
   };
 
   return { app, loop, metrics, drain };
+}
+
+/** A chat choice's message and finish reason: tool calls where the answer is one (tools.ts), else text. */
+function chatMessage(text: string, finish: string, tools: RequestedTools | undefined) {
+  const parsed = tools === undefined ? undefined : parseToolCalls(text, tools.functions, tools.parallel);
+  if (parsed === undefined) return { message: { role: 'assistant', content: text }, finish_reason: finish };
+  return { message: { role: 'assistant', content: parsed.content, tool_calls: parsed.calls }, finish_reason: finish === 'stop' ? 'tool_calls' : finish };
+}
+
+/** Most choices (n, best_of) one request may ask for. */
+const MAX_CHOICES = 16;
+
+/** Several runs' bills as one: quantities and amounts summed, the prices of the first. */
+function mergeBills(bills: (Bill | undefined)[]): Bill | null {
+  const bs = bills.filter((b): b is Bill => b !== undefined);
+  const first = bs[0];
+  if (first === undefined) return null;
+  const sum = (f: (b: Bill) => number) => bs.reduce((a, b) => a + f(b), 0);
+  return {
+    ...first,
+    prompt_tokens: sum((b) => b.prompt_tokens),
+    cached_tokens: sum((b) => b.cached_tokens),
+    computed_prompt_tokens: sum((b) => b.computed_prompt_tokens),
+    completion_tokens: sum((b) => b.completion_tokens),
+    kv_block_seconds: sum((b) => b.kv_block_seconds),
+    amounts: { prompt: sum((b) => b.amounts.prompt), cached: sum((b) => b.amounts.cached), completion: sum((b) => b.amounts.completion), kv_rent: sum((b) => b.amounts.kv_rent) },
+    total: sum((b) => b.total),
+  };
 }
 
 function checkTokens(prompt: number[], vocab: number): void {

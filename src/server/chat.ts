@@ -6,6 +6,15 @@ export interface ChatMessage {
   role: 'system' | 'user' | 'assistant' | 'developer' | 'tool';
   content: string | { type: string; text?: string }[] | null;
   name?: string;
+  /** An assistant turn's calls, as the API returned them. */
+  tool_calls?: { id?: string; type?: string; function: { name: string; arguments: string } }[];
+  /** A tool turn: the call it answers. */
+  tool_call_id?: string;
+}
+
+/** A past assistant turn's calls in the generic tool format (tools.ts). */
+function callsText(m: ChatMessage): string {
+  return (m.tool_calls ?? []).map((c) => `<tool_call>{"name": ${JSON.stringify(c.function.name)}, "arguments": ${c.function.arguments}}</tool_call>`).join('');
 }
 
 /**
@@ -38,6 +47,13 @@ export function messageText(m: ChatMessage, index: number): string {
     .join('');
 }
 
+/** Messages for a chat template, with the generic tool description first where the template takes no tools. */
+function templateMessages(messages: ChatMessage[], toolSystem: string | undefined): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = messages.map((m, i) => ({ ...m, content: messageText(m, i) + (toolSystem !== undefined && m.role === 'assistant' ? callsText(m) : '') }));
+  if (toolSystem !== undefined) out.unshift({ role: 'system', content: toolSystem });
+  return out;
+}
+
 export interface RenderedChat {
   prompt: string;
   /** Stop strings the template implies. */
@@ -48,9 +64,13 @@ export interface RenderedChat {
 
 const compiled = new WeakMap<LoadedModel, Template>();
 
-/** The model's chat template if it has one, else the plain template above. */
-export function renderChat(model: LoadedModel, messages: ChatMessage[]): RenderedChat {
-  const plain = messages.map((m, i) => ({ role: m.role, content: messageText(m, i) }));
+/**
+ * The model's chat template if it has one, else the plain template above. `tools` (the API's
+ * tool list) goes to a template that takes it; for the plain template, `toolSystem` is the text
+ * that describes them, put first as a system turn.
+ */
+export function renderChat(model: LoadedModel, messages: ChatMessage[], tools?: { list: unknown[]; toolSystem: string }): RenderedChat {
+  const plain = messages.map((m, i) => ({ role: m.role, content: messageText(m, i) + (m.role === 'assistant' ? callsText(m) : '') }));
   if (model.chatTemplate !== undefined) {
     let t = compiled.get(model);
     if (t === undefined) {
@@ -59,12 +79,19 @@ export function renderChat(model: LoadedModel, messages: ChatMessage[]): Rendere
     }
     let prompt: string;
     try {
-      prompt = t.render({ messages: plain, add_generation_prompt: true, bos_token: model.specialTokens.bos, eos_token: model.specialTokens.eos });
+      prompt = t.render({
+        messages: tools === undefined ? plain : templateMessages(messages, model.chatTemplate.includes('tools') ? undefined : tools.toolSystem),
+        ...(tools !== undefined && model.chatTemplate.includes('tools') ? { tools: tools.list } : {}),
+        add_generation_prompt: true,
+        bos_token: model.specialTokens.bos,
+        eos_token: model.specialTokens.eos,
+      });
     } catch (e) {
       throw Object.assign(new InvalidArgumentError(`the model's chat template rejected these messages: ${(e as Error).message}`), { param: 'messages' });
     }
     return { prompt, stop: [], hasBos: model.specialTokens.bos !== '' && prompt.startsWith(model.specialTokens.bos) };
   }
-  const lines = plain.map((m) => `${LABEL[m.role]}: ${m.content}\n`);
+  const turns = tools === undefined ? plain : [{ role: 'system' as const, content: tools.toolSystem }, ...plain];
+  const lines = turns.map((m) => `${LABEL[m.role]}: ${m.content}\n`);
   return { prompt: lines.join('') + 'Assistant:', stop: [PLAIN_TEMPLATE_STOP], hasBos: false };
 }

@@ -36,6 +36,11 @@ const sampling = {
   presence_penalty: { type: ['number', 'null'] },
   frequency_penalty: { type: ['number', 'null'] },
   logit_bias: { anyOf: [{ type: 'null' }, { type: 'object' }] },
+  repetition_penalty: { type: ['number', 'null'] },
+  min_p: { type: ['number', 'null'] },
+  min_tokens: { type: ['integer', 'null'] },
+  ignore_eos: { type: ['boolean', 'null'] },
+  stop_token_ids: { anyOf: [{ type: 'null' }, { type: 'array', items: { type: 'integer' } }] },
   user: { type: 'string', maxLength: 512 },
   ...economics,
 } as const;
@@ -116,6 +121,11 @@ export interface CommonBody extends EconomicsFields {
   presence_penalty?: number | null;
   frequency_penalty?: number | null;
   logit_bias?: Record<string, unknown> | null;
+  repetition_penalty?: number | null;
+  min_p?: number | null;
+  min_tokens?: number | null;
+  ignore_eos?: boolean | null;
+  stop_token_ids?: number[] | null;
 }
 
 export interface CompletionBody extends CommonBody {

@@ -6,13 +6,20 @@ import type { LoadedModel } from '../models/modeldir.js';
 import { StreamDetokenizer } from '../models/tokenizer/stream.js';
 import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
+import type { LengthPredictor } from '../economy/length-model.js';
 import type { Policy } from '../scheduler/policy.js';
 import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
 import type { Bill } from '../economy/ledger.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
 import { GEOMETRY_DEFAULTS, type Geometry } from '../geometry.js';
-import { Rng, StopMatcher, type SamplingParams } from '../engine/sampling.js';
-import { emptyPlan, type Engine, type StepItem, type StepResult, type StepTiming } from '../engine/types.js';
+import { Rng } from '../sampling/rng.js';
+import { StopMatcher } from '../sampling/stop.js';
+import { adjustsLogits } from '../sampling/params.js';
+import { LogitAdjuster } from '../sampling/penalties.js';
+import type { TokenLogprobs } from '../sampling/logprobs.js';
+import type { TokenMasker } from '../sampling/grammar.js';
+import type { SamplingParams } from '../sampling/params.js';
+import { emptyPlan, type Engine, type StepItem, type StepPlan, type StepResult, type StepTiming } from '../engine/types.js';
 import { stepShape } from '../engine/cost-model.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
@@ -28,6 +35,10 @@ export interface Completion {
   finishReason: FinishReason;
   bill: Bill | undefined;
   preemptions: number;
+  /** Per generated token (tokens[i]), when sampling.logprobs is set. */
+  logprobs?: TokenLogprobs[];
+  /** Per prompt position p ≥ 0, the log probability of prompt token p + 1, when promptLogprobs is set. */
+  promptLogprobs?: TokenLogprobs[];
   /** The server's verdict, the same numbers its metrics count (response extension `outcome`). */
   outcome: { value_counted: number; slo_met: boolean; value_realized: number };
 }
@@ -36,8 +47,18 @@ export interface GenerationRequest {
   /** Text (encoded with the model's tokenizer, BOS first where the model wants it) or token ids. */
   prompt: string | number[];
   sampling: SamplingParams;
-  /** Called with each piece of completion text as it becomes final (never a broken UTF-8 sequence). */
-  onText?: (delta: string) => void;
+  /**
+   * Called with each piece of completion text as it becomes final (never a broken UTF-8
+   * sequence), with the log probabilities of the tokens delivered since the last call when
+   * sampling.logprobs is set.
+   */
+  onText?: (delta: string, logprobs: TokenLogprobs[] | undefined) => void;
+  /** Report the prompt's log probabilities with this many top alternatives (the whole prompt is computed, no cache hit). */
+  promptLogprobs?: number;
+  /** Structured output: every drawn token is one this grammar allows (the generator disposes of it at the end). */
+  grammar?: TokenMasker;
+  /** Called once, when the first token is delivered or the request ends without one. */
+  onStart?: () => void;
   /** Called once the request is admitted or rejected (e.g. to send headers). */
   tenant?: string;
   value?: number;
@@ -73,9 +94,32 @@ interface Pending {
   detok: StreamDetokenizer;
   stop: StopMatcher;
   text: string;
-  onText: ((delta: string) => void) | undefined;
+  onText: GenerationRequest['onText'];
   resolve: (c: Completion) => void;
   reject: (e: unknown) => void;
+  /** Tokens delivered so far. */
+  generated: number;
+  minTokens: number;
+  adjuster: LogitAdjuster | undefined;
+  logprobs: TokenLogprobs[] | undefined;
+  /** logprobs[0 .. logprobsSent) went out with text already. */
+  logprobsSent: number;
+  promptLogprobs: TokenLogprobs[] | undefined;
+  promptTop: number;
+  grammar: TokenMasker | undefined;
+  /** Generated tokens the grammar has accepted (from the prompt's end). */
+  grammarAt: number;
+  onStart: (() => void) | undefined;
+}
+
+/** n choices of one prompt (OpenAI's `n`, vLLM's parallel sampling). */
+export interface ChoicesRequest extends Omit<GenerationRequest, 'onText' | 'grammar' | 'onStart'> {
+  n: number;
+  /** One grammar per choice, when the output is constrained. */
+  grammars?: TokenMasker[];
+  onText?: (index: number, delta: string, logprobs: TokenLogprobs[] | undefined) => void;
+  /** Called after choices 1 .. n-1 are submitted (the serving loop's wake-up). */
+  onSubmitted?: () => void;
 }
 
 export interface GeneratorOptions {
@@ -94,6 +138,8 @@ export interface GeneratorOptions {
   defaultBid?: (tenant: string) => number | undefined;
   /** The pricing policy's settings (risk price, retention). */
   shadow?: ShadowOptions;
+  /** Predicts output lengths (default: the online mean); trained while the engine computes a step. */
+  lengthModel?: LengthPredictor;
   /** Clearing prices (default on) and payment (default on); off only for ablations. */
   clearing?: boolean;
   payment?: boolean;
@@ -152,6 +198,7 @@ export class Generator {
     if (opts.clearing !== undefined) config.clearing = opts.clearing;
     if (opts.payment !== undefined) config.payment = opts.payment;
     if (opts.basePrice !== undefined) config.basePrice = opts.basePrice;
+    if (opts.lengthModel !== undefined) config.lengthModel = opts.lengthModel;
     this.clock = opts.clock ?? (() => performance.now() / 1000);
     this.observer = opts.observer;
     this.onStep = opts.onStep;
@@ -208,8 +255,10 @@ export class Generator {
         ...(req.slo !== undefined ? { slo: req.slo } : {}),
         ...(req.deadlineMs !== undefined ? { deadlineMs: req.deadlineMs } : {}),
         ...(req.priority !== undefined ? { priority: req.priority } : {}),
+        ...(req.promptLogprobs !== undefined ? { computeWholePrompt: true } : {}),
         ...(req.endpoint !== undefined ? { endpoint: req.endpoint } : {}),
       };
+      const sp = req.sampling;
       const entry: Pending = {
         detok: new StreamDetokenizer(this.model.tokenizer, prompt[prompt.length - 1] ?? -1),
         stop: new StopMatcher(req.sampling.stop),
@@ -217,6 +266,16 @@ export class Generator {
         onText: req.onText,
         resolve,
         reject,
+        generated: 0,
+        minTokens: sp.minTokens ?? 0,
+        adjuster: adjustsLogits(sp) ? new LogitAdjuster(sp, [...(sp.ignoreEos ? [] : this.model.stopIds), ...(sp.stopTokenIds ?? [])]) : undefined,
+        logprobs: sp.logprobs !== undefined ? [] : undefined,
+        logprobsSent: 0,
+        promptLogprobs: req.promptLogprobs !== undefined ? [] : undefined,
+        promptTop: req.promptLogprobs ?? 0,
+        grammar: req.grammar,
+        grammarAt: prompt.length,
+        onStart: req.onStart,
       };
       // Registered before submit: the scheduler may settle the request (reject it) at once.
       const seq = this.scheduler.nextSeq;
@@ -225,11 +284,80 @@ export class Generator {
         this.scheduler.submit(spec);
       } catch (e) {
         this.pending.delete(seq);
+        req.grammar?.dispose();
         throw e;
       }
       if (req.signal) {
         if (req.signal.aborted) this.scheduler.abort(seq, this.clock());
         else req.signal.addEventListener('abort', () => this.scheduler.abort(seq, this.clock()), { once: true });
+      }
+    });
+  }
+
+  /**
+   * Generates n choices of one prompt. The first runs alone until its first token: by then its
+   * prompt's full blocks are in the prefix cache, and the other n - 1 start from them (they
+   * compute only the prompt's last partial block). Seeded requests give choice i the seed + i,
+   * as vLLM does; a value for the whole request is shared equally among the choices. If any
+   * choice is turned away or fails, the others are aborted and the promise rejects with that error.
+   */
+  submitChoices(req: ChoicesRequest): Promise<Completion[]> {
+    const { n, grammars, onText, onSubmitted, ...common } = req;
+    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`n must be a positive integer, got ${n}`);
+    const abort = new AbortController();
+    if (req.signal) {
+      if (req.signal.aborted) abort.abort();
+      else req.signal.addEventListener('abort', () => abort.abort(), { once: true });
+    }
+    const choice = (i: number, onStart?: () => void): Promise<Completion> => {
+      const seed = common.sampling.seed;
+      return this.submit({
+        ...common,
+        sampling: seed === undefined || i === 0 ? common.sampling : { ...common.sampling, seed: seed + i },
+        ...(common.value !== undefined ? { value: common.value / n } : {}),
+        ...(grammars?.[i] !== undefined ? { grammar: grammars[i] } : {}),
+        ...(onText !== undefined ? { onText: (d: string, l: TokenLogprobs[] | undefined) => onText(i, d, l) } : {}),
+        ...(onStart !== undefined ? { onStart } : {}),
+        signal: abort.signal,
+      });
+    };
+    return new Promise<Completion[]>((resolve, reject) => {
+      const results: Completion[] = new Array(n);
+      let left = n;
+      let failed = false;
+      const settle = (i: number, p: Promise<Completion>) => {
+        p.then(
+          (c) => {
+            results[i] = c;
+            if (--left === 0 && !failed) resolve(results);
+          },
+          (e: unknown) => {
+            if (failed) return;
+            failed = true;
+            abort.abort();
+            for (let j = 1; j < n; j++) if (results[j] === undefined) grammars?.[j]?.dispose();
+            reject(e);
+          },
+        );
+      };
+      let rest = false;
+      const startRest = () => {
+        if (rest || failed) return;
+        rest = true;
+        for (let i = 1; i < n; i++) {
+          try {
+            settle(i, choice(i));
+          } catch (e) {
+            settle(i, Promise.reject(e));
+          }
+        }
+        onSubmitted?.();
+      };
+      try {
+        settle(0, choice(0, n > 1 ? startRest : undefined));
+      } catch (e) {
+        for (const g of grammars ?? []) g.dispose();
+        reject(e);
       }
     });
   }
@@ -248,6 +376,7 @@ export class Generator {
       return false;
     }
     let result: StepResult;
+    if (this.decorate(plan)) await this.applyGrammars(plan);
     const running = this.engine.execute(plan);
     // The previous step's text goes out while this step computes (in the engine's worker). A
     // client callback that throws must not look like an engine failure: the step still runs.
@@ -257,6 +386,9 @@ export class Generator {
       void running.catch(() => {});
       throw e;
     }
+    // The length model learns here, while the engine's thread computes: a slice of about half
+    // the last step, so training never holds a step back by more than a fraction of one.
+    this.scheduler.lengthModel.train(Math.max(1, (this.lastTiming?.totalMs ?? 2) / 2));
     try {
       result = await running;
     } catch (e) {
@@ -265,6 +397,7 @@ export class Generator {
       for (const item of plan.items) {
         const p = this.pending.get(item.seq);
         this.pending.delete(item.seq);
+        p?.grammar?.dispose();
         if (p) failed.push(p);
       }
       this.scheduler.stepFailed(this.clock());
@@ -276,6 +409,7 @@ export class Generator {
     this.totals.steps++;
     this.totals.batchTokens += result.timing.batchTokens;
     this.totals.kvBytesCopied += result.timing.kvBytesCopied;
+    this.collect(plan, result);
     this.scheduler.commit(result, this.clock(), result.timing.totalMs / 1000);
     return plan.items.length > 0;
   }
@@ -287,6 +421,67 @@ export class Generator {
     this.lastStep = undefined;
     last.periodMs = busy ? (now - last.at) * 1000 : null;
     this.onStep?.(last);
+  }
+
+  /**
+   * Per-request sampling inputs onto the plan's items: each sampled item's logit adjustment
+   * (penalties, biases, min_tokens), and the prompt positions whose log probabilities are
+   * still to report. Items are reused between steps, so every field is set each time.
+   */
+  private decorate(plan: StepPlan): boolean {
+    let grammars = false;
+    for (const item of plan.items) {
+      item.adjust = undefined;
+      item.mask = undefined;
+      item.promptLogprobs = undefined;
+      item.promptEnd = undefined;
+      const p = this.pending.get(item.seq);
+      if (p === undefined) continue;
+      const r = this.scheduler.get(item.seq);
+      if (r === undefined) continue;
+      if (p.adjuster !== undefined && item.sample) item.adjust = p.adjuster.sync(r.tokens, r.promptLength, r.length);
+      // A recompute after preemption feeds the prompt again: positions already reported are not asked twice.
+      const reported = p.promptLogprobs?.length;
+      if (reported !== undefined && item.offset === reported && reported < r.promptLength - 1) {
+        item.promptLogprobs = p.promptTop;
+        item.promptEnd = r.promptLength;
+      }
+      if (p.grammar !== undefined && item.sample) grammars = true;
+    }
+    return grammars;
+  }
+
+  /** Each grammar-bound item's mask, after its grammar has accepted the tokens generated since the last one. */
+  private async applyGrammars(plan: StepPlan): Promise<void> {
+    for (const item of plan.items) {
+      const p = this.pending.get(item.seq);
+      if (p?.grammar === undefined || !item.sample) continue;
+      const r = this.scheduler.get(item.seq);
+      if (r === undefined) continue;
+      for (; p.grammarAt < r.length; p.grammarAt++) p.grammar.accept(r.tokens[p.grammarAt] as number);
+      // Complete (its stop token accepted, as when ignore_eos keeps the request going): nothing may follow.
+      if (p.grammar.done) {
+        this.scheduler.stop(item.seq, this.clock());
+        continue;
+      }
+      item.mask = await p.grammar.mask();
+    }
+  }
+
+  private readonly stepLogprobs = new Map<number, TokenLogprobs>();
+
+  /** Takes the step's log probabilities: prompt ones onto their requests, sampled ones for onToken. */
+  private collect(plan: StepPlan, result: StepResult): void {
+    this.stepLogprobs.clear();
+    const { logprobs, promptLogprobs } = result;
+    if (logprobs === undefined && promptLogprobs === undefined) return;
+    for (let i = 0; i < plan.items.length; i++) {
+      const seq = (plan.items[i] as StepPlan['items'][number]).seq;
+      const lp = logprobs?.[i];
+      if (lp !== undefined) this.stepLogprobs.set(seq, lp);
+      const prompt = promptLogprobs?.[i];
+      if (prompt !== undefined) this.pending.get(seq)?.promptLogprobs?.push(...prompt);
+    }
   }
 
   /** Steps until every request has finished and the engine has been told of every finish. */
@@ -309,36 +504,44 @@ export class Generator {
   // overlap the engine instead of delaying it.
   private readonly queuedRequests: SchedRequest[] = [];
   private readonly queuedTokens: number[] = [];
+  private readonly queuedLogprobs: (TokenLogprobs | undefined)[] = [];
 
   onToken(r: SchedRequest, token: number, now: number): void {
     this.observer?.onToken?.(r, now);
     this.queuedRequests.push(r);
     this.queuedTokens.push(token);
+    this.queuedLogprobs.push(this.stepLogprobs.get(r.seq));
   }
 
   onFinish(r: SchedRequest, now: number): void {
     this.observer?.onFinish?.(r, now);
     this.queuedRequests.push(r);
     this.queuedTokens.push(-1);
+    this.queuedLogprobs.push(undefined);
   }
 
   /** Delivers queued tokens and completions to their requests, in order. */
   flush(): void {
     const rs = this.queuedRequests;
     const ts = this.queuedTokens;
+    const ls = this.queuedLogprobs;
     for (let i = 0; i < rs.length; i++) {
       const r = rs[i] as SchedRequest;
       const t = ts[i] as number;
-      if (t >= 0) this.deliverToken(r, t);
+      if (t >= 0) this.deliverToken(r, t, ls[i]);
       else this.deliverFinish(r);
     }
     rs.length = 0;
     ts.length = 0;
+    ls.length = 0;
   }
 
-  private deliverToken(r: SchedRequest, token: number): void {
+  private deliverToken(r: SchedRequest, token: number, lp: TokenLogprobs | undefined): void {
     const p = this.pending.get(r.seq);
     if (p === undefined) return;
+    p.generated++;
+    if (p.onStart !== undefined) this.started(p);
+    if (lp !== undefined) p.logprobs?.push(lp);
     const piece = p.detok.push(token);
     if (piece.length > 0 && this.emit(p, piece)) this.scheduler.stop(r.seq, this.clock());
   }
@@ -347,6 +550,8 @@ export class Generator {
     const p = this.pending.get(r.seq);
     if (p === undefined) return;
     this.pending.delete(r.seq);
+    p.grammar?.dispose();
+    if (p.onStart !== undefined) this.started(p);
     if (r.outcome === 'rejected') {
       const q = r.quote as Quote;
       const message = `request rejected (${q.reason}): ${q.message}`;
@@ -361,9 +566,11 @@ export class Generator {
       const rest = p.stop.flush();
       if (rest.length > 0) {
         p.text += rest;
-        p.onText?.(rest);
+        p.onText?.(rest, this.unsentLogprobs(p));
       }
     }
+    const unsent = this.unsentLogprobs(p);
+    if (unsent !== undefined && unsent.length > 0) p.onText?.('', unsent);
     p.resolve({
       text: p.text,
       tokens: Array.from(r.tokens.subarray(r.promptLength, r.length)),
@@ -372,16 +579,33 @@ export class Generator {
       finishReason: p.stop.stopped ? 'stop' : r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
       bill: r.finalBill,
       preemptions: r.preemptions,
+      ...(p.logprobs !== undefined ? { logprobs: p.logprobs.slice(0, r.length - r.promptLength) } : {}),
+      ...(p.promptLogprobs !== undefined ? { promptLogprobs: p.promptLogprobs } : {}),
       outcome: { value_counted: r.valueAt(r.generated), slo_met: r.metSlo(), value_realized: r.valueRealized() },
     });
   }
 
+  private started(p: Pending): void {
+    const f = p.onStart as () => void;
+    p.onStart = undefined;
+    // After this flush: the sibling requests it submits must not be delivered to mid-loop.
+    queueMicrotask(f);
+  }
+
+  /** Log probabilities of tokens delivered since the last text went out. */
+  private unsentLogprobs(p: Pending): TokenLogprobs[] | undefined {
+    if (p.logprobs === undefined) return undefined;
+    const out = p.logprobs.slice(p.logprobsSent);
+    p.logprobsSent = p.logprobs.length;
+    return out;
+  }
+
   /** Passes text through the stop matcher; returns true when a stop sequence matched. */
   private emit(p: Pending, piece: string): boolean {
-    const { emit, stopped } = p.stop.push(piece);
+    const { emit, stopped } = p.stop.push(piece, p.generated >= p.minTokens);
     if (emit.length > 0) {
       p.text += emit;
-      p.onText?.(emit);
+      p.onText?.(emit, this.unsentLogprobs(p));
     }
     return stopped;
   }

@@ -1,8 +1,9 @@
 import type { PriceCurves } from '../economy/curves.js';
-import type { LengthPredictor } from '../economy/estimator.js';
+import { newLengthPredictor, type LengthModelKind, type LengthPredictor } from '../economy/length-model.js';
 import { Ledger } from '../economy/ledger.js';
 import { CostModelEngine, type StepProfile } from '../engine/cost-model.js';
-import { Rng, validateSamplingParams } from '../engine/sampling.js';
+import { Rng } from '../sampling/rng.js';
+import { validateSamplingParams } from '../sampling/params.js';
 import { Heap } from '../scheduler/deque.js';
 import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
@@ -34,8 +35,12 @@ export interface SimOptions {
   budgets?: ReadonlyMap<string, number>;
   /** The most one request may claim to be worth (the server's --max-value); default unlimited. */
   maxValue?: number;
-  /** Predicts output lengths (default: the online mean). Trained at deterministic points of the run. */
-  lengthModel?: LengthPredictor;
+  /**
+   * Predicts output lengths: a kind (a fresh predictor per run; 'learned' needs TensorFlow.js
+   * loaded first, see loadTf) or a predictor of the caller's. Default the online mean. Trained
+   * at deterministic points of the run.
+   */
+  lengthModel?: LengthModelKind | LengthPredictor;
   /**
    * The scheduler is told each request's true output length (trace replays of old: max_tokens =
    * output). Default false: requests carry their max_tokens and end by themselves.
@@ -121,7 +126,7 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
   if (o.prefixCaching !== undefined) config.prefixCaching = o.prefixCaching;
   if (o.clearing !== undefined) config.clearing = o.clearing;
   if (o.payment !== undefined) config.payment = o.payment;
-  if (o.lengthModel !== undefined) config.lengthModel = o.lengthModel;
+  if (o.lengthModel !== undefined) config.lengthModel = typeof o.lengthModel === 'string' ? newLengthPredictor(o.lengthModel) : o.lengthModel;
   if ((o.budgets !== undefined && o.budgets.size > 0) || o.maxValue !== undefined) {
     const ledger = new Ledger(o.maxValue !== undefined ? { defaultMaxValue: o.maxValue } : {});
     for (const [tenant, budget] of o.budgets ?? []) ledger.setBudget(tenant, budget);
@@ -256,7 +261,8 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
       ...(o.knownLengths ? { knownOutputTokens: outputTokens } : {}),
     };
     const r = sched.submit(spec);
-    if (r.state !== 'done') natural.set(r.seq, outputTokens);
+    // Shorter than max_tokens: the model "emits EOS" there; else max_tokens cuts it off (by length).
+    if (r.state !== 'done' && outputTokens < a.maxTokens) natural.set(r.seq, outputTokens);
   }
 
   const list = outcomes.map((x, i) => x ?? lostOutcome(trace[i] as TraceRequest, attemptsOf[i] as number));
@@ -290,11 +296,11 @@ function clampOutput(t: TraceRequest, maxContext: number): number {
   return Math.max(1, Math.min(t.outputTokens, maxContext - Math.min(t.promptTokens, maxContext - 1)));
 }
 
-/** The max_tokens a request sends: its trace's, else its output length; within the context with at least one prompt token. */
+/** The max_tokens a request sends: its trace's, else its output length; within the context, leaving room for a prompt token. */
 function requestMaxTokens(t: TraceRequest, maxContext: number, known: boolean): number {
   const out = clampOutput(t, maxContext);
-  const want = known ? out : Math.max(out, t.maxTokens ?? out);
-  return Math.max(out, Math.min(want, maxContext - Math.min(t.promptTokens, maxContext - out)));
+  const want = known || t.maxTokens === undefined ? out : t.maxTokens;
+  return Math.max(1, Math.min(want, maxContext - Math.min(t.promptTokens, maxContext - Math.min(out, want))));
 }
 
 function lostOutcome(t: TraceRequest, attempts: number): RequestOutcome {

@@ -39,9 +39,9 @@ export interface TraceRequest {
   /** Tokens each prefix entry covers (Mooncake: 512 × lengthScale; contract traces: option, default 16). */
   prefixBlockTokens: number;
   /**
-   * The request's max_tokens, when it differs from its output length (an upper bound the client
-   * sets; the output ends at `outputTokens` by itself, or is cut off here). Absent: the output
-   * length, as benchmark clients set it.
+   * The request's max_tokens, when it differs from its output length (the cap the client sets;
+   * the output ends at `outputTokens` by itself, or is cut off here if that is shorter). Absent:
+   * the output length, as benchmark clients set it.
    */
   maxTokens?: number;
   /**

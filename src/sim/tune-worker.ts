@@ -13,6 +13,7 @@
 import { workerData } from 'node:worker_threads';
 import { unpack } from 'msgpackr';
 import { parseCurveFile } from '../economy/curves.js';
+import { loadTf } from '../economy/tfjs.js';
 import type { Summary } from './metrics.js';
 import { simulate, type SimOptions } from './simulator.js';
 import type { TraceRequest } from './trace.js';
@@ -21,8 +22,8 @@ import type { TraceRequest } from './trace.js';
 export type TuneSimOptions = Omit<SimOptions, 'curves' | 'policy' | 'onProgress' | 'checkInvariants'>;
 
 export interface TuneWorkerData {
-  /** msgpackr.pack(trace) copied into a SharedArrayBuffer. */
-  trace: SharedArrayBuffer;
+  /** One per replicate (the trace under another workload seed): msgpackr.pack(trace) copied into a SharedArrayBuffer. */
+  traces: SharedArrayBuffer[];
   sim: TuneSimOptions;
 }
 
@@ -30,6 +31,7 @@ export interface TuneTask {
   /** Echoed back so results can be put in candidate order whatever order they finish in. */
   candidate: number;
   load: number;
+  replicate: number;
   policy: string;
   /** Arrival times are divided by this, as `marginal sim --rate-scale` does. */
   rateScale: number;
@@ -37,28 +39,30 @@ export interface TuneTask {
   curves: { tokens: object; kv: object };
 }
 
-export type TuneTaskResult = { candidate: number; load: number; summary: Summary } | { candidate: number; load: number; error: string };
+export type TuneTaskResult = { candidate: number; load: number; replicate: number; summary: Summary } | { candidate: number; load: number; replicate: number; error: string };
 
-let base: TraceRequest[] | undefined;
-let scaled: { rateScale: number; trace: TraceRequest[] } | undefined;
+const bases: (TraceRequest[] | undefined)[] = [];
+let scaled: { rateScale: number; replicate: number; trace: TraceRequest[] } | undefined;
 
-/** Tasks come load-major from the pool, so one cached scaling serves long runs of them. */
-function traceAt(rateScale: number): TraceRequest[] {
+/** Tasks come (load, replicate)-major from the pool, so one cached scaling serves long runs of them. */
+function traceAt(replicate: number, rateScale: number): TraceRequest[] {
   // A private copy first: msgpackr's native string extractor refuses shared memory.
-  base ??= unpack(new Uint8Array((workerData as TuneWorkerData).trace).slice()) as TraceRequest[];
-  if (scaled?.rateScale !== rateScale) scaled = { rateScale, trace: base.map((r) => ({ ...r, t: r.t / rateScale })) };
+  const base = (bases[replicate] ??= unpack(new Uint8Array((workerData as TuneWorkerData).traces[replicate] as SharedArrayBuffer).slice()) as TraceRequest[]);
+  if (scaled?.rateScale !== rateScale || scaled.replicate !== replicate) scaled = { rateScale, replicate, trace: base.map((r) => ({ ...r, t: r.t / rateScale })) };
   return scaled.trace;
 }
 
-export default function runTuneTask(task: TuneTask): TuneTaskResult {
+export default async function runTuneTask(task: TuneTask): Promise<TuneTaskResult> {
   const { sim } = workerData as TuneWorkerData;
   try {
+    // The learned length model's TensorFlow.js, once per thread (its line was logged by the main thread).
+    if (sim.lengthModel === 'learned') await loadTf(() => {});
     const curves = parseCurveFile(task.curves, `candidate ${task.candidate}`);
-    const { summary } = simulate(traceAt(task.rateScale), { ...sim, policy: task.policy, curves });
-    return { candidate: task.candidate, load: task.load, summary };
+    const { summary } = simulate(traceAt(task.replicate, task.rateScale), { ...sim, policy: task.policy, curves });
+    return { candidate: task.candidate, load: task.load, replicate: task.replicate, summary };
   } catch (e) {
     // One candidate that stalls the simulator must not sink the sweep: it is reported and
     // left off the frontier.
-    return { candidate: task.candidate, load: task.load, error: e instanceof Error ? e.message : String(e) };
+    return { candidate: task.candidate, load: task.load, replicate: task.replicate, error: e instanceof Error ? e.message : String(e) };
   }
 }

@@ -36,13 +36,20 @@
  * Specs that expand to the same curve are kept once. Every expanded curve is checked with
  * parseCurve, so an error names its entry and field ("grid tokens[1].exponent must be ...").
  *
- * The sweep is deterministic: each (candidate, load) run is a pure function of the trace, the
- * simulator options and its curves, results are put back in candidate order whatever order the
- * workers finish them in, and the best is chosen by a total order (welfare, then goodput, then
- * p99 TTFT, then candidate index).
+ * Every candidate runs on several replicates of the trace — the same arrivals under other
+ * workload seeds, so other requests are interactive, standard or batch and worth other values —
+ * and its objectives are means over loads and replicates. The spread over replicates is the
+ * run-to-run noise: the best (most welfare) is picked only when it beats the runner-up by more
+ * than twice the standard error of their paired difference; otherwise tune says that no
+ * candidate separates from the others and picks none (no best-curve.json).
+ *
+ * The sweep is deterministic: each (candidate, load, replicate) run is a pure function of the
+ * trace, the simulator options and its curves, results are put back in candidate order whatever
+ * order the workers finish them in, and the ranking is a total order (welfare, then goodput,
+ * then p99 TTFT, then candidate index).
  */
 import { availableParallelism } from 'node:os';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
@@ -259,7 +266,8 @@ export function curveLabel(s: CurveSpec): string {
 // The sweep.
 
 export interface TuneOptions {
-  trace: readonly TraceRequest[];
+  /** The trace under each replicate's workload seed (at least one; two or more to measure noise). */
+  traces: readonly (readonly TraceRequest[])[];
   sim: Omit<SimOptions, 'curves' | 'policy'>;
   grid: Grid;
   /** Offered loads, multiples of the capacity measured on this trace. */
@@ -273,6 +281,7 @@ export interface TuneOptions {
 export interface TuneRun {
   load: number;
   rate_scale: number;
+  replicate: number;
   summary: Summary;
 }
 
@@ -281,9 +290,13 @@ export interface CandidateResult {
   label: string;
   /** A curve file (what best-curve.json holds for the best). */
   curves: { tokens: CurveSpec; kv: CurveSpec };
-  /** Mean over loads. */
+  /** Mean over loads and replicates. */
   welfare: number;
-  /** Mean over loads. */
+  /** Standard error of `welfare` over replicates (NaN with one replicate). */
+  welfare_stderr: number;
+  /** Mean over loads and replicates: what the server is paid. */
+  revenue: number;
+  /** Mean over loads and replicates. */
   goodput_rps: number;
   /** Worst over loads; null when some load completed nothing. */
   ttft_p99_ms: number | null;
@@ -303,12 +316,23 @@ export interface TuneResult {
   loads: { load: number; rate_scale: number }[];
   /** The simulator settings every run shared (geometry, base price, profile). */
   sim: Record<string, unknown>;
+  replicates: number;
   candidates: CandidateResult[];
-  /** Indices of the candidates no other beats on welfare, goodput and p99 TTFT at once. */
+  /** Indices of the candidates no other beats on welfare, revenue, goodput and p99 TTFT at once. */
   frontier: number[];
-  /** Indices, best first (the order that picks `best`). */
+  /** Indices, best first. */
   ranking: number[];
-  best: number;
+  /** The top of the ranking when it separates from the runner-up beyond noise; else null. */
+  best: number | null;
+  /** Candidates whose welfare is within noise of the top one's (the top one included). */
+  tied: number[];
+  /** The top's welfare minus the runner-up's, with the standard error of that paired difference. */
+  separation: { difference: number; stderr: number; separated: boolean; reason: string };
+  /**
+   * Where the curves matter: per objective, its range over the candidates, and whether the
+   * candidates at the two ends of it differ by more than twice the noise of their paired difference.
+   */
+  objectives: ObjectiveSpread[];
   /** Wall-clock facts: the only fields that differ between two runs of the same sweep. */
   timing: { elapsed_s: number; threads: number };
 }
@@ -339,11 +363,89 @@ export function measureCapacity(trace: readonly TraceRequest[], sim: TuneSimOpti
   return { capacity, summary };
 }
 
-/** a dominates b: at least as good on all three objectives and better on one. */
+/** a dominates b: at least as good on all four objectives and better on one. */
 function dominates(a: CandidateResult, b: CandidateResult): boolean {
   const pa = a.ttft_p99_ms ?? Infinity;
   const pb = b.ttft_p99_ms ?? Infinity;
-  return a.welfare >= b.welfare && a.goodput_rps >= b.goodput_rps && pa <= pb && (a.welfare > b.welfare || a.goodput_rps > b.goodput_rps || pa < pb);
+  return (
+    a.welfare >= b.welfare &&
+    a.revenue >= b.revenue &&
+    a.goodput_rps >= b.goodput_rps &&
+    pa <= pb &&
+    (a.welfare > b.welfare || a.revenue > b.revenue || a.goodput_rps > b.goodput_rps || pa < pb)
+  );
+}
+
+export type Objective = 'welfare' | 'revenue' | 'goodput_rps' | 'ttft_p99_ms';
+
+export interface ObjectiveSpread {
+  objective: Objective;
+  min: number;
+  max: number;
+  /** Standard error of the paired difference between the candidates at max and at min. */
+  stderr: number;
+  separated: boolean;
+}
+
+/** An objective per replicate: the mean over loads (the worst over loads for p99 TTFT), in replicate order. */
+function byReplicate(c: CandidateResult, replicates: number, objective: Objective = 'welfare'): number[] {
+  const out = new Array<number>(replicates).fill(objective === 'ttft_p99_ms' ? -Infinity : 0);
+  const counts = new Array<number>(replicates).fill(0);
+  for (const r of c.runs) {
+    const v = objective === 'ttft_p99_ms' ? (r.summary.ttft_p99_ms ?? Infinity) : r.summary[objective];
+    out[r.replicate] = objective === 'ttft_p99_ms' ? Math.max(out[r.replicate] as number, v) : (out[r.replicate] as number) + v;
+    counts[r.replicate] = (counts[r.replicate] as number) + 1;
+  }
+  return objective === 'ttft_p99_ms' ? out : out.map((s, i) => s / Math.max(1, counts[i] as number));
+}
+
+function welfareByReplicate(c: CandidateResult, replicates: number): number[] {
+  return byReplicate(c, replicates, 'welfare');
+}
+
+/** For each objective: how far apart the candidates are, against the noise of the two ends' paired difference. */
+export function objectiveSpreads(cs: readonly CandidateResult[], replicates: number): ObjectiveSpread[] {
+  const ok = cs.filter((c) => c.error === undefined);
+  return (['welfare', 'revenue', 'goodput_rps', 'ttft_p99_ms'] as const).map((objective) => {
+    const mean = (c: CandidateResult) => {
+      const xs = byReplicate(c, replicates, objective);
+      return xs.reduce((a, b) => a + b, 0) / xs.length;
+    };
+    let lo = ok[0] as CandidateResult;
+    let hi = lo;
+    for (const c of ok) {
+      if (mean(c) < mean(lo)) lo = c;
+      if (mean(c) > mean(hi)) hi = c;
+    }
+    const a = byReplicate(hi, replicates, objective);
+    const b = byReplicate(lo, replicates, objective);
+    const d = a.map((x, i) => x - (b[i] as number));
+    const difference = d.reduce((s, x) => s + x, 0) / d.length;
+    const stderr = stderrOf(d);
+    return { objective, min: mean(lo), max: mean(hi), stderr, separated: replicates >= 2 && Number.isFinite(difference) && difference > 0 && (stderr === 0 || difference > 2 * stderr) };
+  });
+}
+
+function stderrOf(xs: readonly number[]): number {
+  const n = xs.length;
+  if (n < 2) return NaN;
+  const m = xs.reduce((a, b) => a + b, 0) / n;
+  const v = xs.reduce((a, b) => a + (b - m) ** 2, 0) / (n - 1);
+  return Math.sqrt(v / n);
+}
+
+/**
+ * Whether `a` beats `b` beyond noise: their welfare compared replicate by replicate (the same
+ * requests with the same values), the mean difference against twice its standard error.
+ */
+export function pairedSeparation(a: CandidateResult, b: CandidateResult, replicates: number): { difference: number; stderr: number; separated: boolean } {
+  const wa = welfareByReplicate(a, replicates);
+  const wb = welfareByReplicate(b, replicates);
+  const d = wa.map((x, i) => x - (wb[i] as number));
+  const difference = d.reduce((s, x) => s + x, 0) / d.length;
+  const stderr = stderrOf(d);
+  // A difference that is exactly the same on every replicate has no noise to beat.
+  return { difference, stderr, separated: replicates >= 2 && difference > 0 && (stderr === 0 || difference > 2 * stderr) };
 }
 
 export function paretoFrontier(cs: readonly CandidateResult[]): number[] {
@@ -361,19 +463,24 @@ export async function tune(o: TuneOptions): Promise<TuneResult> {
   const loads = parseLoads(o.loads, 'loads');
   const threads = o.threads ?? availableParallelism();
   if (!(Number.isInteger(threads) && threads >= 1)) throw new InvalidArgumentError(`threads must be a positive integer (got ${threads})`);
-  const trace = o.trace;
+  if (o.traces.length === 0) throw new InvalidArgumentError('tune needs at least one replicate of the trace');
+  const trace = o.traces[0] as readonly TraceRequest[];
   const first = trace[0];
   const last = trace[trace.length - 1];
   const span = first && last ? last.t - first.t : 0;
   if (!(span > 0)) throw new InvalidArgumentError('the trace needs requests at two or more distinct times: loads are scaled from its arrival rate');
   const candidates = gridCandidates(o.grid);
   const sim = cloneableSim(o.sim);
-  const total = candidates.length * loads.length;
+  const replicates = o.traces.length;
+  const total = candidates.length * loads.length * replicates;
 
-  const packed = pack(trace);
-  const shared = new SharedArrayBuffer(packed.length);
-  new Uint8Array(shared).set(packed);
-  const workerData: TuneWorkerData = { trace: shared, sim };
+  const shared = o.traces.map((t) => {
+    const packed = pack(t);
+    const buf = new SharedArrayBuffer(packed.length);
+    new Uint8Array(buf).set(packed);
+    return buf;
+  });
+  const workerData: TuneWorkerData = { traces: shared, sim };
   const pool = new Piscina<TuneTask, TuneTaskResult>({
     filename: workerFile(),
     workerData,
@@ -393,19 +500,22 @@ export async function tune(o: TuneOptions): Promise<TuneResult> {
     // Rounded as bench/policies.ts does, so `marginal sim --rate-scale R` replays a run exactly.
     const loadScales = loads.map((load) => ({ load, rate_scale: Number(((load * capacity) / nativeRate).toPrecision(6)) }));
 
+    // Per candidate, runs in (load, replicate) order.
     const results: TuneTaskResult[][] = candidates.map(() => []);
     let done = 0;
     o.onProgress?.(0, total);
     const tasks: Promise<void>[] = [];
     loadScales.forEach(({ rate_scale }, li) => {
-      for (const c of candidates) {
-        const task: TuneTask = { candidate: c.index, load: li, policy: o.grid.policy, rateScale: rate_scale, curves: { tokens: c.tokens, kv: c.kv } };
-        tasks.push(
-          pool.run(task).then((r) => {
-            (results[r.candidate] as TuneTaskResult[])[r.load] = r;
-            o.onProgress?.(++done, total);
-          }),
-        );
+      for (let rep = 0; rep < replicates; rep++) {
+        for (const c of candidates) {
+          const task: TuneTask = { candidate: c.index, load: li, replicate: rep, policy: o.grid.policy, rateScale: rate_scale, curves: { tokens: c.tokens, kv: c.kv } };
+          tasks.push(
+            pool.run(task).then((r) => {
+              (results[r.candidate] as TuneTaskResult[])[r.load * replicates + r.replicate] = r;
+              o.onProgress?.(++done, total);
+            }),
+          );
+        }
       }
     });
     await Promise.race([Promise.all(tasks), crash]);
@@ -417,6 +527,8 @@ export async function tune(o: TuneOptions): Promise<TuneResult> {
         label: `${curveLabel(c.tokens)} + ${curveLabel(c.kv)}`,
         curves: { tokens: c.tokens, kv: c.kv },
         welfare: NaN,
+        welfare_stderr: NaN,
+        revenue: NaN,
         goodput_rps: NaN,
         ttft_p99_ms: null,
         runs: [],
@@ -426,17 +538,34 @@ export async function tune(o: TuneOptions): Promise<TuneResult> {
         res.error = `load ${loadScales[failed.load]?.load}×: ${failed.error}`;
         return res;
       }
-      res.runs = rs.map((r, li) => ({ ...(loadScales[li] as { load: number; rate_scale: number }), summary: (r as { summary: Summary }).summary }));
-      // Summed in load order: the same float operations whatever order the runs finished in.
+      res.runs = rs.map((r) => ({ ...(loadScales[r.load] as { load: number; rate_scale: number }), replicate: r.replicate, summary: (r as { summary: Summary }).summary }));
+      // Summed in (load, replicate) order: the same float operations whatever order the runs finished in.
       res.welfare = res.runs.reduce((s, r) => s + r.summary.welfare, 0) / res.runs.length;
+      res.welfare_stderr = stderrOf(welfareByReplicate(res, replicates));
+      res.revenue = res.runs.reduce((s, r) => s + r.summary.revenue, 0) / res.runs.length;
       res.goodput_rps = res.runs.reduce((s, r) => s + r.summary.goodput_rps, 0) / res.runs.length;
       const p99s = res.runs.map((r) => r.summary.ttft_p99_ms);
       res.ttft_p99_ms = p99s.some((p) => p === null) ? null : Math.max(...(p99s as number[]));
       return res;
     });
     const ranking = out.filter((c) => c.error === undefined).sort(better).map((c) => c.index);
-    const best = ranking[0];
-    if (best === undefined) throw new Error(`every candidate failed; the first: ${out[0]?.error ?? 'no candidates'}`);
+    const top = ranking[0];
+    if (top === undefined) throw new Error(`every candidate failed; the first: ${out[0]?.error ?? 'no candidates'}`);
+    const topC = out[top] as CandidateResult;
+    const tied = ranking.filter((i) => i === top || !pairedSeparation(topC, out[i] as CandidateResult, replicates).separated);
+    const second = ranking[1];
+    let separation: TuneResult['separation'];
+    if (second === undefined) separation = { difference: NaN, stderr: NaN, separated: true, reason: 'one candidate' };
+    else {
+      const sep = pairedSeparation(topC, out[second] as CandidateResult, replicates);
+      const reason =
+        replicates < 2
+          ? 'one replicate: run-to-run noise unknown (use --replicates 2 or more)'
+          : sep.separated
+            ? `#${top} beats #${second} by ${sep.difference.toPrecision(3)} welfare, more than twice the noise (±${sep.stderr.toPrecision(3)})`
+            : `#${top} beats #${second} by ${sep.difference.toPrecision(3)} welfare, within twice the noise (±${sep.stderr.toPrecision(3)}): no candidate separates from the others`;
+      separation = { ...sep, reason };
+    }
     const { profile, ...rest } = sim;
     return {
       policy: o.grid.policy,
@@ -446,10 +575,14 @@ export async function tune(o: TuneOptions): Promise<TuneResult> {
       capacity_rps: capacity,
       loads: loadScales,
       sim: { ...rest, profile },
+      replicates,
       candidates: out,
       frontier: paretoFrontier(out),
       ranking,
-      best,
+      best: separation.separated ? top : null,
+      tied,
+      separation,
+      objectives: objectiveSpreads(out, replicates),
       timing: { elapsed_s: (performance.now() - t0) / 1000, threads: Math.min(threads, total) },
     };
   } finally {
@@ -538,6 +671,7 @@ export function scatterChart(
 }
 
 export function frontierSvg(r: TuneResult): string {
+  const top = r.ranking[0];
   const onFrontier = new Set(r.frontier);
   const loads = r.loads.map((l) => `${l.load}×`).join(', ');
   const points: ScatterPoint[] = r.candidates
@@ -545,17 +679,17 @@ export function frontierSvg(r: TuneResult): string {
     .map((c) => ({
       x: c.goodput_rps,
       y: c.welfare,
-      level: c.index === r.best ? 2 : onFrontier.has(c.index) ? 1 : 0,
-      title: `#${c.index} ${c.label}\nwelfare ${fmt(c.welfare)}, goodput ${fmt(c.goodput_rps)} req/s, p99 TTFT ${c.ttft_p99_ms === null ? '-' : fmt(c.ttft_p99_ms)} ms`,
-      ...(c.index === r.best ? { label: `best #${c.index}` } : {}),
+      level: c.index === top ? 2 : onFrontier.has(c.index) ? 1 : 0,
+      title: `#${c.index} ${c.label}\nwelfare ${fmt(c.welfare)} ± ${fmt(c.welfare_stderr)}, revenue ${fmt(c.revenue)}, goodput ${fmt(c.goodput_rps)} req/s, p99 TTFT ${c.ttft_p99_ms === null ? '-' : fmt(c.ttft_p99_ms)} ms`,
+      ...(c.index === top ? { label: r.best === null ? `top #${c.index} (within noise)` : `best #${c.index}` } : {}),
     }));
   return scatterChart(points, {
     title: `${r.candidates.length} curve pairs, ${r.policy}, mean over loads ${loads} of capacity`,
     xLabel: 'SLO goodput (req/s, mean over loads)',
     yLabel: 'welfare (mean over loads)',
-    legend: ['candidate', 'Pareto frontier*', 'best (max welfare)'],
-    // The frontier is three-dimensional, so in this projection some of it looks dominated.
-    notes: ['* non-dominated in welfare, goodput', 'and worst p99 TTFT at once'],
+    legend: ['candidate', 'Pareto frontier*', r.best === null ? 'top (not separated)' : 'best (max welfare)'],
+    // The frontier is four-dimensional, so in this projection some of it looks dominated.
+    notes: ['* non-dominated in welfare, revenue,', 'goodput and worst p99 TTFT at once'],
   });
 }
 
@@ -585,7 +719,8 @@ export function pricesSvg(r: TuneResult, top = 5): string {
 
 export interface TuneFiles {
   tuneJson: string;
-  bestCurve: string;
+  /** Absent when no candidate separated from the rest beyond noise. */
+  bestCurve?: string;
   frontierSvg: string;
   pricesSvg: string;
 }
@@ -595,18 +730,23 @@ export async function writeTuneOutputs(r: TuneResult, dir: string, extra: Record
   await mkdir(dir, { recursive: true });
   const files: TuneFiles = {
     tuneJson: join(dir, 'tune.json'),
-    bestCurve: join(dir, 'best-curve.json'),
     frontierSvg: join(dir, 'frontier.svg'),
     pricesSvg: join(dir, 'prices.svg'),
   };
-  const best = r.candidates[r.best] as CandidateResult;
-  // Through parseCurveFile and back: the file is what loadCurveFile reads, by construction.
-  const bestCurve = curveFileJson(parseCurveFile(best.curves, `candidate ${best.index}`));
-  await Promise.all([
-    writeFile(files.tuneJson, JSON.stringify({ ...extra, ...r }, null, 2) + '\n'),
-    writeFile(files.bestCurve, JSON.stringify(bestCurve, null, 2) + '\n'),
+  const writes = [
+    // JSON has no NaN: a candidate with one replicate has no noise estimate, written as null.
+    writeFile(files.tuneJson, JSON.stringify({ ...extra, ...r }, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n'),
     writeFile(files.frontierSvg, frontierSvg(r)),
     writeFile(files.pricesSvg, pricesSvg(r)),
-  ]);
+  ];
+  const stale = join(dir, 'best-curve.json');
+  if (r.best !== null) {
+    const best = r.candidates[r.best] as CandidateResult;
+    // Through parseCurveFile and back: the file is what loadCurveFile reads, by construction.
+    const bestCurve = curveFileJson(parseCurveFile(best.curves, `candidate ${best.index}`));
+    files.bestCurve = stale;
+    writes.push(writeFile(stale, JSON.stringify(bestCurve, null, 2) + '\n'));
+  } else writes.push(rm(stale, { force: true }));
+  await Promise.all(writes);
   return files;
 }

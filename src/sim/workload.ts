@@ -282,8 +282,8 @@ export async function loadWorkload(path: string): Promise<Workload> {
  *   only a 10-minute deadline, priority 2. Cheap per token but long-running, it fills idle
  *   capacity and should be deferred, not rejected, when prices rise.
  *
- * Every tenant sends max_tokens 256 (or its output length, if longer): a generous cap, as real
- * clients set, so the scheduler must predict lengths rather than read them off max_tokens.
+ * Every tenant sends max_tokens 256: a generous cap, as real clients set (an answer longer than
+ * that is cut off), so the scheduler must predict lengths rather than read them off max_tokens.
  *
  * Values are in the same unit as the economy's prices (the unit the bill is in).
  */
@@ -369,7 +369,8 @@ export function applyWorkload(reqs: readonly TraceRequest[], w: Workload): Trace
     if (r.slo === undefined && tenant.slo !== undefined) out.slo = { ...tenant.slo };
     if (r.deadlineMs === undefined && tenant.deadlineMs !== undefined) out.deadlineMs = tenant.deadlineMs;
     if (r.priority === undefined && tenant.priority !== undefined) out.priority = tenant.priority;
-    if (r.maxTokens === undefined && tenant.maxTokens !== undefined) out.maxTokens = Math.max(tenant.maxTokens, r.outputTokens);
+    // A cap, as clients set it: an answer longer than it is cut off there (never the true length leaked as max_tokens).
+    if (r.maxTokens === undefined && tenant.maxTokens !== undefined) out.maxTokens = tenant.maxTokens;
     if (r.claim === undefined && tenant.claim !== undefined) {
       const c = tenant.claim;
       if (out.value !== undefined) out.claim = { value: c.value ?? out.value * (c.times as number) };

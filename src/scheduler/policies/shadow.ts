@@ -158,7 +158,8 @@ export class ShadowPolicy implements Policy, EvictionPolicy {
   private preemptionLoss(r: SchedRequest): number {
     const v = this.view;
     const redo = Math.ceil(r.computed / v.prefillChunk) * v.stepSeconds();
-    return this.delayLoss(r, 0, this.secondsUntilRoom() + redo) + v.preemptionCost(r);
+    // The preemption's own time (a swap's transfer, out and back) delays every running stream.
+    return this.delayLoss(r, 0, this.secondsUntilRoom() + redo) + v.preemptionCost(r) + v.preemptionSeconds(r) * this.valueOfTime;
   }
 
   // --- policy ----------------------------------------------------------------------------
@@ -240,9 +241,11 @@ export class ShadowPolicy implements Policy, EvictionPolicy {
         // growth: memory promised twice is memory someone will be preempted from.
         const footprint = v.blocks.blocksFor(r.length + r.remainingOutput()) - Math.floor(v.cachedPrefixTokens(r) / v.blocks.blockSize);
         let res: ReturnType<SchedulerView['tryAdmit']> = footprint <= room || v.running.length === 0 ? v.tryAdmit(r) : 'no-blocks';
-        if (res === 'no-blocks') {
-          // Worth displacing running work only for what waiting for room would cost r.
-          const physical = v.blocks.blocksFor(Math.min(r.length, v.prefillChunk)) - v.blocks.availableBlocks;
+        const physical = v.blocks.blocksFor(Math.min(r.length, v.prefillChunk)) - v.blocks.availableBlocks;
+        // Memory physically short: displace running work, but only for what waiting for room
+        // would cost r. Memory merely promised to running streams' growth is not taken back:
+        // r waits for it (measured: taking it back preempted more than fcfs for no welfare).
+        if (res === 'no-blocks' && physical > 0) {
           if (this.makeRoomFor(r, this.delayLoss(r, r.length - v.cachedPrefixTokens(r), this.secondsUntilRoom()), Math.max(physical, footprint - room))) {
             res = v.tryAdmit(r);
             room = this.expectedRoom();
