@@ -32,8 +32,9 @@ const o = new Command()
   .option('--rounds <n>', 'alternating rounds', '5')
   .option('--threads <n>', 'ONNX Runtime intra-op threads (default: all cores)')
   .option('--baseline <dir>', 'an older marginal checkout to compare against')
+  .option('--spinning-too', "also run this tree's engine with ONNX Runtime's intra-op spinning on (the baseline's default)")
   .parse()
-  .opts<{ batch: string; prompt: string; steps: string; rounds: string; threads?: string; baseline?: string }>();
+  .opts<{ batch: string; prompt: string; steps: string; rounds: string; threads?: string; baseline?: string; spinningToo?: boolean }>();
 const batch = Number(o.batch);
 const promptLen = Number(o.prompt);
 const steps = Number(o.steps);
@@ -69,14 +70,14 @@ function prompt(i: number): number[] {
   return [1, ...Array.from({ length: promptLen - 1 }, (_, k) => 259 + ((i * 131 + k * 17) % 253))];
 }
 
-async function current(): Promise<Sample> {
+async function current(spinning = false): Promise<Sample> {
   const dir = join(packageRoot(), 'models', 'bench-stories260K');
   if (!existsSync(join(dir, 'marginal.json'))) importLlama2c(join(shared, 'stories260K.bin'), join(shared, 'tok512.bin'), dir);
   const model = await loadModelDir(dir).catch(() => {
     importLlama2c(join(shared, 'stories260K.bin'), join(shared, 'tok512.bin'), dir);
     return loadModelDir(dir);
   });
-  const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: batch, intraOpThreads: threads });
+  const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: batch, intraOpThreads: threads, spinning });
   const inside = timeRuns(engine);
   const d = new DirectDriver(engine);
   const sampling = validateSamplingParams({ temperature: 0, max_tokens: 512 });
@@ -110,7 +111,7 @@ async function current(): Promise<Sample> {
   };
   const s = await timed(run, inside);
   await engine.dispose();
-  return { engine: 'this tree', ...s };
+  return { engine: spinning ? 'this tree, spinning threads' : 'this tree', ...s };
 }
 
 async function baseline(root: string): Promise<Sample> {
@@ -162,7 +163,8 @@ async function timed(step: () => Promise<void>, inside: { ms: number }): Promise
 process.stderr.write(`hot loop bench: stories260K, batch ${batch}, prompt ${promptLen}, ${steps} decode steps × ${rounds} rounds, ${threads} ORT threads\n`);
 const samples: Sample[] = [];
 for (let round = 0; round < rounds; round++) {
-  const order: (() => Promise<Sample>)[] = [current];
+  const order: (() => Promise<Sample>)[] = [() => current()];
+  if (o.spinningToo) order.push(() => current(true));
   if (o.baseline) order.push(() => baseline(resolve(o.baseline as string)));
   if (round % 2 === 1) order.reverse();
   for (const f of order) {
