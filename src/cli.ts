@@ -3,7 +3,7 @@ import { Command, InvalidArgumentError as CommanderArgError } from 'commander';
 import { isMarginalError } from './errors.js';
 import { runGenerate } from './cli/generate.js';
 import { runImportLlama2c, runSynth } from './cli/models.js';
-import { runServe } from './cli/serve.js';
+import { ReportedError, runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
 import { runBenchServe } from './cli/bench-serve.js';
@@ -87,7 +87,9 @@ economyOptions(addGeometryOptions(engineOptions(
     .option('--curve <file>', 'price curve file')
     .option('--api-keys <file>', 'API keys with tenants, default bids and budgets (default: one anonymous tenant)')
     .option('--step-log <file>', 'write each step (its shape and how long it took) as JSON Lines, for marginal calibrate --from-steps')
-    .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
+    .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01)
+    .option('--log-level <level>', 'trace | debug | info | warn | error | fatal | silent (default: MARGINAL_LOG_LEVEL, else info)')
+    .option('--metrics-key <key>', '/metrics then needs Authorization: Bearer <key> (or an admin key); default: MARGINAL_METRICS_KEY, else open'),
 ))).action(runServe);
 
 /** Server geometry and welfare pricing, shared by everything that runs the simulator. */
@@ -195,7 +197,10 @@ try {
   await program.parseAsync(process.argv);
 } catch (e) {
   const err = e as Error & { code?: string; exitCode?: number };
-  if (err.code?.startsWith('commander.')) {
+  if (e instanceof ReportedError) {
+    // The server has logged it already, as one of its JSON lines.
+    process.exitCode = e.exitCode;
+  } else if (err.code?.startsWith('commander.')) {
     // Commander already printed the message; help and version exit 0, usage errors 2.
     process.exitCode = err.exitCode === 0 ? 0 : 2;
   } else if (isMarginalError(e)) {

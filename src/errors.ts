@@ -28,3 +28,8 @@ export interface MarginalError extends Error {
 export function isMarginalError(e: unknown): e is MarginalError {
   return e instanceof Error && typeof (e as { code?: unknown }).code === 'string' && String((e as unknown as { code: string }).code).startsWith('MARGINAL_');
 }
+
+/** A request to a protected route without a key, or with a key the server does not know. */
+export const InvalidApiKeyError = createError<[string]>('MARGINAL_INVALID_API_KEY', '%s', 401);
+/** A known key that lacks the right for this route (the console needs an admin key). */
+export const AdminKeyRequiredError = createError<[string]>('MARGINAL_ADMIN_KEY_REQUIRED', '%s', 403);

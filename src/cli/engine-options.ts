@@ -15,9 +15,11 @@ export interface EngineCliOptions {
   spinning?: boolean;
   /** Run the engine in a worker thread (the server: its event loop must never wait on a step). */
   worker?: boolean;
+  /** Where start-up lines go (the server's logger); default stderr. */
+  log?: (line: string) => void;
 }
 
-const log = (s: string) => process.stderr.write(s + '\n');
+const stderrLog = (s: string) => process.stderr.write(s + '\n');
 
 /** Bytes one token's keys and values take in the model's KV pool (float32, every layer). */
 export function kvBytesPerToken(model: LoadedModel): number {
@@ -33,6 +35,7 @@ export async function openModelAndEngine(o: EngineCliOptions, geometry: Geometry
   if (o.flavour !== 'fast' && o.flavour !== 'hf') throw new InvalidArgumentError(`--flavour must be fast or hf, got ${o.flavour}`);
   const providers = o.providers.split(',').map((p) => p.trim());
   for (const p of providers) if (p !== 'cuda' && p !== 'cpu') throw new InvalidArgumentError(`unknown execution provider ${p} (cuda, cpu)`);
+  const log = o.log ?? stderrLog;
   const model = await loadModelDir(o.model ?? defaultModelDir(log));
   const g = resolveGeometry(geometry, { maxContext: model.kv.maxContext, kvBytesPerToken: kvBytesPerToken(model) });
   if (model.synthetic) log(`marginal: ${describeModel(model)}`);

@@ -1,6 +1,8 @@
 import { loadCurveFile } from '../economy/curves.js';
 import { Ledger } from '../economy/ledger.js';
 import { Generator } from '../serving/generator.js';
+import { isMarginalError } from '../errors.js';
+import { createLogger, lineLogger, resolveLogLevel, type Logger } from '../log.js';
 import { createPolicy } from '../scheduler/policies/index.js';
 import { buildServer } from '../server/app.js';
 import { loadApiKeys, openDirectory } from '../server/tenants.js';
@@ -24,16 +26,44 @@ interface ServeOptions extends EngineCliOptions, GeometryCliOptions {
   clearing?: boolean;
   payment?: boolean;
   stepLog?: string;
+  logLevel?: string;
+  metricsKey?: string;
+}
+
+/** An error the server has already logged; the CLI only sets the exit code. */
+export class ReportedError extends Error {
+  constructor(
+    readonly original: unknown,
+    readonly exitCode: number,
+  ) {
+    super((original as Error)?.message ?? String(original));
+  }
 }
 
 /** What one request may claim to be worth unless its tenant says otherwise: a few typical completions' worth. */
 export const DEFAULT_MAX_VALUE = 10;
 
 export async function runServe(o: ServeOptions): Promise<void> {
+  // From here on everything the server prints is one JSON line of the same logger.
+  const logger = createLogger(resolveLogLevel(o.logLevel));
+  // Node's own warnings (deprecations, listener leaks) too, instead of its plain-text lines.
+  process.removeAllListeners('warning');
+  process.on('warning', (w) => logger.warn({ warning: { name: w.name, code: (w as { code?: string }).code } }, w.message));
+  try {
+    await serve(o, logger);
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    logger.fatal({ err: { type: err.name, message: err.message, code: err.code, ...(isMarginalError(e) ? {} : { stack: err.stack }) } }, err.message);
+    throw new ReportedError(e, isMarginalError(e) ? 2 : 1);
+  }
+}
+
+async function serve(o: ServeOptions, logger: Logger): Promise<void> {
   // Everything that can be wrong with the command line fails before the model loads.
   createPolicy(o.policy);
   const curves = o.curve ? await loadCurveFile(o.curve) : undefined;
   const tenants = o.apiKeys ? await loadApiKeys(o.apiKeys) : openDirectory(o.defaultBid);
+  const metricsKey = o.metricsKey ?? (process.env.MARGINAL_METRICS_KEY || undefined);
   const econ = economyFromCli(o);
   const ledger = new Ledger({ defaultMaxValue: econ.maxValue ?? DEFAULT_MAX_VALUE });
   for (const t of tenants.tenants()) {
@@ -42,8 +72,8 @@ export async function runServe(o: ServeOptions): Promise<void> {
   }
   const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
 
-  const lengthModel = await createLengthPredictor(econ.lengthModel);
-  const { model, engine, geometry } = await openModelAndEngine({ ...o, worker: true }, geometryFromCli(o));
+  const lengthModel = await createLengthPredictor(econ.lengthModel, { log: lineLogger(logger) });
+  const { model, engine, geometry } = await openModelAndEngine({ ...o, worker: true, log: lineLogger(logger) }, geometryFromCli(o));
   const stepLog = o.stepLog ? openStepLog(o.stepLog, { model: model.name, engine: engine.info, geometry }) : undefined;
   const generator = new Generator(engine, model, {
     ...(stepLog ? { onStep: stepLog.write } : {}),
@@ -59,7 +89,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
   });
   // Long prompts are tokenized on a worker pool: inline they would stall every stream's SSE.
   const pool = await TokenizePool.create(model.dir, { tokenizer: model.tokenizer });
-  const server = buildServer({ model, generator, tenants, logger: true, tokenize: (text, bos) => pool.encode(text, bos) });
+  const server = buildServer({ model, generator, tenants, logger, tokenize: (text, bos) => pool.encode(text, bos), ...(metricsKey ? { metricsKey } : {}) });
   const { app } = server;
   let closing = false;
   const shutdown = async (signal: string) => {
@@ -75,5 +105,10 @@ export async function runServe(o: ServeOptions): Promise<void> {
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
   process.once('SIGINT', () => void shutdown('SIGINT'));
   await app.listen({ host: o.host, port: o.port });
+  const base = `http://${o.host.includes(':') ? `[${o.host}]` : o.host}:${(app.server.address() as { port: number }).port}`;
   app.log.info(`serving ${model.name} on ${engine.info.provider.toUpperCase()} (${engine.info.flavour} graph, ${o.policy} policy)`);
+  app.log.info(
+    { console: `${base}/console`, metrics: `${base}/metrics`, metrics_protected: metricsKey !== undefined },
+    tenants.open ? `console at ${base}/console` : `console at ${base}/console (needs an admin key from the keys file)`,
+  );
 }

@@ -27,6 +27,24 @@ export interface Bill {
   currency: 'value';
 }
 
+/** Several runs' bills as one (a request's n choices): quantities and amounts summed, the prices of the first. */
+export function mergeBills(bills: (Bill | undefined)[]): Bill | null {
+  const bs = bills.filter((b): b is Bill => b !== undefined);
+  const first = bs[0];
+  if (first === undefined) return null;
+  const sum = (f: (b: Bill) => number) => bs.reduce((a, b) => a + f(b), 0);
+  return {
+    ...first,
+    prompt_tokens: sum((b) => b.prompt_tokens),
+    cached_tokens: sum((b) => b.cached_tokens),
+    computed_prompt_tokens: sum((b) => b.computed_prompt_tokens),
+    completion_tokens: sum((b) => b.completion_tokens),
+    kv_block_seconds: sum((b) => b.kv_block_seconds),
+    amounts: { prompt: sum((b) => b.amounts.prompt), cached: sum((b) => b.amounts.cached), completion: sum((b) => b.amounts.completion), kv_rent: sum((b) => b.amounts.kv_rent) },
+    total: sum((b) => b.total),
+  };
+}
+
 export interface BillOptions {
   /**
    * Fraction of the token price a prompt token served from the prefix cache pays, like the

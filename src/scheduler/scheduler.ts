@@ -87,6 +87,8 @@ export interface SchedulerCounters {
   swaps: number;
   /** Prompt tokens computed for the first time (not cache hits, not recompute). */
   prefillTokens: number;
+  /** Requests admitted for the first time (resumptions after preemption not counted). */
+  admitted: number;
   /** Blocks copied before a write (copy-on-write of a shared block). */
   blockCopies: number;
   /** Swap-outs lost to a failed step (their requests recompute instead). */
@@ -110,7 +112,7 @@ export interface SchedulerCounters {
 export class Scheduler implements SchedulerView {
   readonly blocks: BlockManager;
   readonly lengthModel: LengthPredictor;
-  readonly counters: SchedulerCounters = { steps: 0, batchBound: 0, kvBound: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0, blockCopies: 0, lostSwaps: 0 };
+  readonly counters: SchedulerCounters = { steps: 0, batchBound: 0, kvBound: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0, admitted: 0, blockCopies: 0, lostSwaps: 0 };
   /** Prices in force this step: max(reserve curve, clearing price), per batched token and per KV block-second. */
   readonly prices = { token: 0, kv: 0 };
   /** The curves' reserve prices at this step's utilization. */
@@ -122,6 +124,8 @@ export class Scheduler implements SchedulerView {
   now = 0;
   step = 0;
   tokenUtilization = 0;
+  /** Preempted requests whose keys and values wait in host memory. */
+  swappedCount = 0;
 
   private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds' | 'defaultBid' | 'lengthModel' | 'swapSecondsPerToken'>>;
   private readonly swapSecondsPerToken: number;
@@ -213,6 +217,10 @@ export class Scheduler implements SchedulerView {
 
   get config(): Readonly<SchedulerConfig> {
     return this.cfg;
+  }
+  /** The operator's congestion curves: the reserve prices beneath whatever clears. */
+  get priceCurves(): PriceCurves {
+    return this.curves;
   }
   get running(): readonly SchedRequest[] {
     return this.runningList;
@@ -416,8 +424,7 @@ export class Scheduler implements SchedulerView {
     this.now = now;
     for (const r of this.swappedThisStep) {
       if (!r.swapped || r.state === 'done') continue;
-      this.blocks.releaseHost(r.hostBlocks);
-      r.swapped = false;
+      this.dropSwapped(r);
       r.computed = 0;
       this.counters.lostSwaps++;
     }
@@ -757,6 +764,7 @@ export class Scheduler implements SchedulerView {
     r.computed = start;
     r.registered = hitBlocks - copy;
     if (r.preemptions === 0) {
+      this.counters.admitted++;
       r.cachedTokens = start;
       this.counters.promptTokens += r.promptLength;
       this.counters.cachedTokens += r.cachedTokens;
@@ -786,6 +794,7 @@ export class Scheduler implements SchedulerView {
     // Host blocks are reusable at once: a swap-out later in this plan is applied after these reads.
     this.blocks.releaseHost(r.hostBlocks);
     r.swapped = false;
+    this.swappedCount--;
     r.registered = 0;
     r.state = 'running';
     r.admittedStep = this.step;
@@ -812,6 +821,7 @@ export class Scheduler implements SchedulerView {
       this.leaveRunning(r);
       r.swapped = true;
       this.swappedThisStep.push(r);
+      this.swappedCount++;
       this.counters.swaps++;
     } else {
       this.leaveRunning(r);
@@ -911,6 +921,7 @@ export class Scheduler implements SchedulerView {
     if (!r.swapped) return;
     this.blocks.releaseHost(r.hostBlocks);
     r.swapped = false;
+    this.swappedCount--;
   }
 }
 

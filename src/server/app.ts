@@ -1,13 +1,18 @@
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { BudgetExhaustedError, InvalidArgumentError, isMarginalError, RequestRejectedError } from '../errors.js';
 import type { Completion, Generator, Rejected } from '../serving/generator.js';
 import { validateSamplingParams, type SamplingParams } from '../sampling/params.js';
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
-import type { Bill } from '../economy/ledger.js';
+import { mergeBills, type Bill } from '../economy/ledger.js';
 import type { Quote } from '../scheduler/request.js';
+import type { Logger } from '../log.js';
+import { checkMetricsAccess } from './auth.js';
 import { renderChat, type ChatMessage } from './chat.js';
+import { serverMarket } from './console/market.js';
+import { registerConsole } from './console/routes.js';
+import { Sampler } from './console/sampler.js';
 import { checkFields } from './fields.js';
 import { registerUtilityRoutes } from './routes-extra.js';
 import { requestedGrammar, type RequestedGrammar } from './structured.js';
@@ -15,10 +20,11 @@ import { CallStreamer, callGrammar, parseToolCalls, requestedTools, toolInstruct
 import { GrammarEngine } from '../sampling/grammar.js';
 import { chatLogprobs, completionLogprobs, generatedPositions, promptPositions } from './logprobs.js';
 import type { TokenLogprobs } from '../sampling/logprobs.js';
+import { RequestJournal } from './journal.js';
 import { EngineLoop } from '../serving/loop.js';
 import { ServerMetrics } from './metrics.js';
 import { chatBody, completionBody, type ChatBody, type CommonBody, type CompletionBody } from './schemas.js';
-import { quoteHeaders, rejectionBody } from './quote.js';
+import { quoteBody, quoteHeaders, rejectionBody } from './quote.js';
 import { openDirectory, type Tenant, type TenantDirectory } from './tenants.js';
 
 export interface ServerDeps {
@@ -28,7 +34,12 @@ export interface ServerDeps {
   metrics?: ServerMetrics;
   /** Tokenizes off the main thread where it pays (TokenizePool.encode); default inline. */
   tokenize?: (text: string, bos: boolean) => Promise<number[]>;
-  logger?: boolean;
+  /** Where the server logs (pino, JSON lines); default: nothing. */
+  logger?: Logger;
+  /** `--metrics-key`: /metrics then needs this bearer key (or an admin key). */
+  metricsKey?: string;
+  /** The console's built page (default: dist/console); `false` serves no console. */
+  console?: { assetsDir?: string } | false;
   /** Largest request body accepted, bytes (413 beyond). */
   bodyLimit?: number;
   /** Compute cost per token for the welfare metric. */
@@ -39,6 +50,8 @@ export interface Server {
   app: FastifyInstance;
   loop: EngineLoop;
   metrics: ServerMetrics;
+  /** One record per finished API request (logged, and shown by the console). */
+  journal: RequestJournal;
   /** Stop accepting, finish what is running, resolve when drained. */
   drain(): Promise<void>;
 }
@@ -85,7 +98,9 @@ export function buildServer(deps: ServerDeps): Server {
   const metrics = deps.metrics ?? new ServerMetrics({ modelName: model.name, blockSize: info.blockSize, numBlocks: info.totalBlocks, numCpuBlocks: info.hostBlocks, maxSequences: info.maxSequences, maxContext: info.maxContext });
   const tokenize = deps.tokenize ?? (async (text: string, bos: boolean) => model.tokenizer.encode(text, { bos }));
   const app = Fastify({
-    logger: deps.logger ?? false,
+    ...(deps.logger ? { loggerInstance: deps.logger as FastifyBaseLogger } : { logger: false }),
+    // The journal writes one line per finished request instead of fastify's two.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.bodyLimit ?? 2 * 1024 * 1024,
     // OpenAI semantics: "10" is not a number of tokens. No coercion, no silent defaults.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
@@ -95,13 +110,27 @@ export function buildServer(deps: ServerDeps): Server {
   app.removeContentTypeParser('text/plain');
   const grammars = new GrammarEngine(model.tokenizer, model.vocabSize, model.stopIds);
   const loop = new EngineLoop(generator, (e) => app.log.error(e), () => observeStep());
+  const journal = new RequestJournal(deps.logger);
+  journal.install(app);
+  // Tenants' requests counted as their clients see them: one per HTTP request, whatever its n.
+  journal.subscribe((r) => {
+    if (r.tenant !== null && r.outcome !== 'invalid') metrics.tenantFinished(r.tenant, r.outcome, r.value_realized ?? 0, r.bill?.total ?? 0);
+  });
   const created = Math.floor(Date.now() / 1000);
   let draining = false;
 
   // --- metrics wiring: per step from the scheduler's counters, per token and request from the generator.
-  const last = { prompt: 0, preemptions: 0, swaps: 0, kvBytes: 0, blockCopies: 0 };
+  const last = { prompt: 0, preemptions: 0, swaps: 0, admitted: 0, kvBytes: 0, blockCopies: 0 };
   const snapshot = () =>
-    metrics.step({ running: sched.running.length, waiting: sched.waiting, kvUsage: sched.blocks.heldBlocks / sched.blocks.totalBlocks, priceToken: sched.prices.token, priceKvBlockSecond: sched.prices.kv });
+    metrics.step({
+      running: sched.running.length,
+      waiting: sched.waiting,
+      swapped: sched.swappedCount,
+      kvUsage: sched.blocks.heldBlocks / sched.blocks.totalBlocks,
+      tokenUtilization: sched.tokenUtilization,
+      priceToken: sched.prices.token,
+      priceKvBlockSecond: sched.prices.kv,
+    });
   const observeStep = () => {
     const c = sched.counters;
     snapshot();
@@ -114,6 +143,8 @@ export function buildServer(deps: ServerDeps): Server {
     metrics.kvCopies(generator.totals.kvBytesCopied - last.kvBytes, c.blockCopies - last.blockCopies);
     last.kvBytes = generator.totals.kvBytesCopied;
     last.blockCopies = c.blockCopies;
+    if (c.admitted > last.admitted) metrics.admitted(c.admitted - last.admitted);
+    last.admitted = c.admitted;
   };
   generator.setObserver({
     onToken: (r, now) => {
@@ -123,32 +154,57 @@ export function buildServer(deps: ServerDeps): Server {
       r.prevTokenAt = now;
     },
     onFinish: (r, now) => {
+      const ms = (seconds: number | null) => (seconds === null ? null : Math.round(seconds * 1e6) / 1e3);
+      const market = {
+        prompt_tokens: r.promptLength,
+        cached_tokens: r.cachedTokens,
+        preemptions: r.preemptions,
+        value: r.spec.value ?? null,
+        bid: r.spec.bid ?? null,
+        bill: r.finalBill ?? null,
+      };
       if (r.outcome === 'rejected') {
         metrics.rejected(r.quote?.reason ?? 'price_above_bid');
+        const quote = r.quote ? { ...quoteBody(r.quote), message: r.quote.message } : null;
+        journal.marketDone(r.spec.id, { ...market, outcome: 'rejected', finish_reason: null, completion_tokens: 0, ttft_ms: null, tpot_ms: null, queue_ms: null, value_realized: 0, bill: null, quote });
         return;
       }
       metrics.prefixQuery(r.promptLength, r.cachedTokens);
       const e2e = now - r.spec.arrival;
       const ttft = Number.isNaN(r.firstTokenAt) ? null : r.firstTokenAt - r.spec.arrival;
       const realized = r.valueRealized();
+      const queue = Number.isNaN(r.admittedAt) ? e2e : Math.max(0, r.admittedAt - r.spec.arrival);
+      const tpot = ttft !== null && r.generated > 1 ? (e2e - ttft) / (r.generated - 1) : null;
       metrics.finished({
         finishReason: r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
         e2eSeconds: e2e,
-        queueSeconds: Number.isNaN(r.admittedAt) ? e2e : Math.max(0, r.admittedAt - r.spec.arrival),
+        queueSeconds: queue,
         promptTokens: r.promptLength,
         outputTokens: r.generated,
-        tpotSeconds: ttft !== null && r.generated > 1 ? (e2e - ttft) / (r.generated - 1) : null,
+        tpotSeconds: tpot,
         realizedValue: realized,
         computeCost: (r.promptLength - r.cachedTokens + r.generated + r.recomputed) * (deps.basePrice ?? 2e-4),
         billTotal: r.finalBill?.total ?? 0,
+      });
+      journal.marketDone(r.spec.id, {
+        ...market,
+        outcome: r.outcome === 'aborted' ? 'aborted' : 'completed',
+        finish_reason: r.finishReason ?? null,
+        completion_tokens: r.generated,
+        ttft_ms: ms(ttft),
+        tpot_ms: ms(tpot),
+        queue_ms: ms(queue),
+        value_realized: realized,
+        quote: null,
       });
       const t = sched.ledger?.account(r.tenant);
       if (t && Number.isFinite(t.budget)) metrics.budget(r.tenant, t.budget - t.spent - t.escrowed);
     },
   });
 
-  app.setErrorHandler((err, _req, reply) => {
+  app.setErrorHandler((err, req, reply) => {
     const d = describeError(err);
+    journal.noteError(req, d.body.error.code);
     if (d.status >= 500) app.log.error(err);
     return reply.code(d.status).headers(d.headers).send(d.body);
   });
@@ -179,7 +235,8 @@ export function buildServer(deps: ServerDeps): Server {
     return { status: 'ok' };
   });
 
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', async (req, reply) => {
+    checkMetricsAccess(req, deps.metricsKey, tenants);
     // Gauges as of now: an idle server runs no steps, yet a disconnect may just have freed memory.
     snapshot();
     return reply.header('content-type', metrics.contentType).send(await metrics.text());
@@ -246,7 +303,7 @@ export function buildServer(deps: ServerDeps): Server {
    * Runs a request's generations (n choices, or best_of of which the n most likely are kept) and
    * answers them, as JSON or as server-sent events. `choices` says how many to run and return.
    */
-  const serve = async (
+  const generate = async (
     req: FastifyRequest,
     reply: FastifyReply,
     kind: 'completion' | 'chat',
@@ -262,6 +319,7 @@ export function buildServer(deps: ServerDeps): Server {
     const runSampling = bestOf > n && sampling.logprobs === undefined ? { ...sampling, logprobs: 0 } : sampling;
     const matchers = constraint === undefined ? undefined : await Promise.all(Array.from({ length: runs }, () => grammars.matcher(constraint.spec, constraint.param)));
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
+    journal.generating(req, id, tenant.name);
     const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
     const createdAt = Math.floor(Date.now() / 1000);
     const abort = new AbortController();
@@ -286,7 +344,7 @@ export function buildServer(deps: ServerDeps): Server {
       if (sampling.logprobs === undefined) return null;
       return completionLogprobs(tok, [...promptPositions(prompt, promptLps), ...generatedPositions(lps ?? [], lastPrompt)], 0);
     };
-    const request = { prompt, sampling: runSampling, signal: abort.signal, endpoint: kind, n: runs, onSubmitted: () => loop.wake(), ...promptLp, ...(matchers ? { grammars: matchers } : {}), ...economics(body, tenant) };
+    const request = { id, prompt, sampling: runSampling, signal: abort.signal, endpoint: kind, n: runs, onSubmitted: () => loop.wake(), ...promptLp, ...(matchers ? { grammars: matchers } : {}), ...economics(body, tenant) };
     /** All the runs' usage and bills as one request's: the prompt counted once, completions summed. */
     const total = (cs: Completion[]) => {
       const first = cs[0] as Completion;
@@ -422,6 +480,7 @@ export function buildServer(deps: ServerDeps): Server {
       if (!res.writableEnded) res.end('data: [DONE]\n\n');
     } catch (e) {
       const d = describeError(e);
+      journal.noteError(req, d.body.error.code);
       if (d.status >= 500) app.log.error(e);
       if (!opened) {
         if (!res.headersSent && !res.destroyed) {
@@ -434,6 +493,15 @@ export function buildServer(deps: ServerDeps): Server {
       }
     }
     return reply;
+  };
+
+  /** generate() under the journal: the request's record is complete once its generations have settled. */
+  const serve = async (...args: Parameters<typeof generate>) => {
+    try {
+      return await generate(...args);
+    } finally {
+      journal.settled(args[0]);
+    }
   };
 
   app.post('/v1/completions', { schema: { body: completionBody } }, async (req, reply) => {
@@ -494,6 +562,13 @@ export function buildServer(deps: ServerDeps): Server {
     return serve(req, reply, 'chat', prompt, sampling, body, tenant, { ...(constraint ? { constraint } : {}), n: body.n ?? 1, bestOf: body.n ?? 1, ...(active ? { tools: active } : {}) });
   });
 
+  if (deps.console !== false) {
+    const market = serverMarket(generator, metrics, tenants, model.name, model.synthetic);
+    const sampler = new Sampler(market);
+    journal.subscribe((r) => sampler.record(r));
+    registerConsole(app, { market, sampler, directory: tenants, ...(deps.console?.assetsDir ? { assetsDir: deps.console.assetsDir } : {}) });
+  }
+
   const drain = async () => {
     draining = true;
     const closed = app.close();
@@ -501,7 +576,7 @@ export function buildServer(deps: ServerDeps): Server {
     await closed;
   };
 
-  return { app, loop, metrics, drain };
+  return { app, loop, metrics, journal, drain };
 }
 
 /** A chat choice's message and finish reason: tool calls where the answer is one (tools.ts), else text. */
@@ -513,24 +588,6 @@ function chatMessage(text: string, finish: string, tools: RequestedTools | undef
 
 /** Most choices (n, best_of) one request may ask for. */
 const MAX_CHOICES = 16;
-
-/** Several runs' bills as one: quantities and amounts summed, the prices of the first. */
-function mergeBills(bills: (Bill | undefined)[]): Bill | null {
-  const bs = bills.filter((b): b is Bill => b !== undefined);
-  const first = bs[0];
-  if (first === undefined) return null;
-  const sum = (f: (b: Bill) => number) => bs.reduce((a, b) => a + f(b), 0);
-  return {
-    ...first,
-    prompt_tokens: sum((b) => b.prompt_tokens),
-    cached_tokens: sum((b) => b.cached_tokens),
-    computed_prompt_tokens: sum((b) => b.computed_prompt_tokens),
-    completion_tokens: sum((b) => b.completion_tokens),
-    kv_block_seconds: sum((b) => b.kv_block_seconds),
-    amounts: { prompt: sum((b) => b.amounts.prompt), cached: sum((b) => b.amounts.cached), completion: sum((b) => b.amounts.completion), kv_rent: sum((b) => b.amounts.kv_rent) },
-    total: sum((b) => b.total),
-  };
-}
 
 function checkTokens(prompt: number[], vocab: number): void {
   for (const t of prompt) {

@@ -18,7 +18,30 @@ export interface MetricsSnapshot {
   kvUsage: number;
   priceToken: number;
   priceKvBlockSecond: number;
+  /** Preempted streams whose KV waits in host memory. */
+  swapped?: number;
+  /** Fraction of the step's batch-token budget the last step used, 0–1. */
+  tokenUtilization?: number;
 }
+
+/** Cumulative counts as /metrics reports them, for views that sample the same numbers (the console). */
+export interface MetricsTotals {
+  promptTokens: number;
+  generationTokens: number;
+  prefixQueriedTokens: number;
+  prefixHitTokens: number;
+  admitted: number;
+  preemptions: number;
+  swaps: number;
+  /** Requests turned away, by reason label. */
+  rejected: Record<string, number>;
+  valueRealized: number;
+  revenue: number;
+  welfare: number;
+}
+
+/** How a tenant's request ended, as the per-tenant counters label it. */
+export type TenantOutcome = 'completed' | 'rejected' | 'aborted' | 'failed';
 
 export type MetricsFinishReason = 'stop' | 'length' | 'abort';
 
@@ -159,6 +182,8 @@ export class ServerMetrics {
   private readonly waiting: Gauge.Internal<string>;
   private readonly kvUsage: Gauge.Internal<string>;
   private readonly gpuCacheUsage: Gauge.Internal<string>;
+  private readonly swappedGauge: Gauge.Internal<string>;
+  private readonly tokenUtilization: Gauge;
   private readonly priceToken: Gauge;
   private readonly priceKv: Gauge;
   private readonly welfareGauge: Gauge;
@@ -179,6 +204,11 @@ export class ServerMetrics {
   private readonly kvBlockCopies: Tally;
   private readonly rejectedCounter: Counter<'reason'>;
   private readonly rejectedByReason = new Map<string, Tally>();
+  private readonly admittedTally: Tally;
+  private readonly tenantRequests: Counter<'tenant' | 'outcome'>;
+  private readonly tenantValue: Counter<'tenant'>;
+  private readonly tenantBilled: Counter<'tenant'>;
+  private readonly tenantTallies = new Map<string, { outcomes: Map<TenantOutcome, Tally>; value: Tally; billed: Tally }>();
 
   private readonly ttft: FixedHistogram;
   private readonly itl: FixedHistogram;
@@ -231,6 +261,8 @@ export class ServerMetrics {
     // Renamed to kv_cache_usage_perc in vLLM 0.9, but EPP releases before that rename default
     // --kvCacheUsagePercentageMetric to this name.
     this.gpuCacheUsage = gauge('vllm:gpu_cache_usage_perc', 'GPU KV-cache usage. 1 means 100 percent usage. DEPRECATED: Use vllm:kv_cache_usage_perc instead.');
+    // vLLM V0's name (V1 dropped swapping); dashboards built for V0 still chart it.
+    this.swappedGauge = gauge('vllm:num_requests_swapped', 'Number of requests swapped to CPU.');
 
     // Info-style gauge fixed at 1; the EPP parses block_size and num_gpu_blocks with Atoi, so they stay
     // plain integers. Other values are rendered as Python's str() would, as vLLM does.
@@ -277,8 +309,10 @@ export class ServerMetrics {
     // --- The economy.
     this.priceToken = new Gauge({ name: 'marginal_price_token', help: 'Current shadow price of one batched token.', registers });
     this.priceKv = new Gauge({ name: 'marginal_price_kv_block_second', help: 'Current rent of one KV block for one second.', registers });
-    // A gauge although cumulative: value realized minus compute can fall, and a counter may not.
-    this.welfareGauge = new Gauge({ name: 'marginal_welfare_total', help: 'Cumulative value realized minus compute at the base price.', registers });
+    this.tokenUtilization = new Gauge({ name: 'marginal_batch_token_utilization', help: "Fraction of the step's batch-token budget the last step used.", registers });
+    // A gauge although cumulative (value realized minus compute can fall, and a counter may not),
+    // hence no _total suffix, which Prometheus reserves for counters.
+    this.welfareGauge = new Gauge({ name: 'marginal_welfare', help: 'Cumulative value realized minus compute at the base price.', registers });
     this.valueRealized = tally('marginal_value_realized_total', 'Cumulative value realized by finished requests (value of those that met their SLO).', {});
     this.computeCost = tally('marginal_compute_cost_total', 'Cumulative compute of finished requests at the base price.', {});
     this.revenue = tally('marginal_revenue_total', 'Cumulative sum of the bills of finished requests.', {});
@@ -287,8 +321,14 @@ export class ServerMetrics {
     this.kvBlockCopies = tally('marginal_kv_block_copies_total', 'KV blocks copied before a write into a shared block (copy-on-write); prefix-cache hits share blocks without copying.', {});
     this.rejectedCounter = new Counter({ name: 'marginal_requests_rejected_total', help: 'Requests turned away with a price quote, by reason.', labelNames: ['reason'], registers, collect: flushAll });
     this.budgetGauge = new Gauge({ name: 'marginal_budget_remaining', help: "Tenant's remaining budget.", labelNames: ['tenant'], registers });
+    this.admittedTally = tally('marginal_requests_admitted_total', 'Requests admitted to run (each counted once, resumptions after preemption not counted).', {});
+    // One series per tenant of the keys file (or the anonymous one): bounded by configuration, not by clients.
+    this.tenantRequests = new Counter({ name: 'marginal_tenant_requests_total', help: 'Finished requests by tenant and outcome.', labelNames: ['tenant', 'outcome'], registers, collect: flushAll });
+    this.tenantValue = new Counter({ name: 'marginal_tenant_value_realized_total', help: 'Value realized by the tenant\'s finished requests.', labelNames: ['tenant'], registers, collect: flushAll });
+    this.tenantBilled = new Counter({ name: 'marginal_tenant_billed_total', help: "Sum of the tenant's bills.", labelNames: ['tenant'], registers, collect: flushAll });
     this.priceToken.set(0);
     this.priceKv.set(0);
+    this.tokenUtilization.set(0);
     this.welfareGauge.set(0);
   }
 
@@ -300,6 +340,13 @@ export class ServerMetrics {
     this.gpuCacheUsage.set(s.kvUsage);
     this.priceToken.set(s.priceToken);
     this.priceKv.set(s.priceKvBlockSecond);
+    this.swappedGauge.set(s.swapped ?? 0);
+    this.tokenUtilization.set(s.tokenUtilization ?? 0);
+  }
+
+  /** n requests admitted for the first time. */
+  admitted(n: number): void {
+    this.admittedTally.add(n);
   }
 
   /** Per admitted request: prompt tokens looked up in the prefix cache and tokens found. */
@@ -367,6 +414,61 @@ export class ServerMetrics {
       this.rejectedByReason.set(reason, t);
     }
     t.add(1);
+  }
+
+  /** One of a tenant's requests finished (or was turned away) with this value realized and bill. */
+  tenantFinished(tenant: string, outcome: TenantOutcome, realizedValue: number, billTotal: number): void {
+    let t = this.tenantTallies.get(tenant);
+    if (t === undefined) {
+      const outcomes = new Map<TenantOutcome, Tally>();
+      for (const o of ['completed', 'rejected', 'aborted', 'failed'] as const) {
+        const tally = new Tally(this.tenantRequests.labels({ tenant, outcome: o }));
+        this.tallies.push(tally);
+        outcomes.set(o, tally);
+      }
+      const value = new Tally(this.tenantValue.labels({ tenant }));
+      const billed = new Tally(this.tenantBilled.labels({ tenant }));
+      this.tallies.push(value, billed);
+      t = { outcomes, value, billed };
+      this.tenantTallies.set(tenant, t);
+    }
+    t.outcomes.get(outcome)?.add(1);
+    t.value.add(realizedValue);
+    t.billed.add(billTotal);
+  }
+
+  /** The cumulative counts behind the counters, as the next scrape will report them. */
+  totals(): MetricsTotals {
+    const rejected: Record<string, number> = {};
+    for (const [reason, t] of this.rejectedByReason) rejected[reason] = t.value;
+    return {
+      promptTokens: this.promptTokenTally.value,
+      generationTokens: this.generationTokenTally.value,
+      prefixQueriedTokens: this.prefixQueries.value,
+      prefixHitTokens: this.prefixHits.value,
+      admitted: this.admittedTally.value,
+      preemptions: this.preemptions.value,
+      swaps: this.swaps.value,
+      rejected,
+      valueRealized: this.valueRealized.value,
+      revenue: this.revenue.value,
+      welfare: this.welfare,
+    };
+  }
+
+  /** Per tenant: requests by outcome, value realized and billed, as the tenant counters report them. */
+  tenantTotals(): Array<{ tenant: string; requests: Record<TenantOutcome, number>; valueRealized: number; billed: number }> {
+    return [...this.tenantTallies].map(([tenant, t]) => ({
+      tenant,
+      requests: {
+        completed: t.outcomes.get('completed')?.value ?? 0,
+        rejected: t.outcomes.get('rejected')?.value ?? 0,
+        aborted: t.outcomes.get('aborted')?.value ?? 0,
+        failed: t.outcomes.get('failed')?.value ?? 0,
+      },
+      valueRealized: t.value.value,
+      billed: t.billed.value,
+    }));
   }
 
   budget(tenant: string, remaining: number): void {

@@ -16,6 +16,8 @@ export interface TenantDirectory {
   byKey(key: string | undefined): Tenant | undefined;
   /** Without a keys file every request is the anonymous tenant and no key is checked. */
   readonly open: boolean;
+  /** True for a key marked `"admin": true`: it may open the console. */
+  isAdmin(key: string | undefined): boolean;
   tenants(): Tenant[];
 }
 
@@ -25,17 +27,20 @@ export const ANONYMOUS = 'anonymous';
  * `--api-keys FILE`:
  *
  *     { "keys": [ { "key": "sk-acme-1", "tenant": "acme", "default_bid": 0.02, "budget": 50, "max_value": 5 },
- *                 { "key": "sk-lab", "tenant": "lab" } ] }
+ *                 { "key": "sk-lab", "tenant": "lab" },
+ *                 { "key": "sk-ops-1", "tenant": "ops", "admin": true } ] }
  *
  * Several keys may name one tenant. `default_bid` prices requests that say nothing about
  * their value; `budget` caps what the tenant is billed in total (omit for no cap); `max_value`
- * caps what one of its requests may claim to be worth (default: the server's --max-value).
+ * caps what one of its requests may claim to be worth (default: the server's --max-value). An
+ * `admin` key also opens the console (its playground bills the key's tenant).
  */
 export function parseApiKeys(json: unknown, source = 'api keys file'): TenantDirectory {
   const keysOf = (json as { keys?: unknown } | null)?.keys;
   if (!Array.isArray(keysOf)) throw new InvalidArgumentError(`${source}: "keys" must be an array`);
   const byKey = new Map<string, Tenant>();
   const tenants = new Map<string, Tenant>();
+  const admins = new Set<string>();
   keysOf.forEach((entry, i) => {
     const e = entry as Record<string, unknown>;
     if (e === null || typeof e !== 'object') throw new InvalidArgumentError(`${source}: keys[${i}] must be an object`);
@@ -44,6 +49,7 @@ export function parseApiKeys(json: unknown, source = 'api keys file'): TenantDir
     if (e.default_bid !== undefined && (typeof e.default_bid !== 'number' || !(e.default_bid >= 0))) throw new InvalidArgumentError(`${source}: keys[${i}].default_bid must be a number >= 0`);
     if (e.budget !== undefined && (typeof e.budget !== 'number' || !(e.budget >= 0))) throw new InvalidArgumentError(`${source}: keys[${i}].budget must be a number >= 0`);
     if (e.max_value !== undefined && (typeof e.max_value !== 'number' || !(e.max_value >= 0))) throw new InvalidArgumentError(`${source}: keys[${i}].max_value must be a number >= 0`);
+    if (e.admin !== undefined && typeof e.admin !== 'boolean') throw new InvalidArgumentError(`${source}: keys[${i}].admin must be true or false`);
     if (byKey.has(e.key)) throw new InvalidArgumentError(`${source}: keys[${i}].key is listed twice`);
     let t = tenants.get(e.tenant);
     if (t === undefined) {
@@ -51,8 +57,14 @@ export function parseApiKeys(json: unknown, source = 'api keys file'): TenantDir
       tenants.set(e.tenant, t);
     }
     byKey.set(e.key, t);
+    if (e.admin === true) admins.add(e.key);
   });
-  return { open: false, byKey: (k) => (k === undefined ? undefined : byKey.get(k)), tenants: () => [...tenants.values()] };
+  return {
+    open: false,
+    byKey: (k) => (k === undefined ? undefined : byKey.get(k)),
+    isAdmin: (k) => k !== undefined && admins.has(k),
+    tenants: () => [...tenants.values()],
+  };
 }
 
 export async function loadApiKeys(path: string): Promise<TenantDirectory> {
@@ -73,5 +85,5 @@ export async function loadApiKeys(path: string): Promise<TenantDirectory> {
 /** No keys file: one anonymous tenant, no authentication. */
 export function openDirectory(defaultBid: number | undefined): TenantDirectory {
   const t: Tenant = { name: ANONYMOUS, defaultBid, budget: Infinity, maxValue: undefined };
-  return { open: true, byKey: () => t, tenants: () => [t] };
+  return { open: true, byKey: () => t, isAdmin: () => true, tenants: () => [t] };
 }

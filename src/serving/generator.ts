@@ -44,6 +44,8 @@ export interface Completion {
 }
 
 export interface GenerationRequest {
+  /** The caller's id for the request (the HTTP response id), handed back to observers as `spec.id`. */
+  id?: string;
   /** Text (encoded with the model's tokenizer, BOS first where the model wants it) or token ids. */
   prompt: string | number[];
   sampling: SamplingParams;
@@ -243,7 +245,7 @@ export class Generator {
     this.scheduler.checkFits(prompt.length, req.sampling.maxTokens);
     return new Promise<Completion>((resolve, reject) => {
       const spec = {
-        id: '',
+        id: req.id ?? '',
         tenant: req.tenant ?? 'default',
         arrival: this.clock(),
         prompt,
