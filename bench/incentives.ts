@@ -1,7 +1,7 @@
 /**
  * Does inflating one's value pay? The default three-tenant workload on the Azure conversation
- * and Mooncake traces at twice capacity, with every tenant's budget at about twice what it pays
- * when all are honest (interactive 1000, standard 300, batch 50). The "standard" tenant then
+ * and Mooncake traces at twice capacity, with every tenant's budget twice what it pays when all
+ * are honest and budgets are unlimited (measured first, per trace). The "standard" tenant then
  * lies: it declares 10× its values, or 1e9 for every request. Each scenario runs with clearing
  * prices that are paid, without payment (prices decide, nobody pays), and with prices at zero.
  *
@@ -24,7 +24,6 @@ import { packageRoot } from '../src/models/importers.js';
 const o = new Command().option('--limit <n>', 'requests per trace', '3000').parse().opts<{ limit: string }>();
 
 const LIAR = 'standard';
-const BUDGETS: Record<string, number> = { interactive: 1000, standard: 300, batch: 50 };
 const geometry = { maxRunning: 64, maxContext: 1024, totalBlocks: 512, maxBatchTokens: 512 };
 const traces = [
   { name: 'azure-conv', file: 'azure2023_AzureLLMInferenceTrace_conv.csv', lengthScale: 0.125, rateScale: 19.1599 },
@@ -37,9 +36,9 @@ const regimes: { name: string; opts: Partial<SimOptions>; flags: string }[] = [
   { name: 'prices 0', opts: { clearing: false, curves: parseCurveFile({ tokens: { kind: 'linear', p0: 0, slope: 0 }, kv: { kind: 'linear', p0: 0, slope: 0 } }) }, flags: '--no-clearing --curve ZERO' },
 ];
 
-function workload(claim?: { times?: number; value?: number }): Workload {
+function workload(budgets: Record<string, number> | undefined, claim?: { times?: number; value?: number }): Workload {
   const w = defaultWorkload();
-  w.tenants = w.tenants.map((t) => ({ ...t, budget: BUDGETS[t.name] as number, ...(t.name === LIAR && claim ? { claim: claim.times !== undefined ? { times: claim.times } : { value: claim.value as number } } : {}) }));
+  w.tenants = w.tenants.map((t) => ({ ...t, ...(budgets ? { budget: budgets[t.name] as number } : {}), ...(t.name === LIAR && claim ? { claim: claim.times !== undefined ? { times: claim.times } : { value: claim.value as number } } : {}) }));
   return w;
 }
 
@@ -49,9 +48,13 @@ const f = (x: number) => x.toFixed(1);
 for (const t of traces) {
   const path = join(packageRoot(), '..', 'shared', 'traces', t.file);
   const runs = new Map<string, Summary>();
+  const read = (w: Workload) => readTrace(path, { workload: w, lengthScale: t.lengthScale, maxPromptTokens: 768, maxOutputTokens: 192, limit: Number(o.limit), rateScale: t.rateScale });
+  // Budgets: twice each tenant's honest spend with no budget at all, rounded up to 10.
+  const free = simulate(await read(workload(undefined)), { policy: 'shadow', profile, ...geometry, lengthModel: 'learned' }).summary;
+  const BUDGETS = Object.fromEntries(Object.entries(free.tenants).map(([name, x]) => [name, Math.ceil((2 * x.paid) / 10) * 10 || 10]));
   for (const s of scenarios) {
-    const w = workload(s.claim);
-    const trace = await readTrace(path, { workload: w, lengthScale: t.lengthScale, maxPromptTokens: 768, maxOutputTokens: 192, limit: Number(o.limit), rateScale: t.rateScale });
+    const w = workload(BUDGETS, s.claim);
+    const trace = await read(w);
     for (const r of regimes) runs.set(`${s.name}|${r.name}`, simulate(trace, { policy: 'shadow', profile, ...geometry, lengthModel: 'learned', budgets: tenantBudgets(w), ...r.opts }).summary);
   }
   console.log(`\n### ${t.name} at 2× capacity (rate scale ${t.rateScale}), shadow\n`);

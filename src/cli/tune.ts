@@ -67,7 +67,7 @@ function formatResult(r: TuneResult, files: string[], commands: string[]): strin
   const failed = r.candidates.filter((c) => c.error !== undefined);
   const lines = [
     `${r.requests} requests, native ${r.native_rate_rps.toFixed(2)} req/s, capacity ${r.capacity_rps.toFixed(2)} req/s (fcfs, all at once)`,
-    `${r.candidates.length} candidates × loads ${r.loads.map((l) => `${l.load}× (rate scale ${l.rate_scale})`).join(', ')}, policy ${r.policy}: ${r.candidates.length * r.loads.length} simulations in ${r.timing.elapsed_s.toFixed(1)} s on ${r.timing.threads} threads`,
+    `${r.candidates.length} candidates × loads ${r.loads.map((l) => `${l.load}× (rate scale ${l.rate_scale})`).join(', ')}, policy ${r.policy}, ${r.replicates} replicates: ${r.candidates.length * r.loads.length * r.replicates} simulations in ${r.timing.elapsed_s.toFixed(1)} s on ${r.timing.threads} threads`,
     '',
     `rank  cand  F     welfare   ±noise    revenue   goodput  p99 TTFT  curves (tokens + kv); F: on the Pareto frontier; means over loads × ${r.replicates} replicates, worst p99`,
     ...r.ranking.slice(0, 10).map((i, k) => row(r.candidates[i] as CandidateResult, k + 1)),
