@@ -132,10 +132,7 @@ describe('simulator on the public traces', { skip: sharedSkipReason() }, () => {
 });
 
 describe('clients that answer to prices', () => {
-  // A step-time model under which this burst's quotes leave waiting worth a request's value.
-  // perContextMs prices the positions attention reads, whole blocks per run (a 64-token prefill
-  // reads 80), so it is lower than the 0.5 this test had when only the tokens held were counted.
-  const profile: StepProfile = { model: 't', machine: 't', flavour: 'fast', baseMs: 2, perTokenMs: 0.05, perContextMs: 0.3, perSequenceMs: 0.1, perRunMs: 1, maxSequences: 8, maxContext: 512, blockSize: 16 };
+  const profile: StepProfile = { model: 't', machine: 't', flavour: 'fast', baseMs: 2, perTokenMs: 0.05, perContextMs: 0.5, perSequenceMs: 0.1, perRunMs: 1, maxSequences: 8, maxContext: 512, blockSize: 16 };
   // A burst far beyond capacity: requests whose TTFT SLO cannot survive the queue are turned away.
   const burst = (client?: TraceRequest['client']): TraceRequest[] =>
     Array.from({ length: 120 }, (_, i) => ({

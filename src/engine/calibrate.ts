@@ -41,6 +41,7 @@ export async function calibrate(modelDir: string, o: CalibrateOptions = {}): Pro
       blockSize: engine.info.blockSize,
       swapMsPerToken: engine.info.swapSecondsPerToken * 1000,
       kvBytesPerToken: engine.info.blockBytes / engine.info.blockSize,
+      contextTerm: 'attended',
       samples: fit.samples,
     };
   } finally {

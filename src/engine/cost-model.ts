@@ -6,12 +6,12 @@ import { KvOp, type Engine, type EngineInfo, type StepItem, type StepPlan, type 
  * Step time of the real engine as a linear function of what a step does, fitted by
  * `marginal calibrate` from measurements:
  *
- *   ms = base + perToken·tokens + perContext·(Σ over decoded sequences of context / 1000)
+ *   ms = base + perToken·tokens + perContext·(context / 1000)
  *        + perSequence·sequences + perRun·(session runs − 1)
  *
- * `tokens` prices the weight GEMMs, `perContext` the attention over each sequence's cache,
- * `perSequence` sampling and per-row glue, `perRun` each extra session.run (prefill chunks run
- * on their own).
+ * `tokens` prices the weight GEMMs, `perContext` the attention over the cache, `perSequence`
+ * sampling and per-row glue, `perRun` each extra session.run. What `context` counts is the
+ * profile's `contextTerm` (see StepShape).
  */
 export interface StepProfile {
   model: string;
@@ -30,6 +30,12 @@ export interface StepProfile {
   swapMsPerToken?: number;
   /** Bytes one token's keys and values take: turns --kv-memory into blocks in the simulator. */
   kvBytesPerToken?: number;
+  /**
+   * What perContextMs multiplies: `attended`, the positions the paged engine's attention reads
+   * (StepShape.contextTokens); absent (profiles fitted before the paged pool), `held`: Σ over
+   * the step's sequences of the positions they hold after it.
+   */
+  contextTerm?: 'attended';
   /** Fit quality on the calibration samples. */
   r2?: number;
   samples?: number;
@@ -40,7 +46,8 @@ export interface StepShape {
   /**
    * Positions the step's attention reads, as the paged engine runs it: in each session run
    * (the decodes together, prefill chunks of one length together) every row reads the longest
-   * past in the run, in whole blocks, plus the run's new tokens.
+   * past in the run, in whole blocks, plus the run's new tokens. (For a profile without
+   * `contextTerm`: Σ of the positions each sequence holds after the step.)
    */
   contextTokens: number;
   sequences: number;
@@ -112,6 +119,7 @@ export function parseProfile(json: unknown, source = 'profile'): StepProfile {
     blockSize: int('blockSize'),
     ...(typeof o.swapMsPerToken === 'number' ? { swapMsPerToken: o.swapMsPerToken } : {}),
     ...(typeof o.kvBytesPerToken === 'number' ? { kvBytesPerToken: o.kvBytesPerToken } : {}),
+    ...(o.contextTerm === 'attended' ? { contextTerm: 'attended' as const } : {}),
     ...(typeof o.r2 === 'number' ? { r2: o.r2 } : {}),
     ...(typeof o.samples === 'number' ? { samples: o.samples } : {}),
   };
@@ -181,6 +189,11 @@ export class CostModelEngine implements Engine {
     let swaps = 0;
     for (let i = 0; i < plan.kvOps.length; i += 3) if (plan.kvOps[i] !== KvOp.copy) swaps++;
     const shape = stepShape(items, this.info.blockSize, this.shape);
+    if (this.profile.contextTerm !== 'attended') {
+      let held = 0;
+      for (const it of items) held += it.offset + it.count;
+      shape.contextTokens = held;
+    }
     const ms = (items.length === 0 ? 0 : predictStepMs(this.profile, shape)) + swaps * this.swapMsPerBlock;
     return { tokens, timing: { totalMs: ms, runMs: ms, sampleMs: 0, glueMs: 0, runs: shape.runs, batchTokens: shape.tokens, kvBytesCopied: 0 } };
   }

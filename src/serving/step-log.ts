@@ -68,6 +68,7 @@ export function profileFromSteps(log: { header: StepLogHeader; steps: readonly S
     blockSize: geometry.blockSize,
     swapMsPerToken: engine.swapSecondsPerToken * 1000,
     kvBytesPerToken: engine.blockBytes / engine.blockSize,
+    contextTerm: 'attended',
     samples: samples.length,
   };
 }

@@ -10,6 +10,7 @@ import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import type { SchedRequest } from '../scheduler/request.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
 import { resolveGeometry, type Geometry, type GeometryOptions } from '../geometry.js';
+import { InvalidArgumentError } from '../errors.js';
 import { meetsSlo, realizedValue, summarize, tpotMs, type RequestOutcome, type Summary } from './metrics.js';
 import { answerQuote } from './client.js';
 import { declared, type TraceRequest } from './trace.js';
@@ -282,6 +283,10 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
 
 /** The geometry a simulation runs: the server's defaults, with the profile standing in for the model. */
 export function simGeometry(o: Pick<SimOptions, 'geometry' | 'profile'>): Geometry {
+  // The fields these replaced would be ignored without a word (object spreads escape the type check).
+  for (const old of ['maxRunning', 'maxBatchTokens', 'prefillChunk', 'totalBlocks', 'maxContext']) {
+    if (old in o) throw new InvalidArgumentError(`SimOptions.${old} is gone: the serving geometry goes in SimOptions.geometry (src/geometry.ts)`);
+  }
   const requested = o.geometry ?? {};
   return resolveGeometry(requested, {
     maxContext: requested.maxModelLen ?? o.profile.maxContext,
