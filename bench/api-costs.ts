@@ -15,7 +15,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
-import type { StepItem } from '../src/engine/types.js';
+import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import { ensureSynthetic, packageRoot } from '../src/models/importers.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { GrammarEngine, type TokenMasker } from '../src/sampling/grammar.js';
@@ -46,44 +46,47 @@ const prompt = model.tokenizer.encode('Once upon a time there was a', { bos: tru
 
 for (const B of o.batch.split(',').map(Number)) {
   const engines = new Map<Mode, OnnxEngine>();
+  const drivers = new Map<Mode, DirectDriver>();
   const state = new Map<Mode, { tokens: number[][]; maskers: TokenMasker[] }>();
   for (const mode of modes) {
     const e = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: B, maxContext: 256 });
+    const d = new DirectDriver(e);
     const sampling = validateSamplingParams(mode === 'logprobs' ? { temperature: 0, logprobs: 5 } : { temperature: 0 });
     const tokens: number[][] = [];
     const maskers: TokenMasker[] = [];
     for (let s = 0; s < B; s++) {
-      e.open(s, sampling, new Rng(s));
+      d.open(s, sampling, new Rng(s));
       tokens.push(prompt.slice());
       if (mode === 'grammar') maskers.push(await grammars.matcher({ kind: 'json_object' }, 'bench'));
     }
     // Prefill, sampling each sequence's first token.
-    const first = await e.execute({ items: tokens.map((t, s) => ({ seq: s, tokens: t, offset: 0, count: t.length, sample: true })) });
+    const first = await d.step(tokens.map((t, s) => [s, t, true]));
     tokens.forEach((t, s) => t.push(first.tokens[s] as number));
     engines.set(mode, e);
+    drivers.set(mode, d);
     state.set(mode, { tokens, maskers });
   }
   const time = new Map<Mode, { ms: number; mask: number; n: number }>(modes.map((m) => [m, { ms: 0, mask: 0, n: 0 }]));
   for (let round = 0; round < Number(o.rounds); round++) {
     for (const mode of modes) {
-      const e = engines.get(mode) as OnnxEngine;
+      const d = drivers.get(mode) as DirectDriver;
       const st = state.get(mode) as { tokens: number[][]; maskers: TokenMasker[] };
       const acc = time.get(mode) as { ms: number; mask: number; n: number };
       for (let k = 0; k < steps; k++) {
         // A fresh sequence when the context fills: the cost per step, not the length, is measured.
         if ((st.tokens[0] as number[]).length >= 250) break;
         const a = performance.now();
-        const items: StepItem[] = st.tokens.map((t, s) => ({ seq: s, tokens: t, offset: t.length - 1, count: 1, sample: true }));
+        const items: DirectItem[] = st.tokens.map((t, s) => [s, [t[t.length - 1] as number], true]);
         if (mode === 'grammar') {
           for (let s = 0; s < B; s++) {
             const m = st.maskers[s] as TokenMasker;
             const t = st.tokens[s] as number[];
             if (t.length > prompt.length) m.accept(t[t.length - 1] as number);
-            (items[s] as StepItem).mask = await m.mask();
+            (items[s] as DirectItem)[3] = { mask: await m.mask() };
           }
         }
         const b = performance.now();
-        const r = await e.execute({ items });
+        const r = await d.step(items);
         st.tokens.forEach((t, s) => t.push(r.tokens[s] as number));
         acc.ms += performance.now() - a;
         acc.mask += b - a;

@@ -7,7 +7,8 @@ import { performance } from 'node:perf_hooks';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { validateSamplingParams } from '../src/sampling/params.js';
 import { Rng } from '../src/sampling/rng.js';
-import type { StepItem } from '../src/engine/types.js';
+import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
+import type { StepItem, StepPlan } from '../src/engine/types.js';
 import type { LoadedModel } from '../src/models/modeldir.js';
 
 export interface DecodeResult {
@@ -47,21 +48,37 @@ export async function marginalDecode(model: LoadedModel, batch: number, o: { pro
     ...(o.profilePrefix ? { profilePrefix: o.profilePrefix } : {}),
   });
   try {
-    for (let i = 0; i < batch; i++) engine.open(i, sampling, new Rng(i));
+    const driver = new DirectDriver(engine);
     const last = new Int32Array(batch);
     // Prompts of equal length run as one prefill.
-    const r0 = await engine.execute({ items: Array.from({ length: batch }, (_, i) => { const p = benchPrompt(model, i, o.promptLen); return { seq: i, tokens: p, offset: 0, count: p.length, sample: true }; }) });
-    last.set(r0.tokens);
-    const items: StepItem[] = Array.from({ length: batch }, (_, i) => ({ seq: i, tokens: [0], offset: 0, count: 1, sample: true }));
+    const prefill: DirectItem[] = [];
+    for (let i = 0; i < batch; i++) {
+      driver.open(i, sampling, new Rng(i));
+      prefill.push([i, benchPrompt(model, i, o.promptLen), true]);
+    }
+    last.set((await driver.step(prefill)).tokens);
+    // One plan reused across steps, as the scheduler's is: only the fed token and the offset change.
+    const end = o.promptLen + o.steps + 1;
+    const items: StepItem[] = Array.from({ length: batch }, (_, i) => {
+      driver.reserve(i, end);
+      const tokens = new Int32Array(end);
+      tokens.set(driver.tokens(i));
+      return { seq: i, tokens, offset: o.promptLen, count: 1, sample: true, blocks: driver.blocks(i) };
+    });
+    const plan: StepPlan = { items, opens: [], closes: [], kvOps: [] };
     let ortMs = 0;
     let total = 0;
     let cpu0 = 0;
     for (let s = -1; s < o.steps; s++) {
       if (s === 0) cpu0 = cpuSeconds();
-      for (let i = 0; i < batch; i++) ((items[i] as StepItem).tokens as number[])[0] = last[i] as number;
+      for (let i = 0; i < batch; i++) {
+        const it = items[i] as StepItem;
+        (it.tokens as Int32Array)[it.offset] = last[i] as number;
+      }
       const t0 = performance.now();
-      const r = await engine.execute({ items });
+      const r = await engine.execute(plan);
       const dt = performance.now() - t0;
+      for (const it of items) it.offset++;
       if (s >= 0) {
         ortMs += r.timing.runMs;
         total += dt;

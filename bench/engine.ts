@@ -1,10 +1,14 @@
 /**
  * Engine throughput: aggregate decode tokens/s at several batch sizes, for the `fast` graph
- * (in-place KV), the `hf` graph (packed past/present, what an Optimum export costs) and a
- * naive loop (one sequence at a time, the textbook Hugging Face generate loop), measured side
- * by side in one run, with the split of a fast step into ONNX Runtime, sampling and glue.
+ * (the paged pool read in place through block tables), the `hf` graph (packed past/present,
+ * what an Optimum export costs) and a naive loop (one sequence at a time, the textbook Hugging
+ * Face generate loop), measured side by side in one run, with the split of a fast step into
+ * ONNX Runtime, sampling and glue and the KV bytes the engine copies per step. Engines are
+ * built as `marginal serve` builds them (the model's full context, the default pool); each
+ * sequence holds a `--prompt`-token prompt before the timed decode steps, so the context held
+ * is prompt … prompt + steps.
  *
- *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--steps 32] [--json FILE]
+ *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--prompt 128] [--steps 32] [--json FILE]
  */
 import { Command } from 'commander';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -16,7 +20,7 @@ import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { Rng } from '../src/sampling/rng.js';
 import { Sampler } from '../src/sampling/sampler.js';
 import { validateSamplingParams, type SamplingParams } from '../src/sampling/params.js';
-import type { StepItem } from '../src/engine/types.js';
+import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import { IO } from '../src/models/llama/graph.js';
 import { ensureSynthetic, importLlama2c, packageRoot } from '../src/models/importers.js';
 import { GRAPH_VERSION, loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
@@ -26,7 +30,7 @@ const program = new Command()
   .option('--models <list>', 'stories260K and/or synthetic shapes', 'stories260K,stories15m')
   .option('--batches <list>', 'batch sizes', '1,4,16,32,64')
   .option('--steps <n>', 'decode steps measured per batch', '32')
-  .option('--prompt <n>', 'prompt tokens per sequence', '16')
+  .option('--prompt <n>', 'prompt tokens per sequence: the context held when decoding starts', '128')
   .option('--threads <n>', 'ONNX Runtime intra-op threads (default: all cores)')
   .option('--naive-max-batch <n>', 'largest batch the naive loop runs (it is slow)', '64')
   .option('--temperature <t>', 'sampling temperature (0 = greedy)', '0')
@@ -69,30 +73,34 @@ interface Row {
   glueMs?: number;
   /** Model FLOPs per second inside ONNX Runtime: 2 × parameters × tokens plus attention. */
   gflops?: number;
+  /** KV bytes the engine copied outside the graph, per step. */
+  kvBytes?: number;
 }
 
 async function engineRun(model: LoadedModel, name: string, mode: 'fast' | 'fast-full' | 'hf', batch: number): Promise<Row> {
   const flavour = mode === 'hf' ? 'hf' : 'fast';
   // fast-full: the same graph, but full logits rows copied out and sampled (no in-graph top-k).
-  const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: batch, intraOpThreads: threads, maxContext: promptLen + steps + 8, rankedCandidates: mode === 'fast-full' ? 0 : 64 });
-  for (let i = 0; i < batch; i++) engine.open(i, sampling, new Rng(i));
+  const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: batch, intraOpThreads: threads, rankedCandidates: mode === 'fast-full' ? 0 : 64 });
+  const driver = new DirectDriver(engine);
+  for (let i = 0; i < batch; i++) driver.open(i, sampling, new Rng(i));
   const last = new Int32Array(batch);
   for (let i = 0; i < batch; i++) {
-    const p = prompt(model, i);
-    const r = await engine.execute({ items: [{ seq: i, tokens: p, offset: 0, count: p.length, sample: true }] });
+    const r = await driver.step([[i, prompt(model, i), true]]);
     last[i] = r.tokens[0] as number;
   }
-  const items: StepItem[] = Array.from({ length: batch }, (_, i) => ({ seq: i, tokens: [0], offset: 0, count: 1, sample: true }));
+  const items: DirectItem[] = Array.from({ length: batch }, (_, i) => [i, [0], true]);
   let ortMs = 0;
   let sampleMs = 0;
   let glueMs = 0;
+  let kvBytes = 0;
   // One warm-up step so allocation and first-run costs stay out of the figure.
   for (let s = -1; s < steps; s++) {
     if (s === 0) ortMs = sampleMs = glueMs = 0;
-    for (let i = 0; i < batch; i++) ((items[i] as StepItem).tokens as number[])[0] = last[i] as number;
+    for (let i = 0; i < batch; i++) ((items[i] as DirectItem)[1] as number[])[0] = last[i] as number;
     const t0 = performance.now();
-    const r = await engine.execute({ items });
+    const r = await driver.step(items);
     if (s >= 0) {
+      kvBytes += r.timing.kvBytesCopied;
       ortMs += r.timing.runMs;
       sampleMs += r.timing.sampleMs;
       glueMs += performance.now() - t0 - r.timing.runMs - r.timing.sampleMs;
@@ -105,7 +113,7 @@ async function engineRun(model: LoadedModel, name: string, mode: 'fast' | 'fast-
   const ctx = promptLen + steps / 2;
   const flopsPerToken = model.shape ? 2 * parameterCount(model.shape) + 4 * model.kv.layers * ctx * hd * model.shape.nHeads : 0;
   const gflops = (flopsPerToken * batch * steps) / (ortMs / 1000) / 1e9;
-  return { model: name, mode, batch, tokS: (batch * steps) / (total / 1000), stepMs: total / steps, ortMs: ortMs / steps, sampleMs: sampleMs / steps, glueMs: glueMs / steps, gflops };
+  return { model: name, mode, batch, tokS: (batch * steps) / (total / 1000), stepMs: total / steps, ortMs: ortMs / steps, sampleMs: sampleMs / steps, glueMs: glueMs / steps, gflops, kvBytes: kvBytes / steps };
 }
 
 /** The textbook loop: each sequence alone, its present fed back as its next past. */
@@ -164,8 +172,10 @@ for (const name of o.models.split(',')) {
   await naiveSession.release();
 }
 
-console.log('| model | batch | fast tok/s | fast, full logits tok/s | hf tok/s | naive tok/s | fast/full | fast/hf | fast/naive | fast step ms | ORT ms | sample ms | glue ms | ORT GFLOP/s |');
-console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+const kib = (x: number | undefined) => (x === undefined ? '' : (x / 1024).toFixed(0));
+console.log(`\ncontext held while decoding: ${promptLen}–${promptLen + steps} tokens; engines at the model's full context with the default pool\n`);
+console.log('| model | batch | fast tok/s | fast, full logits tok/s | hf tok/s | naive tok/s | fast/full | fast/hf | fast/naive | fast step ms | ORT ms | sample ms | glue ms | ORT GFLOP/s | KV KiB copied/step fast | hf |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const name of o.models.split(',')) {
   for (const batch of batches) {
     const f = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'fast');
@@ -174,7 +184,7 @@ for (const name of o.models.split(',')) {
     const n = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'naive');
     if (!f) continue;
     console.log(
-      `| ${name} | ${batch} | ${fmt(f.tokS, 0)} | ${fmt(ff?.tokS, 0)} | ${fmt(h?.tokS, 0)} | ${fmt(n?.tokS, 0)} | ${ff ? fmt(f.tokS / ff.tokS, 2) + '×' : ''} | ${h ? fmt(f.tokS / h.tokS, 2) + '×' : ''} | ${n ? fmt(f.tokS / n.tokS, 2) + '×' : ''} | ${fmt(f.stepMs, 2)} | ${fmt(f.ortMs, 2)} | ${fmt(f.sampleMs, 2)} | ${fmt(f.glueMs, 2)} | ${fmt(f.gflops, 1)} |`,
+      `| ${name} | ${batch} | ${fmt(f.tokS, 0)} | ${fmt(ff?.tokS, 0)} | ${fmt(h?.tokS, 0)} | ${fmt(n?.tokS, 0)} | ${ff ? fmt(f.tokS / ff.tokS, 2) + '×' : ''} | ${h ? fmt(f.tokS / h.tokS, 2) + '×' : ''} | ${n ? fmt(f.tokS / n.tokS, 2) + '×' : ''} | ${fmt(f.stepMs, 2)} | ${fmt(f.ortMs, 2)} | ${fmt(f.sampleMs, 2)} | ${fmt(f.glueMs, 2)} | ${fmt(f.gflops, 1)} | ${kib(f.kvBytes)} | ${kib(h?.kvBytes)} |`,
     );
   }
   const b1 = rows.find((r) => r.model === name && r.batch === 1 && r.mode === 'fast');

@@ -24,7 +24,7 @@ import { packageRoot } from '../src/models/importers.js';
 const o = new Command().option('--limit <n>', 'requests per trace', '3000').parse().opts<{ limit: string }>();
 
 const LIAR = 'standard';
-const geometry = { maxRunning: 64, maxContext: 1024, totalBlocks: 512, maxBatchTokens: 512 };
+const geometry = { maxNumSeqs: 64, maxModelLen: 1024, kvBlocks: 512, maxNumBatchedTokens: 512 };
 const traces = [
   { name: 'azure-conv', file: 'azure2023_AzureLLMInferenceTrace_conv.csv', lengthScale: 0.125, rateScale: 19.1599 },
   { name: 'mooncake-conv', file: 'mooncake_fast25_conversation_trace.jsonl', lengthScale: 0.03125, rateScale: 23.1647 },
@@ -50,12 +50,12 @@ for (const t of traces) {
   const runs = new Map<string, Summary>();
   const read = (w: Workload) => readTrace(path, { workload: w, lengthScale: t.lengthScale, maxPromptTokens: 768, maxOutputTokens: 192, limit: Number(o.limit), rateScale: t.rateScale });
   // Budgets: twice each tenant's honest spend with no budget at all, rounded up to 10.
-  const free = simulate(await read(workload(undefined)), { policy: 'shadow', profile, ...geometry, lengthModel: 'learned' }).summary;
+  const free = simulate(await read(workload(undefined)), { policy: 'shadow', profile, geometry, lengthModel: 'learned' }).summary;
   const BUDGETS = Object.fromEntries(Object.entries(free.tenants).map(([name, x]) => [name, Math.ceil((2 * x.paid) / 10) * 10 || 10]));
   for (const s of scenarios) {
     const w = workload(BUDGETS, s.claim);
     const trace = await read(w);
-    for (const r of regimes) runs.set(`${s.name}|${r.name}`, simulate(trace, { policy: 'shadow', profile, ...geometry, lengthModel: 'learned', budgets: tenantBudgets(w), ...r.opts }).summary);
+    for (const r of regimes) runs.set(`${s.name}|${r.name}`, simulate(trace, { policy: 'shadow', profile, geometry, lengthModel: 'learned', budgets: tenantBudgets(w), ...r.opts }).summary);
   }
   console.log(`\n### ${t.name} at 2× capacity (rate scale ${t.rateScale}), shadow\n`);
   console.log(`| regime | scenario | liar's utility | liar paid | liar's value | honest tenants' value | honest tenants' loss | honest tenants' utility | welfare |`);

@@ -231,14 +231,14 @@ for (const name of o.traces.split(',').filter((n) => n !== '')) {
 const welfareLoads = o.welfareLoads === '' ? [] : o.welfareLoads.split(',').map(Number);
 const welfareLimit = Number(o.welfareLimit);
 // bench:policies' replays and geometry, so that these rows sit beside its table.
-const geometry = { maxRunning: 64, maxContext: 1024, totalBlocks: 512, maxBatchTokens: 512 };
+const geometry = { maxNumSeqs: 64, maxModelLen: 1024, kvBlocks: 512, maxNumBatchedTokens: 512 };
 const replays: { name: string; cli: TraceCliOptions }[] = [
   { name: 'azure-conv', cli: { trace: join(tracesDir, 'azure2023_AzureLLMInferenceTrace_conv.csv'), lengthScale: 0.125, maxPromptTokens: 768, maxOutputTokens: 192, limit: welfareLimit } },
   { name: 'mooncake-conv', cli: { trace: join(tracesDir, 'mooncake_fast25_conversation_trace.jsonl'), lengthScale: 0.03125, maxPromptTokens: 768, maxOutputTokens: 192, limit: welfareLimit } },
 ];
 const welfare: { trace: string; load: number; rateScale: number; model: string; summary: Summary; wallS: number }[] = [];
 if (welfareLoads.length > 0) {
-  const base: Omit<SimOptions, 'policy'> = { profile: await profileFromCli(undefined), ...geometry };
+  const base: Omit<SimOptions, 'policy'> = { profile: await profileFromCli(undefined), geometry };
   for (const t of replays) {
     const reqs = await readTraceFromCli(t.cli);
     const nativeRate = reqs.length / ((reqs[reqs.length - 1]?.t ?? 0) - (reqs[0]?.t ?? 0));

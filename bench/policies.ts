@@ -34,7 +34,7 @@ const o = new Command()
   .parse()
   .opts<{ out: string; limit: string; loads: string }>();
 
-const geometry = { maxRunning: 64, maxContext: 1024, totalBlocks: 512, maxBatchTokens: 512 };
+const geometry = { maxNumSeqs: 64, maxModelLen: 1024, kvBlocks: 512, maxNumBatchedTokens: 512 };
 const traces: { name: string; cli: TraceCliOptions; flags: string }[] = [
   {
     name: 'azure-conv',
@@ -50,7 +50,7 @@ const traces: { name: string; cli: TraceCliOptions; flags: string }[] = [
 const loads = o.loads.split(',').map(Number);
 const profile = await profileFromCli(undefined);
 await loadTf();
-const base: Omit<SimOptions, 'policy'> = { profile, ...geometry, lengthModel: 'learned' };
+const base: Omit<SimOptions, 'policy'> = { profile, geometry, lengthModel: 'learned' };
 
 /** A row: a policy, or the pricing policy with one mechanism removed, with the flags that reproduce it. */
 interface Variant {
@@ -69,7 +69,7 @@ const variants: Variant[] = [
   { name: 'shadow, mean lengths', policy: 'shadow', opts: { lengthModel: 'online-mean' }, flags: '--length-model online-mean' },
   ...POLICIES.filter((p) => p !== 'shadow').map((p) => ({ name: p, policy: p, opts: {}, flags: '' })),
 ];
-const geometryFlags = `--max-running ${geometry.maxRunning} --max-context ${geometry.maxContext} --blocks ${geometry.totalBlocks} --max-batch-tokens ${geometry.maxBatchTokens}`;
+const geometryFlags = `--max-num-seqs ${geometry.maxNumSeqs} --max-model-len ${geometry.maxModelLen} --kv-blocks ${geometry.kvBlocks} --max-num-batched-tokens ${geometry.maxNumBatchedTokens}`;
 mkdirSync(o.out, { recursive: true });
 
 const f = (x: number | null, d = 1) => (x === null ? '-' : x.toFixed(d));

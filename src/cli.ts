@@ -8,6 +8,7 @@ import { ReportedError, runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
 import { runBenchServe } from './cli/bench-serve.js';
+import { addGeometryOptions } from './cli/geometry-options.js';
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -33,7 +34,8 @@ const engineOptions = (c: Command) =>
   c
     .option('--flavour <fast|hf>', 'graph flavour', 'fast')
     .option('--providers <list>', 'execution providers in order of preference', 'cuda,cpu')
-    .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'));
+    .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'))
+    .option('--spinning', "let ONNX Runtime's threads spin between parallel sections (faster on an idle machine, slower on a shared one)");
 
 /** Weight formats for everything that writes a model directory. */
 const quantizeOptions = (c: Command) =>
@@ -103,30 +105,24 @@ engineOptions(
     .option('--stop <text...>', 'stop sequences'),
 ).action(runGenerate);
 
-limitOptions(economyOptions(engineOptions(
+limitOptions(economyOptions(addGeometryOptions(engineOptions(
   program
     .command('serve')
     .description('serve the OpenAI-compatible HTTP API')
     .option('--model <dir|file.gguf>', 'model directory, GGUF file or Hugging Face safetensors folder (imported into models/ on first use); default: the built-in synthetic model')
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', intArg('--port'), 8000)
-    .option('--max-sequences <n>', 'sequences resident at once', intArg('--max-sequences'), 32)
     .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
     .option('--curve <file>', 'price curve file')
     .option('--api-keys <file>', 'API keys with tenants, default bids and budgets (default: one anonymous tenant)')
+    .option('--step-log <file>', 'write each step (its shape and how long it took) as JSON Lines, for marginal calibrate --from-steps')
     .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01)
     .option('--log-level <level>', 'trace | debug | info | warn | error | fatal | silent (default: MARGINAL_LOG_LEVEL, else info)')
     .option('--metrics-key <key>', '/metrics then needs Authorization: Bearer <key> (or an admin key); default: MARGINAL_METRICS_KEY, else open'),
-))).action(runServe);
+)))).action(runServe);
 
 /** Server geometry and welfare pricing, shared by everything that runs the simulator. */
-const simulatorOptions = (c: Command) =>
-  c
-    .option('--max-running <n>', 'sequences at once', intArg('--max-running'))
-    .option('--max-batch-tokens <n>', 'token budget per step', intArg('--max-batch-tokens'))
-    .option('--max-context <n>', 'context per sequence', intArg('--max-context'))
-    .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
-    .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price'));
+const simulatorOptions = (c: Command) => addGeometryOptions(c).option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price'));
 
 const traceOptions = (c: Command) =>
   c
@@ -215,12 +211,15 @@ program
 
 program
   .command('calibrate')
-  .description("measure the real engine and fit the simulator's step-time model")
-  .requiredOption('--model <dir>', 'model directory')
+  .description("fit the simulator's step-time model: to the engine measured on a grid of step shapes, or to a served run's steps")
+  .option('--model <dir>', 'model directory: measure its engine (in its worker thread) on a grid of step shapes')
+  .option('--from-steps <files>', 'fit instead to the steps a server logged (marginal serve --step-log); several files comma-separated')
   .requiredOption('--out <file>', 'profile JSON to write')
   .option('--providers <list>', 'execution providers', 'cpu')
   .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'))
   .option('--repeats <n>', 'measurements per shape', intArg('--repeats'))
+  .option('--block-size <n>', 'positions per KV block (default 16)', intArg('--block-size'))
+  .option('--max-model-len <n>', "positions per sequence (default: the model's context)", intArg('--max-model-len'))
   .action(runCalibrate);
 
 try {

@@ -4,8 +4,9 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
+import { DirectDriver } from '../src/engine/direct.js';
 import { WorkerEngine } from '../src/engine/worker-engine.js';
 import type { Engine } from '../src/engine/types.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
@@ -53,10 +54,11 @@ async function post(base: string, path: string, body: object): Promise<{ status:
 async function referenceLogits(model: LoadedModel, tokens: number[]): Promise<Float32Array[]> {
   const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1, rankedCandidates: 0 });
   const greedy = validateSamplingParams({ temperature: 0 });
-  engine.open(0, greedy, new Rng(1));
+  const d = new DirectDriver(engine);
+  d.open(0, greedy, new Rng(1));
   const rows: Float32Array[] = [];
   for (let i = 0; i < tokens.length; i++) {
-    const r = await engine.execute({ items: [{ seq: 0, tokens, offset: i, count: 1, sample: true }], keepLogits: true });
+    const r = await d.step([[0, [tokens[i] as number], true]], true);
     rows.push((r.logits as Float32Array).slice());
   }
   await engine.dispose();

@@ -5,7 +5,7 @@ import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
 import { ChatOpenAI } from '@langchain/openai';
 import { generateObject, generateText, streamText, tool } from 'ai';
 import { z } from 'zod';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
 import { buildServer, type Server } from '../src/server/app.js';

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { Ledger } from '../src/economy/ledger.js';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
 import { buildServer, type Server } from '../src/server/app.js';

@@ -36,7 +36,7 @@ function make(name: string, cfg: Partial<SchedulerConfig>, profile: StepProfile 
   const maxRunning = cfg.maxRunning ?? 8;
   const engine = new CostModelEngine(profile, { maxSequences: maxRunning, maxContext: 512 });
   const policy = createPolicy(name);
-  const sched = new Scheduler(engine, policy, { maxBatchTokens: 256, maxRunning, prefillChunk: 64, totalBlocks: 200, blockSize: 16, maxContext: 512, antiThrashSteps: 8, ...cfg });
+  const sched = new Scheduler(policy, { maxBatchTokens: 256, maxRunning, prefillChunk: 64, totalBlocks: 200, blockSize: 16, maxContext: 512, antiThrashSteps: 8, hostBlocks: engine.info.hostBlocks, swapSecondsPerToken: engine.info.swapSecondsPerToken, ...cfg });
   return { engine, sched, policy };
 }
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { GGMLQuantizationType } from '@huggingface/gguf';
 import { forcedLogProbs, top2 } from '../src/engine/evaluate.js';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { validateSamplingParams } from '../src/sampling/params.js';
 import { exportModelDir, type GgufWeightType } from '../src/models/gguf/export.js';

@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseCurveFile } from '../src/economy/curves.js';
 import { Ledger } from '../src/economy/ledger.js';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { buildServer, type Server } from '../src/server/app.js';

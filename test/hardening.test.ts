@@ -407,8 +407,7 @@ describe('issue 10: one client cannot break the server for others (stories260K)'
 
 describe('issue 10 finding 5 at the scheduler: the SLO is judged at admission from the queue', () => {
   test('a TTFT SLO that the queue ahead makes hopeless is rejected inside submit; the same SLO on an idle server is admitted', () => {
-    const engine = new CostModelEngine(testProfile, { maxSequences: 2, maxContext: 4096, totalBlocks: 4096 });
-    const sched = new Scheduler(engine, createPolicy('shadow'), { maxBatchTokens: 256, maxRunning: 2, prefillChunk: 64, totalBlocks: 4096, blockSize: engine.info.blockSize, maxContext: 4096, initialStepSeconds: 0.02 });
+    const sched = new Scheduler(createPolicy('shadow'), { maxBatchTokens: 256, maxRunning: 2, prefillChunk: 64, totalBlocks: 4096, blockSize: testProfile.blockSize, maxContext: 4096, initialStepSeconds: 0.02 });
     const sampling = validateSamplingParams({ temperature: 0, max_tokens: 2000 });
     let t = 0;
     const spec = (i: number, extra: object) => ({ id: String(i), tenant: 'a', arrival: t, prompt: Array.from({ length: 32 }, (_, k) => 3 + ((k + i) % 100)), maxTokens: 2000, sampling, rng: new Rng(i), knownOutputTokens: 2000, ...extra });
@@ -420,7 +419,7 @@ describe('issue 10 finding 5 at the scheduler: the SLO is judged at admission fr
     for (let step = 0; step < 5; step++) {
       const plan = sched.plan(t);
       t += 0.02;
-      sched.commit({ tokens: new Int32Array(plan.items.length).fill(5), timing: { totalMs: 20, runMs: 20, sampleMs: 0, glueMs: 0, runs: 1, batchTokens: 0 } }, t, 0.02);
+      sched.commit({ tokens: new Int32Array(plan.items.length).fill(5), timing: { totalMs: 20, runMs: 20, sampleMs: 0, glueMs: 0, runs: 1, batchTokens: 0, kvBytesCopied: 0 } }, t, 0.02);
     }
     assert.equal(sched.running.length, 2);
     const late = sched.submit(spec(200, { value: 1, slo: { ttftMs: 1000 } }));

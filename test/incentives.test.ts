@@ -15,7 +15,7 @@ import { sharedDir, sharedSkipReason } from './helpers/shared.js';
  * on the calibrated cost model, the setting of BENCHMARKS.md's policy table.
  */
 
-const geometry = { maxRunning: 64, maxContext: 1024, totalBlocks: 512, maxBatchTokens: 512 };
+const geometry = { maxNumSeqs: 64, maxModelLen: 1024, kvBlocks: 512, maxNumBatchedTokens: 512 };
 const LIAR = 'standard';
 
 function workload(claim?: { times?: number; value?: number }): Workload {
@@ -35,7 +35,7 @@ async function replay(w: Workload, payment: boolean): Promise<Summary> {
     limit: 3000,
     rateScale: 19.1599,
   });
-  const opts: SimOptions = { policy: 'shadow', profile: await profileFromCli(undefined), ...geometry, payment, budgets: tenantBudgets(w) };
+  const opts: SimOptions = { policy: 'shadow', profile: await profileFromCli(undefined), geometry, payment, budgets: tenantBudgets(w) };
   return simulate(trace, opts).summary;
 }
 

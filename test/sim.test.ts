@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { fitProfile, predictStepMs, type StepProfile } from '../src/engine/cost-model.js';
+import { fitProfile, predictStepMs, stepShape, type StepProfile } from '../src/engine/cost-model.js';
 import { meetsSlo, percentile, realizedValue, tpotMs } from '../src/sim/metrics.js';
 import { simulate } from '../src/sim/simulator.js';
 import { answerQuote } from '../src/sim/client.js';
@@ -36,6 +36,16 @@ describe('cost model', () => {
     const fit = fitProfile(samples);
     for (const [k, v] of Object.entries(truth)) assert.ok(Math.abs((fit as Record<string, number>)[k] as number - v) < 1e-6, `${k}: ${(fit as Record<string, number>)[k]} vs ${v}`);
     assert.ok((fit.r2 ?? 0) > 0.999999);
+  });
+});
+
+describe('step shapes', () => {
+  test('attention reads, per run, the longest past in whole blocks plus the new tokens', () => {
+    const item = (offset: number, count: number) => ({ seq: 0, tokens: [], offset, count, sample: true, blocks: [] });
+    // Decodes at 10, 40 and 17 positions: one run of 3 rows over ⌈40/16⌉ = 3 blocks.
+    // Prefill chunks of 8 at 0 and 20: one run of 2 rows over 2 blocks; a chunk of 5 at 0: one row, one (empty) block.
+    const shape = stepShape([item(10, 1), item(0, 8), item(40, 1), item(20, 8), item(17, 1), item(0, 5)], 16, { tokens: 0, contextTokens: 0, sequences: 0, runs: 0 });
+    assert.deepEqual(shape, { tokens: 24, contextTokens: 3 * (48 + 1) + 2 * (32 + 8) + 1 * (16 + 5), sequences: 6, runs: 3 });
   });
 });
 
@@ -139,8 +149,8 @@ describe('clients that answer to prices', () => {
     }));
 
   test('retrying after the quoted wait serves requests a one-shot client loses; nobody retries a quote that says it cannot clear', () => {
-    const once = simulate(burst(), { policy: 'shadow', profile, maxRunning: 8, totalBlocks: 256 });
-    const patient = simulate(burst({ mode: 'retry', retries: 5 }), { policy: 'shadow', profile, maxRunning: 8, totalBlocks: 256 });
+    const once = simulate(burst(), { policy: 'shadow', profile, geometry: { maxNumSeqs: 8, kvBlocks: 256 } });
+    const patient = simulate(burst({ mode: 'retry', retries: 5 }), { policy: 'shadow', profile, geometry: { maxNumSeqs: 8, kvBlocks: 256 } });
     assert.ok(once.summary.rejected > 0, 'the burst overloads the server');
     assert.ok(patient.summary.slo_met > once.summary.slo_met, `${patient.summary.slo_met} vs ${once.summary.slo_met} requests met their SLO`);
     assert.ok(patient.summary.attempts > patient.summary.requests, 'some requests came back');
@@ -150,7 +160,7 @@ describe('clients that answer to prices', () => {
       if (o.outcome === 'rejected') assert.ok(o.attempts === 6 || o.quote?.retryable === false || (o.quote?.minValue ?? 0) > 1 || (o.quote?.expectedWaitMs ?? 0) > 60_000, `request ${o.id} gave up early: ${JSON.stringify(o.quote)} after ${o.attempts}`);
     }
     // A quote that says waiting cannot help is taken at its word.
-    const hopeless = simulate(burst({ mode: 'retry', retries: 5 }).map((r) => ({ ...r, slo: { ttftMs: 0.001 } })), { policy: 'shadow', profile, maxRunning: 8, totalBlocks: 256 });
+    const hopeless = simulate(burst({ mode: 'retry', retries: 5 }).map((r) => ({ ...r, slo: { ttftMs: 0.001 } })), { policy: 'shadow', profile, geometry: { maxNumSeqs: 8, kvBlocks: 256 } });
     assert.equal(hopeless.summary.attempts, hopeless.summary.requests);
   });
 

@@ -22,7 +22,7 @@ function replicate(seed: number): TraceRequest[] {
   return applyWorkload(bare, { ...defaultWorkload(), seed });
 }
 const traces = [trace, replicate(11), replicate(12)];
-const sim = { profile, totalBlocks: 192 };
+const sim = { profile, geometry: { maxNumSeqs: 16, kvBlocks: 192 } };
 const loads = [1, 2];
 
 /** 3 token curves (two kinds, one adaptive) × 2 kv curves. */
@@ -160,8 +160,11 @@ describe('tune', () => {
     assert.ok(a.capacity_rps > 0);
     assert.ok((a.loads[1]?.rate_scale ?? 0) > (a.loads[0]?.rate_scale ?? 0));
     assert.equal(a.seed, 5);
-    // The grid spans prices from negligible to prohibitive, so the curves must matter.
-    assert.ok(new Set(a.candidates.map((c) => c.welfare)).size > 1);
+    // The grid spans prices from negligible to prohibitive, so the curves must matter: to what is
+    // charged and to the schedule. (Welfare alone can tie: at these loads the same requests may
+    // finish under every curve, only in another order.)
+    assert.ok(new Set(a.candidates.map((c) => c.revenue)).size > 1);
+    assert.ok(new Set(a.candidates.map((c) => c.ttft_p99_ms)).size > 1);
   });
 
   test('deterministic: two runs, and 1 vs 2 threads, write the same tune.json apart from timing', () => {
@@ -255,7 +258,7 @@ describe('runTune (the CLI command)', () => {
     assert.equal(j.seed, 4);
     assert.deepEqual(j.loads.map((l) => l.load), [1.5]);
     assert.equal(j.candidates.length, 2);
-    assert.match(j.replay[0] ?? '', /^marginal sim --trace \S+ --seed 4 --rate-scale [\d.]+ --policy shadow --curve \S+best-curve\.json --max-running 8 --blocks 128 --json$/);
+    assert.match(j.replay[0] ?? '', /^marginal sim --trace \S+ --seed 4 --rate-scale [\d.]+ --policy shadow --curve \S+best-curve\.json --max-num-seqs 8 --kv-blocks 128 --json$/);
     await loadCurveFile(join(out, 'best-curve.json'));
     for (const f of ['frontier.svg', 'prices.svg']) assert.match(readFileSync(join(out, f), 'utf8'), /^<svg/);
   });

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseCurveFile } from '../src/economy/curves.js';
 import { Ledger } from '../src/economy/ledger.js';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { importLlama2c } from '../src/models/importers.js';
 import { loadModelDir } from '../src/models/modeldir.js';

@@ -1,6 +1,6 @@
 import { loadCurveFile } from '../economy/curves.js';
 import { Ledger } from '../economy/ledger.js';
-import { Generator } from '../engine/generator.js';
+import { Generator } from '../serving/generator.js';
 import { isMarginalError } from '../errors.js';
 import { createLogger, lineLogger, resolveLogLevel, type Logger } from '../log.js';
 import { createPolicy } from '../scheduler/policies/index.js';
@@ -9,10 +9,12 @@ import { limitsFromCli, type LimitCliOptions } from './limit-options.js';
 import { loadApiKeys, openDirectory } from '../server/tenants.js';
 import { TokenizePool } from '../server/tokenize-pool.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
+import { geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
+import { openStepLog } from '../serving/step-log.js';
 import { economyFromCli } from './sim.js';
 import { createLengthPredictor } from '../economy/length-model.js';
 
-interface ServeOptions extends EngineCliOptions, LimitCliOptions {
+interface ServeOptions extends EngineCliOptions, LimitCliOptions, GeometryCliOptions {
   host: string;
   port: number;
   policy: string;
@@ -24,6 +26,7 @@ interface ServeOptions extends EngineCliOptions, LimitCliOptions {
   retention?: string;
   clearing?: boolean;
   payment?: boolean;
+  stepLog?: string;
   logLevel?: string;
   metricsKey?: string;
 }
@@ -72,8 +75,11 @@ async function serve(o: ServeOptions, logger: Logger): Promise<void> {
   const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
 
   const lengthModel = await createLengthPredictor(econ.lengthModel, { log: lineLogger(logger) });
-  const { model, engine } = await openModelAndEngine({ ...o, worker: true, log: lineLogger(logger) });
+  const { model, engine, geometry } = await openModelAndEngine({ ...o, worker: true, log: lineLogger(logger) }, geometryFromCli(o));
+  const stepLog = o.stepLog ? openStepLog(o.stepLog, { model: model.name, engine: engine.info, geometry }) : undefined;
   const generator = new Generator(engine, model, {
+    ...(stepLog ? { onStep: stepLog.write } : {}),
+    geometry,
     policy: o.policy,
     ledger,
     defaultBid: (tenant) => defaults.get(tenant),
@@ -100,6 +106,7 @@ async function serve(o: ServeOptions, logger: Logger): Promise<void> {
     await server.drain();
     await pool.close();
     await engine.dispose();
+    await stepLog?.close();
     process.exit(0);
   };
   process.once('SIGTERM', () => void shutdown('SIGTERM'));

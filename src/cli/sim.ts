@@ -5,13 +5,15 @@ import { InvalidArgumentError } from '../errors.js';
 import { loadCurveFile } from '../economy/curves.js';
 import { loadProfile, type StepProfile } from '../engine/cost-model.js';
 import { calibrate } from '../engine/calibrate.js';
+import { profileFromSteps, readStepLog } from '../serving/step-log.js';
+import { cpus } from 'node:os';
 import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import { LENGTH_MODELS, type LengthModelKind } from '../economy/length-model.js';
 import { loadTf } from '../economy/tfjs.js';
-import { loadModelDir } from '../models/modeldir.js';
 import { packageRoot } from '../models/importers.js';
-import { simulate, type SimOptions } from '../sim/simulator.js';
+import { simGeometry, simulate, type SimOptions } from '../sim/simulator.js';
+import { geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
 import { readTrace, type TraceOptions, type TraceRequest } from '../sim/trace.js';
 import { defaultWorkload, loadWorkload, tenantBudgets } from '../sim/workload.js';
 import type { Summary } from '../sim/metrics.js';
@@ -51,16 +53,12 @@ export async function profileFromCli(path: string | undefined): Promise<StepProf
   return loadProfile(p);
 }
 
-interface SimCliOptions extends TraceCliOptions {
+interface SimCliOptions extends TraceCliOptions, GeometryCliOptions {
   policy: string;
   curve?: string;
   profile?: string;
   json?: boolean;
   requestsOut?: string;
-  maxRunning?: number;
-  maxBatchTokens?: number;
-  maxContext?: number;
-  blocks?: number;
   basePrice?: number;
   maxValue?: number;
   riskPrice?: number;
@@ -96,10 +94,9 @@ export async function simOptionsFromCli(o: SimCliOptions): Promise<SimOptions> {
   createPolicy(o.policy);
   const s: SimOptions = { policy: o.policy, profile: await profileFromCli(o.profile) };
   if (o.curve) s.curves = await loadCurveFile(o.curve);
-  if (o.maxRunning !== undefined) s.maxRunning = o.maxRunning;
-  if (o.maxBatchTokens !== undefined) s.maxBatchTokens = o.maxBatchTokens;
-  if (o.maxContext !== undefined) s.maxContext = o.maxContext;
-  if (o.blocks !== undefined) s.totalBlocks = o.blocks;
+  s.geometry = geometryFromCli(o);
+  // Bad geometry fails here, before the trace is read.
+  simGeometry(s);
   if (o.basePrice !== undefined) s.basePrice = o.basePrice;
   const econ = economyFromCli(o);
   s.shadow = econ.shadow;
@@ -136,12 +133,22 @@ export function formatSummary(s: Summary): string {
   ].join('\n');
 }
 
-export async function runCalibrate(o: { model: string; out: string; providers: string; threads?: number; repeats?: number }): Promise<void> {
-  const model = await loadModelDir(o.model);
-  const opts: Parameters<typeof calibrate>[1] = { providers: o.providers.split(',') as ('cuda' | 'cpu')[], log: (l) => process.stderr.write(l + '\n') };
-  if (o.threads !== undefined) opts.intraOpThreads = o.threads;
-  if (o.repeats !== undefined) opts.repeats = o.repeats;
-  const profile = await calibrate(model, opts);
+export async function runCalibrate(o: { model?: string; out: string; providers: string; threads?: number; repeats?: number; blockSize?: number; maxModelLen?: number; fromSteps?: string }): Promise<void> {
+  const machine = `${cpus().length}× ${cpus()[0]?.model.trim() ?? 'cpu'}`;
+  let profile: StepProfile;
+  if (o.fromSteps !== undefined) {
+    // Several served runs (comma-separated) pool their steps: a wider spread of step shapes.
+    const logs = await Promise.all(o.fromSteps.split(',').map((f) => readStepLog(f.trim())));
+    profile = profileFromSteps({ header: (logs[0] as (typeof logs)[number]).header, steps: logs.flatMap((l) => l.steps) }, machine);
+  } else {
+    if (o.model === undefined) throw new InvalidArgumentError('calibrate needs --model DIR (to measure the engine) or --from-steps FILE (a served run)');
+    const opts: Parameters<typeof calibrate>[1] = { providers: o.providers.split(',') as ('cuda' | 'cpu')[], log: (l) => process.stderr.write(l + '\n') };
+    if (o.threads !== undefined) opts.intraOpThreads = o.threads;
+    if (o.repeats !== undefined) opts.repeats = o.repeats;
+    if (o.blockSize !== undefined) opts.blockSize = o.blockSize;
+    if (o.maxModelLen !== undefined) opts.maxContext = o.maxModelLen;
+    profile = await calibrate(o.model, opts);
+  }
   await writeFile(o.out, JSON.stringify(profile, null, 2) + '\n');
-  process.stderr.write(`wrote ${o.out}: base ${profile.baseMs.toFixed(3)} ms + ${profile.perTokenMs.toFixed(4)} ms/token + ${profile.perContextMs.toFixed(4)} ms/1k context + ${profile.perSequenceMs.toFixed(4)} ms/sequence + ${profile.perRunMs.toFixed(3)} ms/extra run (R² ${profile.r2?.toFixed(3)})\n`);
+  process.stderr.write(`wrote ${o.out}: base ${profile.baseMs.toFixed(3)} ms + ${profile.perTokenMs.toFixed(4)} ms/token + ${profile.perContextMs.toFixed(4)} ms/1k context + ${profile.perSequenceMs.toFixed(4)} ms/sequence + ${profile.perRunMs.toFixed(3)} ms/extra run (R² ${profile.r2?.toFixed(3)}, ${profile.samples} steps)\n`);
 }

@@ -3,13 +3,14 @@ import { join } from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
 import { InvalidArgumentError } from '../errors.js';
 import { createPolicy } from '../scheduler/policies/index.js';
-import type { SimOptions } from '../sim/simulator.js';
+import { simGeometry, type SimOptions } from '../sim/simulator.js';
+import { geometryFlags, geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
 import { defaultGrid, loadGrid, parseLoads, tune, writeTuneOutputs, type CandidateResult, type TuneResult } from '../sim/tune.js';
 import { defaultWorkload, loadWorkload, tenantBudgets } from '../sim/workload.js';
 import { loadTf } from '../economy/tfjs.js';
 import { economyFromCli, profileFromCli, readTraceFromCli, type TraceCliOptions } from './sim.js';
 
-export interface TuneCliOptions extends TraceCliOptions {
+export interface TuneCliOptions extends TraceCliOptions, GeometryCliOptions {
   grid?: string;
   out?: string;
   profile?: string;
@@ -20,10 +21,6 @@ export interface TuneCliOptions extends TraceCliOptions {
   threads?: number;
   json?: boolean;
   quiet?: boolean;
-  maxRunning?: number;
-  maxBatchTokens?: number;
-  maxContext?: number;
-  blocks?: number;
   basePrice?: number;
   /** Replicates of the trace under consecutive workload seeds (default 3): the noise every comparison is judged against. */
   replicates?: number;
@@ -108,15 +105,13 @@ export async function runTune(o: TuneCliOptions): Promise<void> {
   const econ = economyFromCli(o, 'online-mean');
   const profile = await profileFromCli(o.profile);
   if (econ.lengthModel === 'learned') await loadTf();
-  const sim: Omit<SimOptions, 'curves' | 'policy'> = { profile, shadow: econ.shadow, clearing: econ.clearing, payment: econ.payment, lengthModel: econ.lengthModel };
+  const geometry = geometryFromCli(o);
+  const sim: Omit<SimOptions, 'curves' | 'policy'> = { profile, geometry, shadow: econ.shadow, clearing: econ.clearing, payment: econ.payment, lengthModel: econ.lengthModel };
+  simGeometry(sim);
   if (econ.maxValue !== undefined) sim.maxValue = econ.maxValue;
   const workload = o.workload ? await loadWorkload(o.workload) : defaultWorkload();
   const budgets = tenantBudgets(workload);
   if (budgets.size > 0) sim.budgets = budgets;
-  if (o.maxRunning !== undefined) sim.maxRunning = o.maxRunning;
-  if (o.maxBatchTokens !== undefined) sim.maxBatchTokens = o.maxBatchTokens;
-  if (o.maxContext !== undefined) sim.maxContext = o.maxContext;
-  if (o.blocks !== undefined) sim.totalBlocks = o.blocks;
   if (o.basePrice !== undefined) sim.basePrice = o.basePrice;
   // Replicate k reads the trace under workload seed + k: other requests, other values.
   const seed0 = seed ?? workload.seed;
@@ -143,16 +138,13 @@ export async function runTune(o: TuneCliOptions): Promise<void> {
   // Tune scales the trace as read; with --rate-scale or --duration also given, `sim` would
   // scale (and cut) it differently, so no exact replay command exists.
   const exact = o.rateScale === undefined && o.duration === undefined;
-  const geometry = [
+  const setup = [
     ...(o.profile !== undefined ? [`--profile ${o.profile}`] : []),
-    ...(o.maxRunning !== undefined ? [`--max-running ${o.maxRunning}`] : []),
-    ...(o.maxBatchTokens !== undefined ? [`--max-batch-tokens ${o.maxBatchTokens}`] : []),
-    ...(o.maxContext !== undefined ? [`--max-context ${o.maxContext}`] : []),
-    ...(o.blocks !== undefined ? [`--blocks ${o.blocks}`] : []),
+    ...geometryFlags(geometry),
     ...(o.basePrice !== undefined ? [`--base-price ${o.basePrice}`] : []),
   ];
   const commands = exact && result.best !== null
-    ? result.loads.map((l) => ['marginal sim', ...traceFlags(o, seed), `--rate-scale ${l.rate_scale}`, `--policy ${result.policy}`, `--curve ${bestCurve}`, ...geometry, '--json'].join(' '))
+    ? result.loads.map((l) => ['marginal sim', ...traceFlags(o, seed), `--rate-scale ${l.rate_scale}`, `--policy ${result.policy}`, `--curve ${bestCurve}`, ...setup, '--json'].join(' '))
     : [];
   // Only what shapes the trace: threads, output and display flags must not make two runs' tune.json differ.
   const traceOpts: Record<string, unknown> = {};

@@ -1,19 +1,17 @@
 import { readFile } from 'node:fs/promises';
-import { EngineCapacityError, InvalidArgumentError } from '../errors.js';
-import type { Rng } from '../sampling/rng.js';
-import type { SamplingParams } from '../sampling/params.js';
-import type { Engine, EngineInfo, StepPlan, StepResult } from './types.js';
+import { InvalidArgumentError } from '../errors.js';
+import { KvOp, type Engine, type EngineInfo, type StepItem, type StepPlan, type StepResult } from './types.js';
 
 /**
  * Step time of the real engine as a linear function of what a step does, fitted by
  * `marginal calibrate` from measurements:
  *
- *   ms = base + perToken·tokens + perContext·(Σ over decoded sequences of context / 1000)
+ *   ms = base + perToken·tokens + perContext·(context / 1000)
  *        + perSequence·sequences + perRun·(session runs − 1)
  *
- * `tokens` prices the weight GEMMs, `perContext` the attention over each sequence's cache,
- * `perSequence` sampling and per-row glue, `perRun` each extra session.run (prefill chunks run
- * on their own).
+ * `tokens` prices the weight GEMMs, `perContext` the attention over the cache, `perSequence`
+ * sampling and per-row glue, `perRun` each extra session.run. What `context` counts is the
+ * profile's `contextTerm` (see StepShape).
  */
 export interface StepProfile {
   model: string;
@@ -28,8 +26,16 @@ export interface StepProfile {
   maxSequences: number;
   maxContext: number;
   blockSize: number;
-  /** Time to move one token's keys and values between the slot and host memory, one way. */
+  /** Time to move one token's keys and values between the pool and host memory, one way. */
   swapMsPerToken?: number;
+  /** Bytes one token's keys and values take: turns --kv-memory into blocks in the simulator. */
+  kvBytesPerToken?: number;
+  /**
+   * What perContextMs multiplies: `attended`, the positions the paged engine's attention reads
+   * (StepShape.contextTokens); absent (profiles fitted before the paged pool), `held`: Σ over
+   * the step's sequences of the positions they hold after it.
+   */
+  contextTerm?: 'attended';
   /** Fit quality on the calibration samples. */
   r2?: number;
   samples?: number;
@@ -37,9 +43,49 @@ export interface StepProfile {
 
 export interface StepShape {
   tokens: number;
+  /**
+   * Positions the step's attention reads, as the paged engine runs it: in each session run
+   * (the decodes together, prefill chunks of one length together) every row reads the longest
+   * past in the run, in whole blocks, plus the run's new tokens. (For a profile without
+   * `contextTerm`: Σ of the positions each sequence holds after the step.)
+   */
   contextTokens: number;
   sequences: number;
   runs: number;
+}
+
+// Scratch for stepShape: one entry per run (width 1 = the decodes), reused across calls.
+const runWidth: number[] = [];
+const runRows: number[] = [];
+const runLongest: number[] = [];
+
+/** A step's shape as the engine will run it (see StepShape); writes into `into`. */
+export function stepShape(items: readonly StepItem[], blockSize: number, into: StepShape): StepShape {
+  let runs = 0;
+  let tokens = 0;
+  for (const it of items) {
+    tokens += it.count;
+    let r = 0;
+    while (r < runs && runWidth[r] !== it.count) r++;
+    if (r === runs) {
+      runWidth[r] = it.count;
+      runRows[r] = 0;
+      runLongest[r] = 0;
+      runs++;
+    }
+    runRows[r] = (runRows[r] as number) + 1;
+    if (it.offset > (runLongest[r] as number)) runLongest[r] = it.offset;
+  }
+  let context = 0;
+  for (let r = 0; r < runs; r++) {
+    const past = Math.max(1, Math.ceil((runLongest[r] as number) / blockSize)) * blockSize;
+    context += (runRows[r] as number) * (past + (runWidth[r] as number));
+  }
+  into.tokens = tokens;
+  into.contextTokens = context;
+  into.sequences = items.length;
+  into.runs = runs;
+  return into;
 }
 
 export function predictStepMs(p: StepProfile, s: StepShape): number {
@@ -72,6 +118,8 @@ export function parseProfile(json: unknown, source = 'profile'): StepProfile {
     maxContext: int('maxContext'),
     blockSize: int('blockSize'),
     ...(typeof o.swapMsPerToken === 'number' ? { swapMsPerToken: o.swapMsPerToken } : {}),
+    ...(typeof o.kvBytesPerToken === 'number' ? { kvBytesPerToken: o.kvBytesPerToken } : {}),
+    ...(o.contextTerm === 'attended' ? { contextTerm: 'attended' as const } : {}),
     ...(typeof o.r2 === 'number' ? { r2: o.r2 } : {}),
     ...(typeof o.samples === 'number' ? { samples: o.samples } : {}),
   };
@@ -94,85 +142,39 @@ export async function loadProfile(path: string): Promise<StepProfile> {
 
 /**
  * The simulator's engine: executes a step plan by predicting its duration from a calibrated
- * profile instead of running a model. It keeps each sequence's context length, so the
- * attention term grows as the real one does, and emits a placeholder token (never a stop
- * token: in simulation a request ends at its trace length).
+ * profile instead of running a model. Like the real engine it keeps no per-sequence length (an
+ * item's offset is its context), charges the plan's swaps at the profile's copy rate, and
+ * emits a placeholder token (never a stop token: in simulation a request ends at its trace
+ * length).
  */
 export class CostModelEngine implements Engine {
   readonly info: EngineInfo;
-  private readonly context = new Map<number, number>();
-  private readonly swapped = new Map<number, number>();
-  private readonly blockSize: number;
-  /** Swap traffic since the last step, charged to the next step's time. */
-  private swapMs = 0;
-  readonly swapSecondsPerToken: number | undefined;
+  private readonly swapMsPerBlock: number;
   static readonly TOKEN = 3;
 
   constructor(
     readonly profile: StepProfile,
-    geometry: { maxSequences?: number; maxContext?: number; totalBlocks?: number } = {},
+    geometry: { maxSequences?: number; maxContext?: number; blockSize?: number; totalBlocks?: number; hostBlocks?: number } = {},
   ) {
     const maxSequences = geometry.maxSequences ?? profile.maxSequences;
     const maxContext = geometry.maxContext ?? profile.maxContext;
-    this.blockSize = profile.blockSize;
+    const blockSize = geometry.blockSize ?? profile.blockSize;
+    const totalBlocks = geometry.totalBlocks ?? maxSequences * Math.ceil(maxContext / blockSize);
+    const swapMs = profile.swapMsPerToken;
     this.info = {
       flavour: `cost-model(${profile.flavour})`,
       provider: 'cpu',
       maxSequences,
       maxContext,
-      blockSize: profile.blockSize,
-      totalBlocks: geometry.totalBlocks ?? maxSequences * Math.ceil(maxContext / profile.blockSize),
+      blockSize,
+      totalBlocks,
+      // Without a measured copy rate the simulated engine cannot swap.
+      hostBlocks: swapMs === undefined ? 0 : (geometry.hostBlocks ?? totalBlocks),
+      blockBytes: 0,
+      swapSecondsPerToken: swapMs === undefined ? Infinity : swapMs / 1000,
       vocabSize: 32000,
     };
-    this.swapSecondsPerToken = profile.swapMsPerToken === undefined ? undefined : profile.swapMsPerToken / 1000;
-  }
-
-  swapOut(seq: number): void {
-    const len = this.context.get(seq);
-    if (len === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
-    this.context.delete(seq);
-    this.swapped.set(seq, len);
-    this.swapMs += len * (this.profile.swapMsPerToken ?? 0);
-  }
-
-  swapIn(seq: number): void {
-    const len = this.swapped.get(seq);
-    if (len === undefined) throw new InvalidArgumentError(`sequence ${seq} is not swapped out`);
-    if (this.context.size >= this.info.maxSequences) throw new EngineCapacityError(`all ${this.info.maxSequences} sequence slots are in use`);
-    this.swapped.delete(seq);
-    this.context.set(seq, len);
-    this.swapMs += len * (this.profile.swapMsPerToken ?? 0);
-  }
-
-  get freeBlocks(): number {
-    let used = 0;
-    for (const len of this.context.values()) used += Math.ceil(len / this.blockSize);
-    return this.info.totalBlocks - used;
-  }
-
-  open(seq: number, _sampling?: SamplingParams, _rng?: Rng): void {
-    if (this.context.has(seq)) throw new InvalidArgumentError(`sequence ${seq} is already open`);
-    if (this.context.size >= this.info.maxSequences) throw new EngineCapacityError(`all ${this.info.maxSequences} sequence slots are in use`);
-    this.context.set(seq, 0);
-  }
-
-  close(seq: number): void {
-    this.context.delete(seq);
-    this.swapped.delete(seq);
-  }
-
-  contextLength(seq: number): number {
-    return this.context.get(seq) ?? 0;
-  }
-
-  blocksHeld(seq: number): number {
-    return Math.ceil(this.contextLength(seq) / this.blockSize);
-  }
-
-  storeBlock(): void {}
-
-  loadBlocks(seq: number, blockIds: readonly number[]): void {
-    this.context.set(seq, blockIds.length * this.blockSize);
+    this.swapMsPerBlock = (swapMs ?? 0) * blockSize;
   }
 
   async execute(plan: StepPlan): Promise<StepResult> {
@@ -183,26 +185,20 @@ export class CostModelEngine implements Engine {
   executeSync(plan: StepPlan): StepResult {
     const items = plan.items;
     const tokens = new Int32Array(items.length).fill(-1);
-    let batch = 0;
-    let ctx = 0;
-    let decodes = 0;
-    let prefills = 0;
-    for (let i = 0; i < items.length; i++) {
-      const it = items[i] as (typeof items)[number];
-      const len = this.context.get(it.seq);
-      if (len === undefined) throw new InvalidArgumentError(`sequence ${it.seq} is not open`);
-      batch += it.count;
-      ctx += len + it.count;
-      if (it.count === 1) decodes++;
-      else prefills++;
-      this.context.set(it.seq, len + it.count);
-      if (it.sample) tokens[i] = CostModelEngine.TOKEN;
+    for (let i = 0; i < items.length; i++) if ((items[i] as StepItem).sample) tokens[i] = CostModelEngine.TOKEN;
+    let swaps = 0;
+    for (let i = 0; i < plan.kvOps.length; i += 3) if (plan.kvOps[i] !== KvOp.copy) swaps++;
+    const shape = stepShape(items, this.info.blockSize, this.shape);
+    if (this.profile.contextTerm !== 'attended') {
+      let held = 0;
+      for (const it of items) held += it.offset + it.count;
+      shape.contextTokens = held;
     }
-    const runs = (decodes > 0 ? 1 : 0) + prefills;
-    const ms = (items.length === 0 ? 0 : predictStepMs(this.profile, { tokens: batch, contextTokens: ctx, sequences: items.length, runs })) + this.swapMs;
-    this.swapMs = 0;
-    return { tokens, timing: { totalMs: ms, runMs: ms, sampleMs: 0, glueMs: 0, runs, batchTokens: batch } };
+    const ms = (items.length === 0 ? 0 : predictStepMs(this.profile, shape)) + swaps * this.swapMsPerBlock;
+    return { tokens, timing: { totalMs: ms, runMs: ms, sampleMs: 0, glueMs: 0, runs: shape.runs, batchTokens: shape.tokens, kvBytesCopied: 0 } };
   }
+
+  private readonly shape: StepShape = { tokens: 0, contextTokens: 0, sequences: 0, runs: 0 };
 
   async dispose(): Promise<void> {}
 }

@@ -1,31 +1,33 @@
 import { validateSamplingParams } from '../sampling/params.js';
 import { Rng } from '../sampling/rng.js';
-import type { Engine, StepItem } from './types.js';
+import { DirectDriver, type DirectItem } from './direct.js';
+import type { Engine } from './types.js';
 
 /**
  * Teacher-forced evaluation: feed each sequence's tokens one position at a time (all sequences
  * batched in one step) and hand back the model's log-probabilities for the next token at every
  * position. What perplexity, KL divergence and top-1 agreement between two weight formats are
- * measured on. Not a serving path: it copies full logits rows.
+ * measured on. Not a serving path: it copies full logits rows. The engine's pool must hold
+ * every sequence at its full length.
  */
 export async function forcedLogProbs(engine: Engine, sequences: readonly (readonly number[])[], onRow: (seq: number, pos: number, logProbs: Float32Array) => void): Promise<void> {
   const greedy = validateSamplingParams({ temperature: 0, max_tokens: 1 });
   const V = engine.info.vocabSize;
   const row = new Float32Array(V);
-  const first = 1 << 20;
-  sequences.forEach((_, i) => engine.open(first + i, greedy, new Rng(i)));
+  const driver = new DirectDriver(engine);
+  sequences.forEach((_, i) => driver.open(i, greedy, new Rng(i)));
   try {
     const longest = Math.max(...sequences.map((s) => s.length));
     for (let pos = 0; pos < longest; pos++) {
-      const items: StepItem[] = [];
+      const items: DirectItem[] = [];
       const which: number[] = [];
       sequences.forEach((s, i) => {
         if (pos < s.length) {
-          items.push({ seq: first + i, tokens: s, offset: pos, count: 1, sample: true });
+          items.push([i, [s[pos] as number], true]);
           which.push(i);
         }
       });
-      const r = await engine.execute({ items, keepLogits: true });
+      const r = await driver.step(items, true);
       const logits = r.logits as Float32Array;
       for (let k = 0; k < which.length; k++) {
         logSoftmax(logits.subarray(k * V, (k + 1) * V), row);
@@ -33,7 +35,7 @@ export async function forcedLogProbs(engine: Engine, sequences: readonly (readon
       }
     }
   } finally {
-    sequences.forEach((_, i) => engine.close(first + i));
+    sequences.forEach((_, i) => driver.close(i));
   }
 }
 

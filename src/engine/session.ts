@@ -10,6 +10,14 @@ export interface SessionConfig {
   providers?: ExecutionProvider[];
   intraOpThreads?: number;
   interOpThreads?: number;
+  /**
+   * Let ONNX Runtime's intra-op threads spin between parallel sections (its default). Off by
+   * default here: the engine shares the cores with the server's own threads (HTTP, tokenizer
+   * pool), and spinning threads that are oversubscribed wait out whole scheduler slices at every
+   * barrier — on this project's shared 2-core machine a stories15M batch-32 step ran 1.5–2.5×
+   * slower with spinning than without (BENCHMARKS.md).
+   */
+  spinning?: boolean;
   /** Where the one fallback line goes (default: stderr). */
   log?: (line: string) => void;
   /** Write ONNX Runtime's per-node profile (JSON) to files starting with this path, for benchmarks. */
@@ -43,6 +51,7 @@ export async function openSession(path: string, cfg: SessionConfig = {}): Promis
       logSeverityLevel: 3,
     };
     if (cfg.intraOpThreads !== undefined) options.intraOpNumThreads = cfg.intraOpThreads;
+    if (cfg.spinning !== true) options.extra = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
     if (cfg.interOpThreads !== undefined) options.interOpNumThreads = cfg.interOpThreads;
     if (cfg.profilePrefix !== undefined) {
       options.enableProfiling = true;

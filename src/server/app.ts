@@ -2,7 +2,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { BodyTooLargeError, DrainingError, EngineDownError, InvalidApiKeyError, InvalidArgumentError, RouteNotFoundError, ShutdownError, UnknownModelError } from '../errors.js';
-import type { Completion, Generator, Rejected } from '../engine/generator.js';
+import type { Completion, Generator, Rejected } from '../serving/generator.js';
 import { validateSamplingParams, type SamplingParams } from '../sampling/params.js';
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
 import { mergeBills, type Bill } from '../economy/ledger.js';
@@ -23,7 +23,7 @@ import { GrammarEngine } from '../sampling/grammar.js';
 import { chatLogprobs, completionLogprobs, generatedPositions, promptPositions } from './logprobs.js';
 import type { TokenLogprobs } from '../sampling/logprobs.js';
 import { RequestJournal } from './journal.js';
-import { EngineLoop } from './loop.js';
+import { EngineLoop } from '../serving/loop.js';
 import { ServerMetrics } from './metrics.js';
 import { chatBody, completionBody, type ChatBody, type CommonBody, type CompletionBody } from './schemas.js';
 import { PromptBound } from './prompt-bound.js';
@@ -89,7 +89,7 @@ export function buildServer(deps: ServerDeps): Server {
   const sched = generator.scheduler;
   const info = generator.engine.info;
   const tenants = deps.tenants ?? openDirectory(undefined);
-  const metrics = deps.metrics ?? new ServerMetrics({ modelName: model.name, blockSize: info.blockSize, numBlocks: info.totalBlocks, maxSequences: info.maxSequences, maxContext: info.maxContext });
+  const metrics = deps.metrics ?? new ServerMetrics({ modelName: model.name, blockSize: info.blockSize, numBlocks: info.totalBlocks, numCpuBlocks: info.hostBlocks, maxSequences: info.maxSequences, maxContext: info.maxContext });
   const tokenize = deps.tokenize ?? (async (text: string, bos: boolean) => model.tokenizer.encode(text, { bos }));
   const limits = resolveLimits({ ...(deps.bodyLimit !== undefined ? { bodyLimit: deps.bodyLimit } : {}), ...deps.limits });
   const app = Fastify({
@@ -124,7 +124,7 @@ export function buildServer(deps: ServerDeps): Server {
   let draining = false;
 
   // --- metrics wiring: per step from the scheduler's counters, per token and request from the generator.
-  const last = { prompt: 0, preemptions: 0, swaps: 0, admitted: 0 };
+  const last = { prompt: 0, preemptions: 0, swaps: 0, admitted: 0, kvBytes: 0, blockCopies: 0 };
   const snapshot = () =>
     metrics.step({
       running: sched.running.length,
@@ -144,6 +144,9 @@ export function buildServer(deps: ServerDeps): Server {
     if (c.swaps > last.swaps) metrics.preempted(c.swaps - last.swaps, true);
     last.preemptions = c.preemptions;
     last.swaps = c.swaps;
+    metrics.kvCopies(generator.totals.kvBytesCopied - last.kvBytes, c.blockCopies - last.blockCopies);
+    last.kvBytes = generator.totals.kvBytesCopied;
+    last.blockCopies = c.blockCopies;
     if (c.admitted > last.admitted) metrics.admitted(c.admitted - last.admitted);
     last.admitted = c.admitted;
   };

@@ -9,6 +9,8 @@ import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import type { SchedRequest } from '../scheduler/request.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
+import { resolveGeometry, type Geometry, type GeometryOptions } from '../geometry.js';
+import { InvalidArgumentError } from '../errors.js';
 import { meetsSlo, realizedValue, summarize, tpotMs, type RequestOutcome, type Summary } from './metrics.js';
 import { answerQuote } from './client.js';
 import { declared, type TraceRequest } from './trace.js';
@@ -17,12 +19,12 @@ export interface SimOptions {
   policy: string;
   profile: StepProfile;
   curves?: PriceCurves;
-  /** Scheduler geometry; defaults come from the profile. */
-  maxBatchTokens?: number;
-  maxRunning?: number;
-  prefillChunk?: number;
-  totalBlocks?: number;
-  maxContext?: number;
+  /**
+   * The serving geometry, with the server's defaults (src/geometry.ts); the profile supplies
+   * the model's context (which --max-model-len may exceed here: the cost model extrapolates)
+   * and bytes per token (to turn --kv-memory bytes into blocks).
+   */
+  geometry?: GeometryOptions;
   antiThrashSteps?: number;
   prefixCaching?: boolean;
   shadow?: ShadowOptions;
@@ -102,19 +104,21 @@ export function synthesizePrompt(r: TraceRequest, index: number): Int32Array {
  */
 export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResult {
   const p = o.profile;
-  const maxRunning = o.maxRunning ?? p.maxSequences;
-  const maxContext = o.maxContext ?? p.maxContext;
-  const engine = new CostModelEngine(p, { maxSequences: maxRunning, maxContext });
+  const g = simGeometry(o);
+  const maxContext = g.maxModelLen;
+  const engine = new CostModelEngine(p, { maxSequences: g.maxNumSeqs, maxContext, blockSize: g.blockSize, totalBlocks: g.kvBlocks, hostBlocks: g.swapBlocks });
   const outcomes: (RequestOutcome | undefined)[] = new Array(trace.length);
   const basePrice = o.basePrice ?? DEFAULT_BASE_PRICE;
   let finished = 0;
   const config: SchedulerConfig = {
-    maxBatchTokens: o.maxBatchTokens ?? 512,
-    maxRunning,
-    prefillChunk: o.prefillChunk ?? 256,
-    totalBlocks: o.totalBlocks ?? maxRunning * Math.ceil(maxContext / p.blockSize),
-    blockSize: p.blockSize,
+    maxBatchTokens: g.maxNumBatchedTokens,
+    maxRunning: g.maxNumSeqs,
+    prefillChunk: g.prefillChunk,
+    totalBlocks: g.kvBlocks,
+    blockSize: g.blockSize,
     maxContext,
+    hostBlocks: engine.info.hostBlocks,
+    swapSecondsPerToken: engine.info.swapSecondsPerToken,
     initialStepSeconds: (p.baseMs + p.perTokenMs * 32 + p.perSequenceMs * 32) / 1000,
     basePrice,
   };
@@ -186,7 +190,7 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
     if (o.onProgress && (finished % 256 === 0 || finished === trace.length)) o.onProgress(finished, trace.length);
   };
 
-  const sched = new Scheduler(engine, createPolicy(o.policy, o.shadow ?? {}), config, {
+  const sched = new Scheduler(createPolicy(o.policy, o.shadow ?? {}), config, {
     onFinish: record,
     // The model "emits EOS" at the request's natural length.
     onToken: (r) => {
@@ -211,7 +215,10 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
     }
     const plan = sched.plan(clock);
     if (plan.items.length === 0) {
-      sched.commit({ tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0 } }, clock, 0);
+      // Block moves without a run (a preemption that freed nothing usable) still take time.
+      const moved = plan.kvOps.length > 0 ? engine.executeSync(plan).timing.totalMs / 1000 : 0;
+      clock += moved;
+      sched.commit({ tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0, kvBytesCopied: 0 } }, clock, 0);
       const next = arrivals.peek();
       if (next !== undefined && sched.pending === 0) clock = Math.max(clock, next.t);
       else if (sched.pending > 0) clock += Math.max(sched.stepSeconds(), 1e-3);
@@ -272,6 +279,21 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
     basePrice,
   });
   return { summary, outcomes: list };
+}
+
+/** The geometry a simulation runs: the server's defaults, with the profile standing in for the model. */
+export function simGeometry(o: Pick<SimOptions, 'geometry' | 'profile'>): Geometry {
+  // The fields these replaced would be ignored without a word (object spreads escape the type check).
+  for (const old of ['maxRunning', 'maxBatchTokens', 'prefillChunk', 'totalBlocks', 'maxContext']) {
+    if (old in o) throw new InvalidArgumentError(`SimOptions.${old} is gone: the serving geometry goes in SimOptions.geometry (src/geometry.ts)`);
+  }
+  const requested = o.geometry ?? {};
+  return resolveGeometry(requested, {
+    maxContext: requested.maxModelLen ?? o.profile.maxContext,
+    ...(o.profile.kvBytesPerToken !== undefined ? { kvBytesPerToken: o.profile.kvBytesPerToken } : {}),
+    // A simulation must not depend on the memory free where it runs: no fractions, no cap.
+    freeMemory: NaN,
+  });
 }
 
 /** The output a request can have in this context: its trace length, clamped so that some prompt still fits. */

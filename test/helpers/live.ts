@@ -2,7 +2,7 @@ import { connect, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import { Ledger } from '../../src/economy/ledger.js';
-import { Generator } from '../../src/engine/generator.js';
+import { Generator } from '../../src/serving/generator.js';
 import { OnnxEngine } from '../../src/engine/onnx-engine.js';
 import type { LoadedModel } from '../../src/models/modeldir.js';
 import { buildServer, type Server } from '../../src/server/app.js';

@@ -1,5 +1,5 @@
 import { forcedLogProbs, klDivergence, top2 } from '../../engine/evaluate.js';
-import { Generator } from '../../engine/generator.js';
+import { Generator } from '../../serving/generator.js';
 import { OnnxEngine } from '../../engine/onnx-engine.js';
 import { validateSamplingParams } from '../../sampling/params.js';
 import type { LoadedModel } from '../modeldir.js';

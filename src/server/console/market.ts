@@ -1,4 +1,4 @@
-import type { Generator } from '../../engine/generator.js';
+import type { Generator } from '../../serving/generator.js';
 import type { MetricsTotals, ServerMetrics, TenantOutcome } from '../metrics.js';
 import type { TenantDirectory } from '../tenants.js';
 

@@ -11,6 +11,7 @@ import type { Policy } from '../scheduler/policy.js';
 import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
 import type { Bill } from '../economy/ledger.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
+import { GEOMETRY_DEFAULTS, type Geometry } from '../geometry.js';
 import { Rng } from '../sampling/rng.js';
 import { StopMatcher } from '../sampling/stop.js';
 import { adjustsLogits } from '../sampling/params.js';
@@ -18,7 +19,8 @@ import { LogitAdjuster } from '../sampling/penalties.js';
 import type { TokenLogprobs } from '../sampling/logprobs.js';
 import type { TokenMasker } from '../sampling/grammar.js';
 import type { SamplingParams } from '../sampling/params.js';
-import type { Engine, StepPlan, StepResult, StepTiming } from './types.js';
+import { emptyPlan, type Engine, type StepItem, type StepPlan, type StepResult, type StepTiming } from '../engine/types.js';
+import { stepShape } from '../engine/cost-model.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
@@ -72,6 +74,24 @@ export interface GenerationRequest {
   endpoint?: 'completion' | 'chat';
 }
 
+/**
+ * One step as the server ran it: its shape (what the cost model prices) and its durations.
+ * `periodMs` is the time from this step's plan to the next one's when the next followed at once
+ * (the pace the serving loop actually kept, engine and everything around it), else null.
+ */
+export interface StepRecord {
+  /** Clock at plan time, seconds. */
+  at: number;
+  tokens: number;
+  /** Positions the attention reads (StepShape.contextTokens). */
+  contextTokens: number;
+  sequences: number;
+  runs: number;
+  /** The engine's execute, as the serving loop saw it (worker round trip included). */
+  engineMs: number;
+  periodMs: number | null;
+}
+
 interface Pending {
   detok: StreamDetokenizer;
   stop: StopMatcher;
@@ -106,9 +126,11 @@ export interface ChoicesRequest extends Omit<GenerationRequest, 'onText' | 'gram
 
 export interface GeneratorOptions {
   policy?: string | Policy;
-  /** Largest prompt slice fed in one step. */
+  /** The scheduling half of the serving geometry (the pool half is the engine's); defaults from GEOMETRY_DEFAULTS. */
+  geometry?: Partial<Pick<Geometry, 'maxNumSeqs' | 'maxNumBatchedTokens' | 'prefillChunk'>>;
+  /** Largest prompt slice fed in one step (overrides the geometry's). */
   prefillChunk?: number;
-  /** Tokens per step (decodes plus prefill chunks). */
+  /** Tokens per step, decodes plus prefill chunks (overrides the geometry's). */
   maxBatchTokens?: number;
   curves?: PriceCurves;
   ledger?: Ledger;
@@ -126,6 +148,8 @@ export interface GeneratorOptions {
   basePrice?: number;
   /** Seconds; injected for tests. */
   clock?: () => number;
+  /** Sees every step that ran requests, with its shape and how long it took (a step log, calibration). */
+  onStep?: (s: StepRecord) => void;
   /** Sees every token and every finished request (metrics). */
   observer?: { onToken?(r: SchedRequest, now: number): void; onFinish?(r: SchedRequest, now: number): void };
 }
@@ -142,6 +166,11 @@ export class Generator {
   private readonly clock: () => number;
   private observer: GeneratorOptions['observer'];
   lastTiming: StepTiming | undefined;
+  private readonly onStep: ((s: StepRecord) => void) | undefined;
+  /** The last step that ran requests, until the next step's start gives it a period. */
+  private lastStep: StepRecord | undefined;
+  /** Over every step the engine ran: steps, tokens fed, KV bytes copied outside the graph. */
+  readonly totals = { steps: 0, batchTokens: 0, kvBytesCopied: 0 };
 
   constructor(
     readonly engine: Engine,
@@ -150,13 +179,17 @@ export class Generator {
   ) {
     const policy = typeof opts.policy === 'object' ? opts.policy : createPolicy(opts.policy ?? 'fcfs', opts.shadow ?? {});
     const info = engine.info;
+    const g = opts.geometry ?? {};
+    const maxBatchTokens = opts.maxBatchTokens ?? g.maxNumBatchedTokens ?? GEOMETRY_DEFAULTS.maxNumBatchedTokens;
     const config: SchedulerConfig = {
-      maxBatchTokens: opts.maxBatchTokens ?? Math.max(256, info.maxSequences),
-      maxRunning: info.maxSequences,
-      prefillChunk: opts.prefillChunk ?? 64,
+      maxBatchTokens,
+      maxRunning: g.maxNumSeqs ?? info.maxSequences,
+      prefillChunk: opts.prefillChunk ?? g.prefillChunk ?? Math.min(GEOMETRY_DEFAULTS.prefillChunk, maxBatchTokens),
       totalBlocks: info.totalBlocks,
       blockSize: info.blockSize,
       maxContext: info.maxContext,
+      hostBlocks: info.hostBlocks,
+      swapSecondsPerToken: info.swapSecondsPerToken,
       stopIds: model.stopIds,
     };
     if (opts.curves) config.curves = opts.curves;
@@ -170,13 +203,19 @@ export class Generator {
     if (opts.lengthModel !== undefined) config.lengthModel = opts.lengthModel;
     this.clock = opts.clock ?? (() => performance.now() / 1000);
     this.observer = opts.observer;
-    this.scheduler = new Scheduler(engine, policy, config, this);
+    this.onStep = opts.onStep;
+    this.scheduler = new Scheduler(policy, config, this);
   }
 
   /** Requests submitted and not yet settled. */
   get inFlight(): number {
     // Settled only once flushed: a request the scheduler finished may still await delivery.
     return this.pending.size;
+  }
+
+  /** Whether a step is due although no request waits for one: finished sequences to close on the engine. */
+  get engineWorkPending(): boolean {
+    return this.scheduler.pendingCloses > 0;
   }
 
   /** Tokenizes a prompt the way a request will see it. */
@@ -325,15 +364,20 @@ export class Generator {
     });
   }
 
-  /** Runs one engine step. Returns false when nothing could run (idle, or everyone waiting). */
+  /**
+   * Runs one engine step. Returns false when no request ran (idle, or everyone waiting); a plan
+   * that only closes finished sequences or moves blocks still goes to the engine.
+   */
   async step(): Promise<boolean> {
-    const plan = this.scheduler.plan(this.clock());
-    if (plan.items.length === 0) {
-      this.scheduler.commit({ tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0 } }, this.clock(), 0);
+    const at = this.clock();
+    const plan = this.scheduler.plan(at);
+    this.recordPrevious(at, plan.items.length > 0);
+    if (emptyPlan(plan)) {
+      this.scheduler.commit(NOTHING_RAN, this.clock(), 0);
       this.flush();
       return false;
     }
-    let result;
+    let result: StepResult;
     if (this.decorate(plan)) await this.applyGrammars(plan);
     const running = this.engine.execute(plan);
     // The previous step's text goes out while this step computes (in the engine's worker). A
@@ -350,21 +394,35 @@ export class Generator {
     try {
       result = await running;
     } catch (e) {
-      // A failed step fails the requests in it, never silently: their blocks are freed.
+      // A failed step is not committed: its requests fail, never silently, and their blocks are freed.
+      const failed: Pending[] = [];
       for (const item of plan.items) {
         const p = this.pending.get(item.seq);
         this.pending.delete(item.seq);
         p?.grammar?.dispose();
-        this.scheduler.abort(item.seq, this.clock());
-        p?.reject(e);
+        if (p) failed.push(p);
       }
-      this.scheduler.commit({ tokens: new Int32Array(plan.items.length).fill(-1), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0 } }, this.clock(), 0);
+      this.scheduler.stepFailed(this.clock());
+      for (const p of failed) p.reject(e);
       throw e;
     }
     this.lastTiming = result.timing;
+    if (this.onStep !== undefined && plan.items.length > 0) this.lastStep = stepRecord(at, plan.items, this.engine.info.blockSize, result);
+    this.totals.steps++;
+    this.totals.batchTokens += result.timing.batchTokens;
+    this.totals.kvBytesCopied += result.timing.kvBytesCopied;
     this.collect(plan, result);
     this.scheduler.commit(result, this.clock(), result.timing.totalMs / 1000);
-    return true;
+    return plan.items.length > 0;
+  }
+
+  /** Hands the previous step to onStep, with a period when this step follows it at once with work. */
+  private recordPrevious(now: number, busy: boolean): void {
+    const last = this.lastStep;
+    if (last === undefined) return;
+    this.lastStep = undefined;
+    last.periodMs = busy ? (now - last.at) * 1000 : null;
+    this.onStep?.(last);
   }
 
   /**
@@ -428,6 +486,7 @@ export class Generator {
     }
   }
 
+  /** Steps until every request has finished and the engine has been told of every finish. */
   async runUntilIdle(maxIdleSteps = 1000): Promise<void> {
     let idle = 0;
     while (this.scheduler.pending > 0) {
@@ -435,6 +494,8 @@ export class Generator {
       else if (++idle > maxIdleSteps) throw new Error(`${this.scheduler.pending} requests cannot be scheduled`);
       else await new Promise((r) => setTimeout(r, 1));
     }
+    // One more plan carries the last closes.
+    await this.step();
     this.flush();
   }
 
@@ -551,6 +612,13 @@ export class Generator {
     return stopped;
   }
 }
+
+function stepRecord(at: number, items: readonly StepItem[], blockSize: number, result: StepResult): StepRecord {
+  const shape = stepShape(items, blockSize, { tokens: 0, contextTokens: 0, sequences: 0, runs: 0 });
+  return { at, ...shape, engineMs: result.timing.totalMs, periodMs: null };
+}
+
+const NOTHING_RAN: StepResult = { tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0, kvBytesCopied: 0 } };
 
 /** Convenience: one prompt, start to finish. */
 export async function generateOnce(engine: Engine, model: LoadedModel, prompt: string | number[], sampling: SamplingParams): Promise<Completion> {
