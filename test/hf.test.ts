@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { forcedLogProbs } from '../src/engine/evaluate.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { importGguf } from '../src/models/gguf/import.js';
@@ -9,6 +9,7 @@ import { importHf } from '../src/models/hf/import.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
 import { TEST_FAMILIES, writeTestGguf, type TestFamily } from './helpers/gguf-models.js';
 import { writeHfFolder } from './helpers/hf-folder.js';
+import { assertGreedyAgrees, greedy, llamaCpp, llamaCppGreedy } from './helpers/llamacpp.js';
 import { tempDir } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
 
@@ -34,13 +35,17 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
 /**
  * A Hugging Face folder written from the same weights as a GGUF (Q and K in rotate-half order
  * there, interleaved in the llama GGUFs) gives the same logits through `import hf` as the GGUF
- * through `import gguf`: float32 against F32, BF16 against BF16, and with --quantize q8 / q4
- * against Q8_0 / Q4_0 (the same blocks, rows reordered).
+ * through `import gguf`: float32 against F32, F16 against F16, BF16 against BF16, and with
+ * --quantize q8 / q4 against Q8_0 / Q4_0 (the same blocks, rows reordered); and its greedy text
+ * is llama.cpp's on that GGUF.
  */
+after(async () => (await llamaCpp()).dispose());
+
 describe('safetensors import gives the GGUF route’s logits', { skip: sharedSkipReason() }, () => {
   for (const family of TEST_FAMILIES) {
     for (const [dtype, gguf, quantize] of [
       ['F32', 'f32', undefined],
+      ['F16', 'f16', undefined],
       ['BF16', 'bf16', undefined],
       ['F32', 'q8_0', 'q8'],
       ['F32', 'q4_0', 'q4'],
@@ -59,6 +64,10 @@ describe('safetensors import gives the GGUF route’s logits', { skip: sharedSki
         assert.deepEqual(gg.tokenizer.encode(family.prompt, { bos: gg.addBos }), tokens);
         const d = maxDiff(await logProbs(hf, tokens), await logProbs(gg, tokens));
         assert.ok(d < 1e-3, `largest log-probability difference ${d}`);
+        // And the greedy text is llama.cpp's on the GGUF, up to the near-ties test/gguf.test.ts allows per type.
+        const ref = await llamaCppGreedy(join(dir, 'm.gguf'), family.prompt, 12);
+        assert.deepEqual(tokens, ref.prompt);
+        assertGreedyAgrees(await greedy(hf, tokens, 12), ref, hf.stopIds, quantize ? 1.8 : dtype === 'BF16' ? 0.7 : 0, `${family.name} ${dtype}${quantize ? ` ${quantize}` : ''}`);
         rmSync(dir, { recursive: true, force: true });
       });
     }

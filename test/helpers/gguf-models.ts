@@ -216,12 +216,17 @@ function randomKBlocks(type: 'q4_K' | 'q5_K' | 'q6_K', rows: number, cols: numbe
   return out;
 }
 
-export function writeKQuantGguf(path: string, kind: 'q4_K_M' | 'q5_K'): void {
+/**
+ * `q4_0_Q6_K` is a Q4_0 file as llama-quantize writes one by default: Q4_0 projections and
+ * embeddings, a Q6_K classifier.
+ */
+export function writeKQuantGguf(path: string, kind: 'q4_K_M' | 'q5_K' | 'q4_0_Q6_K'): void {
   const s = KQUANT_FAMILY.shape;
   const raw: Record<string, { type: GGMLQuantizationType; data: () => Uint8Array }> = {};
   let seed = 11;
   for (const spec of weightSpecs(s)) {
     if (spec.dims.length !== 2) continue;
+    if (kind === 'q4_0_Q6_K' && spec.name !== 'lm_head.weight') continue;
     const heavy = /v_proj|down_proj|lm_head/.test(spec.name);
     const type = kind === 'q5_K' ? 'q5_K' : heavy ? 'q6_K' : 'q4_K';
     const gain = spec.name === 'lm_head.weight' ? 10 : spec.name === 'model.embed_tokens.weight' ? Math.sqrt(spec.dims[1] as number) : 1.7;
@@ -229,5 +234,5 @@ export function writeKQuantGguf(path: string, kind: 'q4_K_M' | 'q5_K'): void {
     const mySeed = seed++;
     raw[spec.name] = { type: { q4_K: GGMLQuantizationType.Q4_K, q5_K: GGMLQuantizationType.Q5_K, q6_K: GGMLQuantizationType.Q6_K }[type], data: () => randomKBlocks(type, rows, cols, gain, mySeed) };
   }
-  writeLlamaGguf(path, { architecture: 'llama', name: `test-${kind}`, shape: s, weights: testWeights(s), tokenizer: KQUANT_FAMILY.tokenizer(), type: 'f32', raw });
+  writeLlamaGguf(path, { architecture: 'llama', name: `test-${kind}`, shape: s, weights: testWeights(s), tokenizer: KQUANT_FAMILY.tokenizer(), type: kind === 'q4_0_Q6_K' ? 'q4_0' : 'f32', raw });
 }

@@ -3,13 +3,14 @@ import { join } from 'node:path';
 import { ggufTokenizer } from '../../src/models/gguf/tokenizer.js';
 import { isRopeRows, permuteRows, ropeRowOrder } from '../../src/models/gguf/names.js';
 import { headDim, weightSpecs } from '../../src/models/llama/shape.js';
+import { floatToHalf } from '../../src/models/quant/ggml.js';
 import type { TestFamily } from './gguf-models.js';
 import { testWeights } from './gguf-models.js';
 
 const HF_ARCH = { llama2: 'LlamaForCausalLM', llama3: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM' } as const;
 
 /** A safetensors file: 8-byte header length, JSON header, data. */
-function safetensors(tensors: { name: string; dtype: 'F32' | 'BF16'; shape: number[]; bytes: Uint8Array }[]): Buffer {
+function safetensors(tensors: { name: string; dtype: 'F32' | 'F16' | 'BF16'; shape: number[]; bytes: Uint8Array }[]): Buffer {
   const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
   let at = 0;
   for (const t of tensors) {
@@ -31,12 +32,17 @@ function toBf16(f: Float32Array): Uint8Array {
   return new Uint8Array(out.buffer);
 }
 
+/** IEEE half precision rounded to nearest even, as the GGUF writer rounds. */
+function toF16(f: Float32Array): Uint8Array {
+  return new Uint8Array(Uint16Array.from(f, floatToHalf).buffer);
+}
+
 /**
  * The family's test weights as a Hugging Face checkpoint folder: config.json, the weights
  * sharded over two safetensors files with an index, Q and K rows in Hugging Face's rotate-half
  * order, and the tokenizer files marginal derives from the GGUF's vocabulary.
  */
-export function writeHfFolder(dir: string, family: TestFamily, dtype: 'F32' | 'BF16' = 'F32'): void {
+export function writeHfFolder(dir: string, family: TestFamily, dtype: 'F32' | 'F16' | 'BF16' = 'F32'): void {
   mkdirSync(dir, { recursive: true });
   const s = family.shape;
   const source = testWeights(s);
@@ -46,7 +52,7 @@ export function writeHfFolder(dir: string, family: TestFamily, dtype: 'F32' | 'B
     if (interleaved && isRopeRows(spec.name)) v = permuteRows(v, ropeRowOrder(spec.dims[0] as number, headDim(s), false));
     // Norms and biases stay float32, as GGUF files keep them: mixed dtypes are legal in safetensors.
     const t = spec.dims.length === 1 ? 'F32' : dtype;
-    return { name: spec.name, dtype: t, shape: spec.dims, bytes: t === 'F32' ? new Uint8Array(v.buffer, v.byteOffset, v.byteLength) : toBf16(v) };
+    return { name: spec.name, dtype: t, shape: spec.dims, bytes: t === 'F32' ? new Uint8Array(v.buffer, v.byteOffset, v.byteLength) : t === 'F16' ? toF16(v) : toBf16(v) };
   });
   const half = Math.ceil(tensors.length / 2);
   const shards = [tensors.slice(0, half), tensors.slice(half)];
@@ -70,7 +76,7 @@ export function writeHfFolder(dir: string, family: TestFamily, dtype: 'F32' | 'B
     rms_norm_eps: s.normEps,
     rope_theta: s.ropeTheta,
     tie_word_embeddings: s.sharedClassifier,
-    torch_dtype: dtype === 'F32' ? 'float32' : 'bfloat16',
+    torch_dtype: { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[dtype],
     rope_scaling: family.name === 'llama3' ? { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 32 } : null,
   };
   if (family.name === 'mistral') config.sliding_window = 4096;

@@ -5,8 +5,9 @@ import { CheckpointFormatError, UnsupportedModelError } from '../../errors.js';
 import { checkShape, headDim, weightSpecs, type LlamaShape, type WeightSpec } from '../llama/shape.js';
 import type { WeightSource } from '../llama/weights.js';
 import { capContext, writeModelDir, type Architecture, type Flavour, type ModelConfig } from '../modeldir.js';
-import { bf16ToFloat, halfToFloat, type BlockFormat, type BlockTensor } from '../quant/ggml.js';
-import type { QuantizeOptions } from '../quant/formats.js';
+import { CLASSIFIER, EMBEDDING } from '../llama/weight-store.js';
+import { bf16ToFloat, halfToFloat, quantize as quantizeBlocks, type BlockFormat, type BlockTensor } from '../quant/ggml.js';
+import { BLOCK_SIZE, type QuantizeOptions } from '../quant/formats.js';
 import { dequantizeK, K_BLOCK_BYTES, QK_K, type KQuant } from '../quant/kquants.js';
 import { ggufName } from './names.js';
 import { ggufTokenizer, type GgufMetadata } from './tokenizer.js';
@@ -131,8 +132,15 @@ function readFloats(path: string, t: TensorInfo): Float32Array {
   return new Float32Array(b.buffer);
 }
 
-/** The file's tensors under Hugging Face names: F32 as is, F16/BF16 widened exactly, Q8_0/Q4_0 as ggml blocks. */
-export function ggufWeights(f: GgufFile): WeightSource {
+/**
+ * The file's tensors under Hugging Face names: F32 as is, F16/BF16 widened exactly, Q8_0/Q4_0 as
+ * ggml blocks. K-quants are dequantized; where `quantize` leaves a tensor's format open they come
+ * back as q8 blocks, so that a file's other tensors keep their own format (llama.cpp's Q4_0 files
+ * hold a Q6_K classifier: it becomes q8, the Q4_0 projections stay q4). Where it names a format,
+ * float32, quantized once by the store.
+ */
+export function ggufWeights(f: GgufFile, quantize: QuantizeOptions = {}): WeightSource {
+  const target = (name: string) => (name === EMBEDDING ? quantize.embeddings : name === CLASSIFIER ? quantize.classifier : undefined) ?? quantize.weights;
   return (spec: WeightSpec) => {
     const name = ggufName(spec.name);
     const t = f.tensors.get(name);
@@ -159,7 +167,8 @@ export function ggufWeights(f: GgufFile): WeightSource {
       case GGMLQuantizationType.Q5_K:
       case GGMLQuantizationType.Q6_K: {
         const k = K_QUANTS.get(t.type) as KQuant;
-        return dequantizeK(k, readBytes(f.path, t, (n / QK_K) * K_BLOCK_BYTES[k]), n);
+        const values = dequantizeK(k, readBytes(f.path, t, (n / QK_K) * K_BLOCK_BYTES[k]), n);
+        return spec.dims.length === 2 && target(spec.name) === undefined ? quantizeBlocks('q8_0', values, rows, cols, quantize.blockSize ?? BLOCK_SIZE) : values;
       }
       case GGMLQuantizationType.Q8_0:
       case GGMLQuantizationType.Q4_0: {
@@ -199,10 +208,9 @@ export async function importGguf(path: string, out: string, o: GgufImportOptions
     if (k !== undefined) kquants.set(k.toUpperCase(), (kquants.get(k.toUpperCase()) ?? 0) + 1);
     else if (!READABLE.has(t.type)) throw new UnsupportedModelError(unreadable(t.name, t.type));
   }
-  let quantize = o.quantize;
+  const quantize = o.quantize;
   if (kquants.size > 0) {
     const target = quantize?.weights ?? 'q8';
-    if (quantize?.weights === undefined) quantize = { ...quantize, weights: 'q8' };
     const list = [...kquants.entries()].map(([k, n]) => `${n} ${k}`).join(', ');
     o.log?.(`marginal: ${list} tensor(s) dequantized and stored as ${target} (ONNX Runtime has no K-quant kernel; --quantize q4 for less memory)`);
   }
@@ -219,7 +227,7 @@ export async function importGguf(path: string, out: string, o: GgufImportOptions
     dir: out,
     name,
     shape: f.shape,
-    weights: ggufWeights(f),
+    weights: ggufWeights(f, quantize),
     tokenizer,
     synthetic: false,
     description: `GGUF ${f.architecture} ${basename(path)} (${(size / 2 ** 20).toFixed(0)} MiB, ${headDim(f.shape)}-wide heads, ${f.shape.nHeads}/${f.shape.nKvHeads} heads)`,

@@ -29,7 +29,7 @@ export interface GraphWeights {
 }
 
 export const CLASSIFIER = 'lm_head.weight';
-const EMBEDDING = 'model.embed_tokens.weight';
+export const EMBEDDING = 'model.embed_tokens.weight';
 
 /**
  * Projections that read the same input are stored as one matrix, their rows stacked, so a
