@@ -3,13 +3,16 @@
  * formats and peers: `batch` sequences prefilled with deterministic prompts, one warm-up step,
  * then `steps` timed decode steps of the whole batch (greedy).
  */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { validateSamplingParams } from '../src/sampling/params.js';
 import { Rng } from '../src/sampling/rng.js';
 import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import type { StepItem, StepPlan } from '../src/engine/types.js';
-import type { LoadedModel } from '../src/models/modeldir.js';
+import { packageRoot, synthesize } from '../src/models/importers.js';
+import { GRAPH_VERSION, type LoadedModel, type ModelConfig } from '../src/models/modeldir.js';
 
 export interface DecodeResult {
   tokS: number;
@@ -90,4 +93,18 @@ export async function marginalDecode(model: LoadedModel, batch: number, o: { pro
   } finally {
     await engine.dispose();
   }
+}
+
+/** models/bench-SHAPE[-q8|-q4][-bN], written unless an up-to-date one with those weights is there. */
+export function benchModelDir(shape: string, format: string, log: (line: string) => void): string {
+  const [weights, block] = format.split('@') as [string, string | undefined];
+  const dir = join(packageRoot(), 'models', format === 'fp32' ? `bench-${shape}` : `bench-${shape}-${weights}${block ? `-b${block}` : ''}`);
+  const cfg = join(dir, 'marginal.json');
+  const c = existsSync(cfg) ? (JSON.parse(readFileSync(cfg, 'utf8')) as ModelConfig) : undefined;
+  const fresh = c !== undefined && c.graphVersion === GRAPH_VERSION && (c.quantization?.linear ?? 'fp32') === weights && (c.quantization?.blockSize ?? 32) === Number(block ?? 32);
+  if (!fresh) {
+    log(`writing ${dir}`);
+    synthesize(shape, dir, weights === 'fp32' ? { log } : { log, quantize: { weights: weights as 'q8' | 'q4', blockSize: Number(block ?? 32) } });
+  }
+  return dir;
 }

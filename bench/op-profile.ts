@@ -10,9 +10,8 @@ import { Command } from 'commander';
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { packageRoot } from '../src/models/importers.js';
 import { loadModelDir } from '../src/models/modeldir.js';
-import { marginalDecode } from './decode-run.js';
+import { benchModelDir, marginalDecode } from './decode-run.js';
 
 const o = new Command()
   .option('--model <shape>', 'synthetic shape', 'stories110m')
@@ -33,8 +32,7 @@ interface ProfileEvent {
 const out = mkdtempSync(join(tmpdir(), 'marginal-profile-'));
 const table: { format: string; batch: number; total: number; byOp: Map<string, number> }[] = [];
 for (const format of o.formats.split(',')) {
-  const dir = join(packageRoot(), 'models', format === 'fp32' ? `bench-${o.model}` : `bench-${o.model}-${format}`);
-  const model = await loadModelDir(dir);
+  const model = await loadModelDir(benchModelDir(o.model, format, (s) => process.stderr.write(s + '\n')));
   for (const batch of o.batches.split(',').map(Number)) {
     const prefix = join(out, `${format}-${batch}`);
     await marginalDecode(model, batch, { promptLen: 64, steps: Number(o.steps), threads: Number(o.threads), profilePrefix: prefix });

@@ -13,15 +13,14 @@
  * one decode per step, as a Node user of llama.cpp would serve them.
  */
 import { Command } from 'commander';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { getLlama, LlamaLogLevel, type Llama } from 'node-llama-cpp';
 import { exportModelDir, type GgufWeightType } from '../../src/models/gguf/export.js';
-import { packageRoot, synthesize } from '../../src/models/importers.js';
-import { GRAPH_VERSION, loadModelDir, type ModelConfig } from '../../src/models/modeldir.js';
-import { benchPrompt, cpuSeconds, marginalDecode } from '../decode-run.js';
+import { loadModelDir } from '../../src/models/modeldir.js';
+import { benchModelDir, benchPrompt, cpuSeconds, marginalDecode } from '../decode-run.js';
 
 const program = new Command()
   .option('--models <list>', 'synthetic shapes', 'stories15m,stories110m')
@@ -44,19 +43,7 @@ const formats = o.formats.split(',');
 const GGUF_TYPE: Record<string, GgufWeightType> = { fp32: 'f32', q8: 'q8_0', q4: 'q4_0' };
 const log = (s: string) => process.stderr.write(s + '\n');
 
-/** models/bench-SHAPE[-q8|-q4][-bN], written unless an up-to-date one with those weights is there. */
-function modelDir(shape: string, format: string): string {
-  const [weights, block] = format.split('@') as [string, string | undefined];
-  const dir = join(packageRoot(), 'models', format === 'fp32' ? `bench-${shape}` : `bench-${shape}-${weights}${block ? `-b${block}` : ''}`);
-  const cfg = join(dir, 'marginal.json');
-  const c = existsSync(cfg) ? (JSON.parse(readFileSync(cfg, 'utf8')) as ModelConfig) : undefined;
-  const fresh = c !== undefined && c.graphVersion === GRAPH_VERSION && (c.quantization?.linear ?? 'fp32') === weights && (c.quantization?.blockSize ?? 32) === Number(block ?? 32);
-  if (!fresh) {
-    log(`writing ${dir}`);
-    synthesize(shape, dir, weights === 'fp32' ? { log } : { log, quantize: { weights: weights as 'q8' | 'q4', blockSize: Number(block ?? 32) } });
-  }
-  return dir;
-}
+const modelDir = (shape: string, format: string) => benchModelDir(shape, format, log);
 
 function ggufFile(dir: string, format: string): string {
   const file = `${dir}.gguf`;
