@@ -13,6 +13,7 @@ export const InvalidSamplingError = createError<[string]>('MARGINAL_INVALID_SAMP
 export const ContextLengthError = createError<[string]>('MARGINAL_CONTEXT_LENGTH', '%s', 400);
 export const InvalidArgumentError = createError<[string]>('MARGINAL_INVALID_ARGUMENT', '%s', 400);
 export const EngineCapacityError = createError<[string]>('MARGINAL_ENGINE_CAPACITY', '%s', 503);
+export const IoBindingUnavailableError = createError<[string]>('MARGINAL_IO_BINDING_UNAVAILABLE', 'I/O binding is unavailable: %s', 500);
 
 export interface MarginalError extends Error {
   code: string;

@@ -253,8 +253,9 @@ describe('WorkerEngine', () => {
     const engine = await WorkerEngine.create(dir, { ...opts, providers: ['cuda', 'cpu'], log: (l) => lines.push(l) });
     await engine.dispose();
     assert.equal(engine.info.provider, 'cpu');
-    assert.equal(lines.length, 1);
-    assert.match(lines[0] as string, /running on CPU/);
+    assert.equal(lines.length, 1, 'one line says which path runs');
+    assert.match(lines[0] as string, /on CPU/);
+    assert.match(lines[0] as string, /CUDA execution provider not installed/);
   });
 
   test('dispose releases the session and ends the thread', async () => {

@@ -17,12 +17,13 @@
 #include "fdlibm.h"
 #include "sampler.h"
 #include "kernels.h"
+#include "ort/runner.h"
 
 namespace {
 
 // Bumped whenever an export's signature or meaning changes, so that a stale build left in
 // native/build is refused by src/native/index.ts instead of being called with the wrong layout.
-constexpr int32_t kAbiVersion = 1;
+constexpr int32_t kAbiVersion = 2;
 
 template <typename T>
 struct Span {
@@ -71,13 +72,21 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
                              InstanceMethod("argmax", &MarginalNative::Argmax),
                              InstanceMethod("firstAbove", &MarginalNative::FirstAbove),
                              InstanceValue("kernels", Napi::String::New(env, marginal::kernel_name())),
+                             InstanceMethod("openOrtRunner", &MarginalNative::OpenOrtRunner),
                          });
+    runner_class_ = Napi::Persistent(marginal::ort::Runner::Define(env));
   }
 
  private:
   // Scratch per sampling thread (a few vocab-sized buffers each), kept between calls, and per
   // addon instance, so engines in different worker_threads never share one.
   std::vector<std::unique_ptr<marginal::RowSampler>> samplers_;
+  // The OrtRunner class of this addon instance (one per worker_thread).
+  Napi::FunctionReference runner_class_;
+
+  // openOrtRunner(libraryPath, modelPath, options) -> Promise<OrtRunner>: loads ONNX Runtime
+  // from libraryPath (dlopen, once per process) and opens modelPath on the named provider.
+  Napi::Value OpenOrtRunner(const Napi::CallbackInfo& info) { return marginal::ort::OpenRunner(info, runner_class_); }
 
   marginal::RowSampler& sampler(size_t index, int32_t vocab) {
     if (samplers_.size() <= index) samplers_.resize(index + 1);

@@ -5,10 +5,12 @@ import { BlockPool } from '../kv/blocks.js';
 import type { Flavour, LoadedModel } from '../models/modeldir.js';
 import { IO } from '../models/llama/graph.js';
 import { BatchSampler } from '../native/sampling.js';
-import { kvCopy, type KvShape } from '../native/kv-copy.js';
+import { JsKvBackend, type KvGeometry } from './js-kv-backend.js';
+import type { FastRunOutput, KvBackend } from './kv-backend.js';
+import { openKvBackend, type KvBackendChoice } from './open-kv-backend.js';
 import { Sampler, type Rng, type SamplingParams } from './sampling.js';
-import { openSession, type SessionConfig } from './session.js';
-import type { Engine, EngineInfo, ExecutionProvider, StepItem, StepPlan, StepResult } from './types.js';
+import type { SessionConfig } from './session.js';
+import type { Engine, EngineInfo, StepItem, StepPlan, StepResult } from './types.js';
 
 export interface OnnxEngineOptions extends SessionConfig {
   /** Graph flavour; default `fast` where the model has it. */
@@ -24,28 +26,53 @@ export interface OnnxEngineOptions extends SessionConfig {
    * or top-k ≤ this skip copying full logits. 0 disables it.
    */
   rankedCandidates?: number;
+  /**
+   * Run the fast graph through ONNX Runtime's C API with I/O binding (the native addon), the
+   * KV cache bound in place where the provider keeps memory: true requires it, false uses
+   * onnxruntime-node's JavaScript session; default (or MARGINAL_IO_BINDING=1/0): I/O binding
+   * wherever the addon can open it.
+   */
+  ioBinding?: KvBackendChoice;
 }
 
 const FREE = -1;
 
-/** A run's output for sampling: full logits rows, or each row's k best (values and ids, best first). */
-interface RunOutput {
-  logits?: Float32Array;
-  values?: Float32Array;
-  ids?: BigInt64Array;
-  k: number;
+interface EngineGeometry {
+  maxSequences: number;
+  maxContext: number;
+  blockSize: number;
 }
 
+function engineGeometry(model: LoadedModel, opts: OnnxEngineOptions): EngineGeometry {
+  const maxSequences = opts.maxSequences ?? 32;
+  const maxContext = Math.min(opts.maxContext ?? model.kv.maxContext, model.kv.maxContext);
+  const blockSize = opts.blockSize ?? 16;
+  if (!Number.isInteger(maxSequences) || maxSequences < 1) throw new InvalidArgumentError(`maxSequences must be a positive integer`);
+  if (!Number.isInteger(maxContext) || maxContext < 2) throw new InvalidArgumentError(`maxContext must be an integer >= 2`);
+  if (!Number.isInteger(blockSize) || blockSize < 1) throw new InvalidArgumentError(`blockSize must be a positive integer`);
+  return { maxSequences, maxContext, blockSize };
+}
+
+/** The largest k fetched from the graph's in-graph top-k (0 where the graph has none). */
+function rankedLimit(inputs: ReadonlySet<string>, opts: OnnxEngineOptions): number {
+  return inputs.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
+}
+
+type RunOutput = FastRunOutput;
+
 /**
- * The token loop on ONNX Runtime. KV memory is one buffer per layer and per K/V of shape
- * [maxSequences, kvHeads, capacity, headDim]; a sequence owns one slot of it while open.
+ * The token loop on ONNX Runtime. KV memory is, per layer and per K/V, [maxSequences, kvHeads,
+ * capacity, headDim]; a sequence owns one slot of it while open. Where that memory lives and
+ * how a graph runs over it is the KvBackend's (kv-backend.ts): device memory bound in place
+ * through the native addon's I/O binding, or host arrays through onnxruntime-node.
  *
- * - `fast` graphs read that buffer in place (views, no copy) and return only the new tokens'
- *   keys and values, which the engine writes at each sequence's end: a step's decodes run as
- *   one batch over the slot range they occupy, and each prefill chunk runs on its own slot.
+ * - `fast` graphs read that memory in place (no copy) and return only the new tokens' keys and
+ *   values, which are written at each sequence's end: a step's decodes run as one batch over
+ *   the slot range they occupy, and prefill chunks of equal length share a run.
  * - `hf` graphs take packed past tensors and return the concatenated present: the engine
  *   packs each step's sequences (left-padded, masked) and copies the new positions back. This
  *   is what serving a Hugging Face / Optimum export costs, and the benchmark shows by how much.
+ *   It always runs on onnxruntime-node's session over host arrays.
  */
 export class OnnxEngine implements Engine {
   readonly info: EngineInfo;
@@ -55,8 +82,6 @@ export class OnnxEngine implements Engine {
   /** Positions per slot. The fast graph attends over all of them (masked), so it is the engine's context, not the model's. */
   private readonly capacity: number;
   private readonly slotStride: number;
-  private readonly keys: Float32Array[];
-  private readonly values: Float32Array[];
   private readonly slotOf = new Map<number, number>();
   private readonly slotSeq: Int32Array;
   private readonly slotLen: Int32Array;
@@ -66,7 +91,6 @@ export class OnnxEngine implements Engine {
   private readonly sampler: Sampler;
   /** Full-logits rows go through the native batch sampler when the addon is built (identical results). */
   private readonly batchSampler: BatchSampler;
-  private readonly kvShape: KvShape;
   private batchRows = new Int32Array(0);
   private batchOut = new Int32Array(0);
   private readonly batchParams: SamplingParams[] = [];
@@ -75,46 +99,36 @@ export class OnnxEngine implements Engine {
   private readonly vocab: number;
   private readonly inputNames: Set<string>;
   private readonly maxRanked: number;
-  private readonly kBuf = new BigInt64Array(1);
   // Reused across steps: a step allocates tensors' wrappers, never their data.
   private readonly idsBuf: BigInt64Array;
   private readonly rowsBuf: BigInt64Array;
   private readonly posBuf: BigInt64Array;
   private readonly lengthsBuf: BigInt64Array;
+  private readonly writeRow: Int32Array;
+  private readonly writeAt: Int32Array;
   private hfScratch: { k: Float32Array[]; v: Float32Array[] } = { k: [], v: [] };
   /**
-   * Prefix-cache copies, keyed by the scheduler's block id: per block, every layer's keys then
-   * values, [layer][k|v][kvHead][blockSize][headDim]. Filled when a block is registered, read
-   * when a later sequence hits it; the scheduler's block manager decides which ids are live.
+   * Swapped-out sequences: the backend's handle on their keys and values, their length and
+   * sampling state. Prefix-cache copies live in the backend, keyed by the scheduler's block id.
    */
-  private readonly blockStore = new Map<number, Float32Array>();
-  /** Swapped-out sequences: their keys and values ([layer][k|v][kvHead][position][headDim]) and sampling state. */
-  private readonly swappedOut = new Map<number, { len: number; data: Float32Array; sampling: SamplingParams; rng: Rng }>();
+  private readonly swappedOut = new Map<number, { len: number; handle: number; sampling: SamplingParams; rng: Rng }>();
   /** memcpy-bound: bytes per token over a conservative 4 GB/s. */
   readonly swapSecondsPerToken: number;
 
   private constructor(
     private readonly model: LoadedModel,
-    private readonly session: ort.InferenceSession,
-    provider: ExecutionProvider,
+    private readonly backend: KvBackend,
     readonly flavour: Flavour,
+    geometry: EngineGeometry,
     opts: OnnxEngineOptions,
   ) {
-    const maxSequences = opts.maxSequences ?? 32;
-    const maxContext = Math.min(opts.maxContext ?? model.kv.maxContext, model.kv.maxContext);
-    const blockSize = opts.blockSize ?? 16;
-    if (!Number.isInteger(maxSequences) || maxSequences < 1) throw new InvalidArgumentError(`maxSequences must be a positive integer`);
-    if (!Number.isInteger(maxContext) || maxContext < 2) throw new InvalidArgumentError(`maxContext must be an integer >= 2`);
-    if (!Number.isInteger(blockSize) || blockSize < 1) throw new InvalidArgumentError(`blockSize must be a positive integer`);
+    const { maxSequences, maxContext, blockSize } = geometry;
     this.layers = model.kv.layers;
     this.kvHeads = model.kv.kvHeads;
     this.headDim = model.kv.headDim;
     this.vocab = model.vocabSize;
     this.capacity = maxContext;
     this.slotStride = this.kvHeads * this.capacity * this.headDim;
-    const floats = maxSequences * this.slotStride;
-    this.keys = Array.from({ length: this.layers }, () => new Float32Array(floats));
-    this.values = Array.from({ length: this.layers }, () => new Float32Array(floats));
     this.slotSeq = new Int32Array(maxSequences).fill(FREE);
     this.slotLen = new Int32Array(maxSequences);
     this.slotParams = new Array(maxSequences).fill(undefined);
@@ -123,17 +137,18 @@ export class OnnxEngine implements Engine {
     this.pool = new BlockPool(maxSequences * blocksPerSeq, blockSize);
     this.sampler = new Sampler(this.vocab);
     this.batchSampler = new BatchSampler(this.vocab);
-    this.kvShape = { kvHeads: this.kvHeads, capacity: this.capacity, headDim: this.headDim };
-    this.inputNames = new Set(session.inputNames);
-    this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
+    this.inputNames = new Set(backend.inputNames);
+    this.maxRanked = rankedLimit(this.inputNames, opts);
     this.idsBuf = new BigInt64Array(maxSequences);
     this.rowsBuf = new BigInt64Array(maxSequences);
     this.posBuf = new BigInt64Array(maxSequences);
     this.lengthsBuf = new BigInt64Array(maxSequences);
+    this.writeRow = new Int32Array(maxSequences);
+    this.writeAt = new Int32Array(maxSequences);
     this.swapSecondsPerToken = (this.layers * 2 * this.kvHeads * this.headDim * 4) / 4e9;
     this.info = {
       flavour,
-      provider,
+      provider: backend.provider,
       maxSequences,
       maxContext,
       blockSize,
@@ -147,10 +162,37 @@ export class OnnxEngine implements Engine {
     if (!model.flavours.includes(flavour)) {
       throw new ModelFormatError(`model ${model.name} has no ${flavour} graph (it has ${model.flavours.join(', ')})`);
     }
-    const { session, provider } = await openSession(model.graphPath(flavour), opts);
-    const engine = new OnnxEngine(model, session, provider, flavour, opts);
-    engine.checkGraph();
-    return engine;
+    const geometry = engineGeometry(model, opts);
+    const kv: KvGeometry = {
+      layers: model.kv.layers,
+      kvHeads: model.kv.kvHeads,
+      headDim: model.kv.headDim,
+      capacity: geometry.maxContext,
+      slots: geometry.maxSequences,
+    };
+    const backend = await openKvBackend(model.graphPath(flavour), flavour, kv, {
+      ...opts,
+      vocab: model.vocabSize,
+      rankedLimit: (inputs) => rankedLimit(inputs, opts),
+    });
+    try {
+      const engine = new OnnxEngine(model, backend, flavour, geometry, opts);
+      engine.checkGraph();
+      return engine;
+    } catch (e) {
+      await backend.dispose();
+      throw e;
+    }
+  }
+
+  /** Which session runs the graph ('io-binding' or 'onnxruntime-node') and where the cache lives. */
+  get kvPath(): { path: KvBackend['path']; memory: KvBackend['memory'] } {
+    return { path: this.backend.path, memory: this.backend.memory };
+  }
+
+  /** Bytes of cached keys and values copied so far, by steps and by block operations (cumulative). */
+  kvBytesCopied(): number {
+    return this.backend.kvBytesCopied();
   }
 
   private checkGraph(): void {
@@ -182,9 +224,8 @@ export class OnnxEngine implements Engine {
     const slot = this.slotOf.get(seq);
     if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
     const len = this.slotLen[slot] as number;
-    const data = new Float32Array(this.layers * 2 * this.kvHeads * len * this.headDim);
-    if (len > 0) kvCopy('gather', this.keys, this.values, this.kvShape, slot, 0, len, [data]);
-    const state = { len, data, sampling: this.slotParams[slot] as SamplingParams, rng: this.slotRng[slot] as Rng };
+    const handle = this.backend.swapOut(slot, len);
+    const state = { len, handle, sampling: this.slotParams[slot] as SamplingParams, rng: this.slotRng[slot] as Rng };
     this.close(seq);
     this.swappedOut.set(seq, state);
   }
@@ -195,13 +236,17 @@ export class OnnxEngine implements Engine {
     this.open(seq, state.sampling, state.rng);
     this.swappedOut.delete(seq);
     const slot = this.slotOf.get(seq) as number;
-    if (state.len > 0) kvCopy('scatter', this.keys, this.values, this.kvShape, slot, 0, state.len, [state.data]);
+    this.backend.swapIn(state.handle, slot, state.len);
     this.slotLen[slot] = state.len;
     this.pool.ensure(seq, state.len);
   }
 
   close(seq: number): void {
-    this.swappedOut.delete(seq);
+    const swapped = this.swappedOut.get(seq);
+    if (swapped !== undefined) {
+      this.backend.dropSwap(swapped.handle);
+      this.swappedOut.delete(seq);
+    }
     const slot = this.slotOf.get(seq);
     if (slot === undefined) return;
     this.slotOf.delete(seq);
@@ -217,12 +262,7 @@ export class OnnxEngine implements Engine {
     if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
     const bs = this.info.blockSize;
     if ((index + 1) * bs > (this.slotLen[slot] as number)) throw new InvalidArgumentError(`block ${index} of sequence ${seq} is not computed yet`);
-    let copy = this.blockStore.get(blockId);
-    if (copy === undefined) {
-      copy = new Float32Array(this.layers * 2 * this.kvHeads * bs * this.headDim);
-      this.blockStore.set(blockId, copy);
-    }
-    kvCopy('gather', this.keys, this.values, this.kvShape, slot, index * bs, bs, [copy]);
+    this.backend.storeBlock(slot, index * bs, bs, blockId);
   }
 
   loadBlocks(seq: number, blockIds: readonly number[]): void {
@@ -231,12 +271,8 @@ export class OnnxEngine implements Engine {
     if ((this.slotLen[slot] as number) !== 0) throw new InvalidArgumentError(`sequence ${seq} is not empty`);
     const bs = this.info.blockSize;
     if (blockIds.length * bs > this.info.maxContext) throw new ContextLengthError(`${blockIds.length} blocks exceed the context`);
-    const copies = blockIds.map((id) => {
-      const copy = this.blockStore.get(id);
-      if (copy === undefined) throw new InvalidArgumentError(`block ${id} was never stored`);
-      return copy;
-    });
-    kvCopy('scatter', this.keys, this.values, this.kvShape, slot, 0, bs, copies);
+    for (const id of blockIds) if (!this.backend.hasBlock(id)) throw new InvalidArgumentError(`block ${id} was never stored`);
+    this.backend.loadBlocks(slot, blockIds, bs);
     this.slotLen[slot] = blockIds.length * bs;
     this.pool.ensure(seq, blockIds.length * bs);
   }
@@ -251,11 +287,12 @@ export class OnnxEngine implements Engine {
   }
 
   async dispose(): Promise<void> {
-    await this.session.release();
+    await this.backend.dispose();
   }
 
   async execute(plan: StepPlan): Promise<StepResult> {
     const t0 = performance.now();
+    const copied0 = this.backend.kvBytesCopied();
     const n = plan.items.length;
     const tokens = new Int32Array(n).fill(-1);
     const logits = plan.keepLogits ? new Float32Array(n * this.vocab).fill(NaN) : undefined;
@@ -357,7 +394,8 @@ export class OnnxEngine implements Engine {
       batchTokens += item.count;
     }
     const totalMs = performance.now() - t0;
-    const result: StepResult = { tokens, timing: { totalMs, runMs, sampleMs, glueMs: totalMs - runMs - sampleMs, runs, batchTokens } };
+    const kvBytesCopied = this.backend.kvBytesCopied() - copied0;
+    const result: StepResult = { tokens, timing: { totalMs, runMs, sampleMs, glueMs: totalMs - runMs - sampleMs, runs, batchTokens, kvBytesCopied } };
     if (logits) result.logits = logits;
     return result;
   }
@@ -423,19 +461,6 @@ export class OnnxEngine implements Engine {
       lengths[s] = BigInt(len);
       rows[k] = BigInt(s * width + width - 1);
     }
-    const feeds: Record<string, ort.Tensor> = {
-      [IO.inputIds]: new ort.Tensor('int64', ids, [b, width]),
-      [IO.positionIds]: new ort.Tensor('int64', pos, [b, width]),
-      [IO.pastLengths]: new ort.Tensor('int64', lengths, [b]),
-      [IO.logitsRows]: new ort.Tensor('int64', rows, [group.length]),
-    };
-    const dims = [b, this.kvHeads, this.capacity, this.headDim];
-    const from = lo * this.slotStride;
-    const to = (hi + 1) * this.slotStride;
-    for (let l = 0; l < this.layers; l++) {
-      feeds[IO.pastKey(l)] = new ort.Tensor('float32', (this.keys[l] as Float32Array).subarray(from, to), dims);
-      feeds[IO.pastValue(l)] = new ort.Tensor('float32', (this.values[l] as Float32Array).subarray(from, to), dims);
-    }
     // Rank in the graph when every sampled row can be served from its k best logits.
     let k = 1;
     let ranked = this.maxRanked > 0 && !fullLogits;
@@ -446,35 +471,30 @@ export class OnnxEngine implements Engine {
       if (!Sampler.rankedSuffices(params, this.maxRanked)) ranked = false;
       else if (params.temperature > 0) k = Math.max(k, params.topK);
     }
-    if (this.inputNames.has(IO.topK)) {
-      this.kBuf[0] = BigInt(k);
-      feeds[IO.topK] = new ort.Tensor('int64', this.kBuf, [1]);
+    for (let j = 0; j < group.length; j++) {
+      const slot = this.slotOf.get((items[group[j] as number] as StepItem).seq) as number;
+      this.writeRow[j] = slot - lo;
+      this.writeAt[j] = this.slotLen[slot] as number;
     }
-    const fetches: string[] = ranked ? [IO.topKValues, IO.topKIndices] : [IO.logits];
-    for (let l = 0; l < this.layers; l++) fetches.push(IO.newKey(l), IO.newValue(l));
-    const out = await this.session.run(feeds, fetches);
-    const hd = this.headDim;
-    for (let l = 0; l < this.layers; l++) {
-      const newK = out[IO.newKey(l)]?.data as Float32Array;
-      const newV = out[IO.newValue(l)]?.data as Float32Array;
-      for (const i of group) {
-        const slot = this.slotOf.get((items[i] as StepItem).seq) as number;
-        const s = slot - lo;
-        const len = this.slotLen[slot] as number;
-        for (let h = 0; h < this.kvHeads; h++) {
-          const src = ((s * this.kvHeads + h) * width) * hd;
-          const dst = slot * this.slotStride + (h * this.capacity + len) * hd;
-          (this.keys[l] as Float32Array).set(newK.subarray(src, src + width * hd), dst);
-          (this.values[l] as Float32Array).set(newV.subarray(src, src + width * hd), dst);
-        }
-      }
-    }
-    if (ranked) return { values: out[IO.topKValues]?.data as Float32Array, ids: out[IO.topKIndices]?.data as BigInt64Array, k };
-    return { logits: out[IO.logits]?.data as Float32Array, k: 0 };
+    return this.backend.runFast({
+      lo,
+      b,
+      width,
+      ids,
+      pos,
+      lengths,
+      rows,
+      ranked,
+      k,
+      writeRow: this.writeRow,
+      writeAt: this.writeAt,
+      writes: group.length,
+    });
   }
 
   /** One hf-interface run: pack the group's caches (left-padded), run, copy the new positions back. */
   private async runHf(items: StepItem[], group: number[]): Promise<{ logits: Float32Array; seqLen: number }> {
+    const js = this.backend as JsKvBackend;
     const b = group.length;
     let P = 0;
     let S = 0;
@@ -523,14 +543,18 @@ export class OnnxEngine implements Engine {
         for (let h = 0; h < H; h++) {
           const src = slot * this.slotStride + h * this.capacity * hd;
           const dst = ((k * H + h) * P + (P - len)) * hd;
-          pk.set((this.keys[l] as Float32Array).subarray(src, src + len * hd), dst);
-          pv.set((this.values[l] as Float32Array).subarray(src, src + len * hd), dst);
+          pk.set((js.keys[l] as Float32Array).subarray(src, src + len * hd), dst);
+          pv.set((js.values[l] as Float32Array).subarray(src, src + len * hd), dst);
         }
       }
       feeds[IO.pastKey(l)] = new ort.Tensor('float32', pk, [b, H, P, hd]);
       feeds[IO.pastValue(l)] = new ort.Tensor('float32', pv, [b, H, P, hd]);
     }
-    const out = await this.session.run(feeds);
+    // The packing above and the present the graph concatenates are both copies of the cache.
+    let packed = 0;
+    for (const slot of slots) packed += this.slotLen[slot] as number;
+    js.countCopied((packed + b * T) * 2 * H * hd * 4 * this.layers);
+    const out = await js.session.run(feeds);
     for (let l = 0; l < this.layers; l++) {
       const presentK = out[IO.presentKey(l)]?.data as Float32Array | undefined;
       const presentV = out[IO.presentValue(l)]?.data as Float32Array | undefined;
@@ -542,8 +566,8 @@ export class OnnxEngine implements Engine {
         for (let h = 0; h < H; h++) {
           const src = ((k * H + h) * T + (T - count)) * hd;
           const dst = slot * this.slotStride + (h * this.capacity + len) * hd;
-          (this.keys[l] as Float32Array).set(presentK.subarray(src, src + count * hd), dst);
-          (this.values[l] as Float32Array).set(presentV.subarray(src, src + count * hd), dst);
+          (js.keys[l] as Float32Array).set(presentK.subarray(src, src + count * hd), dst);
+          (js.values[l] as Float32Array).set(presentV.subarray(src, src + count * hd), dst);
         }
       }
     }

@@ -41,6 +41,13 @@ export interface StepTiming {
   glueMs: number;
   runs: number;
   batchTokens: number;
+  /**
+   * Bytes of cached keys and values the step copied (moved to the device, packed, or
+   * concatenated): 0 where the cache is read in place, as on the I/O-binding path. The new
+   * tokens' own keys and values, written once into their positions, are not counted. Absent
+   * where an engine does not measure it (the cost model).
+   */
+  kvBytesCopied?: number;
 }
 
 export interface StepResult {
