@@ -11,6 +11,7 @@ import { isMarginalError } from '../src/errors.js';
 import { synthesize } from '../src/models/importers.js';
 import { loadModelDir, type Flavour } from '../src/models/modeldir.js';
 import { cleanup, synthTiny, tempDir } from './helpers/models.js';
+import { testProviders } from './helpers/providers.js';
 
 const greedy: SamplingParams = validateSamplingParams({ temperature: 0 });
 const nucleus = (seed: number): SamplingParams => validateSamplingParams({ temperature: 0.9, top_p: 0.9, seed });
@@ -116,7 +117,7 @@ describe('WorkerEngine', () => {
   });
   after(() => cleanup(join(dir, '..')));
 
-  const opts: OnnxEngineOptions = { providers: ['cpu'], maxSequences: 4, blockSize: 4 };
+  const opts: OnnxEngineOptions = { providers: testProviders(), maxSequences: 4, blockSize: 4 };
 
   for (const flavour of ['fast', 'hf'] as Flavour[]) {
     test(`${flavour}: the same tokens, logits and bookkeeping as an in-process OnnxEngine`, async () => {
@@ -282,7 +283,7 @@ describe('WorkerEngine on a stories15M-shaped model', () => {
 
   // One thread for ONNX Runtime leaves a core for the main thread on small machines: what is
   // under test is whether the event loop waits on a step, not CPU contention.
-  const opts: OnnxEngineOptions = { providers: ['cpu'], maxSequences: 4, intraOpThreads: 1 };
+  const opts: OnnxEngineOptions = { providers: testProviders(), maxSequences: 4, intraOpThreads: 1 };
   const longStep = (vocab: number): StepPlan => {
     const tokens = Int32Array.from(prompt(240, 9, vocab));
     return { items: [0, 1, 2, 3].map((seq) => ({ seq, tokens, offset: 0, count: 240, sample: true })) };

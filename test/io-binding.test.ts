@@ -1,0 +1,232 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { OnnxEngine } from '../src/engine/onnx-engine.js';
+import { Rng, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
+import type { StepItem, StepResult } from '../src/engine/types.js';
+import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
+import { ortRunnerUnavailable } from '../src/native/ort-runner.js';
+import { importStories260K, stories260K, tempDir } from './helpers/models.js';
+import { sharedSkipReason } from './helpers/shared.js';
+import { testProviders } from './helpers/providers.js';
+
+/**
+ * The engine's two session paths on the real stories260K model: the fast graph through the
+ * native addon's I/O-binding runner (the cache bound in place) and through onnxruntime-node's
+ * JavaScript session (the fallback). Same plans, same logits within 1e-5, same tokens; the
+ * bound path copies no byte of the cache in any step.
+ */
+const runnerSkip = ortRunnerUnavailable() === undefined || process.env.CI === 'true' ? false : `runner unavailable: ${ortRunnerUnavailable()}`;
+const skip = sharedSkipReason() || runnerSkip;
+
+const greedy = (maxTokens: number): SamplingParams => validateSamplingParams({ temperature: 0, max_tokens: maxTokens });
+const sampled = (seed: number): SamplingParams => validateSamplingParams({ temperature: 0.8, top_p: 0.9, seed, max_tokens: 100 });
+
+interface Script {
+  /** Per step: the items to run (tokens given, or -1 to feed the sequence's last sampled token). */
+  steps: { seq: number; tokens: number[] | -1; sample: boolean }[][];
+  params: Map<number, SamplingParams>;
+}
+
+/** Runs a script on an engine; returns every step's result and each sequence's tokens. */
+async function play(engine: OnnxEngine, script: Script, keepLogits: boolean): Promise<{ results: StepResult[]; out: Map<number, number[]> }> {
+  const out = new Map<number, number[]>();
+  const results: StepResult[] = [];
+  for (const step of script.steps) {
+    const items: StepItem[] = [];
+    for (const it of step) {
+      if (!out.has(it.seq)) {
+        engine.open(it.seq, script.params.get(it.seq) as SamplingParams, new Rng((script.params.get(it.seq) as SamplingParams).seed ?? 1));
+        out.set(it.seq, []);
+      }
+      const tokens = it.tokens === -1 ? [(out.get(it.seq) as number[]).at(-1) as number] : it.tokens;
+      items.push({ seq: it.seq, tokens, offset: 0, count: tokens.length, sample: it.sample });
+    }
+    const r = await engine.execute({ items, keepLogits });
+    results.push(r);
+    step.forEach((it, i) => {
+      if (it.sample) (out.get(it.seq) as number[]).push(r.tokens[i] as number);
+    });
+  }
+  return { results, out };
+}
+
+describe('the I/O-binding session path', { skip }, () => {
+  let model: LoadedModel;
+  let script: Script;
+  before(async () => {
+    model = await loadModelDir(importStories260K());
+    const enc = (s: string) => model.tokenizer.encode(s, { bos: true });
+    const a = enc('Once upon a time');
+    const b = enc('The big dog');
+    const c = enc('Tom and Sue went to the park to play');
+    const d = enc('Lily');
+    // Prompts of equal length share a prefill run; c is chunked; d joins mid-way; decodes batch.
+    assert.equal(a.length, b.length);
+    const steps: Script['steps'] = [
+      [{ seq: 1, tokens: a, sample: true }, { seq: 2, tokens: b, sample: true }, { seq: 3, tokens: c.slice(0, 4), sample: false }],
+      [{ seq: 1, tokens: -1, sample: true }, { seq: 2, tokens: -1, sample: true }, { seq: 3, tokens: c.slice(4), sample: true }],
+    ];
+    for (let i = 0; i < 24; i++) {
+      const step: Script['steps'][number] = [1, 2, 3].map((seq) => ({ seq, tokens: -1 as const, sample: true }));
+      if (i === 6) step.push({ seq: 4, tokens: d, sample: true });
+      if (i > 6) step.push({ seq: 4, tokens: -1, sample: true });
+      steps.push(step);
+    }
+    script = { steps, params: new Map([[1, greedy(100)], [2, sampled(7)], [3, sampled(11)], [4, greedy(100)]]) };
+  });
+
+  test('the engine picks it by default and says so in one line', async () => {
+    const lines: string[] = [];
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4, log: (l) => lines.push(l) });
+    assert.equal(engine.kvPath.path, 'io-binding');
+    assert.equal(lines.length, 1);
+    assert.match(lines[0] as string, /C API with I\/O binding \(native addon\) on (CPU|CUDA); KV cache in (host|device) memory, bound in place/);
+    await engine.dispose();
+  });
+
+  for (const keepLogits of [true, false]) {
+    test(`logits within 1e-5 and identical tokens on both paths, step by step (${keepLogits ? 'full logits' : 'in-graph top-k where it serves'})`, async () => {
+      const bound = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4, ioBinding: true });
+      const js = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4, ioBinding: false });
+      assert.equal(js.kvPath.path, 'onnxruntime-node');
+      const p = await play(bound, script, keepLogits);
+      const q = await play(js, script, keepLogits);
+      assert.deepEqual(p.out, q.out);
+      if (keepLogits) {
+        let worst = 0;
+        for (let s = 0; s < p.results.length; s++) {
+          const x = p.results[s]?.logits as Float32Array;
+          const y = q.results[s]?.logits as Float32Array;
+          assert.equal(x.length, y.length);
+          for (let i = 0; i < x.length; i++) {
+            if (Number.isNaN(y[i])) assert.ok(Number.isNaN(x[i]), 'the same rows are sampled');
+            else worst = Math.max(worst, Math.abs((x[i] as number) - (y[i] as number)));
+          }
+        }
+        assert.ok(worst <= 1e-5, `max |bound - js| = ${worst}`);
+      }
+      // Greedy sequence 1 continues llama2.c's reference story from its first words.
+      const story = 'Once upon a time' + model.tokenizer.decode(p.out.get(1) as number[]);
+      assert.ok(stories260K.reference200.startsWith(story), story);
+      await bound.dispose();
+      await js.dispose();
+    });
+  }
+
+  test('no step copies the cache on the bound path; the JavaScript hf path copies it every step', async () => {
+    const bound = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4, ioBinding: true });
+    const { results } = await play(bound, script, false);
+    for (const r of results) assert.equal(r.timing.kvBytesCopied, 0);
+    assert.equal(bound.kvBytesCopied(), 0);
+    await bound.dispose();
+
+    const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], maxSequences: 2 });
+    const { layers, kvHeads, headDim } = model.kv;
+    hf.open(1, greedy(10), new Rng(1));
+    hf.open(2, greedy(10), new Rng(1));
+    const first = await hf.execute({ items: [{ seq: 1, tokens: [1, 400, 401], offset: 0, count: 3, sample: true }] });
+    // Nothing cached yet: packed past is empty, the present holds the 3 new positions.
+    assert.equal(first.timing.kvBytesCopied, 3 * 2 * kvHeads * headDim * 4 * layers);
+    await hf.execute({ items: [{ seq: 2, tokens: [1, 500], offset: 0, count: 2, sample: true }] });
+    const decode = await hf.execute({
+      items: [
+        { seq: 1, tokens: [402], offset: 0, count: 1, sample: true },
+        { seq: 2, tokens: [501], offset: 0, count: 1, sample: true },
+      ],
+    });
+    // Packed: 3 + 2 cached positions; present: 2 sequences × (3 past + 1 new) positions.
+    assert.equal(decode.timing.kvBytesCopied, (3 + 2 + 2 * 4) * 2 * kvHeads * headDim * 4 * layers);
+    await hf.dispose();
+  });
+
+  test('swap out and in, and prefix blocks, are copies where the pool lives: exact resumption, every byte counted', async () => {
+    const { layers, kvHeads, headDim } = model.kv;
+    const bytesPerToken = layers * 2 * kvHeads * headDim * 4;
+    const prompt = model.tokenizer.encode('Once upon a time, there was a little girl', { bos: true });
+    const run = async (interrupt: boolean) => {
+      const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 2, blockSize: 4, ioBinding: true });
+      engine.open(1, sampled(5), new Rng(5));
+      let r = await engine.execute({ items: [{ seq: 1, tokens: prompt, offset: 0, count: prompt.length, sample: true }] });
+      const out = [r.tokens[0] as number];
+      // A second sequence starts from the first one's two leading blocks, by copy.
+      engine.storeBlock(1, 0, 100);
+      engine.storeBlock(1, 1, 101);
+      assert.equal(engine.kvBytesCopied(), 2 * 4 * bytesPerToken);
+      engine.open(2, greedy(20), new Rng(1));
+      engine.loadBlocks(2, [100, 101]);
+      assert.equal(engine.contextLength(2), 8);
+      assert.equal(engine.kvBytesCopied(), 4 * 4 * bytesPerToken);
+      const rest = await engine.execute({ items: [{ seq: 2, tokens: prompt.slice(8), offset: 0, count: prompt.length - 8, sample: true }] });
+      for (let i = 0; i < 12; i++) {
+        if (interrupt && i === 4) {
+          const len = engine.contextLength(1);
+          const before = engine.kvBytesCopied();
+          engine.swapOut(1);
+          // The slot is reused and overwritten meanwhile.
+          engine.open(3, greedy(5), new Rng(1));
+          await engine.execute({ items: [{ seq: 3, tokens: [1, 99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88], offset: 0, count: 13, sample: true }] });
+          engine.close(3);
+          engine.swapIn(1);
+          assert.equal(engine.contextLength(1), len);
+          assert.equal(engine.kvBytesCopied() - before, 2 * len * bytesPerToken);
+        }
+        r = await engine.execute({ items: [{ seq: 1, tokens: [out.at(-1) as number], offset: 0, count: 1, sample: true }] });
+        assert.equal(r.timing.kvBytesCopied, 0);
+        out.push(r.tokens[0] as number);
+      }
+      await engine.dispose();
+      return { out, second: rest.tokens[0] };
+    };
+    const plain = await run(false);
+    const swapped = await run(true);
+    assert.deepEqual(swapped, plain);
+    // The prefix-cache copy computes what a full prefill would: greedy from the same prompt.
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 1, ioBinding: false });
+    engine.open(1, greedy(2), new Rng(1));
+    const full = await engine.execute({ items: [{ seq: 1, tokens: prompt, offset: 0, count: prompt.length, sample: true }] });
+    assert.equal(plain.second, full.tokens[0]);
+    await engine.dispose();
+  });
+
+  test('MARGINAL_IO_BINDING and ioBinding choose the path; the hf graph cannot be bound', async () => {
+    await assert.rejects(OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], ioBinding: true }), { code: 'MARGINAL_INVALID_ARGUMENT' });
+    const lines: string[] = [];
+    const js = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1, ioBinding: false, log: (l) => lines.push(l) });
+    assert.equal(js.kvPath.path, 'onnxruntime-node');
+    assert.match(lines[0] as string, /onnxruntime-node's JavaScript session on CPU; KV cache in host memory \(I\/O binding: turned off\)/);
+    await js.dispose();
+  });
+
+  test('without the addon the JavaScript session serves, says why, and reproduces llama2.c', () => {
+    const dir = tempDir('fallback');
+    const script = join(dir, 'fallback.mts');
+    const src = (p: string) => JSON.stringify(fileURLToPath(new URL(p, import.meta.url)));
+    writeFileSync(
+      script,
+      `import { OnnxEngine } from ${src('../src/engine/onnx-engine.ts')};
+import { Generator } from ${src('../src/engine/generator.ts')};
+import { validateSamplingParams } from ${src('../src/engine/sampling.ts')};
+import { loadModelDir } from ${src('../src/models/modeldir.ts')};
+const model = await loadModelDir(${JSON.stringify(model.dir)});
+const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1 });
+const g = new Generator(engine, model);
+const done = g.submit({ prompt: 'Zoo', sampling: validateSamplingParams({ temperature: 0, max_tokens: 57 }) });
+await g.runUntilIdle();
+process.stdout.write(JSON.stringify({ path: engine.kvPath.path, text: (await done).text }));
+await engine.dispose();
+`,
+    );
+    const child = spawnSync(process.execPath, ['--import', 'tsx', script], { env: { ...process.env, MARGINAL_NATIVE: '0' }, encoding: 'utf8', timeout: 120_000 });
+    assert.equal(child.status, 0, child.stderr);
+    const got = JSON.parse(child.stdout) as { path: string; text: string };
+    assert.equal(got.path, 'onnxruntime-node');
+    assert.equal('Zoo' + got.text, stories260K.referenceZoo);
+    const lines = child.stderr.split('\n').filter((l) => l.startsWith('marginal: engine:'));
+    assert.equal(lines.length, 1);
+    assert.match(lines[0] as string, /onnxruntime-node's JavaScript session on CPU; KV cache in host memory \(I\/O binding: the native addon is unavailable \(TypeScript fallback: MARGINAL_NATIVE=0\)\)/);
+  });
+});
