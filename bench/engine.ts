@@ -2,9 +2,13 @@
  * Engine throughput: aggregate decode tokens/s at several batch sizes, for the `fast` graph
  * (in-place KV), the `hf` graph (packed past/present, what an Optimum export costs) and a
  * naive loop (one sequence at a time, the textbook Hugging Face generate loop), measured side
- * by side in one run, with the split of a fast step into ONNX Runtime, sampling and glue.
+ * by side in one run, with the split of a fast step into ONNX Runtime, sampling and glue, and
+ * the KV bytes each step copies. `fast` runs on the engine's default session path (ONNX
+ * Runtime's C API with I/O binding through the native addon, where it loads); `fast-js` is
+ * the same graph on onnxruntime-node's JavaScript session, the fallback path.
  *
- *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--steps 32] [--json FILE]
+ *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--steps 32]
+ *       [--modes fast,fast-js,fast-full,hf,naive] [--providers cpu|cuda] [--context N] [--json FILE]
  */
 import { Command } from 'commander';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -14,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { Rng, Sampler, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
-import type { StepItem } from '../src/engine/types.js';
+import type { ExecutionProvider, StepItem } from '../src/engine/types.js';
 import { IO } from '../src/models/llama/graph.js';
 import { ensureSynthetic, importLlama2c, packageRoot } from '../src/models/importers.js';
 import { GRAPH_VERSION, loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
@@ -29,13 +33,21 @@ const program = new Command()
   .option('--naive-max-batch <n>', 'largest batch the naive loop runs (it is slow)', '64')
   .option('--temperature <t>', 'sampling temperature (0 = greedy)', '0')
   .option('--top-p <p>', 'nucleus mass when sampling', '1')
+  .option('--modes <list>', 'fast (default session path), fast-js (onnxruntime-node session), fast-full, hf, naive', 'fast,fast-full,hf,naive')
+  .option('--providers <list>', 'execution providers in order (cpu, cuda)', 'cpu')
+  .option('--context <n>', 'engine context (positions per sequence slot); default prompt + steps + 8')
   .option('--json <file>', 'write the results as JSON')
   .parse();
-const o = program.opts<{ models: string; batches: string; steps: string; prompt: string; threads?: string; naiveMaxBatch: string; temperature: string; topP: string; json?: string }>();
+const o = program.opts<{ models: string; batches: string; steps: string; prompt: string; threads?: string; naiveMaxBatch: string; temperature: string; topP: string; modes: string; providers: string; context?: string; json?: string }>();
+type Mode = 'fast' | 'fast-js' | 'fast-full' | 'hf' | 'naive';
+const modes = o.modes.split(',').map((m) => m.trim()) as Mode[];
+for (const m of modes) if (!['fast', 'fast-js', 'fast-full', 'hf', 'naive'].includes(m)) throw new Error(`unknown mode ${m}`);
+const providers = o.providers.split(',').map((p) => p.trim()) as ExecutionProvider[];
 const batches = o.batches.split(',').map(Number);
 const steps = Number(o.steps);
 const promptLen = Number(o.prompt);
 const threads = o.threads ? Number(o.threads) : cpus().length;
+const context = o.context ? Number(o.context) : promptLen + steps + 8;
 const sampling: SamplingParams = validateSamplingParams({ temperature: Number(o.temperature), top_p: Number(o.topP), seed: 1, max_tokens: steps + 1 });
 
 function modelDir(name: string): string {
@@ -58,7 +70,10 @@ function prompt(model: LoadedModel, i: number): number[] {
 
 interface Row {
   model: string;
-  mode: 'fast' | 'fast-full' | 'hf' | 'naive';
+  mode: Mode;
+  /** The session path the engine ran on ('io-binding' or 'onnxruntime-node'), and the provider. */
+  path?: string;
+  provider?: string;
   batch: number;
   tokS: number;
   stepMs: number;
@@ -67,12 +82,23 @@ interface Row {
   glueMs?: number;
   /** Model FLOPs per second inside ONNX Runtime: 2 × parameters × tokens plus attention. */
   gflops?: number;
+  /** Mean bytes of cached keys and values a decode step copied (StepTiming.kvBytesCopied). */
+  kvBytesPerStep?: number;
 }
 
-async function engineRun(model: LoadedModel, name: string, mode: 'fast' | 'fast-full' | 'hf', batch: number): Promise<Row> {
+async function engineRun(model: LoadedModel, name: string, mode: Exclude<Mode, 'naive'>, batch: number): Promise<Row> {
   const flavour = mode === 'hf' ? 'hf' : 'fast';
   // fast-full: the same graph, but full logits rows copied out and sampled (no in-graph top-k).
-  const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: batch, intraOpThreads: threads, maxContext: promptLen + steps + 8, rankedCandidates: mode === 'fast-full' ? 0 : 64 });
+  const engine = await OnnxEngine.create(model, {
+    flavour,
+    providers,
+    maxSequences: batch,
+    intraOpThreads: threads,
+    maxContext: context,
+    rankedCandidates: mode === 'fast-full' ? 0 : 64,
+    ...(mode === 'fast-js' ? { ioBinding: false } : {}),
+    log: (line) => process.stderr.write(`  ${line}\n`),
+  });
   for (let i = 0; i < batch; i++) engine.open(i, sampling, new Rng(i));
   const last = new Int32Array(batch);
   for (let i = 0; i < batch; i++) {
@@ -84,9 +110,10 @@ async function engineRun(model: LoadedModel, name: string, mode: 'fast' | 'fast-
   let ortMs = 0;
   let sampleMs = 0;
   let glueMs = 0;
+  let kvBytes = 0;
   // One warm-up step so allocation and first-run costs stay out of the figure.
   for (let s = -1; s < steps; s++) {
-    if (s === 0) ortMs = sampleMs = glueMs = 0;
+    if (s === 0) ortMs = sampleMs = glueMs = kvBytes = 0;
     for (let i = 0; i < batch; i++) ((items[i] as StepItem).tokens as number[])[0] = last[i] as number;
     const t0 = performance.now();
     const r = await engine.execute({ items });
@@ -94,16 +121,19 @@ async function engineRun(model: LoadedModel, name: string, mode: 'fast' | 'fast-
       ortMs += r.timing.runMs;
       sampleMs += r.timing.sampleMs;
       glueMs += performance.now() - t0 - r.timing.runMs - r.timing.sampleMs;
+      kvBytes += r.timing.kvBytesCopied ?? 0;
     }
     last.set(r.tokens);
   }
+  const { path } = engine.kvPath;
+  const provider = engine.info.provider;
   await engine.dispose();
   const total = ortMs + sampleMs + glueMs;
   const hd = model.kv.headDim;
   const ctx = promptLen + steps / 2;
   const flopsPerToken = model.shape ? 2 * parameterCount(model.shape) + 4 * model.kv.layers * ctx * hd * model.shape.nHeads : 0;
   const gflops = (flopsPerToken * batch * steps) / (ortMs / 1000) / 1e9;
-  return { model: name, mode, batch, tokS: (batch * steps) / (total / 1000), stepMs: total / steps, ortMs: ortMs / steps, sampleMs: sampleMs / steps, glueMs: glueMs / steps, gflops };
+  return { model: name, mode, path, provider, batch, tokS: (batch * steps) / (total / 1000), stepMs: total / steps, ortMs: ortMs / steps, sampleMs: sampleMs / steps, glueMs: glueMs / steps, gflops, kvBytesPerStep: kvBytes / steps };
 }
 
 /** The textbook loop: each sequence alone, its present fed back as its next past. */
@@ -139,27 +169,37 @@ async function naiveRun(model: LoadedModel, name: string, session: ort.Inference
     state.push(st);
   }
   for (const st of state) await runOne(st, [st.last]);
+  // Each step's Concat copies every sequence's whole past into its present: the cache, copied.
+  let cached = 0;
   const t0 = performance.now();
-  for (let s = 0; s < steps; s++) for (const st of state) await runOne(st, [st.last]);
+  for (let s = 0; s < steps; s++) {
+    for (const st of state) {
+      cached += st.len;
+      await runOne(st, [st.last]);
+    }
+  }
   const ms = performance.now() - t0;
-  return { model: name, mode: 'naive', batch, tokS: (batch * steps) / (ms / 1000), stepMs: ms / steps };
+  const cacheBytes = (cached / steps) * 2 * H * hd * 4 * model.kv.layers;
+  return { model: name, mode: 'naive', path: 'onnxruntime-node', provider: providers[0], batch, tokS: (batch * steps) / (ms / 1000), stepMs: ms / steps, kvBytesPerStep: cacheBytes };
 }
 
 const rows: Row[] = [];
 const fmt = (x: number | undefined, d = 1) => (x === undefined ? '' : x.toFixed(d));
-process.stderr.write(`engine bench: ${cpus().length} cores, ${threads} ORT threads, prompt ${promptLen}, ${steps} decode steps, temperature ${o.temperature}, top-p ${o.topP}\n`);
+process.stderr.write(`engine bench: ${cpus().length} cores, ${threads} ORT threads, providers ${providers.join(',')}, prompt ${promptLen}, ${steps} decode steps, context ${context}, temperature ${o.temperature}, top-p ${o.topP}\n`);
 for (const name of o.models.split(',')) {
   const model = await loadModelDir(modelDir(name));
-  const naiveSession = await ort.InferenceSession.create(model.graphPath('hf'), { executionProviders: ['cpu'], intraOpNumThreads: threads, graphOptimizationLevel: 'all' });
+  const naiveSession = modes.includes('naive')
+    ? await ort.InferenceSession.create(model.graphPath('hf'), { executionProviders: providers, intraOpNumThreads: threads, graphOptimizationLevel: 'all' })
+    : undefined;
   for (const batch of batches) {
-    for (const mode of ['fast', 'fast-full', 'hf', 'naive'] as const) {
+    for (const mode of modes) {
       if (mode === 'naive' && batch > Number(o.naiveMaxBatch)) continue;
-      const row = mode === 'naive' ? await naiveRun(model, name, naiveSession, batch) : await engineRun(model, name, mode, batch);
+      const row = mode === 'naive' ? await naiveRun(model, name, naiveSession as ort.InferenceSession, batch) : await engineRun(model, name, mode, batch);
       rows.push(row);
       process.stderr.write(`  ${name} ${mode} b=${batch}: ${row.tokS.toFixed(0)} tok/s\n`);
     }
   }
-  await naiveSession.release();
+  await naiveSession?.release();
 }
 
 console.log('| model | batch | fast tok/s | fast, full logits tok/s | hf tok/s | naive tok/s | fast/full | fast/hf | fast/naive | fast step ms | ORT ms | sample ms | glue ms | ORT GFLOP/s |');
@@ -179,4 +219,21 @@ for (const name of o.models.split(',')) {
   const b32 = rows.find((r) => r.model === name && r.batch === 32 && r.mode === 'fast');
   if (b1 && b32) console.log(`\n${name}: fast batch 32 / batch 1 aggregate tokens/s = ${(b32.tokS / b1.tokS).toFixed(2)}×`);
 }
-if (o.json) writeFileSync(o.json, JSON.stringify({ threads, cores: cpus().length, promptLen, steps, rows }, null, 2) + '\n');
+
+// Every row, with its session path and the KV bytes a decode step copied.
+const bytes = (b: number | undefined) => (b === undefined ? '' : b === 0 ? '0' : b >= 1e6 ? `${(b / 1e6).toFixed(1)} MB` : `${(b / 1e3).toFixed(1)} kB`);
+console.log('\n| model | mode | session path | provider | batch | tok/s | step ms | KV bytes copied per step |');
+console.log('|---|---|---|---|---:|---:|---:|---:|');
+for (const r of rows) console.log(`| ${r.model} | ${r.mode} | ${r.path ?? ''} | ${r.provider ?? ''} | ${r.batch} | ${fmt(r.tokS, 0)} | ${fmt(r.stepMs, 2)} | ${bytes(r.kvBytesPerStep)} |`);
+if (modes.includes('fast') && modes.includes('fast-js')) {
+  console.log('\n| model | batch | I/O binding tok/s | onnxruntime-node tok/s | ratio |');
+  console.log('|---|---:|---:|---:|---:|');
+  for (const name of o.models.split(',')) {
+    for (const batch of batches) {
+      const f = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'fast');
+      const j = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'fast-js');
+      if (f && j) console.log(`| ${name} | ${batch} | ${fmt(f.tokS, 0)} | ${fmt(j.tokS, 0)} | ${fmt(f.tokS / j.tokS, 2)}× |`);
+    }
+  }
+}
+if (o.json) writeFileSync(o.json, JSON.stringify({ threads, cores: cpus().length, providers, promptLen, steps, context, rows }, null, 2) + '\n');

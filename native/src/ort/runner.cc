@@ -620,9 +620,15 @@ Napi::Value Runner::Bind(const Napi::CallbackInfo& info, bool input) {
   if (offset + bytes > static_cast<double>(buf.bytes)) Throw(env, "ERR_OUT_OF_RANGE", slot.name + ": the view runs past buffer " + std::to_string(b.buffer));
   b.bytes = static_cast<size_t>(bytes);
   Bound& current = (input ? bound_inputs_ : bound_outputs_)[index];
+  // Under a device provider ONNX Runtime copies an input to wherever its consumer wants it
+  // when it is bound (a host input to the device, and a device input that a CPU kernel reads —
+  // TopK's k, say — to the host), so inputs are bound by run(), after everything was written.
+  if (input && s_->cuda) {
+    current = std::move(b);
+    return env.Undefined();
+  }
   if (current.buffer == b.buffer && current.offset == b.offset && current.type == b.type && current.dims == b.dims) return env.Undefined();
-  // A host-memory input under a device provider is bound (and so copied) by run() instead.
-  if (!(input && s_->cuda && buf.addressable)) Guard(env, [&] { BindValue(input, index, b); });
+  Guard(env, [&] { BindValue(input, index, b); });
   current = std::move(b);
   return env.Undefined();
 }
@@ -638,7 +644,9 @@ void Runner::BindValue(bool input, size_t index, const Bound& b) {
   // The binding keeps its own reference to the value (and so to the view), not to ours.
   api.ReleaseValue(value);
   s_->runtime->check(st, "ORT_BIND", "cannot bind " + name + ": ");
-  // A host-memory input under a device provider is copied to the device when bound.
+  // A host-memory input under a device provider is copied to the device when it is bound.
+  // (A device input that a CPU kernel reads is copied the other way; those are a few bytes of
+  // step inputs, which ONNX Runtime does not report, and are not counted.)
   if (input && s_->cuda && buf.addressable) Count(true, false, buf.kv, static_cast<double>(b.bytes));
 }
 
@@ -658,13 +666,10 @@ Napi::Value Runner::Run(const Napi::CallbackInfo& info) {
   for (size_t i = 0; i < bound_inputs_.size(); i++) {
     if (bound_inputs_[i].buffer < 0) Throw(env, "ORT_BIND", "input " + s_->inputs[i].name + " is not bound");
   }
-  // ONNX Runtime copies a host-memory input to the device when it is bound, so binding again
-  // picks up what was written into it since; on the device, a bound view is read at run time.
+  // See Bind: under a device provider every input is bound now, so whatever ONNX Runtime
+  // copies at binding is copied from what was written last.
   if (s_->cuda) {
-    for (size_t i = 0; i < bound_inputs_.size(); i++) {
-      if (!buffers_[bound_inputs_[i].buffer].addressable) continue;
-      Guard(env, [&] { BindValue(true, i, bound_inputs_[i]); });
-    }
+    for (size_t i = 0; i < bound_inputs_.size(); i++) Guard(env, [&] { BindValue(true, i, bound_inputs_[i]); });
   }
   auto* worker = new RunWorker(this);
   busy_ = true;
