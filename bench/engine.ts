@@ -17,8 +17,9 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
+import type { ExecutionProvider } from '../src/engine/types.js';
 import { Rng, Sampler, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
-import type { ExecutionProvider, StepItem } from '../src/engine/types.js';
+import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import { IO } from '../src/models/llama/graph.js';
 import { ensureSynthetic, importLlama2c, packageRoot } from '../src/models/importers.js';
 import { GRAPH_VERSION, loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
@@ -35,7 +36,7 @@ const program = new Command()
   .option('--top-p <p>', 'nucleus mass when sampling', '1')
   .option('--modes <list>', 'fast (default session path), fast-js (onnxruntime-node session), fast-full, hf, naive', 'fast,fast-full,hf,naive')
   .option('--providers <list>', 'execution providers in order (cpu, cuda)', 'cpu')
-  .option('--context <n>', 'engine context (positions per sequence slot); default prompt + steps + 8')
+  .option('--context <n>', 'engine context (positions a sequence may reach); default prompt + steps + 8')
   .option('--json <file>', 'write the results as JSON')
   .parse();
 const o = program.opts<{ models: string; batches: string; steps: string; prompt: string; threads?: string; naiveMaxBatch: string; temperature: string; topP: string; modes: string; providers: string; context?: string; json?: string }>();
@@ -82,7 +83,7 @@ interface Row {
   glueMs?: number;
   /** Model FLOPs per second inside ONNX Runtime: 2 × parameters × tokens plus attention. */
   gflops?: number;
-  /** Mean bytes of cached keys and values a decode step copied (StepTiming.kvBytesCopied). */
+  /** Mean bytes of already-cached keys and values a decode step copied to run the graph (StepTiming.cacheBytesCopied). */
   kvBytesPerStep?: number;
 }
 
@@ -99,14 +100,14 @@ async function engineRun(model: LoadedModel, name: string, mode: Exclude<Mode, '
     ...(mode === 'fast-js' ? { ioBinding: false } : {}),
     log: (line) => process.stderr.write(`  ${line}\n`),
   });
-  for (let i = 0; i < batch; i++) engine.open(i, sampling, new Rng(i));
+  const driver = new DirectDriver(engine);
+  for (let i = 0; i < batch; i++) driver.open(i, sampling, new Rng(i));
   const last = new Int32Array(batch);
   for (let i = 0; i < batch; i++) {
-    const p = prompt(model, i);
-    const r = await engine.execute({ items: [{ seq: i, tokens: p, offset: 0, count: p.length, sample: true }] });
+    const r = await driver.step([[i, prompt(model, i), true]]);
     last[i] = r.tokens[0] as number;
   }
-  const items: StepItem[] = Array.from({ length: batch }, (_, i) => ({ seq: i, tokens: [0], offset: 0, count: 1, sample: true }));
+  const items: DirectItem[] = Array.from({ length: batch }, (_, i) => [i, [0], true]);
   let ortMs = 0;
   let sampleMs = 0;
   let glueMs = 0;
@@ -114,14 +115,14 @@ async function engineRun(model: LoadedModel, name: string, mode: Exclude<Mode, '
   // One warm-up step so allocation and first-run costs stay out of the figure.
   for (let s = -1; s < steps; s++) {
     if (s === 0) ortMs = sampleMs = glueMs = kvBytes = 0;
-    for (let i = 0; i < batch; i++) ((items[i] as StepItem).tokens as number[])[0] = last[i] as number;
+    for (let i = 0; i < batch; i++) ((items[i] as DirectItem)[1] as number[])[0] = last[i] as number;
     const t0 = performance.now();
-    const r = await engine.execute({ items });
+    const r = await driver.step(items);
     if (s >= 0) {
       ortMs += r.timing.runMs;
       sampleMs += r.timing.sampleMs;
       glueMs += performance.now() - t0 - r.timing.runMs - r.timing.sampleMs;
-      kvBytes += r.timing.kvBytesCopied ?? 0;
+      kvBytes += r.timing.cacheBytesCopied ?? 0;
     }
     last.set(r.tokens);
   }
@@ -185,7 +186,7 @@ async function naiveRun(model: LoadedModel, name: string, session: ort.Inference
 
 const rows: Row[] = [];
 const fmt = (x: number | undefined, d = 1) => (x === undefined ? '' : x.toFixed(d));
-process.stderr.write(`engine bench: ${cpus().length} cores, ${threads} ORT threads, providers ${providers.join(',')}, prompt ${promptLen}, ${steps} decode steps, context ${context}, temperature ${o.temperature}, top-p ${o.topP}\n`);
+process.stderr.write(`engine bench: ${cpus().length} cores, ${threads} ORT threads, prompt ${promptLen}, ${steps} decode steps, temperature ${o.temperature}, top-p ${o.topP}\n`);
 for (const name of o.models.split(',')) {
   const model = await loadModelDir(modelDir(name));
   const naiveSession = modes.includes('naive')
@@ -220,7 +221,7 @@ for (const name of o.models.split(',')) {
   if (b1 && b32) console.log(`\n${name}: fast batch 32 / batch 1 aggregate tokens/s = ${(b32.tokS / b1.tokS).toFixed(2)}×`);
 }
 
-// Every row, with its session path and the KV bytes a decode step copied.
+// Every row, with its session path and the cache bytes a decode step copied to run the graph.
 const bytes = (b: number | undefined) => (b === undefined ? '' : b === 0 ? '0' : b >= 1e6 ? `${(b / 1e6).toFixed(1)} MB` : `${(b / 1e3).toFixed(1)} kB`);
 console.log('\n| model | mode | session path | provider | batch | tok/s | step ms | KV bytes copied per step |');
 console.log('|---|---|---|---|---:|---:|---:|---:|');

@@ -9,7 +9,7 @@ import { Command } from 'commander';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { benchServe, promptText } from '../src/bench/serve.js';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { validateSamplingParams } from '../src/engine/sampling.js';
 import { ensureSynthetic, packageRoot } from '../src/models/importers.js';

@@ -27,7 +27,7 @@ for (const name of POLICIES) {
   const slots = running;
   const blocks = running * 512;
   const engine = new CostModelEngine(profile, { maxSequences: slots, maxContext: 8192 });
-  const sched = new Scheduler(engine, createPolicy(name), { maxBatchTokens: 512, maxRunning: slots, prefillChunk: 512, totalBlocks: blocks, blockSize: 16, maxContext: 8192, });
+  const sched = new Scheduler(createPolicy(name), { maxBatchTokens: 512, maxRunning: slots, prefillChunk: 512, totalBlocks: blocks, blockSize: 16, maxContext: 8192 });
   const rng = new Rng(1);
   for (let i = 0; i < running + waiting; i++) {
     const prompt = Int32Array.from({ length: 64 }, (_, k) => 3 + ((i * 131 + k * 7) % 30000));

@@ -7,7 +7,7 @@ import { arrivalSchedule, benchServe, npPercentile, promptText, randomLengths, s
 import { benchOptionsFromCli, formatBenchSummary, parsePercentiles, parseSlo } from '../src/cli/bench-serve.js';
 import { readTraceFromCli } from '../src/cli/sim.js';
 import type { Bill } from '../src/economy/ledger.js';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { buildServer } from '../src/server/app.js';

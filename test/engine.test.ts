@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
-import { Generator, type Completion } from '../src/engine/generator.js';
+import { Generator, type Completion } from '../src/serving/generator.js';
+import { DirectDriver } from '../src/engine/direct.js';
 import { Rng, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
 import { loadModelDir, type Flavour, type LoadedModel } from '../src/models/modeldir.js';
 import { IO } from '../src/models/llama/graph.js';
@@ -75,7 +76,8 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
       for (let i = 0; i < prompts.length; i++) {
         assert.deepEqual(results[i]?.tokens, solo[i]?.tokens, `prompt ${i} (${prompts[i]})`);
       }
-      assert.equal(engine.freeBlocks, engine.info.totalBlocks, 'every KV block returned');
+      assert.equal(g.scheduler.blocks.heldBlocks, 0, 'every KV block returned');
+      assert.equal(engine.openSequences, 0, 'every sequence closed on the engine');
       await engine.dispose();
     });
   }
@@ -100,52 +102,58 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
   test('cached decode logits equal a full recompute within 1e-4', async () => {
     const fast = await OnnxEngine.create(model, { flavour: 'fast', providers: testProviders(), maxSequences: 1 });
     const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: testProviders(), maxSequences: 1 });
+    const fastDriver = new DirectDriver(fast);
+    const hfDriver = new DirectDriver(hf);
     const prompt = model.tokenizer.encode('Once upon a time, there was a', { bos: true });
-    fast.open(0, greedy(100), new Rng(1));
-    let r = await fast.execute({ items: [{ seq: 0, tokens: prompt, offset: 0, count: prompt.length, sample: true }], keepLogits: true });
+    fastDriver.open(0, greedy(100), new Rng(1));
+    let r = await fastDriver.step([[0, prompt, true]], true);
     const seq = [...prompt];
     let worst = 0;
     for (let stepNo = 0; stepNo < 40; stepNo++) {
       const cached = (r.logits as Float32Array).slice();
       if (stepNo % 8 === 0) {
         // Recompute from scratch: a fresh sequence, the whole text as one prefill.
-        hf.open(1, greedy(1), new Rng(1));
-        const full = await hf.execute({ items: [{ seq: 1, tokens: seq, offset: 0, count: seq.length, sample: true }], keepLogits: true });
-        hf.close(1);
+        hfDriver.open(stepNo + 1, greedy(1), new Rng(1));
+        const full = await hfDriver.step([[stepNo + 1, seq, true]], true);
+        hfDriver.close(stepNo + 1);
         const ref = full.logits as Float32Array;
         for (let i = 0; i < cached.length; i++) worst = Math.max(worst, Math.abs((cached[i] as number) - (ref[i] as number)));
       }
       const next = r.tokens[0] as number;
       seq.push(next);
-      r = await fast.execute({ items: [{ seq: 0, tokens: [next], offset: 0, count: 1, sample: true }], keepLogits: true });
+      r = await fastDriver.step([[0, [next], true]], true);
     }
     assert.ok(worst < 1e-4, `max |cached - recomputed| = ${worst}`);
     await fast.dispose();
     await hf.dispose();
   });
 
-  test('fast graph: a step reads the cache without writing it and returns only the new positions', async () => {
+  test('fast graph: a step reads the pool through the block tables without writing it and returns only the new positions', async () => {
     const session = await ort.InferenceSession.create(model.graphPath('fast'), { executionProviders: ['cpu'] });
     const heads = model.kv.kvHeads;
     const lanes = model.kv.headDim;
-    const capacity = 33;
+    const blocks = 7;
+    const bs = 4;
+    const int64 = (v: number[], dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(v.map(BigInt)), dims);
     const feeds: Record<string, ort.Tensor> = {
-      [IO.inputIds]: new ort.Tensor('int64', BigInt64Array.from([1n, 5n]), [2, 1]),
-      [IO.positionIds]: new ort.Tensor('int64', BigInt64Array.from([5n, 0n]), [2, 1]),
-      [IO.pastLengths]: new ort.Tensor('int64', BigInt64Array.from([5n, 0n]), [2]),
-      [IO.logitsRows]: new ort.Tensor('int64', BigInt64Array.from([0n, 1n]), [2]),
-      [IO.topK]: new ort.Tensor('int64', BigInt64Array.from([4n]), [1]),
+      [IO.inputIds]: int64([1, 5], [2, 1]),
+      [IO.positionIds]: int64([5, 0], [2, 1]),
+      [IO.pastLengths]: int64([5, 0], [2]),
+      [IO.logitsRows]: int64([0, 1], [2]),
+      [IO.topK]: int64([4], [1]),
+      // Row 0 holds 5 positions in blocks 3 and 6; row 1 none (its table entries are padding).
+      [IO.blockTables]: new ort.Tensor('int32', Int32Array.from([3, 6, 0, 0]), [2, 2]),
     };
     const buffers: Float32Array[] = [];
     for (let l = 0; l < model.kv.layers; l++) {
-      for (const input of [IO.pastKey(l), IO.pastValue(l)]) {
-        const buf = new Float32Array(2 * heads * capacity * lanes).fill(0.5);
+      for (const input of [IO.poolKey(l), IO.poolValue(l)]) {
+        const buf = new Float32Array(heads * blocks * bs * lanes).fill(0.5);
         buffers.push(buf);
-        feeds[input] = new ort.Tensor('float32', buf, [2, heads, capacity, lanes]);
+        feeds[input] = new ort.Tensor('float32', buf, [heads, blocks, bs, lanes]);
       }
     }
     const out = await session.run(feeds);
-    for (const buf of buffers) assert.ok(buf.every((x) => x === 0.5), 'the cache is an input only');
+    for (const buf of buffers) assert.ok(buf.every((x) => x === 0.5), 'the pool is an input only');
     assert.deepEqual(out[IO.newKey(0)]?.dims, [2, heads, 1, lanes]);
     assert.deepEqual(out[IO.logits]?.dims, [2, model.vocabSize]);
     // The in-graph top-k: each row's 4 best logits, best first, with their ids.
@@ -158,20 +166,39 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
       assert.deepEqual(Array.from(ids.subarray(r * 4, r * 4 + 4), Number), best.map((b) => b[1]));
       assert.deepEqual(Array.from(vals.subarray(r * 4, r * 4 + 4)), best.map((b) => Math.fround(b[0])));
     }
-    // Row 1 has an empty past: its cache contents (0.5 everywhere) must not reach its logits.
+    const rowOf = (o: ort.InferenceSession.OnnxValueMapType, r: number) => (o[IO.logits]?.data as Float32Array).subarray(r * model.vocabSize, (r + 1) * model.vocabSize);
+    const near = (a: Float32Array, b: Float32Array) => a.every((x, i) => Math.abs(x - (b[i] as number)) < 1e-5);
+    const poolWith = (fill: (l: number, isKey: boolean, buf: Float32Array) => void) => Object.fromEntries(
+      Array.from({ length: model.kv.layers }, (_, l) => [IO.poolKey(l), IO.poolValue(l)]).flat().map((n, i) => {
+        const buf = new Float32Array(heads * blocks * bs * lanes).fill(0.5);
+        fill(i >> 1, i % 2 === 0, buf);
+        return [n, new ort.Tensor('float32', buf, [heads, blocks, bs, lanes])];
+      }),
+    );
+    // Row 1 has an empty past: the pool's contents (0.5 everywhere) must not reach its logits.
     const alone = await session.run({
       ...feeds,
-      [IO.inputIds]: new ort.Tensor('int64', BigInt64Array.from([5n]), [1, 1]),
-      [IO.positionIds]: new ort.Tensor('int64', BigInt64Array.from([0n]), [1, 1]),
-      [IO.pastLengths]: new ort.Tensor('int64', BigInt64Array.from([0n]), [1]),
-      [IO.logitsRows]: new ort.Tensor('int64', BigInt64Array.from([0n]), [1]),
-      ...Object.fromEntries(
-        Array.from({ length: model.kv.layers }, (_, l) => [IO.pastKey(l), IO.pastValue(l)]).flat().map((n) => [n, new ort.Tensor('float32', new Float32Array(heads * capacity * lanes), [1, heads, capacity, lanes])]),
-      ),
+      [IO.inputIds]: int64([5], [1, 1]),
+      [IO.positionIds]: int64([0], [1, 1]),
+      [IO.pastLengths]: int64([0], [1]),
+      [IO.logitsRows]: int64([0], [1]),
+      [IO.blockTables]: new ort.Tensor('int32', Int32Array.from([2]), [1, 1]),
+      ...poolWith((_l, _k, buf) => buf.fill(0)),
     });
-    const a = (out[IO.logits]?.data as Float32Array).subarray(model.vocabSize);
-    const b = alone[IO.logits]?.data as Float32Array;
-    for (let i = 0; i < model.vocabSize; i++) assert.ok(Math.abs((a[i] as number) - (b[i] as number)) < 1e-5);
+    assert.ok(near(rowOf(out, 1), rowOf(alone, 0)));
+    // Row 0 reads only its own positions: changing blocks it does not name (or position 5..7 of
+    // its second block, past its length) leaves its logits alone; changing one it names does not.
+    const others = await session.run({ ...feeds, ...poolWith((_l, _k, buf) => {
+      for (let h = 0; h < heads; h++) {
+        for (const b of [0, 1, 2, 4, 5]) buf.fill(-3, ((h * blocks + b) * bs) * lanes, ((h * blocks + b + 1) * bs) * lanes);
+        buf.fill(7, ((h * blocks + 6) * bs + 1) * lanes, ((h * blocks + 7) * bs) * lanes);
+      }
+    }) });
+    assert.ok(near(rowOf(out, 0), rowOf(others, 0)), 'unnamed blocks and positions past the length are not read');
+    const own = await session.run({ ...feeds, ...poolWith((_l, isKey, buf) => {
+      if (!isKey) for (let h = 0; h < heads; h++) buf.fill(-3, ((h * blocks + 3) * bs) * lanes, ((h * blocks + 4) * bs) * lanes);
+    }) });
+    assert.ok(!near(rowOf(out, 0), rowOf(own, 0)), 'the blocks a row names are read');
     await session.release();
   });
 });
@@ -197,7 +224,6 @@ describe('generator failure and stop handling', { skip: sharedSkipReason() }, ()
     await firstFailed;
     assert.equal(g.scheduler.running.length, 0);
     assert.equal(g.scheduler.blocks.heldBlocks, 0);
-    assert.equal(engine.freeBlocks, engine.info.totalBlocks);
     const second = g.submit({ prompt: 'Zoo', sampling: greedy(57) });
     await g.runUntilIdle();
     assert.equal('Zoo' + (await second).text, stories260K.referenceZoo);

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
 import { parseCurveFile } from '../src/economy/curves.js';
 import { Ledger } from '../src/economy/ledger.js';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
 import { buildServer, type Server } from '../src/server/app.js';
@@ -25,6 +25,7 @@ interface Live {
   base: string;
   client: OpenAI;
   engine: OnnxEngine;
+  generator: Generator;
   close(): Promise<void>;
 }
 
@@ -46,6 +47,7 @@ async function start(model: LoadedModel, opts: { policy?: string; maxSequences?:
     base,
     client,
     engine,
+    generator,
     close: async () => {
       await server.drain();
       await engine.dispose();
@@ -222,7 +224,9 @@ describe('OpenAI-compatible server on stories260K', { skip: sharedSkipReason() }
     }
     assert.equal(running, 0);
     assert.equal(usage, 0);
-    assert.equal(live.engine.freeBlocks, live.engine.info.totalBlocks, 'the engine holds nothing either');
+    assert.equal(live.generator.scheduler.blocks.heldBlocks, 0);
+    for (let i = 0; i < 100 && live.engine.openSequences > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(live.engine.openSequences, 0, 'the engine holds nothing either');
     assert.equal(await metricValue(base, 'vllm:request_success_total', 'finished_reason="abort"'), 1, 'it ended by abort, not by running to completion');
   });
 });
@@ -263,7 +267,7 @@ describe('overload, budgets and API keys', { skip: sharedSkipReason() }, () => {
         assert.equal(choice?.finish_reason, 'length');
         assert.equal((r.json.usage as { completion_tokens: number }).completion_tokens, 48);
       }
-      assert.equal(live.engine.freeBlocks, live.engine.info.totalBlocks);
+      assert.equal(live.generator.scheduler.blocks.heldBlocks, 0);
     } finally {
       await live.close();
     }

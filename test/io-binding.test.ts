@@ -4,11 +4,12 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { Rng, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
-import type { StepItem, StepResult } from '../src/engine/types.js';
+import type { StepResult } from '../src/engine/types.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
-import { ortRunnerUnavailable } from '../src/native/ort-runner.js';
+import { ortRunnerUnavailable, RunnerStat } from '../src/native/ort-runner.js';
 import { importStories260K, stories260K, tempDir } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
 import { testProviders } from './helpers/providers.js';
@@ -31,21 +32,22 @@ interface Script {
   params: Map<number, SamplingParams>;
 }
 
-/** Runs a script on an engine; returns every step's result and each sequence's tokens. */
+/** Runs a script on an engine; returns every step's result and each sequence's sampled tokens. */
 async function play(engine: OnnxEngine, script: Script, keepLogits: boolean): Promise<{ results: StepResult[]; out: Map<number, number[]> }> {
+  const driver = new DirectDriver(engine);
   const out = new Map<number, number[]>();
   const results: StepResult[] = [];
   for (const step of script.steps) {
-    const items: StepItem[] = [];
+    const items: DirectItem[] = [];
     for (const it of step) {
       if (!out.has(it.seq)) {
-        engine.open(it.seq, script.params.get(it.seq) as SamplingParams, new Rng((script.params.get(it.seq) as SamplingParams).seed ?? 1));
+        const params = script.params.get(it.seq) as SamplingParams;
+        driver.open(it.seq, params, new Rng(params.seed ?? 1));
         out.set(it.seq, []);
       }
-      const tokens = it.tokens === -1 ? [(out.get(it.seq) as number[]).at(-1) as number] : it.tokens;
-      items.push({ seq: it.seq, tokens, offset: 0, count: tokens.length, sample: it.sample });
+      items.push([it.seq, it.tokens === -1 ? [(out.get(it.seq) as number[]).at(-1) as number] : it.tokens, it.sample]);
     }
-    const r = await engine.execute({ items, keepLogits });
+    const r = await driver.step(items, keepLogits);
     results.push(r);
     step.forEach((it, i) => {
       if (it.sample) (out.get(it.seq) as number[]).push(r.tokens[i] as number);
@@ -84,7 +86,7 @@ describe('the I/O-binding session path', { skip }, () => {
     const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4, log: (l) => lines.push(l) });
     assert.equal(engine.kvPath.path, 'io-binding');
     assert.equal(lines.length, 1);
-    assert.match(lines[0] as string, /C API with I\/O binding \(native addon\) on (CPU|CUDA); KV cache in (host|device) memory, bound in place/);
+    assert.match(lines[0] as string, /C API with I\/O binding \(native addon\) on (CPU|CUDA); KV pool in (host|device) memory, bound in place/);
     await engine.dispose();
   });
 
@@ -119,63 +121,64 @@ describe('the I/O-binding session path', { skip }, () => {
 
   test('no step copies the cache on the bound path; the JavaScript hf path copies it every step', async () => {
     const bound = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4, ioBinding: true });
+    const copied0 = bound.runnerStat(RunnerStat.kvCopiedBytes);
     const { results } = await play(bound, script, false);
-    for (const r of results) assert.equal(r.timing.kvBytesCopied, 0);
-    assert.equal(bound.kvBytesCopied(), 0);
+    for (const r of results) {
+      assert.equal(r.timing.cacheBytesCopied, 0);
+      // What it does copy is the new positions, written once into their blocks.
+      assert.equal(r.timing.kvBytesCopied, r.timing.batchTokens * bound.info.blockBytes / bound.info.blockSize);
+    }
+    assert.equal(bound.runnerStat(RunnerStat.kvCopiedBytes), copied0, 'no byte was read out of the pool by a copy');
     await bound.dispose();
 
-    const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], maxSequences: 2 });
-    const { layers, kvHeads, headDim } = model.kv;
-    hf.open(1, greedy(10), new Rng(1));
-    hf.open(2, greedy(10), new Rng(1));
-    const first = await hf.execute({ items: [{ seq: 1, tokens: [1, 400, 401], offset: 0, count: 3, sample: true }] });
-    // Nothing cached yet: packed past is empty, the present holds the 3 new positions.
-    assert.equal(first.timing.kvBytesCopied, 3 * 2 * kvHeads * headDim * 4 * layers);
-    await hf.execute({ items: [{ seq: 2, tokens: [1, 500], offset: 0, count: 2, sample: true }] });
-    const decode = await hf.execute({
-      items: [
-        { seq: 1, tokens: [402], offset: 0, count: 1, sample: true },
-        { seq: 2, tokens: [501], offset: 0, count: 1, sample: true },
-      ],
-    });
-    // Packed: 3 + 2 cached positions; present: 2 sequences × (3 past + 1 new) positions.
-    assert.equal(decode.timing.kvBytesCopied, (3 + 2 + 2 * 4) * 2 * kvHeads * headDim * 4 * layers);
+    const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], maxSequences: 2, blockSize: 4 });
+    const perToken = hf.info.blockBytes / hf.info.blockSize;
+    const d = new DirectDriver(hf);
+    d.open(1, greedy(10), new Rng(1));
+    d.open(2, greedy(10), new Rng(1));
+    const first = await d.step([[1, [1, 400, 401], true]]);
+    // Nothing cached yet: the packed past is empty, the present holds the 3 new positions.
+    assert.equal(first.timing.cacheBytesCopied, 3 * perToken);
+    await d.step([[2, [1, 500], true]]);
+    const decode = await d.step([[1, [402], true], [2, [501], true]]);
+    // Packed: 3 + 2 cached positions; present: 2 sequences × (3 longest past + 1 new) positions.
+    assert.equal(decode.timing.cacheBytesCopied, (3 + 2 + 2 * 4) * perToken);
     await hf.dispose();
   });
 
-  test('swap out and in, and prefix blocks, are copies where the pool lives: exact resumption, every byte counted', async () => {
-    const { layers, kvHeads, headDim } = model.kv;
-    const bytesPerToken = layers * 2 * kvHeads * headDim * 4;
+  test('swaps and copy-on-write of a shared prefix block are copies where the pool lives: exact results, every byte counted', async () => {
     const prompt = model.tokenizer.encode('Once upon a time, there was a little girl', { bos: true });
     const run = async (interrupt: boolean) => {
-      const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 2, blockSize: 4, ioBinding: true });
-      engine.open(1, sampled(5), new Rng(5));
-      let r = await engine.execute({ items: [{ seq: 1, tokens: prompt, offset: 0, count: prompt.length, sample: true }] });
+      const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 3, blockSize: 4, ioBinding: true });
+      const blockBytes = engine.info.blockBytes;
+      const d = new DirectDriver(engine);
+      d.open(1, sampled(5), new Rng(5));
+      let r = await d.step([[1, prompt, true]]);
       const out = [r.tokens[0] as number];
-      // A second sequence starts from the first one's two leading blocks, by copy.
-      engine.storeBlock(1, 0, 100);
-      engine.storeBlock(1, 1, 101);
-      assert.equal(engine.kvBytesCopied(), 2 * 4 * bytesPerToken);
-      engine.open(2, greedy(20), new Rng(1));
-      engine.loadBlocks(2, [100, 101]);
-      assert.equal(engine.contextLength(2), 8);
-      assert.equal(engine.kvBytesCopied(), 4 * 4 * bytesPerToken);
-      const rest = await engine.execute({ items: [{ seq: 2, tokens: prompt.slice(8), offset: 0, count: prompt.length - 8, sample: true }] });
+      // A second sequence shares the first 7 positions (two blocks, the second partly): its
+      // first write lands in the shared block, which is copied first.
+      d.open(2, greedy(20), new Rng(1));
+      d.share(1, 2, 2, 7);
+      const read0 = engine.runnerStat(RunnerStat.kvCopiedBytes) as number;
+      const rest = await d.step([[2, prompt.slice(7), true]]);
+      assert.equal(rest.timing.cacheBytesCopied, 0);
+      assert.equal((engine.runnerStat(RunnerStat.kvCopiedBytes) as number) - read0, blockBytes, 'one block copied on write');
       for (let i = 0; i < 12; i++) {
         if (interrupt && i === 4) {
-          const len = engine.contextLength(1);
-          const before = engine.kvBytesCopied();
-          engine.swapOut(1);
-          // The slot is reused and overwritten meanwhile.
-          engine.open(3, greedy(5), new Rng(1));
-          await engine.execute({ items: [{ seq: 3, tokens: [1, 99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88], offset: 0, count: 13, sample: true }] });
-          engine.close(3);
-          engine.swapIn(1);
-          assert.equal(engine.contextLength(1), len);
-          assert.equal(engine.kvBytesCopied() - before, 2 * len * bytesPerToken);
+          const blocks = Math.ceil(d.length(1) / 4);
+          const before = engine.runnerStat(RunnerStat.kvCopiedBytes) as number;
+          d.swapOut(1);
+          // Sequence 1's blocks go to another sequence meanwhile, and are overwritten.
+          d.open(3, greedy(5), new Rng(1));
+          await d.step([[3, [1, 99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88, 87, 86, 85, 84, 83, 82, 81], true]]);
+          d.close(3);
+          d.swapIn(1);
+          r = await d.step([[1, [out.at(-1) as number], true]]);
+          assert.equal((engine.runnerStat(RunnerStat.kvCopiedBytes) as number) - before, 2 * blocks * blockBytes, 'each block out and back in');
+        } else {
+          r = await d.step([[1, [out.at(-1) as number], true]]);
         }
-        r = await engine.execute({ items: [{ seq: 1, tokens: [out.at(-1) as number], offset: 0, count: 1, sample: true }] });
-        assert.equal(r.timing.kvBytesCopied, 0);
+        assert.equal(r.timing.cacheBytesCopied, 0);
         out.push(r.tokens[0] as number);
       }
       await engine.dispose();
@@ -184,10 +187,11 @@ describe('the I/O-binding session path', { skip }, () => {
     const plain = await run(false);
     const swapped = await run(true);
     assert.deepEqual(swapped, plain);
-    // The prefix-cache copy computes what a full prefill would: greedy from the same prompt.
+    // The shared prefix computes what a full prefill computes: greedy from the same prompt.
     const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 1, ioBinding: false });
-    engine.open(1, greedy(2), new Rng(1));
-    const full = await engine.execute({ items: [{ seq: 1, tokens: prompt, offset: 0, count: prompt.length, sample: true }] });
+    const d = new DirectDriver(engine);
+    d.open(1, greedy(2), new Rng(1));
+    const full = await d.step([[1, prompt, true]]);
     assert.equal(plain.second, full.tokens[0]);
     await engine.dispose();
   });
@@ -197,7 +201,7 @@ describe('the I/O-binding session path', { skip }, () => {
     const lines: string[] = [];
     const js = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1, ioBinding: false, log: (l) => lines.push(l) });
     assert.equal(js.kvPath.path, 'onnxruntime-node');
-    assert.match(lines[0] as string, /onnxruntime-node's JavaScript session on CPU; KV cache in host memory \(I\/O binding: turned off\)/);
+    assert.match(lines[0] as string, /onnxruntime-node's JavaScript session on CPU; KV pool in host memory \(I\/O binding: turned off\)/);
     await js.dispose();
   });
 
@@ -208,7 +212,7 @@ describe('the I/O-binding session path', { skip }, () => {
     writeFileSync(
       script,
       `import { OnnxEngine } from ${src('../src/engine/onnx-engine.ts')};
-import { Generator } from ${src('../src/engine/generator.ts')};
+import { Generator } from ${src('../src/serving/generator.ts')};
 import { validateSamplingParams } from ${src('../src/engine/sampling.ts')};
 import { loadModelDir } from ${src('../src/models/modeldir.ts')};
 const model = await loadModelDir(${JSON.stringify(model.dir)});
@@ -227,6 +231,6 @@ await engine.dispose();
     assert.equal('Zoo' + got.text, stories260K.referenceZoo);
     const lines = child.stderr.split('\n').filter((l) => l.startsWith('marginal: engine:'));
     assert.equal(lines.length, 1);
-    assert.match(lines[0] as string, /onnxruntime-node's JavaScript session on CPU; KV cache in host memory \(I\/O binding: the native addon is unavailable \(TypeScript fallback: MARGINAL_NATIVE=0\)\)/);
+    assert.match(lines[0] as string, /onnxruntime-node's JavaScript session on CPU; KV pool in host memory \(I\/O binding: the native addon is unavailable \(TypeScript fallback: MARGINAL_NATIVE=0\)\)/);
   });
 });

@@ -3,7 +3,7 @@ import { cpSync, existsSync, readFileSync, rmSync, truncateSync, writeFileSync }
 import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { validateSamplingParams } from '../src/engine/sampling.js';
 import { importLlama2c } from '../src/models/importers.js';
 import { readLlama2cCheckpoint } from '../src/models/llama/weights.js';
@@ -120,7 +120,8 @@ describe('model directories and bad input', { skip: sharedSkipReason() }, () => 
     const ok = g.submit({ prompt: 'Zoo', sampling: greedy(57) });
     await g.runUntilIdle();
     assert.equal('Zoo' + (await ok).text, stories260K.referenceZoo);
-    assert.equal(engine.freeBlocks, engine.info.totalBlocks);
+    assert.equal(g.scheduler.blocks.heldBlocks, 0);
+    assert.equal(engine.openSequences, 0);
     await engine.dispose();
   });
 

@@ -66,36 +66,49 @@ describe('OrtRunner: ONNX Runtime through the C API with I/O binding', { skip },
     assert.equal(r.provider, 'cpu');
     assert.deepEqual(r.inputs.map((v) => v.name), session.inputNames);
     assert.deepEqual(r.outputs.map((v) => v.name), session.outputNames);
-    const past = r.inputs[r.input(IO.pastKey(0))];
-    assert.deepEqual(past, { name: IO.pastKey(0), type: 1, dims: [-1, H, -1, hd] });
+    const pool = r.inputs[r.input(IO.poolKey(0))];
+    assert.deepEqual(pool, { name: IO.poolKey(0), type: 1, dims: [H, -1, -1, hd] });
     r.release();
   });
 
-  /** Binds one fast-graph run (b slots × width tokens over a C-position cache in `pool`) and returns its buffers. */
-  function bindFast(r: OrtRunner, b: number, width: number, C: number, rows: number[], k: number) {
+  /**
+   * Binds one fast-graph run: b sequences × width tokens, each reading `blocksEach` blocks of a
+   * C-block pool of `bs` positions (tables written by the caller after the int64 inputs).
+   */
+  function bindFast(r: OrtRunner, b: number, width: number, C: number, rows: number[], k: number, bs = 4, blocksEach = 2) {
     const small = r.allocate(1024, 'device');
-    const pool = r.allocate(L * 2 * b * H * C * hd * 4, 'device', { kv: true });
+    const pool = r.allocate(L * 2 * H * C * bs * hd * 4, 'device', { kv: true });
     const logits = r.allocate(rows.length * vocab * 4, 'host');
     const topValues = r.allocate(rows.length * k * 4, 'host');
     const topIds = r.allocate(rows.length * k * 8, 'host');
     const fresh = r.allocate(L * 2 * b * H * width * hd * 4, 'device');
     const bw = b * width;
+    const int64s = 2 * bw + b + rows.length + 1;
     r.bindInput(IO.inputIds, small, 0, 'int64', [b, width]);
     r.bindInput(IO.positionIds, small, bw * 8, 'int64', [b, width]);
     r.bindInput(IO.pastLengths, small, 2 * bw * 8, 'int64', [b]);
     r.bindInput(IO.logitsRows, small, (2 * bw + b) * 8, 'int64', [rows.length]);
     r.bindInput(IO.topK, small, (2 * bw + b + rows.length) * 8, 'int64', [1]);
-    const lane = b * H * C * hd;
+    r.bindInput(IO.blockTables, small, int64s * 8, 'int32', [b, blocksEach]);
+    const lane = H * C * bs * hd;
     for (let l = 0; l < L; l++) {
-      r.bindInput(IO.pastKey(l), pool, 2 * l * lane * 4, 'float32', [b, H, C, hd]);
-      r.bindInput(IO.pastValue(l), pool, (2 * l + 1) * lane * 4, 'float32', [b, H, C, hd]);
+      r.bindInput(IO.poolKey(l), pool, 2 * l * lane * 4, 'float32', [H, C, bs, hd]);
+      r.bindInput(IO.poolValue(l), pool, (2 * l + 1) * lane * 4, 'float32', [H, C, bs, hd]);
       r.bindOutput(IO.newKey(l), fresh, 2 * l * bw * H * hd * 4, 'float32', [b, H, width, hd]);
       r.bindOutput(IO.newValue(l), fresh, (2 * l + 1) * bw * H * hd * 4, 'float32', [b, H, width, hd]);
     }
     r.bindOutput(IO.logits, logits, 0, 'float32', [rows.length, vocab]);
     r.bindOutput(IO.topKValues, topValues, 0, 'float32', [rows.length, k]);
     r.bindOutput(IO.topKIndices, topIds, 0, 'int64', [rows.length, k]);
-    return { small, pool, logits, topValues, topIds, fresh, lane };
+    return { small, pool, logits, topValues, topIds, fresh, lane, int64s };
+  }
+
+  /** The int64 inputs then the int32 block tables, as the bytes bindFast's layout expects. */
+  function smallInputs(int64s: bigint[], tables: number[]): Uint8Array {
+    const bytes = new Uint8Array(int64s.length * 8 + tables.length * 4);
+    new BigInt64Array(bytes.buffer, 0, int64s.length).set(int64s);
+    new Int32Array(bytes.buffer, int64s.length * 8, tables.length).set(tables);
+    return bytes;
   }
 
   test("a run over buffers bound in place equals onnxruntime-node's session.run on the same inputs", async () => {
@@ -103,34 +116,31 @@ describe('OrtRunner: ONNX Runtime through the C API with I/O binding', { skip },
     const b = 3;
     const width = 2;
     const C = 8;
+    const bs = 4;
     const k = 5;
-    const ids = BigInt64Array.from([5n, 6n, 7n, 8n, 9n, 10n]);
-    const pos = BigInt64Array.from([3n, 4n, 0n, 1n, 6n, 7n]);
-    const lengths = BigInt64Array.from([3n, 0n, 6n]);
+    const ids = [5n, 6n, 7n, 8n, 9n, 10n];
+    const pos = [3n, 4n, 0n, 1n, 6n, 7n];
+    const lengths = [3n, 0n, 6n];
     const rows = [1, 3, 5];
-    const keys = Array.from({ length: L }, (_, l) => fill(new Float32Array(b * H * C * hd), 10 + l));
-    const values = Array.from({ length: L }, (_, l) => fill(new Float32Array(b * H * C * hd), 20 + l));
+    const tables = [5, 0, 0, 0, 2, 7];
+    const keys = Array.from({ length: L }, (_, l) => fill(new Float32Array(H * C * bs * hd), 10 + l));
+    const values = Array.from({ length: L }, (_, l) => fill(new Float32Array(H * C * bs * hd), 20 + l));
     const feeds: Record<string, ort.Tensor> = {
-      [IO.inputIds]: new ort.Tensor('int64', ids, [b, width]),
-      [IO.positionIds]: new ort.Tensor('int64', pos, [b, width]),
-      [IO.pastLengths]: new ort.Tensor('int64', lengths, [b]),
+      [IO.inputIds]: new ort.Tensor('int64', BigInt64Array.from(ids), [b, width]),
+      [IO.positionIds]: new ort.Tensor('int64', BigInt64Array.from(pos), [b, width]),
+      [IO.pastLengths]: new ort.Tensor('int64', BigInt64Array.from(lengths), [b]),
       [IO.logitsRows]: new ort.Tensor('int64', BigInt64Array.from(rows.map(BigInt)), [rows.length]),
       [IO.topK]: new ort.Tensor('int64', BigInt64Array.of(BigInt(k)), [1]),
+      [IO.blockTables]: new ort.Tensor('int32', Int32Array.from(tables), [b, 2]),
     };
     for (let l = 0; l < L; l++) {
-      feeds[IO.pastKey(l)] = new ort.Tensor('float32', keys[l] as Float32Array, [b, H, C, hd]);
-      feeds[IO.pastValue(l)] = new ort.Tensor('float32', values[l] as Float32Array, [b, H, C, hd]);
+      feeds[IO.poolKey(l)] = new ort.Tensor('float32', keys[l] as Float32Array, [H, C, bs, hd]);
+      feeds[IO.poolValue(l)] = new ort.Tensor('float32', values[l] as Float32Array, [H, C, bs, hd]);
     }
     const expected = await session.run(feeds);
 
-    const buf = bindFast(r, b, width, C, rows, k);
-    const staging = new BigInt64Array(2 * b * width + b + rows.length + 1);
-    staging.set(ids, 0);
-    staging.set(pos, b * width);
-    staging.set(lengths, 2 * b * width);
-    staging.set(rows.map(BigInt), 2 * b * width + b);
-    staging[staging.length - 1] = BigInt(k);
-    r.write(buf.small, 0, staging);
+    const buf = bindFast(r, b, width, C, rows, k, bs);
+    r.write(buf.small, 0, smallInputs([...ids, ...pos, ...lengths, ...rows.map(BigInt), BigInt(k)], tables));
     for (let l = 0; l < L; l++) {
       r.write(buf.pool, 2 * l * buf.lane * 4, keys[l] as Float32Array);
       r.write(buf.pool, (2 * l + 1) * buf.lane * 4, values[l] as Float32Array);
@@ -155,7 +165,8 @@ describe('OrtRunner: ONNX Runtime through the C API with I/O binding', { skip },
     const b = 1;
     const C = 6;
     const buf = bindFast(r, b, 1, C, [0], 1);
-    r.write(buf.small, 0, BigInt64Array.from([42n, 4n, 4n, 0n, 1n]));
+    const inputs = smallInputs([42n, 4n, 4n, 0n, 1n], [3, 1]);
+    r.write(buf.small, 0, inputs);
     const keys = fill(new Float32Array(buf.lane), 7);
     r.write(buf.pool, 0, keys);
     const stats = new Float64Array(RUNNER_STAT_COUNT);
@@ -176,6 +187,7 @@ describe('OrtRunner: ONNX Runtime through the C API with I/O binding', { skip },
     assert.equal(stats[RunnerStat.runs], 4);
     assert.equal(stats[RunnerStat.kvCopiedBytes], 0, 'no byte of the cache was copied');
     assert.equal(stats[RunnerStat.uploadBytes], uploaded + 2 * buf.lane * 4, 'only what was written went in');
+    assert.equal(uploaded, inputs.byteLength + buf.lane * 4);
     assert.equal(stats[RunnerStat.downloadBytes], 0, 'outputs bound in host memory need no copy under CPU');
     r.release();
   });
@@ -211,6 +223,12 @@ describe('OrtRunner: ONNX Runtime through the C API with I/O binding', { skip },
     assert.deepEqual(new Uint8Array(r.view(dst) as ArrayBuffer), before);
     r.copy(src, src, Float64Array.from([0, 0, 16, 0, 16, 1]), 1);
     assert.deepEqual(srcBytes.subarray(0, 16), srcBytes.slice(16, 32), 'disjoint regions of one buffer');
+    // Interleaved rows of one buffer (a block moved within a head-strided pool): allowed when
+    // no destination row meets a source row, refused when one does.
+    r.copy(src, src, Float64Array.from([64, 256, 0, 256, 32, 4]), 1);
+    for (let row = 0; row < 4; row++) assert.deepEqual(srcBytes.subarray(64 + row * 256, 96 + row * 256), srcBytes.slice(row * 256, row * 256 + 32));
+    assert.throws(() => r.copy(src, src, Float64Array.from([16, 256, 0, 256, 32, 4]), 1), { message: /overlaps itself/ });
+    assert.throws(() => r.copy(src, src, Float64Array.from([256, 256, 0, 256, 32, 4]), 1), { message: /overlaps itself/ });
 
     assert.throws(() => r.write(dst, 4090, new Uint8Array(8)), { code: 'ERR_OUT_OF_RANGE' });
     assert.throws(() => r.read(dst, 4090, new Uint8Array(8)), { code: 'ERR_OUT_OF_RANGE' });
@@ -223,15 +241,15 @@ describe('OrtRunner: ONNX Runtime through the C API with I/O binding', { skip },
     const r = await OrtRunner.open(graph);
     const buf = bindFast(r, 1, 1, 4, [0], 1);
     const f = r.allocate(1 << 16, 'device');
-    assert.throws(() => r.bindInput(IO.pastKey(0), f, 0, 'int64', [1, H, 4, hd]), { code: 'ERR_INVALID_ARG_VALUE', message: /element type/ });
-    assert.throws(() => r.bindInput(IO.pastKey(0), f, 0, 'float32', [1, H, 4]), { message: /has rank 4, not 3/ });
-    assert.throws(() => r.bindInput(IO.pastKey(0), f, 0, 'float32', [1, H + 1, 4, hd]), { message: /dimension 1 is fixed at 2, not 3/ });
-    assert.throws(() => r.bindInput(IO.pastKey(0), f, 1 << 16, 'float32', [1, H, 4, hd]), { code: 'ERR_OUT_OF_RANGE', message: /runs past buffer/ });
-    assert.throws(() => r.bindInput(IO.pastKey(0), f, 2, 'float32', [1, H, 4, hd]), { message: /multiple of the element size/ });
+    assert.throws(() => r.bindInput(IO.poolKey(0), f, 0, 'int64', [H, 4, 4, hd]), { code: 'ERR_INVALID_ARG_VALUE', message: /element type/ });
+    assert.throws(() => r.bindInput(IO.poolKey(0), f, 0, 'float32', [H, 4, 4]), { message: /has rank 4, not 3/ });
+    assert.throws(() => r.bindInput(IO.poolKey(0), f, 0, 'float32', [H + 1, 4, 4, hd]), { message: /dimension 0 is fixed at 2, not 3/ });
+    assert.throws(() => r.bindInput(IO.poolKey(0), f, 1 << 16, 'float32', [H, 4, 4, hd]), { code: 'ERR_OUT_OF_RANGE', message: /runs past buffer/ });
+    assert.throws(() => r.bindInput(IO.poolKey(0), f, 2, 'float32', [H, 4, 4, hd]), { message: /multiple of the element size/ });
     assert.throws(() => r.bindInput('no_such_input', f, 0, 'float32', [1]), RangeError);
-    assert.throws(() => r.free(buf.pool), { code: 'ORT_BOUND', message: /bound to input past_key_values\.0\.key/ });
+    assert.throws(() => r.free(buf.pool), { code: 'ORT_BOUND', message: /bound to input kv_pool\.0\.key/ });
 
-    r.write(buf.small, 0, BigInt64Array.from([3n, 0n, 0n, 0n, 1n]));
+    r.write(buf.small, 0, smallInputs([3n, 0n, 0n, 0n, 1n], [0, 0]));
     // Logits bound with the wrong number of rows: ONNX Runtime refuses the run.
     r.bindOutput(IO.logits, buf.logits, 0, 'float32', [0, vocab]);
     await assert.rejects(r.run(), { code: 'ORT_RUN' });

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { parseCurveFile } from '../src/economy/curves.js';
 import { CostModelEngine, type StepProfile } from '../src/engine/cost-model.js';
+import type { Engine } from '../src/engine/types.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { Rng, validateSamplingParams } from '../src/engine/sampling.js';
 import { loadModelDir } from '../src/models/modeldir.js';
@@ -19,6 +20,12 @@ import { testProviders } from './helpers/providers.js';
 const profile: StepProfile = testProfile;
 
 const greedy = validateSamplingParams({ temperature: 0, max_tokens: 512 });
+
+/** What a scheduler takes from the engine it plans for: its pool, host blocks and copy rate. */
+function pool(engine: Engine): Pick<SchedulerConfig, 'totalBlocks' | 'blockSize' | 'hostBlocks' | 'swapSecondsPerToken'> {
+  const i = engine.info;
+  return { totalBlocks: i.totalBlocks, blockSize: i.blockSize, hostBlocks: i.hostBlocks, swapSecondsPerToken: i.swapSecondsPerToken };
+}
 
 function spec(t: TraceRequest, index: number, overrides: Partial<RequestSpec> = {}): RequestSpec {
   return {
@@ -55,7 +62,7 @@ function drive(trace: TraceRequest[], policy: string, cfg: Partial<SchedulerConf
   const finished: SchedRequest[] = [];
   const config: SchedulerConfig = { maxBatchTokens: 256, maxRunning, prefillChunk: 64, totalBlocks: 200, blockSize: 16, maxContext: 512, antiThrashSteps: 8, ...cfg };
   if (o.curves) config.curves = o.curves;
-  const sched = new Scheduler(engine, createPolicy(policy), config, { onFinish: (r) => finished.push(r) });
+  const sched = new Scheduler(createPolicy(policy), { ...pool(engine), ...config }, { onFinish: (r) => finished.push(r) });
   const preemptSteps = new Map<number, number[]>();
   const preempt = sched.preempt.bind(sched);
   sched.preempt = (r: SchedRequest) => {
@@ -169,7 +176,7 @@ describe('policy behaviour', () => {
     const engine = new CostModelEngine(profile, { maxSequences: 8, maxContext: 512 });
     const vtc = new VtcPolicy();
     policyRef = vtc;
-    const sched = new Scheduler(engine, vtc, { maxBatchTokens: 256, maxRunning: 8, prefillChunk: 64, totalBlocks: 400, blockSize: 16, maxContext: 512 });
+    const sched = new Scheduler(vtc, { ...pool(engine), maxBatchTokens: 256, maxRunning: 8, prefillChunk: 64, totalBlocks: 400, blockSize: 16, maxContext: 512 });
     const waiting = new Map<string, number>([['a', 0], ['b', 0]]);
     const reqs = trace.map((t, i) => {
       waiting.set(t.tenant, (waiting.get(t.tenant) as number) + 1);
@@ -233,7 +240,7 @@ describe('swap', () => {
     const trace = workload(7, 200, 400);
     const swapProfile = { ...profile, swapMsPerToken: 1e-5 };
     const engine = new CostModelEngine(swapProfile, { maxSequences: 16, maxContext: 512 });
-    const sched = new Scheduler(engine, createPolicy('fcfs'), { maxBatchTokens: 256, maxRunning: 16, prefillChunk: 64, totalBlocks: 100, blockSize: 16, maxContext: 512, antiThrashSteps: 8 });
+    const sched = new Scheduler(createPolicy('fcfs'), { ...pool(engine), maxBatchTokens: 256, maxRunning: 16, prefillChunk: 64, totalBlocks: 100, blockSize: 16, maxContext: 512, antiThrashSteps: 8 });
     const reqs = trace.map((t, i) => sched.submit(spec({ ...t, t: 0 }, i)));
     let clock = 0;
     while (sched.pending > 0) {
@@ -282,7 +289,7 @@ describe('prefix cache', () => {
 
   test('blocks with equal hashes but different tokens are not hits', () => {
     const engine = new CostModelEngine(profile, { maxSequences: 4, maxContext: 512 });
-    const sched = new Scheduler(engine, createPolicy('fcfs'), { maxBatchTokens: 256, maxRunning: 4, prefillChunk: 64, totalBlocks: 64, blockSize: 16, maxContext: 512 });
+    const sched = new Scheduler(createPolicy('fcfs'), { ...pool(engine), maxBatchTokens: 256, maxRunning: 4, prefillChunk: 64, totalBlocks: 64, blockSize: 16, maxContext: 512 });
     const a = Int32Array.from({ length: 40 }, (_, i) => 10 + i);
     const r1 = sched.submit({ id: 'a', tenant: 't', arrival: 0, prompt: a, maxTokens: 2, sampling: greedy, rng: new Rng(1) });
     while (sched.pending > 0) sched.commit(engine.executeSync(sched.plan(0)), 0, 0.01);
@@ -302,7 +309,7 @@ describe('the real engine under the scheduler', { skip: sharedSkipReason() }, ()
     const model = await loadModelDir(importStories260K());
     const run = async (preemptAt: number[], swap = false) => {
       const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 2 });
-      const sched = new Scheduler(engine, createPolicy('fcfs'), { maxBatchTokens: 64, maxRunning: 2, prefillChunk: 8, totalBlocks: 64, blockSize: 16, maxContext: 512, stopIds: model.stopIds, swap });
+      const sched = new Scheduler(createPolicy('fcfs'), { ...pool(engine), maxBatchTokens: 64, maxRunning: 2, prefillChunk: 8, maxContext: 512, stopIds: model.stopIds, swap });
       const prompt = model.tokenizer.encode('Once upon a time, there was a little dog who lived in a small house near the park. Every day he ran to the park to play with his red ball and his friend the', { bos: true });
       assert.ok(prompt.length > 33);
       const outputs: number[][] = [];

@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import type { AddressInfo } from 'node:net';
 import OpenAI from 'openai';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { buildServer } from '../src/server/app.js';
 import { synthTiny } from './helpers/models.js';

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Generator } from '../src/engine/generator.js';
+import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine, type OnnxEngineOptions } from '../src/engine/onnx-engine.js';
 import { Rng, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
 import { cudaProviderInstalled } from '../src/engine/session.js';
-import type { Engine, StepItem, StepPlan } from '../src/engine/types.js';
+import { DirectDriver } from '../src/engine/direct.js';
+import { KvOp, type Engine, type StepItem, type StepPlan } from '../src/engine/types.js';
 import { WorkerEngine } from '../src/engine/worker-engine.js';
 import { isMarginalError } from '../src/errors.js';
 import { synthesize } from '../src/models/importers.js';
@@ -34,79 +35,78 @@ async function rejectsWith(p: Promise<unknown>, code: string, message?: string |
   assert.fail(`expected a rejection with ${code}`);
 }
 
-function throwsCode(fn: () => void, code: string): void {
-  assert.throws(fn, (e: unknown) => isMarginalError(e) && e.code === code);
-}
 
 /**
- * A fixed script of prefill chunks, decodes, prefix-block copies, a swap round trip and a
- * recompute-style close and reopen (same Rng), feeding sampled tokens back. Returns everything
- * observable: each step's tokens and logits bytes, the bookkeeping after every call, and where
- * each Rng stands at the end, so two engines can be compared exactly.
+ * A fixed script of prefill chunks, decodes, a prefix shared by reference (copied on its first
+ * write), a swap round trip and a recompute-style reset (the Rng carries on), feeding sampled
+ * tokens back. Returns everything observable: each step's tokens and logits bytes and what the
+ * driver holds after each, so two engines can be compared exactly.
  */
 async function runScript(engine: Engine): Promise<unknown[]> {
   const V = engine.info.vocabSize;
+  const d = new DirectDriver(engine);
   const trace: unknown[] = [];
   const seqs = [1, 2, 3, 4];
   const snapshot = (what: string): void => {
-    trace.push([what, engine.freeBlocks, ...seqs.map((s) => [engine.contextLength(s), engine.blocksHeld(s)])]);
+    trace.push([what, d.freeBlocks, ...seqs.map((s) => d.length(s))]);
   };
-  const hist = new Map<number, number[]>([
+  const next = new Map<number, number[]>([
     [1, prompt(13, 1, V)],
     [2, prompt(9, 2, V)],
     [3, prompt(6, 3, V)],
   ]);
-  const rngs = [new Rng(11), new Rng(12), new Rng(13)];
-  const step = async (items: [seq: number, from: number, to: number, sample: boolean][], keepLogits = false): Promise<void> => {
-    const plan: StepPlan = {
-      items: items.map(([seq, from, to, sample]): StepItem => ({ seq, tokens: hist.get(seq) as number[], offset: from, count: to - from, sample })),
-      keepLogits,
-    };
-    const r = await engine.execute(plan);
-    items.forEach(([seq, , , sample], i) => {
-      if (sample) (hist.get(seq) as number[]).push(r.tokens[i] as number);
+  const step = async (items: [seq: number, count: number, sample: boolean][], keepLogits = false): Promise<void> => {
+    const r = await d.step(items.map(([seq, count, sample]) => [seq, (next.get(seq) as number[]).splice(0, count), sample]), keepLogits);
+    items.forEach(([seq, , sample], i) => {
+      if (sample) (next.get(seq) as number[]).push(r.tokens[i] as number);
     });
     trace.push(Array.from(r.tokens), r.logits ? Buffer.from(r.logits.buffer, r.logits.byteOffset, r.logits.byteLength).toString('base64') : null);
     snapshot('step');
   };
-  const len = (seq: number): number => (hist.get(seq) as number[]).length;
-  const decode = (seq: number): [number, number, number, boolean] => [seq, len(seq) - 1, len(seq), true];
+  const decode = (seq: number): [number, number, boolean] => [seq, 1, true];
 
-  engine.open(1, greedy, rngs[0] as Rng);
-  engine.open(2, nucleus(2), rngs[1] as Rng);
-  engine.open(3, topK(3), rngs[2] as Rng);
+  d.open(1, greedy, new Rng(11));
+  d.open(2, nucleus(2), new Rng(12));
+  d.open(3, topK(3), new Rng(13));
   snapshot('open');
-  await step([[1, 0, 5, false], [2, 0, 9, true], [3, 0, 6, true]], true);
-  await step([[1, 5, 13, true], decode(2), decode(3)]);
+  await step([[1, 5, false], [2, 9, true], [3, 6, true]], true);
+  await step([[1, 8, true], decode(2), decode(3)]);
   for (let k = 0; k < 3; k++) await step([decode(1), decode(2), decode(3)], k === 1);
 
-  // Prefix cache: sequence 4 starts from copies of sequence 1's first two blocks.
-  engine.storeBlock?.(1, 0, 100);
-  engine.storeBlock?.(1, 1, 101);
-  hist.set(4, (hist.get(1) as number[]).slice(0, 13));
-  engine.open(4, nucleus(4), new Rng(14));
-  engine.loadBlocks?.(4, [100, 101]);
-  snapshot('loadBlocks');
-  await step([decode(1), [4, 8, 13, true], decode(3)], true);
+  // Prefix sharing: sequence 4 starts on sequence 1's first two blocks (8 positions), by reference.
+  d.open(4, nucleus(4), new Rng(14));
+  d.share(1, 4, 2);
+  next.set(4, d.tokens(1).slice(8, 13));
+  snapshot('share');
+  await step([decode(1), [4, 5, true], decode(3)], true);
 
-  // Swap round trip: 2's keys, values and sampling state leave the slot and come back.
-  engine.swapOut?.(2);
+  // Swap round trip: 2's blocks go to host memory and come back into other blocks.
+  d.swapOut(2);
   snapshot('swapOut');
   await step([decode(1), decode(3), decode(4)]);
-  engine.swapIn?.(2);
+  d.swapIn(2);
   snapshot('swapIn');
   for (let k = 0; k < 2; k++) await step([decode(1), decode(2), decode(3), decode(4)], k === 0);
 
-  // Recompute preemption: 3 is dropped and refilled, and its Rng carries on where it was.
-  engine.close(3);
-  snapshot('close');
-  engine.open(3, topK(3), rngs[2] as Rng);
-  await step([decode(1), [3, 0, len(3), true], decode(2)], true);
+  // Recompute preemption: 3's positions are dropped and refilled; its Rng carries on where it was.
+  const held = [...d.tokens(3), ...(next.get(3) as number[])];
+  d.reset(3);
+  next.set(3, held);
+  snapshot('reset');
+  await step([decode(1), [3, held.length, true], decode(2)], true);
   for (let k = 0; k < 3; k++) await step([decode(1), decode(2), decode(3), decode(4)]);
 
-  for (const s of seqs) engine.close(s);
+  // Copy-on-write: 5 shares 1's first three blocks but holds only 11 positions, so its first
+  // write lands in a shared block, which the engine copies first; 1 goes on unharmed.
+  d.open(5, greedy, new Rng(15));
+  d.share(1, 5, 3, 11);
+  next.set(5, d.tokens(1).slice(11, 14));
+  await step([[5, 3, true], decode(1)], true);
+  await step([decode(5), decode(1)], true);
+
+  for (const s of [...seqs, 5]) d.close(s);
+  await d.step([]);
   snapshot('closed all');
-  trace.push(rngs.map((r) => r.nextUint32()));
   return trace;
 }
 
@@ -120,19 +120,28 @@ describe('WorkerEngine', () => {
   const opts: OnnxEngineOptions = { providers: testProviders(), maxSequences: 4, blockSize: 4 };
 
   for (const flavour of ['fast', 'hf'] as Flavour[]) {
-    test(`${flavour}: the same tokens, logits and bookkeeping as an in-process OnnxEngine`, async () => {
+    test(`${flavour}: the same tokens and logits as an in-process OnnxEngine, through shared blocks, swaps and recompute`, async () => {
       const local = await OnnxEngine.create(await loadModelDir(dir), { ...opts, flavour });
       const expected = await runScript(local);
+      assert.equal(local.openSequences, 0);
       await local.dispose();
       const remote = await WorkerEngine.create(dir, { ...opts, flavour });
       assert.deepEqual(remote.info, local.info);
-      assert.equal(remote.swapSecondsPerToken, local.swapSecondsPerToken);
       const actual = await runScript(remote);
       await remote.dispose();
       assert.deepEqual(actual, expected);
-      assert.equal(remote.freeBlocks, remote.info.totalBlocks);
     });
   }
+
+  test('the fast graph on a staged copy of the blocks it reads (the path for providers that copy inputs) gives the same tokens and logits', async () => {
+    const model = await loadModelDir(dir);
+    const inPlace = await OnnxEngine.create(model, opts);
+    const expected = await runScript(inPlace);
+    await inPlace.dispose();
+    const staged = await OnnxEngine.create(model, { ...opts, stagePool: true });
+    assert.deepEqual(await runScript(staged), expected);
+    await staged.dispose();
+  });
 
   test('under the Generator (prefix caching on), the same completions as an in-process OnnxEngine', async () => {
     const model = await loadModelDir(dir);
@@ -143,7 +152,7 @@ describe('WorkerEngine', () => {
       const done = prompts.map((p, i) => g.submit({ prompt: p, sampling: i % 2 === 0 ? validateSamplingParams({ temperature: 0, max_tokens: 30 }) : validateSamplingParams({ temperature: 0.9, seed: i, max_tokens: 30 }) }));
       await g.runUntilIdle();
       const results = await Promise.all(done);
-      assert.equal(engine.freeBlocks, engine.info.totalBlocks);
+      assert.equal(g.scheduler.blocks.heldBlocks, 0);
       return results.map((r) => [r.tokens, r.cachedTokens, r.finishReason]);
     };
     const local = await OnnxEngine.create(model, opts);
@@ -158,85 +167,61 @@ describe('WorkerEngine', () => {
     assert.ok((expected as [number[], number][]).some(([, cached]) => cached > 0), 'the prefix cache was used');
   });
 
-  test('synchronous calls throw what OnnxEngine throws, at the call', async () => {
+  test('a plan the engine rejects is applied not at all: the same error in-process and in the worker, and the engine works on', async () => {
     const model = await loadModelDir(dir);
-    const local = await OnnxEngine.create(model, { ...opts, maxSequences: 2 });
-    const remote = await WorkerEngine.create(dir, { ...opts, maxSequences: 2 });
+    const local = await OnnxEngine.create(model, { ...opts, maxContext: 16 });
+    const remote = await WorkerEngine.create(dir, { ...opts, maxContext: 16 });
+    const base = (): StepPlan => ({ items: [], opens: [], closes: [], kvOps: [] });
+    const item = (seq: number, tokens: number[], blocks: number[], offset = 0, count = tokens.length - offset): StepItem => ({ seq, tokens, offset, count, sample: true, blocks });
+    const bad: [string, StepPlan, string, string | RegExp][] = [
+      ['unknown sequence', { ...base(), items: [item(99, [1], [0])] }, 'MARGINAL_INVALID_ARGUMENT', 'sequence 99 is not open'],
+      ['opened twice', { ...base(), opens: [{ seq: 1, sampling: greedy, rng: new Rng(1) }] }, 'MARGINAL_INVALID_ARGUMENT', 'sequence 1 is already open'],
+      ['token that is no token', { ...base(), items: [item(1, [3, 1.5], [0])] }, 'MARGINAL_INVALID_ARGUMENT', 'token 1.5 is outside the vocabulary (0..511)'],
+      ['item outside its array', { ...base(), items: [item(1, [3], [0], 0, 2)] }, 'MARGINAL_INVALID_ARGUMENT', /needs 1 or more tokens inside its array/],
+      ['table too short', { ...base(), items: [item(1, prompt(6, 1, 512), [0])] }, 'MARGINAL_INVALID_ARGUMENT', /its block table has 1 blocks, 2 needed/],
+      ['block outside the pool', { ...base(), items: [item(1, [3], [10_000])] }, 'MARGINAL_INVALID_ARGUMENT', /outside the pool/],
+      ['block move outside the pool', { ...base(), kvOps: [KvOp.swapIn, 0, 10_000] }, 'MARGINAL_INVALID_ARGUMENT', /outside the pool/],
+      ['past the context', { ...base(), items: [item(1, prompt(17, 1, 512), [0, 1, 2, 3, 4])] }, 'MARGINAL_CONTEXT_LENGTH', /beyond the context of 16/],
+    ];
     try {
       for (const e of [local, remote] as Engine[]) {
-        e.open(1, greedy, new Rng(1));
-        e.open(2, greedy, new Rng(2));
-        throwsCode(() => e.open(1, greedy, new Rng(1)), 'MARGINAL_INVALID_ARGUMENT');
-        throwsCode(() => e.open(3, greedy, new Rng(3)), 'MARGINAL_ENGINE_CAPACITY');
-        throwsCode(() => e.storeBlock?.(1, 0, 7), 'MARGINAL_INVALID_ARGUMENT');
-        throwsCode(() => e.loadBlocks?.(2, [7]), 'MARGINAL_INVALID_ARGUMENT');
-        throwsCode(() => e.swapIn?.(1), 'MARGINAL_INVALID_ARGUMENT');
-        throwsCode(() => e.swapOut?.(5), 'MARGINAL_INVALID_ARGUMENT');
-        // The engine is unharmed: both sequences still run.
-        const r = await e.execute({ items: [1, 2].map((seq) => ({ seq, tokens: [5, 6, 7], offset: 0, count: 3, sample: true })) });
-        assert.equal(r.tokens.length, 2);
-        assert.equal(e.contextLength(1), 3);
-        e.close(1);
-        e.close(2);
+        const d = new DirectDriver(e);
+        d.open(1, greedy, new Rng(1));
+        d.open(2, nucleus(7), new Rng(2));
+        await d.step([[1, prompt(5, 3, 512), true], [2, prompt(6, 4, 512), true]]);
       }
+      for (const [what, plan, code, message] of bad) {
+        for (const e of [local, remote] as Engine[]) {
+          // Each bad plan also closes sequence 2 and moves a block over one of 1's: none of it may happen.
+          const withSideEffects: StepPlan = { ...plan, closes: [2], kvOps: [...plan.kvOps, KvOp.copy, 5, 0] };
+          const err = await rejectsWith(e.execute(withSideEffects), code, message);
+          if (e === remote && what === 'unknown sequence') assert.match(err.stack ?? '', /onnx-engine/, "the worker's stack, where the step failed");
+        }
+      }
+      // Both engines still hold sequences 1 and 2 and block 0 as it was: they go on identically.
+      const go = async (e: Engine) => {
+        const r = await e.execute({ ...base(), items: [item(1, [...prompt(5, 3, 512), 7], [0, 1], 5), item(2, [...prompt(6, 4, 512), 9], [2, 3], 6)], keepLogits: true });
+        return [Array.from(r.tokens), Buffer.from((r.logits as Float32Array).buffer).toString('base64')];
+      };
+      const fresh = await OnnxEngine.create(model, { ...opts, maxContext: 16 });
+      const f = new DirectDriver(fresh);
+      f.open(1, greedy, new Rng(1));
+      f.open(2, nucleus(7), new Rng(2));
+      await f.step([[1, prompt(5, 3, 512), true], [2, prompt(6, 4, 512), true]]);
+      const expected = await go(fresh);
+      await fresh.dispose();
+      assert.deepEqual(await go(local), expected);
+      assert.deepEqual(await go(remote), expected);
     } finally {
       await local.dispose();
       await remote.dispose();
     }
   });
 
-  test('a failed step rejects with the original code and message; the engine keeps working', async () => {
-    const model = await loadModelDir(dir);
-    const local = await OnnxEngine.create(model, { ...opts, maxContext: 16 });
-    const engine = await WorkerEngine.create(dir, { ...opts, maxContext: 16 });
-    try {
-      const e = await rejectsWith(engine.execute({ items: [{ seq: 99, tokens: [1], offset: 0, count: 1, sample: true }] }), 'MARGINAL_INVALID_ARGUMENT', 'sequence 99 is not open');
-      assert.equal((e as Error & { statusCode?: number }).statusCode, 400);
-      assert.match(e.stack ?? '', /onnx-engine/, "the worker's stack, where the step failed");
-
-      // Inputs the OnnxEngine itself rejects, with its own messages: a token that does not fit
-      // an Int32Array and an item outside its array.
-      engine.open(1, greedy, new Rng(1));
-      await rejectsWith(engine.execute({ items: [{ seq: 1, tokens: [3, 1.5], offset: 0, count: 2, sample: true }] }), 'MARGINAL_INVALID_ARGUMENT', 'token 1.5 is outside the vocabulary (0..511)');
-      await rejectsWith(engine.execute({ items: [{ seq: 1, tokens: [3], offset: 0, count: 2, sample: true }] }), 'MARGINAL_INVALID_ARGUMENT', /needs 1 or more tokens inside its array/);
-
-      // A step that fails part-way leaves the same bookkeeping as in-process: blocks reserved
-      // for the items checked before the failing one.
-      local.open(1, greedy, new Rng(1));
-      for (const x of [local, engine] as Engine[]) {
-        x.open(2, greedy, new Rng(2));
-        await x.execute({ items: [{ seq: 2, tokens: prompt(12, 5, 512), offset: 0, count: 12, sample: true }] });
-        await rejectsWith(
-          x.execute({ items: [{ seq: 1, tokens: prompt(6, 6, 512), offset: 0, count: 6, sample: false }, { seq: 2, tokens: prompt(8, 7, 512), offset: 0, count: 8, sample: true }] }),
-          'MARGINAL_CONTEXT_LENGTH',
-        );
-      }
-      for (const seq of [1, 2]) {
-        assert.equal(engine.contextLength(seq), local.contextLength(seq), `contextLength(${seq})`);
-        assert.equal(engine.blocksHeld(seq), local.blocksHeld(seq), `blocksHeld(${seq})`);
-      }
-      assert.equal(engine.freeBlocks, local.freeBlocks);
-
-      // A command the worker rejects (here smuggled past the checks on this side) fails the
-      // next execute, whose plan does not run.
-      (engine as unknown as { queue: unknown[] }).queue.push({ op: 'swapIn', seq: 42 });
-      await rejectsWith(engine.execute({ items: [{ seq: 1, tokens: [4], offset: 0, count: 1, sample: true }] }), 'MARGINAL_INVALID_ARGUMENT', 'sequence 42 is not swapped out');
-      assert.equal(engine.contextLength(1), 0, 'the plan did not run');
-
-      const r = await engine.execute({ items: [{ seq: 1, tokens: [4, 5], offset: 0, count: 2, sample: true }] });
-      assert.ok((r.tokens[0] as number) >= 0);
-      assert.equal(engine.contextLength(1), 2);
-    } finally {
-      await local.dispose();
-      await engine.dispose();
-    }
-  });
-
   test('one step in flight at a time', async () => {
     const engine = await WorkerEngine.create(dir, opts);
     try {
-      engine.open(1, greedy, new Rng(1));
-      const plan: StepPlan = { items: [{ seq: 1, tokens: [1, 2, 3], offset: 0, count: 3, sample: true }] };
+      const plan: StepPlan = { items: [{ seq: 1, tokens: [1, 2, 3], offset: 0, count: 3, sample: true, blocks: [0] }], opens: [{ seq: 1, sampling: greedy, rng: new Rng(1) }], closes: [], kvOps: [] };
       const first = engine.execute(plan);
       await assert.rejects(engine.execute(plan), { code: 'ERR_ASSERTION' });
       await first;
@@ -261,15 +246,14 @@ describe('WorkerEngine', () => {
 
   test('dispose releases the session and ends the thread', async () => {
     const engine = await WorkerEngine.create(dir, opts);
-    engine.open(1, greedy, new Rng(1));
-    await engine.execute({ items: [{ seq: 1, tokens: [1, 2], offset: 0, count: 2, sample: true }] });
+    await new DirectDriver(engine).step([]);
     assert.ok(engine.alive);
     const exited = new Promise<number>((resolve) => (engine as unknown as { worker: import('node:worker_threads').Worker }).worker.once('exit', resolve));
     await engine.dispose();
     await exited;
     assert.equal(engine.alive, false);
     await engine.dispose();
-    await rejectsWith(engine.execute({ items: [{ seq: 1, tokens: [3], offset: 0, count: 1, sample: true }] }), 'MARGINAL_ENGINE_WORKER', /disposed/);
+    await rejectsWith(engine.execute({ items: [], opens: [], closes: [], kvOps: [] }), 'MARGINAL_ENGINE_WORKER', /disposed/);
   });
 });
 
@@ -284,9 +268,16 @@ describe('WorkerEngine on a stories15M-shaped model', () => {
   // One thread for ONNX Runtime leaves a core for the main thread on small machines: what is
   // under test is whether the event loop waits on a step, not CPU contention.
   const opts: OnnxEngineOptions = { providers: testProviders(), maxSequences: 4, intraOpThreads: 1 };
-  const longStep = (vocab: number): StepPlan => {
+  /** Four 240-token prefills, opened with the plan and closed with the next one. */
+  const longStep = (vocab: number, round: number): StepPlan => {
     const tokens = Int32Array.from(prompt(240, 9, vocab));
-    return { items: [0, 1, 2, 3].map((seq) => ({ seq, tokens, offset: 0, count: 240, sample: true })) };
+    const seqs = [0, 1, 2, 3].map((s) => round * 4 + s);
+    return {
+      items: seqs.map((seq, k) => ({ seq, tokens, offset: 0, count: 240, sample: true, blocks: Array.from({ length: 15 }, (_, b) => k * 15 + b) })),
+      opens: seqs.map((seq) => ({ seq, sampling: greedy, rng: new Rng(seq) })),
+      closes: round > 0 ? seqs.map((seq) => seq - 4) : [],
+      kvOps: [],
+    };
   };
 
   /** setInterval(1 ms) ticks seen while steps of 4 x 240-token prefills were in flight. */
@@ -300,13 +291,11 @@ describe('WorkerEngine on a stories15M-shaped model', () => {
     let rounds = 0;
     try {
       while (rounds < maxRounds && (rounds === 0 || flightMs < minFlightMs)) {
-        for (let s = 0; s < 4; s++) engine.open(s, greedy, new Rng(s));
         const t0 = performance.now();
         inFlight = true;
-        await engine.execute(longStep(engine.info.vocabSize));
+        await engine.execute(longStep(engine.info.vocabSize, rounds));
         inFlight = false;
         flightMs += performance.now() - t0;
-        for (let s = 0; s < 4; s++) engine.close(s);
         rounds++;
       }
     } finally {
@@ -332,12 +321,11 @@ describe('WorkerEngine on a stories15M-shaped model', () => {
 
   test('a worker that dies fails the step in flight and every later one', async () => {
     const engine = await WorkerEngine.create(dir, opts);
-    for (let s = 0; s < 4; s++) engine.open(s, greedy, new Rng(s));
-    const inFlight = engine.execute(longStep(engine.info.vocabSize));
+    const inFlight = engine.execute(longStep(engine.info.vocabSize, 0));
     await (engine as unknown as { worker: import('node:worker_threads').Worker }).worker.terminate();
     await rejectsWith(inFlight, 'MARGINAL_ENGINE_WORKER', /exited/);
     assert.equal(engine.alive, false);
-    await rejectsWith(engine.execute(longStep(engine.info.vocabSize)), 'MARGINAL_ENGINE_WORKER', /exited/);
+    await rejectsWith(engine.execute(longStep(engine.info.vocabSize, 1)), 'MARGINAL_ENGINE_WORKER', /exited/);
     await engine.dispose();
   });
 });

@@ -1,4 +1,4 @@
-import { Generator } from '../engine/generator.js';
+import { Generator } from '../serving/generator.js';
 import { validateSamplingParams } from '../engine/sampling.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 

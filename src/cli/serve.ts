@@ -1,6 +1,6 @@
 import { loadCurveFile } from '../economy/curves.js';
 import { Ledger } from '../economy/ledger.js';
-import { Generator } from '../engine/generator.js';
+import { Generator } from '../serving/generator.js';
 import { createPolicy } from '../scheduler/policies/index.js';
 import { buildServer } from '../server/app.js';
 import { loadApiKeys, openDirectory } from '../server/tenants.js';

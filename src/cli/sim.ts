@@ -6,7 +6,6 @@ import { loadCurveFile } from '../economy/curves.js';
 import { loadProfile, type StepProfile } from '../engine/cost-model.js';
 import { calibrate } from '../engine/calibrate.js';
 import { createPolicy } from '../scheduler/policies/index.js';
-import { loadModelDir } from '../models/modeldir.js';
 import { packageRoot } from '../models/importers.js';
 import { simulate, type SimOptions } from '../sim/simulator.js';
 import { readTrace, type TraceOptions, type TraceRequest } from '../sim/trace.js';
@@ -97,11 +96,10 @@ export function formatSummary(s: Summary): string {
 }
 
 export async function runCalibrate(o: { model: string; out: string; providers: string; threads?: number; repeats?: number }): Promise<void> {
-  const model = await loadModelDir(o.model);
   const opts: Parameters<typeof calibrate>[1] = { providers: o.providers.split(',') as ('cuda' | 'cpu')[], log: (l) => process.stderr.write(l + '\n') };
   if (o.threads !== undefined) opts.intraOpThreads = o.threads;
   if (o.repeats !== undefined) opts.repeats = o.repeats;
-  const profile = await calibrate(model, opts);
+  const profile = await calibrate(o.model, opts);
   await writeFile(o.out, JSON.stringify(profile, null, 2) + '\n');
   process.stderr.write(`wrote ${o.out}: base ${profile.baseMs.toFixed(3)} ms + ${profile.perTokenMs.toFixed(4)} ms/token + ${profile.perContextMs.toFixed(4)} ms/1k context + ${profile.perSequenceMs.toFixed(4)} ms/sequence + ${profile.perRunMs.toFixed(3)} ms/extra run (R² ${profile.r2?.toFixed(3)})\n`);
 }

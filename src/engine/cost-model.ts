@@ -1,7 +1,6 @@
 import { readFile } from 'node:fs/promises';
-import { EngineCapacityError, InvalidArgumentError } from '../errors.js';
-import type { Rng, SamplingParams } from './sampling.js';
-import type { Engine, EngineInfo, StepPlan, StepResult } from './types.js';
+import { InvalidArgumentError } from '../errors.js';
+import { KvOp, type Engine, type EngineInfo, type StepItem, type StepPlan, type StepResult } from './types.js';
 
 /**
  * Step time of the real engine as a linear function of what a step does, fitted by
@@ -27,7 +26,7 @@ export interface StepProfile {
   maxSequences: number;
   maxContext: number;
   blockSize: number;
-  /** Time to move one token's keys and values between the slot and host memory, one way. */
+  /** Time to move one token's keys and values between the pool and host memory, one way. */
   swapMsPerToken?: number;
   /** Fit quality on the calibration samples. */
   r2?: number;
@@ -93,85 +92,39 @@ export async function loadProfile(path: string): Promise<StepProfile> {
 
 /**
  * The simulator's engine: executes a step plan by predicting its duration from a calibrated
- * profile instead of running a model. It keeps each sequence's context length, so the
- * attention term grows as the real one does, and emits a placeholder token (never a stop
- * token: in simulation a request ends at its trace length).
+ * profile instead of running a model. Like the real engine it keeps no per-sequence length (an
+ * item's offset is its context), charges the plan's swaps at the profile's copy rate, and
+ * emits a placeholder token (never a stop token: in simulation a request ends at its trace
+ * length).
  */
 export class CostModelEngine implements Engine {
   readonly info: EngineInfo;
-  private readonly context = new Map<number, number>();
-  private readonly swapped = new Map<number, number>();
-  private readonly blockSize: number;
-  /** Swap traffic since the last step, charged to the next step's time. */
-  private swapMs = 0;
-  readonly swapSecondsPerToken: number | undefined;
+  private readonly swapMsPerBlock: number;
   static readonly TOKEN = 3;
 
   constructor(
     readonly profile: StepProfile,
-    geometry: { maxSequences?: number; maxContext?: number; totalBlocks?: number } = {},
+    geometry: { maxSequences?: number; maxContext?: number; blockSize?: number; totalBlocks?: number; hostBlocks?: number } = {},
   ) {
     const maxSequences = geometry.maxSequences ?? profile.maxSequences;
     const maxContext = geometry.maxContext ?? profile.maxContext;
-    this.blockSize = profile.blockSize;
+    const blockSize = geometry.blockSize ?? profile.blockSize;
+    const totalBlocks = geometry.totalBlocks ?? maxSequences * Math.ceil(maxContext / blockSize);
+    const swapMs = profile.swapMsPerToken;
     this.info = {
       flavour: `cost-model(${profile.flavour})`,
       provider: 'cpu',
       maxSequences,
       maxContext,
-      blockSize: profile.blockSize,
-      totalBlocks: geometry.totalBlocks ?? maxSequences * Math.ceil(maxContext / profile.blockSize),
+      blockSize,
+      totalBlocks,
+      // Without a measured copy rate the simulated engine cannot swap.
+      hostBlocks: swapMs === undefined ? 0 : (geometry.hostBlocks ?? totalBlocks),
+      blockBytes: 0,
+      swapSecondsPerToken: swapMs === undefined ? Infinity : swapMs / 1000,
       vocabSize: 32000,
     };
-    this.swapSecondsPerToken = profile.swapMsPerToken === undefined ? undefined : profile.swapMsPerToken / 1000;
-  }
-
-  swapOut(seq: number): void {
-    const len = this.context.get(seq);
-    if (len === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
-    this.context.delete(seq);
-    this.swapped.set(seq, len);
-    this.swapMs += len * (this.profile.swapMsPerToken ?? 0);
-  }
-
-  swapIn(seq: number): void {
-    const len = this.swapped.get(seq);
-    if (len === undefined) throw new InvalidArgumentError(`sequence ${seq} is not swapped out`);
-    if (this.context.size >= this.info.maxSequences) throw new EngineCapacityError(`all ${this.info.maxSequences} sequence slots are in use`);
-    this.swapped.delete(seq);
-    this.context.set(seq, len);
-    this.swapMs += len * (this.profile.swapMsPerToken ?? 0);
-  }
-
-  get freeBlocks(): number {
-    let used = 0;
-    for (const len of this.context.values()) used += Math.ceil(len / this.blockSize);
-    return this.info.totalBlocks - used;
-  }
-
-  open(seq: number, _sampling?: SamplingParams, _rng?: Rng): void {
-    if (this.context.has(seq)) throw new InvalidArgumentError(`sequence ${seq} is already open`);
-    if (this.context.size >= this.info.maxSequences) throw new EngineCapacityError(`all ${this.info.maxSequences} sequence slots are in use`);
-    this.context.set(seq, 0);
-  }
-
-  close(seq: number): void {
-    this.context.delete(seq);
-    this.swapped.delete(seq);
-  }
-
-  contextLength(seq: number): number {
-    return this.context.get(seq) ?? 0;
-  }
-
-  blocksHeld(seq: number): number {
-    return Math.ceil(this.contextLength(seq) / this.blockSize);
-  }
-
-  storeBlock(): void {}
-
-  loadBlocks(seq: number, blockIds: readonly number[]): void {
-    this.context.set(seq, blockIds.length * this.blockSize);
+    this.swapMsPerBlock = (swapMs ?? 0) * blockSize;
   }
 
   async execute(plan: StepPlan): Promise<StepResult> {
@@ -187,20 +140,18 @@ export class CostModelEngine implements Engine {
     let decodes = 0;
     let prefills = 0;
     for (let i = 0; i < items.length; i++) {
-      const it = items[i] as (typeof items)[number];
-      const len = this.context.get(it.seq);
-      if (len === undefined) throw new InvalidArgumentError(`sequence ${it.seq} is not open`);
+      const it = items[i] as StepItem;
       batch += it.count;
-      ctx += len + it.count;
+      ctx += it.offset + it.count;
       if (it.count === 1) decodes++;
       else prefills++;
-      this.context.set(it.seq, len + it.count);
       if (it.sample) tokens[i] = CostModelEngine.TOKEN;
     }
+    let swaps = 0;
+    for (let i = 0; i < plan.kvOps.length; i += 3) if (plan.kvOps[i] !== KvOp.copy) swaps++;
     const runs = (decodes > 0 ? 1 : 0) + prefills;
-    const ms = (items.length === 0 ? 0 : predictStepMs(this.profile, { tokens: batch, contextTokens: ctx, sequences: items.length, runs })) + this.swapMs;
-    this.swapMs = 0;
-    return { tokens, timing: { totalMs: ms, runMs: ms, sampleMs: 0, glueMs: 0, runs, batchTokens: batch } };
+    const ms = (items.length === 0 ? 0 : predictStepMs(this.profile, { tokens: batch, contextTokens: ctx, sequences: items.length, runs })) + swaps * this.swapMsPerBlock;
+    return { tokens, timing: { totalMs: ms, runMs: ms, sampleMs: 0, glueMs: 0, runs, batchTokens: batch, kvBytesCopied: 0 } };
   }
 
   async dispose(): Promise<void> {}

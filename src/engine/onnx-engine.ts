@@ -1,93 +1,162 @@
 import * as ort from 'onnxruntime-node';
 import { performance } from 'node:perf_hooks';
-import { ContextLengthError, EngineCapacityError, InvalidArgumentError, ModelFormatError } from '../errors.js';
-import { BlockPool } from '../kv/blocks.js';
+import { ContextLengthError, InvalidArgumentError, ModelFormatError } from '../errors.js';
+import { HostKvStorage, blockBytes, type KvPoolShape, type KvStorage } from '../kv/pool.js';
+import { BoundFastGraph } from './bound-fast.js';
+import { openEngineSession, type EngineSession } from './open-session.js';
 import type { Flavour, LoadedModel } from '../models/modeldir.js';
 import { IO } from '../models/llama/graph.js';
 import { BatchSampler } from '../native/sampling.js';
-import { JsKvBackend, type KvGeometry } from './js-kv-backend.js';
-import type { FastRunOutput, KvBackend } from './kv-backend.js';
-import { openKvBackend, type KvBackendChoice } from './open-kv-backend.js';
 import { Sampler, type Rng, type SamplingParams } from './sampling.js';
 import type { SessionConfig } from './session.js';
-import type { Engine, EngineInfo, StepItem, StepPlan, StepResult } from './types.js';
+import { KvOp, type Engine, type EngineInfo, type ExecutionProvider, type SequenceOpen, type StepItem, type StepPlan, type StepResult } from './types.js';
 
 export interface OnnxEngineOptions extends SessionConfig {
   /** Graph flavour; default `fast` where the model has it. */
   flavour?: Flavour;
-  /** Sequences resident at once (KV slots). */
+  /** Sequences the default pool holds at full context (and the scheduler's default). */
   maxSequences?: number;
-  /** Tokens per sequence; default the model's context. */
+  /** Positions per sequence; default the model's context. */
   maxContext?: number;
-  /** Tokens per KV block: the accounting unit the scheduler prices. */
+  /** Positions per KV block: the unit the scheduler allocates and prices. */
   blockSize?: number;
+  /** Blocks in the KV pool; default maxSequences × ⌈maxContext / blockSize⌉. */
+  kvBlocks?: number;
+  /** Host blocks swapped-out sequences move to (allocated as used); default kvBlocks. 0 disables swap. */
+  hostBlocks?: number;
   /**
    * Largest k fetched from the graph's in-graph top-k; steps whose sampled rows are all greedy
    * or top-k ≤ this skip copying full logits. 0 disables it.
    */
   rankedCandidates?: number;
   /**
+   * Hand the graph a compact copy of the blocks each run uses instead of the whole pool. The
+   * default where the pool is host memory but the provider is not the CPU (ONNX Runtime would
+   * otherwise copy the whole pool to the device every run); settable to test that path on CPU.
+   * Only the onnxruntime-node session stages: the I/O-binding runner keeps the pool where its
+   * provider computes.
+   */
+  stagePool?: boolean;
+  /**
    * Run the fast graph through ONNX Runtime's C API with I/O binding (the native addon), the
-   * KV cache bound in place where the provider keeps memory: true requires it, false uses
+   * KV pool in the provider's memory and bound in place: true requires it, false uses
    * onnxruntime-node's JavaScript session; default (or MARGINAL_IO_BINDING=1/0): I/O binding
    * wherever the addon can open it.
    */
-  ioBinding?: KvBackendChoice;
+  ioBinding?: boolean;
 }
 
-const FREE = -1;
-
-interface EngineGeometry {
-  maxSequences: number;
-  maxContext: number;
-  blockSize: number;
+/** A run's output for sampling: full logits rows, or each row's k best (values and ids, best first). */
+interface RunOutput {
+  logits?: Float32Array;
+  values?: Float32Array;
+  ids?: BigInt64Array;
+  k: number;
 }
 
-function engineGeometry(model: LoadedModel, opts: OnnxEngineOptions): EngineGeometry {
-  const maxSequences = opts.maxSequences ?? 32;
-  const maxContext = Math.min(opts.maxContext ?? model.kv.maxContext, model.kv.maxContext);
-  const blockSize = opts.blockSize ?? 16;
-  if (!Number.isInteger(maxSequences) || maxSequences < 1) throw new InvalidArgumentError(`maxSequences must be a positive integer`);
-  if (!Number.isInteger(maxContext) || maxContext < 2) throw new InvalidArgumentError(`maxContext must be an integer >= 2`);
-  if (!Number.isInteger(blockSize) || blockSize < 1) throw new InvalidArgumentError(`blockSize must be a positive integer`);
-  return { maxSequences, maxContext, blockSize };
+interface SequenceState {
+  sampling: SamplingParams;
+  rng: Rng;
 }
 
-/** The largest k fetched from the graph's in-graph top-k (0 where the graph has none). */
-function rankedLimit(inputs: ReadonlySet<string>, opts: OnnxEngineOptions): number {
-  return inputs.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
-}
-
-type RunOutput = FastRunOutput;
+/** Distinct feed shapes kept before the tensor caches start over (bounded memory, no per-step wrappers). */
+const TENSOR_CACHE_LIMIT = 1024;
 
 /**
- * The token loop on ONNX Runtime. KV memory is, per layer and per K/V, [maxSequences, kvHeads,
- * capacity, headDim]; a sequence owns one slot of it while open. Where that memory lives and
- * how a graph runs over it is the KvBackend's (kv-backend.ts): device memory bound in place
- * through the native addon's I/O binding, or host arrays through onnxruntime-node.
+ * A grow-only int64 input written through an Int32Array alias of its buffer, so no BigInt is
+ * made per value (values are non-negative and below 2^31: the high word is 0), with one
+ * ort.Tensor per shape kept across steps.
+ */
+class Int64Feed {
+  private buf = new BigInt64Array(0);
+  private words = new Int32Array(0);
+  private readonly tensors = new Map<number, ort.Tensor>();
+
+  reserve(n: number): void {
+    if (this.buf.length >= n) return;
+    this.buf = new BigInt64Array(Math.max(n, 2 * this.buf.length, 16));
+    this.words = new Int32Array(this.buf.buffer);
+    this.tensors.clear();
+  }
+
+  set(i: number, v: number): void {
+    this.words[2 * i] = v;
+    this.words[2 * i + 1] = 0;
+  }
+
+  fill(v: number, n: number): void {
+    for (let i = 0; i < n; i++) this.set(i, v);
+  }
+
+  /** [d0] when d1 is 0, else [d0, d1]. */
+  tensor(d0: number, d1 = 0): ort.Tensor {
+    const key = d0 * 65536 + d1;
+    let t = this.tensors.get(key);
+    if (t === undefined) {
+      if (this.tensors.size >= TENSOR_CACHE_LIMIT) this.tensors.clear();
+      const n = d1 === 0 ? d0 : d0 * d1;
+      t = new ort.Tensor('int64', this.buf.subarray(0, n), d1 === 0 ? [d0] : [d0, d1]);
+      this.tensors.set(key, t);
+    }
+    return t;
+  }
+}
+
+/** The same for an int32 [d0, d1] input (block tables). */
+class Int32Feed {
+  buf = new Int32Array(0);
+  private readonly tensors = new Map<number, ort.Tensor>();
+
+  reserve(n: number): void {
+    if (this.buf.length >= n) return;
+    this.buf = new Int32Array(Math.max(n, 2 * this.buf.length, 16));
+    this.tensors.clear();
+  }
+
+  tensor(d0: number, d1: number): ort.Tensor {
+    const key = d0 * 65536 + d1;
+    let t = this.tensors.get(key);
+    if (t === undefined) {
+      if (this.tensors.size >= TENSOR_CACHE_LIMIT) this.tensors.clear();
+      t = new ort.Tensor('int32', this.buf.subarray(0, d0 * d1), [d0, d1]);
+      this.tensors.set(key, t);
+    }
+    return t;
+  }
+}
+
+/**
+ * The token loop on ONNX Runtime over a paged KV pool: per layer, one key and one value buffer
+ * of N blocks (`KvStorage`), each sequence a block table the scheduler owns and sends with
+ * every item. The engine keeps no per-sequence KV bookkeeping: an item's offset is its length,
+ * its table says where its positions live; what the engine holds per sequence is sampling
+ * state (opened and closed by the plan).
  *
- * - `fast` graphs read that memory in place (no copy) and return only the new tokens' keys and
- *   values, which are written at each sequence's end: a step's decodes run as one batch over
- *   the slot range they occupy, and prefill chunks of equal length share a run.
- * - `hf` graphs take packed past tensors and return the concatenated present: the engine
- *   packs each step's sequences (left-padded, masked) and copies the new positions back. This
- *   is what serving a Hugging Face / Optimum export costs, and the benchmark shows by how much.
- *   It always runs on onnxruntime-node's session over host arrays.
+ * - `fast` graphs read the pool in place (an in-graph Gather of the blocks the batch's tables
+ *   name) and return only the new tokens' keys and values, which the engine writes into their
+ *   blocks: a step's decodes run as one batch, and prefill chunks of equal length share a run.
+ * - `hf` graphs take packed past tensors and return the concatenated present: the engine packs
+ *   each run's sequences from their blocks (left-padded, masked) and writes the new positions
+ *   back. This is what serving a Hugging Face / Optimum export costs.
+ *
+ * Two sessions can run the graph (open-session.ts). The native addon's I/O-binding runner keeps
+ * the pool in the provider's memory (device memory under CUDA) and binds it in place, so no
+ * step copies the cache (bound-fast.ts, kv/device-pool.ts); onnxruntime-node's JavaScript
+ * session, the fallback and the `hf` path, gets the pool as host arrays every run.
  */
 export class OnnxEngine implements Engine {
   readonly info: EngineInfo;
   private readonly layers: number;
   private readonly kvHeads: number;
   private readonly headDim: number;
-  /** Positions per slot. The fast graph attends over all of them (masked), so it is the engine's context, not the model's. */
-  private readonly capacity: number;
-  private readonly slotStride: number;
-  private readonly slotOf = new Map<number, number>();
-  private readonly slotSeq: Int32Array;
-  private readonly slotLen: Int32Array;
-  private readonly slotParams: (SamplingParams | undefined)[];
-  private readonly slotRng: (Rng | undefined)[];
-  private readonly pool: BlockPool;
+  private readonly blockSize: number;
+  private readonly pool: KvStorage;
+  /** The I/O-binding runner's fast graph, when the session is the runner. */
+  private readonly bound: BoundFastGraph | undefined;
+  private readonly session: ort.InferenceSession | undefined;
+  /** Cache bytes copied to run the graph this step (staged, packed, concatenated, moved to a device). */
+  private cacheBytes = 0;
+  private readonly sequences = new Map<number, SequenceState>();
   private readonly sampler: Sampler;
   /** Full-logits rows go through the native batch sampler when the addon is built (identical results). */
   private readonly batchSampler: BatchSampler;
@@ -99,60 +168,95 @@ export class OnnxEngine implements Engine {
   private readonly vocab: number;
   private readonly inputNames: Set<string>;
   private readonly maxRanked: number;
-  // Reused across steps: a step allocates tensors' wrappers, never their data.
-  private readonly idsBuf: BigInt64Array;
-  private readonly rowsBuf: BigInt64Array;
-  private readonly posBuf: BigInt64Array;
-  private readonly lengthsBuf: BigInt64Array;
-  private readonly writeRow: Int32Array;
-  private readonly writeAt: Int32Array;
-  private hfScratch: { k: Float32Array[]; v: Float32Array[] } = { k: [], v: [] };
-  /**
-   * Swapped-out sequences: the backend's handle on their keys and values, their length and
-   * sampling state. Prefix-cache copies live in the backend, keyed by the scheduler's block id.
-   */
-  private readonly swappedOut = new Map<number, { len: number; handle: number; sampling: SamplingParams; rng: Rng }>();
-  /** memcpy-bound: bytes per token over a conservative 4 GB/s. */
-  readonly swapSecondsPerToken: number;
+  private readonly stage: boolean;
+  // Reused across steps: a step builds no tensor wrapper, BigInt or view per token.
+  private readonly idsFeed = new Int64Feed();
+  private readonly posFeed = new Int64Feed();
+  private readonly lengthsFeed = new Int64Feed();
+  private readonly rowsFeed = new Int64Feed();
+  private readonly kFeed = new Int64Feed();
+  private readonly tablesFeed = new Int32Feed();
+  private readonly feeds: Record<string, ort.Tensor> = {};
+  private readonly poolTensors: { key: ort.Tensor; value: ort.Tensor }[] = [];
+  private readonly names: { poolKey: string; poolValue: string; newKey: string; newValue: string; pastKey: string; pastValue: string; presentKey: string; presentValue: string }[];
+  private readonly fetchRanked: string[];
+  private readonly fetchLogits: string[];
+  private decodeIdx = new Int32Array(0);
+  /** Per-step scratch: sequences seen, opened and closed by the plan being checked. */
+  private readonly seenSeqs = new Set<number>();
+  private readonly planOpens = new Set<number>();
+  private readonly planCloses = new Set<number>();
+  private staging: { keys: Float32Array[]; values: Float32Array[]; blocks: number } | undefined;
+  private readonly stageMap = new Map<number, number>();
 
   private constructor(
     private readonly model: LoadedModel,
-    private readonly backend: KvBackend,
+    private readonly engineSession: EngineSession,
     readonly flavour: Flavour,
-    geometry: EngineGeometry,
     opts: OnnxEngineOptions,
   ) {
-    const { maxSequences, maxContext, blockSize } = geometry;
+    const provider = engineSession.provider;
+    const maxSequences = opts.maxSequences ?? 32;
+    const maxContext = Math.min(opts.maxContext ?? model.kv.maxContext, model.kv.maxContext);
+    const blockSize = opts.blockSize ?? 16;
+    if (!Number.isInteger(maxSequences) || maxSequences < 1) throw new InvalidArgumentError(`maxSequences must be a positive integer`);
+    if (!Number.isInteger(maxContext) || maxContext < 2) throw new InvalidArgumentError(`maxContext must be an integer >= 2`);
+    if (!Number.isInteger(blockSize) || blockSize < 1 || blockSize > 4096) throw new InvalidArgumentError(`blockSize must be an integer from 1 to 4096`);
+    const kvBlocks = opts.kvBlocks ?? maxSequences * Math.ceil(maxContext / blockSize);
+    if (!Number.isInteger(kvBlocks) || kvBlocks < 1) throw new InvalidArgumentError(`kvBlocks must be a positive integer`);
+    const hostBlocks = opts.hostBlocks ?? kvBlocks;
+    if (!Number.isInteger(hostBlocks) || hostBlocks < 0) throw new InvalidArgumentError(`hostBlocks must be a non-negative integer`);
     this.layers = model.kv.layers;
     this.kvHeads = model.kv.kvHeads;
     this.headDim = model.kv.headDim;
+    this.blockSize = blockSize;
     this.vocab = model.vocabSize;
-    this.capacity = maxContext;
-    this.slotStride = this.kvHeads * this.capacity * this.headDim;
-    this.slotSeq = new Int32Array(maxSequences).fill(FREE);
-    this.slotLen = new Int32Array(maxSequences);
-    this.slotParams = new Array(maxSequences).fill(undefined);
-    this.slotRng = new Array(maxSequences).fill(undefined);
-    const blocksPerSeq = Math.ceil(maxContext / blockSize);
-    this.pool = new BlockPool(maxSequences * blocksPerSeq, blockSize);
+    const shape: KvPoolShape = { layers: this.layers, kvHeads: this.kvHeads, headDim: this.headDim, blockSize, blocks: kvBlocks, hostBlocks };
+    if (engineSession.kind === 'io-binding') {
+      this.inputNames = new Set(engineSession.runner.inputs.map((v) => v.name));
+      this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
+      this.bound = new BoundFastGraph(engineSession.runner, shape, this.vocab, this.maxRanked);
+      this.pool = this.bound.pool;
+      this.session = undefined;
+      this.stage = false;
+    } else {
+      this.inputNames = new Set(engineSession.session.inputNames);
+      this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
+      this.bound = undefined;
+      this.pool = new HostKvStorage(shape);
+      this.session = engineSession.session;
+      this.stage = opts.stagePool ?? provider !== 'cpu';
+    }
     this.sampler = new Sampler(this.vocab);
     this.batchSampler = new BatchSampler(this.vocab);
-    this.inputNames = new Set(backend.inputNames);
-    this.maxRanked = rankedLimit(this.inputNames, opts);
-    this.idsBuf = new BigInt64Array(maxSequences);
-    this.rowsBuf = new BigInt64Array(maxSequences);
-    this.posBuf = new BigInt64Array(maxSequences);
-    this.lengthsBuf = new BigInt64Array(maxSequences);
-    this.writeRow = new Int32Array(maxSequences);
-    this.writeAt = new Int32Array(maxSequences);
-    this.swapSecondsPerToken = (this.layers * 2 * this.kvHeads * this.headDim * 4) / 4e9;
+    this.names = Array.from({ length: this.layers }, (_, l) => ({
+      poolKey: IO.poolKey(l),
+      poolValue: IO.poolValue(l),
+      newKey: IO.newKey(l),
+      newValue: IO.newValue(l),
+      pastKey: IO.pastKey(l),
+      pastValue: IO.pastValue(l),
+      presentKey: IO.presentKey(l),
+      presentValue: IO.presentValue(l),
+    }));
+    this.fetchRanked = [IO.topKValues, IO.topKIndices];
+    this.fetchLogits = [IO.logits];
+    for (const n of this.names) {
+      this.fetchRanked.push(n.newKey, n.newValue);
+      this.fetchLogits.push(n.newKey, n.newValue);
+    }
+    const bytes = blockBytes(shape);
     this.info = {
       flavour,
-      provider: backend.provider,
+      provider,
       maxSequences,
       maxContext,
       blockSize,
-      totalBlocks: this.pool.totalBlocks,
+      totalBlocks: kvBlocks,
+      hostBlocks,
+      blockBytes: bytes,
+      // memcpy-bound: a token's keys and values over a conservative 4 GB/s.
+      swapSecondsPerToken: bytes / blockSize / 4e9,
       vocabSize: this.vocab,
     };
   }
@@ -162,346 +266,408 @@ export class OnnxEngine implements Engine {
     if (!model.flavours.includes(flavour)) {
       throw new ModelFormatError(`model ${model.name} has no ${flavour} graph (it has ${model.flavours.join(', ')})`);
     }
-    const geometry = engineGeometry(model, opts);
-    const kv: KvGeometry = {
-      layers: model.kv.layers,
-      kvHeads: model.kv.kvHeads,
-      headDim: model.kv.headDim,
-      capacity: geometry.maxContext,
-      slots: geometry.maxSequences,
-    };
-    const backend = await openKvBackend(model.graphPath(flavour), flavour, kv, {
-      ...opts,
-      vocab: model.vocabSize,
-      rankedLimit: (inputs) => rankedLimit(inputs, opts),
-    });
+    const session = await openEngineSession(model.graphPath(flavour), flavour, opts);
     try {
-      const engine = new OnnxEngine(model, backend, flavour, geometry, opts);
+      const engine = new OnnxEngine(model, session, flavour, opts);
       engine.checkGraph();
       return engine;
     } catch (e) {
-      await backend.dispose();
+      if (session.kind === 'io-binding') session.runner.release();
+      else await session.session.release();
       throw e;
     }
   }
 
-  /** Which session runs the graph ('io-binding' or 'onnxruntime-node') and where the cache lives. */
-  get kvPath(): { path: KvBackend['path']; memory: KvBackend['memory'] } {
-    return { path: this.backend.path, memory: this.backend.memory };
+  /** Which session runs the graph ('io-binding' or 'onnxruntime-node') and where the KV pool lives. */
+  get kvPath(): { path: EngineSession['kind']; memory: 'device' | 'host' } {
+    return { path: this.engineSession.kind, memory: this.bound !== undefined && this.info.provider === 'cuda' ? 'device' : 'host' };
   }
 
-  /** Bytes of cached keys and values copied so far, by steps and by block operations (cumulative). */
-  kvBytesCopied(): number {
-    return this.backend.kvBytesCopied();
+  /**
+   * The I/O-binding runner's cumulative counters (RunnerStat: runs, bytes uploaded to and
+   * downloaded from device buffers, local copies, cache bytes copied), or undefined on the
+   * onnxruntime-node session.
+   */
+  runnerStat(which: number): number | undefined {
+    return this.bound?.stat(which);
   }
 
   private checkGraph(): void {
     const needed = this.flavour === 'fast'
-      ? [IO.inputIds, IO.positionIds, IO.pastLengths, IO.logitsRows, IO.pastKey(0)]
+      ? [IO.inputIds, IO.positionIds, IO.pastLengths, IO.logitsRows, IO.blockTables, IO.poolKey(0)]
       : [IO.inputIds, IO.attentionMask, IO.pastKey(0)];
     const missing = needed.filter((n) => !this.inputNames.has(n));
     if (missing.length > 0) {
-      throw new ModelFormatError(`${this.model.graphPath(this.flavour)} lacks the ${this.flavour} interface's inputs: ${missing.join(', ')}`);
+      throw new ModelFormatError(`${this.model.graphPath(this.flavour)} lacks the ${this.flavour} interface's inputs: ${missing.join(', ')} (a model written by an older marginal: import or synthesize it again)`);
     }
   }
 
-  get freeBlocks(): number {
-    return this.pool.freeBlocks;
+  /** Sequences whose sampling state the engine holds (opened and not yet closed). */
+  get openSequences(): number {
+    return this.sequences.size;
   }
 
-  open(seq: number, sampling: SamplingParams, rng: Rng): void {
-    if (this.slotOf.has(seq)) throw new InvalidArgumentError(`sequence ${seq} is already open`);
-    const slot = this.slotSeq.indexOf(FREE);
-    if (slot < 0) throw new EngineCapacityError(`all ${this.info.maxSequences} sequence slots are in use`);
-    this.slotSeq[slot] = seq;
-    this.slotLen[slot] = 0;
-    this.slotParams[slot] = sampling;
-    this.slotRng[slot] = rng;
-    this.slotOf.set(seq, slot);
-  }
-
-  swapOut(seq: number): void {
-    const slot = this.slotOf.get(seq);
-    if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
-    const len = this.slotLen[slot] as number;
-    const handle = this.backend.swapOut(slot, len);
-    const state = { len, handle, sampling: this.slotParams[slot] as SamplingParams, rng: this.slotRng[slot] as Rng };
-    this.close(seq);
-    this.swappedOut.set(seq, state);
-  }
-
-  swapIn(seq: number): void {
-    const state = this.swappedOut.get(seq);
-    if (state === undefined) throw new InvalidArgumentError(`sequence ${seq} is not swapped out`);
-    this.open(seq, state.sampling, state.rng);
-    this.swappedOut.delete(seq);
-    const slot = this.slotOf.get(seq) as number;
-    this.backend.swapIn(state.handle, slot, state.len);
-    this.slotLen[slot] = state.len;
-    this.pool.ensure(seq, state.len);
-  }
-
-  close(seq: number): void {
-    const swapped = this.swappedOut.get(seq);
-    if (swapped !== undefined) {
-      this.backend.dropSwap(swapped.handle);
-      this.swappedOut.delete(seq);
-    }
-    const slot = this.slotOf.get(seq);
-    if (slot === undefined) return;
-    this.slotOf.delete(seq);
-    this.slotSeq[slot] = FREE;
-    this.slotLen[slot] = 0;
-    this.slotParams[slot] = undefined;
-    this.slotRng[slot] = undefined;
-    this.pool.release(seq);
-  }
-
-  storeBlock(seq: number, index: number, blockId: number): void {
-    const slot = this.slotOf.get(seq);
-    if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
-    const bs = this.info.blockSize;
-    if ((index + 1) * bs > (this.slotLen[slot] as number)) throw new InvalidArgumentError(`block ${index} of sequence ${seq} is not computed yet`);
-    this.backend.storeBlock(slot, index * bs, bs, blockId);
-  }
-
-  loadBlocks(seq: number, blockIds: readonly number[]): void {
-    const slot = this.slotOf.get(seq);
-    if (slot === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
-    if ((this.slotLen[slot] as number) !== 0) throw new InvalidArgumentError(`sequence ${seq} is not empty`);
-    const bs = this.info.blockSize;
-    if (blockIds.length * bs > this.info.maxContext) throw new ContextLengthError(`${blockIds.length} blocks exceed the context`);
-    for (const id of blockIds) if (!this.backend.hasBlock(id)) throw new InvalidArgumentError(`block ${id} was never stored`);
-    this.backend.loadBlocks(slot, blockIds, bs);
-    this.slotLen[slot] = blockIds.length * bs;
-    this.pool.ensure(seq, blockIds.length * bs);
-  }
-
-  contextLength(seq: number): number {
-    const slot = this.slotOf.get(seq);
-    return slot === undefined ? 0 : (this.slotLen[slot] as number);
-  }
-
-  blocksHeld(seq: number): number {
-    return this.pool.heldBy(seq);
+  /** The pool's storage (tests and benchmarks read block contents through it). */
+  get storage(): KvStorage {
+    return this.pool;
   }
 
   async dispose(): Promise<void> {
-    await this.backend.dispose();
+    if (this.bound !== undefined) this.bound.dispose();
+    else await this.session?.release();
   }
 
   async execute(plan: StepPlan): Promise<StepResult> {
     const t0 = performance.now();
-    const copied0 = this.backend.kvBytesCopied();
-    const n = plan.items.length;
+    this.check(plan);
+    // Checked as a whole above: from here on the plan applies in full.
+    for (const seq of plan.closes) this.sequences.delete(seq);
+    for (const o of plan.opens) this.sequences.set(o.seq, { sampling: o.sampling, rng: o.rng });
+    this.applyKvOps(plan.kvOps);
+
+    const items = plan.items;
+    const n = items.length;
     const tokens = new Int32Array(n).fill(-1);
     const logits = plan.keepLogits ? new Float32Array(n * this.vocab).fill(NaN) : undefined;
-    const decodes: number[] = [];
-    const prefills: number[] = [];
-    const seen = new Set<number>();
+    let decodes = 0;
+    let prefills: number[] | undefined;
+    if (this.decodeIdx.length < n) this.decodeIdx = new Int32Array(Math.max(n, 2 * this.decodeIdx.length));
     for (let i = 0; i < n; i++) {
-      const item = plan.items[i] as StepItem;
-      const slot = this.slotOf.get(item.seq);
-      if (slot === undefined) throw new InvalidArgumentError(`sequence ${item.seq} is not open`);
-      if (seen.has(item.seq)) throw new InvalidArgumentError(`sequence ${item.seq} appears twice in one step`);
-      seen.add(item.seq);
+      if ((items[i] as StepItem).count === 1) this.decodeIdx[decodes++] = i;
+      else (prefills ??= []).push(i);
+    }
+    const timing = { runMs: 0, sampleMs: 0, runs: 0 };
+    const fullLogits = plan.keepLogits === true;
+    if (this.flavour === 'fast') {
+      if (decodes > 0) {
+        const r0 = performance.now();
+        const out = await this.runFast(items, this.decodeIdx, decodes, 1, fullLogits);
+        timing.runMs += performance.now() - r0;
+        timing.runs++;
+        this.sampleRows(items, this.decodeIdx, decodes, 1, 0, out, tokens, logits, timing);
+      }
+      if (prefills !== undefined) {
+        for (const group of prefillGroups(items, prefills)) {
+          const r0 = performance.now();
+          const width = (items[group[0] as number] as StepItem).count;
+          const out = await this.runFast(items, group, group.length, width, fullLogits);
+          timing.runMs += performance.now() - r0;
+          timing.runs++;
+          this.sampleRows(items, group, group.length, 1, 0, out, tokens, logits, timing);
+        }
+      }
+    } else {
+      const groups: number[][] = [];
+      if (decodes > 0) groups.push(Array.from(this.decodeIdx.subarray(0, decodes)));
+      for (const i of prefills ?? []) groups.push([i]);
+      for (const group of groups) {
+        const r0 = performance.now();
+        const { logits: out, seqLen } = await this.runHf(items, group);
+        timing.runMs += performance.now() - r0;
+        timing.runs++;
+        // Left-padded new tokens end at the last column, so each sequence's last token is row S-1.
+        this.sampleRows(items, group, group.length, seqLen, seqLen - 1, { logits: out, k: 0 }, tokens, logits, timing);
+      }
+    }
+    let batchTokens = 0;
+    for (let i = 0; i < n; i++) batchTokens += (items[i] as StepItem).count;
+    const totalMs = performance.now() - t0;
+    const result: StepResult = {
+      tokens,
+      timing: {
+        totalMs,
+        runMs: timing.runMs,
+        sampleMs: timing.sampleMs,
+        glueMs: totalMs - timing.runMs - timing.sampleMs,
+        runs: timing.runs,
+        batchTokens,
+        kvBytesCopied: this.pool.takeBytesCopied() + this.takeStagedBytes(),
+        cacheBytesCopied: this.takeCacheBytes(),
+      },
+    };
+    if (logits) result.logits = logits;
+    return result;
+  }
+
+  /** Every check a plan must pass, before any of it is applied. */
+  private check(plan: StepPlan): void {
+    const { planCloses, planOpens, seenSeqs } = this;
+    planCloses.clear();
+    planOpens.clear();
+    seenSeqs.clear();
+    for (const seq of plan.closes) planCloses.add(seq);
+    for (const o of plan.opens as SequenceOpen[]) {
+      if ((this.sequences.has(o.seq) && !planCloses.has(o.seq)) || planOpens.has(o.seq)) throw new InvalidArgumentError(`sequence ${o.seq} is already open`);
+      if (o.sampling === null || typeof o.sampling !== 'object' || o.rng === null || typeof o.rng !== 'object') throw new InvalidArgumentError(`sequence ${o.seq} opens without sampling state`);
+      planOpens.add(o.seq);
+    }
+    const ops = plan.kvOps;
+    const N = this.info.totalBlocks;
+    const host = this.info.hostBlocks;
+    if (ops.length % 3 !== 0) throw new InvalidArgumentError(`kvOps holds ${ops.length} numbers, not (op, src, dst) triples`);
+    for (let i = 0; i < ops.length; i += 3) {
+      const op = ops[i] as number;
+      const src = ops[i + 1] as number;
+      const dst = ops[i + 2] as number;
+      const srcLimit = op === KvOp.swapIn ? host : N;
+      const dstLimit = op === KvOp.swapOut ? host : N;
+      if (op !== KvOp.copy && op !== KvOp.swapOut && op !== KvOp.swapIn) throw new InvalidArgumentError(`kvOps: unknown operation ${op}`);
+      if (!isIndex(src, srcLimit) || !isIndex(dst, dstLimit)) throw new InvalidArgumentError(`kvOps: block move ${src} -> ${dst} is outside the pool (${N} blocks, ${host} host blocks)`);
+    }
+    const bs = this.blockSize;
+    for (const item of plan.items) {
+      const seq = item.seq;
+      if (!((this.sequences.has(seq) && !planCloses.has(seq)) || planOpens.has(seq))) throw new InvalidArgumentError(`sequence ${seq} is not open`);
+      if (seenSeqs.has(seq)) throw new InvalidArgumentError(`sequence ${seq} appears twice in one step`);
+      seenSeqs.add(seq);
       const count = item.count;
-      if (!Number.isInteger(count) || count < 1 || item.offset < 0 || item.offset + count > item.tokens.length) {
-        throw new InvalidArgumentError(`sequence ${item.seq}: a step item needs 1 or more tokens inside its array`);
+      if (!Number.isInteger(count) || count < 1 || !Number.isInteger(item.offset) || item.offset < 0 || item.offset + count > item.tokens.length) {
+        throw new InvalidArgumentError(`sequence ${seq}: a step item needs 1 or more tokens inside its array`);
       }
       for (let k = 0; k < count; k++) {
         const t = item.tokens[item.offset + k] as number;
         if (!Number.isInteger(t) || t < 0 || t >= this.vocab) throw new InvalidArgumentError(`token ${t} is outside the vocabulary (0..${this.vocab - 1})`);
       }
-      const after = (this.slotLen[slot] as number) + count;
+      const after = item.offset + count;
       if (after > this.info.maxContext) {
-        throw new ContextLengthError(`sequence ${item.seq} would reach ${after} tokens, beyond the context of ${this.info.maxContext}`);
+        throw new ContextLengthError(`sequence ${seq} would reach ${after} tokens, beyond the context of ${this.info.maxContext}`);
       }
-      this.pool.ensure(item.seq, after);
-      (count === 1 ? decodes : prefills).push(i);
+      const need = Math.ceil(after / bs);
+      if (item.blocks.length < need) throw new InvalidArgumentError(`sequence ${seq}: its block table has ${item.blocks.length} blocks, ${need} needed for ${after} positions`);
+      for (let b = 0; b < need; b++) {
+        if (!isIndex(item.blocks[b] as number, N)) throw new InvalidArgumentError(`sequence ${seq}: block ${item.blocks[b]} is outside the pool of ${N}`);
+      }
     }
+  }
 
-    let runMs = 0;
-    let sampleMs = 0;
-    let runs = 0;
-    const sampleRows = (batchItems: number[], rowOf: (k: number) => number, out: RunOutput) => {
-      const s0 = performance.now();
-      if (out.logits) {
-        // One call for the whole batch: the native sampler when built, else the same loop in TypeScript.
-        let n = 0;
-        if (this.batchRows.length < batchItems.length) {
-          this.batchRows = new Int32Array(batchItems.length);
-          this.batchOut = new Int32Array(batchItems.length);
-        }
-        this.batchParams.length = 0;
-        this.batchRngs.length = 0;
-        this.batchItems.length = 0;
-        for (let k = 0; k < batchItems.length; k++) {
-          const i = batchItems[k] as number;
-          const item = plan.items[i] as StepItem;
-          if (!item.sample) continue;
-          const slot = this.slotOf.get(item.seq) as number;
-          this.batchRows[n++] = rowOf(k);
-          this.batchParams.push(this.slotParams[slot] as SamplingParams);
-          this.batchRngs.push(this.slotRng[slot] as Rng);
-          this.batchItems.push(i);
-          if (logits) logits.set(out.logits.subarray(rowOf(k) * this.vocab, (rowOf(k) + 1) * this.vocab), i * this.vocab);
-        }
-        this.batchSampler.sample(out.logits, this.batchRows, this.batchParams, this.batchRngs, this.batchOut, n);
-        for (let j = 0; j < n; j++) tokens[this.batchItems[j] as number] = this.batchOut[j] as number;
-      } else {
-        for (let k = 0; k < batchItems.length; k++) {
-          const i = batchItems[k] as number;
-          const item = plan.items[i] as StepItem;
-          if (!item.sample) continue;
-          const slot = this.slotOf.get(item.seq) as number;
-          tokens[i] = this.sampler.sampleRanked(out.values as Float32Array, out.ids as BigInt64Array, rowOf(k) * out.k, out.k, this.slotParams[slot] as SamplingParams, this.slotRng[slot] as Rng);
-        }
-      }
-      sampleMs += performance.now() - s0;
-    };
+  private applyKvOps(ops: number[]): void {
+    for (let i = 0; i < ops.length; i += 3) {
+      const op = ops[i] as number;
+      const src = ops[i + 1] as number;
+      const dst = ops[i + 2] as number;
+      if (op === KvOp.copy) this.pool.copyBlock(src, dst);
+      else if (op === KvOp.swapOut) this.pool.swapOut(src, dst);
+      else this.pool.swapIn(src, dst);
+    }
+  }
 
-    if (this.flavour === 'fast') {
-      if (decodes.length > 0) {
-        const r0 = performance.now();
-        const out = await this.runFast(plan.items, decodes, plan.keepLogits === true);
-        runMs += performance.now() - r0;
-        runs++;
-        sampleRows(decodes, (k) => k, out);
+  /** Samples the rows of one run: item group[j]'s logits are row j·stride + shift of `out`. */
+  private sampleRows(items: StepItem[], group: ArrayLike<number>, count: number, stride: number, shift: number, out: RunOutput, tokens: Int32Array, logits: Float32Array | undefined, timing: { sampleMs: number }): void {
+    const s0 = performance.now();
+    if (out.logits) {
+      // One call for the whole batch: the native sampler when built, else the same loop in TypeScript.
+      let n = 0;
+      if (this.batchRows.length < count) {
+        this.batchRows = new Int32Array(count);
+        this.batchOut = new Int32Array(count);
       }
-      for (const group of this.prefillGroups(plan.items, prefills)) {
-        const r0 = performance.now();
-        const out = await this.runFast(plan.items, group, plan.keepLogits === true);
-        runMs += performance.now() - r0;
-        runs++;
-        sampleRows(group, (k) => k, out);
+      this.batchParams.length = 0;
+      this.batchRngs.length = 0;
+      this.batchItems.length = 0;
+      for (let k = 0; k < count; k++) {
+        const i = group[k] as number;
+        const item = items[i] as StepItem;
+        if (!item.sample) continue;
+        const state = this.sequences.get(item.seq) as SequenceState;
+        const row = k * stride + shift;
+        this.batchRows[n++] = row;
+        this.batchParams.push(state.sampling);
+        this.batchRngs.push(state.rng);
+        this.batchItems.push(i);
+        if (logits) logits.set(out.logits.subarray(row * this.vocab, (row + 1) * this.vocab), i * this.vocab);
       }
+      this.batchSampler.sample(out.logits, this.batchRows, this.batchParams, this.batchRngs, this.batchOut, n);
+      for (let j = 0; j < n; j++) tokens[this.batchItems[j] as number] = this.batchOut[j] as number;
     } else {
-      const groups = decodes.length > 0 ? [decodes, ...prefills.map((i) => [i])] : prefills.map((i) => [i]);
-      for (const group of groups) {
-        const r0 = performance.now();
-        const { logits: out, seqLen } = await this.runHf(plan.items, group);
-        runMs += performance.now() - r0;
-        runs++;
-        // Left-padded new tokens end at the last column, so each sequence's last token is row S-1.
-        sampleRows(group, (k) => k * seqLen + seqLen - 1, { logits: out, k: 0 });
+      for (let k = 0; k < count; k++) {
+        const i = group[k] as number;
+        const item = items[i] as StepItem;
+        if (!item.sample) continue;
+        const state = this.sequences.get(item.seq) as SequenceState;
+        tokens[i] = this.sampler.sampleRanked(out.values as Float32Array, out.ids as BigInt64Array, (k * stride + shift) * out.k, out.k, state.sampling, state.rng);
       }
     }
-    let batchTokens = 0;
-    for (const item of plan.items) {
-      const slot = this.slotOf.get(item.seq) as number;
-      this.slotLen[slot] = (this.slotLen[slot] as number) + item.count;
-      batchTokens += item.count;
-    }
-    const totalMs = performance.now() - t0;
-    const kvBytesCopied = this.backend.kvBytesCopied() - copied0;
-    const result: StepResult = { tokens, timing: { totalMs, runMs, sampleMs, glueMs: totalMs - runMs - sampleMs, runs, batchTokens, kvBytesCopied } };
-    if (logits) result.logits = logits;
-    return result;
+    timing.sampleMs += performance.now() - s0;
   }
 
   /**
-   * Prefill chunks of equal length share one run (requests that arrive together usually have
-   * similar prompts), unless their slots are so spread out that the idle slots riding along in
-   * between would cost more than separate runs; unequal ones run alone, never padded.
+   * One fast-graph run over `count` items of equal width: their tokens, positions, past lengths
+   * and block tables (padded to the longest past in the run with block 0, masked), the pool
+   * itself (or a compact copy of the blocks used, see stagePool), then the new keys and values
+   * written into each sequence's blocks.
    */
-  private prefillGroups(items: StepItem[], prefills: number[]): number[][] {
-    const byWidth = new Map<number, number[]>();
-    for (const i of prefills) {
-      const w = (items[i] as StepItem).count;
-      const g = byWidth.get(w);
-      if (g === undefined) byWidth.set(w, [i]);
-      else g.push(i);
-    }
-    const groups: number[][] = [];
-    for (const g of byWidth.values()) {
-      let lo = Infinity;
-      let hi = -1;
-      for (const i of g) {
-        const slot = this.slotOf.get((items[i] as StepItem).seq) as number;
-        lo = Math.min(lo, slot);
-        hi = Math.max(hi, slot);
-      }
-      if (g.length > 1 && hi - lo + 1 <= 2 * g.length) groups.push(g);
-      else for (const i of g) groups.push([i]);
-    }
-    return groups;
-  }
-
-  /**
-   * One fast-graph run over the contiguous slot range holding `group`'s sequences (idle slots in
-   * between ride along with a dummy token whose outputs are dropped), then the new keys and
-   * values written into the cache at each sequence's end.
-   */
-  private async runFast(items: StepItem[], group: number[], fullLogits: boolean): Promise<RunOutput> {
-    let lo = Infinity;
-    let hi = -1;
-    for (const i of group) {
-      const slot = this.slotOf.get((items[i] as StepItem).seq) as number;
-      if (slot < lo) lo = slot;
-      if (slot > hi) hi = slot;
-    }
-    const b = hi - lo + 1;
-    const width = (items[group[0] as number] as StepItem).count;
-    const ids = width === 1 ? this.idsBuf.subarray(0, b) : new BigInt64Array(b * width);
-    const pos = width === 1 ? this.posBuf.subarray(0, b) : new BigInt64Array(b * width);
-    const lengths = this.lengthsBuf.subarray(0, b);
-    ids.fill(0n);
-    pos.fill(0n);
-    lengths.fill(0n);
-    const rows = this.rowsBuf.subarray(0, group.length);
-    for (let k = 0; k < group.length; k++) {
-      const item = items[group[k] as number] as StepItem;
-      const s = (this.slotOf.get(item.seq) as number) - lo;
-      const len = this.slotLen[lo + s] as number;
-      for (let t = 0; t < width; t++) {
-        ids[s * width + t] = BigInt(item.tokens[item.offset + t] as number);
-        pos[s * width + t] = BigInt(len + t);
-      }
-      lengths[s] = BigInt(len);
-      rows[k] = BigInt(s * width + width - 1);
+  private async runFast(items: StepItem[], group: ArrayLike<number>, count: number, width: number, fullLogits: boolean): Promise<RunOutput> {
+    const bs = this.blockSize;
+    let nb = 1;
+    for (let k = 0; k < count; k++) {
+      const past = Math.ceil((items[group[k] as number] as StepItem).offset / bs);
+      if (past > nb) nb = past;
     }
     // Rank in the graph when every sampled row can be served from its k best logits.
     let k = 1;
     let ranked = this.maxRanked > 0 && !fullLogits;
-    for (const i of group) {
-      const item = items[i] as StepItem;
-      if (!item.sample || !ranked) continue;
-      const params = this.slotParams[this.slotOf.get(item.seq) as number] as SamplingParams;
+    for (let j = 0; j < count && ranked; j++) {
+      const item = items[group[j] as number] as StepItem;
+      if (!item.sample) continue;
+      const params = (this.sequences.get(item.seq) as SequenceState).sampling;
       if (!Sampler.rankedSuffices(params, this.maxRanked)) ranked = false;
       else if (params.temperature > 0) k = Math.max(k, params.topK);
     }
-    for (let j = 0; j < group.length; j++) {
-      const slot = this.slotOf.get((items[group[j] as number] as StepItem).seq) as number;
-      this.writeRow[j] = slot - lo;
-      this.writeAt[j] = this.slotLen[slot] as number;
+    if (this.bound !== undefined) {
+      // Measured, not assumed: a run on this path reads no byte out of the pool's buffers.
+      const before = this.bound.kvCopiedBytes();
+      const out = await this.bound.run(items, group, count, width, nb, ranked, k);
+      this.cacheBytes += this.bound.kvCopiedBytes() - before;
+      return out;
     }
-    return this.backend.runFast({
-      lo,
-      b,
-      width,
-      ids,
-      pos,
-      lengths,
-      rows,
-      ranked,
-      k,
-      writeRow: this.writeRow,
-      writeAt: this.writeAt,
-      writes: group.length,
-    });
+    const rowsN = count * width;
+    this.idsFeed.reserve(rowsN);
+    this.posFeed.reserve(rowsN);
+    this.lengthsFeed.reserve(count);
+    this.rowsFeed.reserve(count);
+    this.tablesFeed.reserve(count * nb);
+    const tables = this.tablesFeed.buf;
+    for (let k = 0; k < count; k++) {
+      const item = items[group[k] as number] as StepItem;
+      const len = item.offset;
+      for (let t = 0; t < width; t++) {
+        this.idsFeed.set(k * width + t, item.tokens[item.offset + t] as number);
+        this.posFeed.set(k * width + t, len + t);
+      }
+      this.lengthsFeed.set(k, len);
+      this.rowsFeed.set(k, k * width + width - 1);
+      const used = Math.ceil(len / bs);
+      for (let b = 0; b < nb; b++) tables[k * nb + b] = b < used ? (item.blocks[b] as number) : 0;
+    }
+    const feeds = this.feeds;
+    feeds[IO.inputIds] = this.idsFeed.tensor(count, width);
+    feeds[IO.positionIds] = this.posFeed.tensor(count, width);
+    feeds[IO.pastLengths] = this.lengthsFeed.tensor(count);
+    feeds[IO.logitsRows] = this.rowsFeed.tensor(count);
+    if (this.stage) this.stagePool(count * nb, feeds);
+    else this.bindPool(feeds);
+    feeds[IO.blockTables] = this.tablesFeed.tensor(count, nb);
+    if (this.inputNames.has(IO.topK)) {
+      this.kFeed.reserve(1);
+      this.kFeed.set(0, k);
+      feeds[IO.topK] = this.kFeed.tensor(1);
+    }
+    const out = await (this.session as ort.InferenceSession).run(feeds, ranked ? this.fetchRanked : this.fetchLogits);
+    const hd = this.headDim;
+    const headStride = width * hd;
+    for (let l = 0; l < this.layers; l++) {
+      const names = this.names[l] as OnnxEngine['names'][number];
+      const newK = (out[names.newKey] as ort.Tensor).data as Float32Array;
+      const newV = (out[names.newValue] as ort.Tensor).data as Float32Array;
+      for (let j = 0; j < count; j++) {
+        const item = items[group[j] as number] as StepItem;
+        this.pool.writePositions(l, newK, newV, j * this.kvHeads * headStride, headStride, item.blocks, item.offset, width);
+      }
+    }
+    if (ranked) return { values: (out[IO.topKValues] as ort.Tensor).data as Float32Array, ids: (out[IO.topKIndices] as ort.Tensor).data as BigInt64Array, k };
+    return { logits: (out[IO.logits] as ort.Tensor).data as Float32Array, k: 0 };
   }
 
-  /** One hf-interface run: pack the group's caches (left-padded), run, copy the new positions back. */
+  /** The pool's own buffers as the graph's pool inputs: read in place, nothing copied. */
+  private bindPool(feeds: Record<string, ort.Tensor>): void {
+    const keys = this.pool.keys;
+    const values = this.pool.values;
+    if (keys === undefined || values === undefined) throw new ModelFormatError('the KV pool is not in host memory: its runner binds the pool itself');
+    if (this.poolTensors.length === 0) {
+      const dims = [this.kvHeads, this.info.totalBlocks, this.blockSize, this.headDim];
+      for (let l = 0; l < this.layers; l++) {
+        this.poolTensors.push({ key: new ort.Tensor('float32', keys[l] as Float32Array, dims), value: new ort.Tensor('float32', values[l] as Float32Array, dims) });
+      }
+    }
+    for (let l = 0; l < this.layers; l++) {
+      const names = this.names[l] as OnnxEngine['names'][number];
+      const t = this.poolTensors[l] as { key: ort.Tensor; value: ort.Tensor };
+      feeds[names.poolKey] = t.key;
+      feeds[names.poolValue] = t.value;
+    }
+    // A device provider gets host inputs copied to it: the whole pool, every run.
+    if (this.info.provider !== 'cpu') this.cacheBytes += this.info.totalBlocks * this.info.blockBytes;
+  }
+
+  private stagedBytes = 0;
+
+  private takeStagedBytes(): number {
+    const b = this.stagedBytes;
+    this.stagedBytes = 0;
+    return b;
+  }
+
+  private takeCacheBytes(): number {
+    const b = this.cacheBytes;
+    this.cacheBytes = 0;
+    return b;
+  }
+
+  /**
+   * Copies the distinct blocks named in the first `entries` table entries into a compact pool
+   * and renumbers the tables to it, so a provider that copies its inputs to a device copies
+   * only the blocks this run reads.
+   */
+  private stagePool(entries: number, feeds: Record<string, ort.Tensor>): void {
+    const keys = this.pool.keys;
+    const values = this.pool.values;
+    if (keys === undefined || values === undefined) throw new ModelFormatError('the KV pool is not in host memory: its runner binds the pool itself');
+    const tables = this.tablesFeed.buf;
+    const map = this.stageMap;
+    map.clear();
+    for (let e = 0; e < entries; e++) {
+      const id = tables[e] as number;
+      let at = map.get(id);
+      if (at === undefined) {
+        at = map.size;
+        map.set(id, at);
+      }
+      tables[e] = at;
+    }
+    const used = map.size;
+    const { kvHeads: H, headDim: hd, blockSize: bs } = this;
+    const span = bs * hd;
+    if (this.staging === undefined || this.staging.blocks < used) {
+      const blocks = Math.max(used, 2 * (this.staging?.blocks ?? 0));
+      this.staging = {
+        keys: Array.from({ length: this.layers }, () => new Float32Array(H * blocks * span)),
+        values: Array.from({ length: this.layers }, () => new Float32Array(H * blocks * span)),
+        blocks,
+      };
+    }
+    const st = this.staging;
+    const N = this.info.totalBlocks;
+    for (let l = 0; l < this.layers; l++) {
+      const srcK = keys[l] as Float32Array;
+      const srcV = values[l] as Float32Array;
+      const dstK = st.keys[l] as Float32Array;
+      const dstV = st.values[l] as Float32Array;
+      for (const [id, at] of map) {
+        for (let h = 0; h < H; h++) {
+          const src = (h * N + id) * span;
+          const dst = (h * used + at) * span;
+          dstK.set(srcK.subarray(src, src + span), dst);
+          dstV.set(srcV.subarray(src, src + span), dst);
+        }
+      }
+      const dims = [H, used, bs, hd];
+      const names = this.names[l] as OnnxEngine['names'][number];
+      feeds[names.poolKey] = new ort.Tensor('float32', dstK.subarray(0, H * used * span), dims);
+      feeds[names.poolValue] = new ort.Tensor('float32', dstV.subarray(0, H * used * span), dims);
+    }
+    this.stagedBytes += used * this.info.blockBytes;
+    this.cacheBytes += used * this.info.blockBytes;
+  }
+
+  /** One hf-interface run: pack the group's caches from their blocks (left-padded), run, write the new positions back. */
   private async runHf(items: StepItem[], group: number[]): Promise<{ logits: Float32Array; seqLen: number }> {
-    const js = this.backend as JsKvBackend;
     const b = group.length;
     let P = 0;
     let S = 0;
-    const slots = group.map((i) => this.slotOf.get((items[i] as StepItem).seq) as number);
-    for (let k = 0; k < b; k++) {
-      P = Math.max(P, this.slotLen[slots[k] as number] as number);
-      S = Math.max(S, (items[group[k] as number] as StepItem).count);
+    for (const i of group) {
+      const item = items[i] as StepItem;
+      P = Math.max(P, item.offset);
+      S = Math.max(S, item.count);
     }
     const T = P + S;
     const hd = this.headDim;
@@ -510,9 +676,8 @@ export class OnnxEngine implements Engine {
     const pos = new BigInt64Array(b * S);
     const mask = new BigInt64Array(b * T);
     for (let k = 0; k < b; k++) {
-      const slot = slots[k] as number;
-      const len = this.slotLen[slot] as number;
       const item = items[group[k] as number] as StepItem;
+      const len = item.offset;
       const padS = S - item.count;
       mask.fill(1n, k * T + (P - len), k * T + P);
       mask.fill(1n, k * T + P + padS, (k + 1) * T);
@@ -521,58 +686,58 @@ export class OnnxEngine implements Engine {
         pos[k * S + padS + t] = BigInt(len + t);
       }
     }
-    const pastSize = b * H * P * hd;
-    if ((this.hfScratch.k[0]?.length ?? -1) < pastSize) {
-      this.hfScratch = {
-        k: Array.from({ length: this.layers }, () => new Float32Array(pastSize)),
-        v: Array.from({ length: this.layers }, () => new Float32Array(pastSize)),
-      };
-    }
     const feeds: Record<string, ort.Tensor> = {
       [IO.inputIds]: new ort.Tensor('int64', ids, [b, S]),
       [IO.attentionMask]: new ort.Tensor('int64', mask, [b, T]),
     };
     if (this.inputNames.has(IO.positionIds)) feeds[IO.positionIds] = new ort.Tensor('int64', pos, [b, S]);
     if (this.inputNames.has('use_cache_branch')) feeds.use_cache_branch = new ort.Tensor('bool', [true], [1]);
+    const pastSize = b * H * P * hd;
     for (let l = 0; l < this.layers; l++) {
-      const pk = (this.hfScratch.k[l] as Float32Array).subarray(0, pastSize);
-      const pv = (this.hfScratch.v[l] as Float32Array).subarray(0, pastSize);
+      const pk = new Float32Array(pastSize);
+      const pv = new Float32Array(pastSize);
       for (let k = 0; k < b; k++) {
-        const slot = slots[k] as number;
-        const len = this.slotLen[slot] as number;
-        for (let h = 0; h < H; h++) {
-          const src = slot * this.slotStride + h * this.capacity * hd;
-          const dst = ((k * H + h) * P + (P - len)) * hd;
-          pk.set((js.keys[l] as Float32Array).subarray(src, src + len * hd), dst);
-          pv.set((js.values[l] as Float32Array).subarray(src, src + len * hd), dst);
-        }
+        const item = items[group[k] as number] as StepItem;
+        const len = item.offset;
+        if (len > 0) this.pool.readPositions(l, item.blocks, 0, len, pk, pv, (k * H * P + (P - len)) * hd, P * hd);
       }
-      feeds[IO.pastKey(l)] = new ort.Tensor('float32', pk, [b, H, P, hd]);
-      feeds[IO.pastValue(l)] = new ort.Tensor('float32', pv, [b, H, P, hd]);
+      const names = this.names[l] as OnnxEngine['names'][number];
+      feeds[names.pastKey] = new ort.Tensor('float32', pk, [b, H, P, hd]);
+      feeds[names.pastValue] = new ort.Tensor('float32', pv, [b, H, P, hd]);
     }
-    // The packing above and the present the graph concatenates are both copies of the cache.
+    // The packed past and the present the graph concatenates are both copies of the cache.
     let packed = 0;
-    for (const slot of slots) packed += this.slotLen[slot] as number;
-    js.countCopied((packed + b * T) * 2 * H * hd * 4 * this.layers);
-    const out = await js.session.run(feeds);
+    for (const i of group) packed += (items[i] as StepItem).offset;
+    this.cacheBytes += (packed + b * T) * H * hd * 8 * this.layers;
+    const out = await (this.session as ort.InferenceSession).run(feeds);
     for (let l = 0; l < this.layers; l++) {
-      const presentK = out[IO.presentKey(l)]?.data as Float32Array | undefined;
-      const presentV = out[IO.presentValue(l)]?.data as Float32Array | undefined;
-      if (!presentK || !presentV) throw new ModelFormatError(`graph did not return ${IO.presentKey(l)}`);
+      const names = this.names[l] as OnnxEngine['names'][number];
+      const presentK = out[names.presentKey]?.data as Float32Array | undefined;
+      const presentV = out[names.presentValue]?.data as Float32Array | undefined;
+      if (!presentK || !presentV) throw new ModelFormatError(`graph did not return ${names.presentKey}`);
       for (let k = 0; k < b; k++) {
-        const slot = slots[k] as number;
-        const len = this.slotLen[slot] as number;
-        const count = (items[group[k] as number] as StepItem).count;
-        for (let h = 0; h < H; h++) {
-          const src = ((k * H + h) * T + (T - count)) * hd;
-          const dst = slot * this.slotStride + (h * this.capacity + len) * hd;
-          (js.keys[l] as Float32Array).set(presentK.subarray(src, src + count * hd), dst);
-          (js.values[l] as Float32Array).set(presentV.subarray(src, src + count * hd), dst);
-        }
+        const item = items[group[k] as number] as StepItem;
+        this.pool.writePositions(l, presentK, presentV, (k * H * T + (T - item.count)) * hd, T * hd, item.blocks, item.offset, item.count);
       }
     }
     const logits = out[IO.logits]?.data as Float32Array | undefined;
     if (!logits) throw new ModelFormatError('graph did not return logits');
     return { logits, seqLen: S };
   }
+}
+
+function isIndex(v: number, limit: number): boolean {
+  return Number.isInteger(v) && v >= 0 && v < limit;
+}
+
+/** Prefill chunks of equal length share one run (requests that arrive together usually have similar prompts); unequal ones run alone, never padded. */
+function prefillGroups(items: StepItem[], prefills: number[]): number[][] {
+  const byWidth = new Map<number, number[]>();
+  for (const i of prefills) {
+    const w = (items[i] as StepItem).count;
+    const g = byWidth.get(w);
+    if (g === undefined) byWidth.set(w, [i]);
+    else g.push(i);
+  }
+  return [...byWidth.values()];
 }

@@ -5,17 +5,29 @@ export type ExecutionProvider = 'cuda' | 'cpu';
 export interface EngineInfo {
   flavour: string;
   provider: ExecutionProvider;
+  /** Sequences the engine's pool was sized for by default (each at full context); the scheduler's default. */
   maxSequences: number;
+  /** Positions a sequence may reach. */
   maxContext: number;
+  /** Tokens per KV block. */
   blockSize: number;
+  /** Blocks in the engine's KV pool: exactly the blocks the scheduler allocates and prices. */
   totalBlocks: number;
+  /** Blocks of host memory sequences can be swapped out to (0: the engine cannot swap). */
+  hostBlocks: number;
+  /** Bytes one block holds (every layer's keys and values). */
+  blockBytes: number;
+  /** Seconds to move one token's keys and values one way between the pool and host memory. */
+  swapSecondsPerToken: number;
   vocabSize: number;
 }
 
 /**
  * One sequence's share of a step: tokens[offset, offset + count) to feed (a prefill chunk, or
- * the last sampled token when decoding) and whether to sample after them. Offset and count
- * let the scheduler hand over its own token array without a view per item per step.
+ * the last sampled token when decoding) at positions offset, offset + 1, …, and whether to
+ * sample after them. `offset` is also how many positions the sequence already holds in its
+ * blocks, so the engine keeps no per-sequence length. Offset and count let the scheduler hand
+ * over its own token array without a view per item per step.
  */
 export interface StepItem {
   seq: number;
@@ -24,10 +36,45 @@ export interface StepItem {
   count: number;
   /** False for prefill chunks that are not a prompt's last: their logits are not needed. */
   sample: boolean;
+  /**
+   * The sequence's block table: block i of it holds positions [i·blockSize, (i+1)·blockSize).
+   * It covers positions [0, offset + count); the blocks written this step are the sequence's
+   * alone (shared ones were copied first, see KvOp.copy).
+   */
+  blocks: ArrayLike<number>;
 }
 
+/** A sequence the engine starts holding sampling state for (its first admission). */
+export interface SequenceOpen {
+  seq: number;
+  sampling: SamplingParams;
+  rng: Rng;
+}
+
+/**
+ * Block moves, applied in plan order before a step runs. Triples (op, src, dst) in
+ * `StepPlan.kvOps`: `copy` pool block → pool block (copy-on-write of a shared block a
+ * sequence is about to write), `swapOut` pool block → host block, `swapIn` host block → pool
+ * block. Order matters: a block a swap-out reads may be handed to another sequence later in
+ * the same plan.
+ */
+export const KvOp = { copy: 0, swapOut: 1, swapIn: 2 } as const;
+export type KvOpCode = (typeof KvOp)[keyof typeof KvOp];
+
+/**
+ * What one step does, as data (vLLM's SchedulerOutput): the engine applies `closes`, then
+ * `opens`, then `kvOps`, then runs `items`. The scheduler calls no engine method, and an engine
+ * checks the whole plan before it changes anything, so a plan that fails its checks leaves the
+ * engine as it was. A step that fails after that is not committed by the scheduler: its
+ * requests are failed and any swap-out it carried is treated as lost (recomputed instead).
+ */
 export interface StepPlan {
   items: StepItem[];
+  opens: SequenceOpen[];
+  /** Sequences finished since the last plan: the engine drops their sampling state (unknown ones are ignored). */
+  closes: number[];
+  /** (op, src, dst) triples, see KvOp. */
+  kvOps: number[];
   /** Copy each sampled row's logits into the result (tests and diagnostics; costs a copy). */
   keepLogits?: boolean;
 }
@@ -42,12 +89,19 @@ export interface StepTiming {
   runs: number;
   batchTokens: number;
   /**
-   * Bytes of cached keys and values the step copied (moved to the device, packed, or
-   * concatenated): 0 where the cache is read in place, as on the I/O-binding path. The new
-   * tokens' own keys and values, written once into their positions, are not counted. Absent
-   * where an engine does not measure it (the cost model).
+   * Bytes of keys and values the engine copied outside the graph this step: new positions
+   * written into their blocks, block copies and swaps, and any cache it had to stage or pack
+   * for the graph (0 of the cache itself when the graph reads the pool in place).
    */
-  kvBytesCopied?: number;
+  kvBytesCopied: number;
+  /**
+   * Of those, the bytes of keys and values already cached that the step copied in order to run
+   * the graph: staged or packed for it, concatenated by it (`hf`), or moved to the device by
+   * ONNX Runtime: 0 where the graph reads the pool in place (the I/O-binding path; the
+   * onnxruntime-node session on CPU). New positions and plan block moves are not counted.
+   * Absent where not measured (the cost model).
+   */
+  cacheBytesCopied?: number;
 }
 
 export interface StepResult {
@@ -58,34 +112,18 @@ export interface StepResult {
   logits?: Float32Array;
 }
 
+/** A plan with nothing to do: no items, opens, closes or block moves. */
+export function emptyPlan(plan: StepPlan): boolean {
+  return plan.items.length === 0 && plan.opens.length === 0 && plan.closes.length === 0 && plan.kvOps.length === 0;
+}
+
 /**
- * What the scheduler drives. The real engine runs ONNX Runtime; the cost-model engine advances
- * simulated time. Both hold per-sequence sampling state so a sequence's random stream depends
- * only on its own seed.
+ * What the scheduler drives. The real engine runs ONNX Runtime over its paged KV pool; the
+ * cost-model engine advances simulated time. Each holds the sampling state of the sequences
+ * opened on it, so a sequence's random stream depends only on its own seed.
  */
 export interface Engine {
   readonly info: EngineInfo;
-  open(seq: number, sampling: SamplingParams, rng: Rng): void;
   execute(plan: StepPlan): Promise<StepResult>;
-  /** Tokens whose keys and values are held for `seq`. */
-  contextLength(seq: number): number;
-  /** KV blocks held by `seq`. */
-  blocksHeld(seq: number): number;
-  readonly freeBlocks: number;
-  close(seq: number): void;
   dispose(): Promise<void>;
-  /**
-   * Prefix-cache support: keep a copy of `seq`'s block `index` under `blockId`, and start an
-   * empty sequence from such copies. Engines without it get no prefix reuse.
-   */
-  storeBlock?(seq: number, index: number, blockId: number): void;
-  loadBlocks?(seq: number, blockIds: readonly number[]): void;
-  /**
-   * Swap support: move `seq`'s keys and values out of its slot to host memory (freeing the
-   * slot), and back. `close` also discards a swapped-out sequence.
-   */
-  swapOut?(seq: number): void;
-  swapIn?(seq: number): void;
-  /** Seconds to move one token's keys and values one way, for the swap-or-recompute choice. */
-  readonly swapSecondsPerToken?: number;
 }

@@ -5,25 +5,15 @@
  * OnnxEngine in a worker_thread (engine-worker.ts) and implements the same Engine interface on
  * the main thread, where no call ever waits on a step.
  *
- * Semantics that differ from calling an OnnxEngine directly:
+ * The boundary is data, so the worker engine is a pipe: each execute sends the plan (opens
+ * with their sampling state, closes, block moves, items with their block tables) and the
+ * worker's OnnxEngine checks and runs it. Nothing of the engine's state is mirrored here.
  *
- * - The synchronous methods (open, close, storeBlock, loadBlocks, swapOut, swapIn) return at
- *   once: they are queued and travel with the next execute, and the worker applies them in call
- *   order before that step. They are checked here first against a mirror of the engine's
- *   bookkeeping and throw the same typed errors the OnnxEngine would, so a bad call still fails
- *   at the call. A command the worker rejects anyway (which means the mirror and the engine
- *   disagree) fails the next execute instead, and that step's plan is not run.
- * - contextLength, blocksHeld and freeBlocks answer from that mirror: commands count when
- *   called, a step's growth when its execute settles.
- * - Each sequence's Rng is copied to the worker when its open (or swapIn's reopen) is sent; the
- *   copy here is advanced by one draw per step in which the worker drew from it (the Sampler
- *   draws exactly once per non-greedy sample), so reopening a sequence with the same Rng after a
- *   close continues its stream as it would in-process. After a failed step the copy here is not
- *   advanced, since the step's requests are failed. Rngs shared between open sequences are not
- *   supported (the scheduler gives each request its own).
- * - A failed step (or command) rejects execute with an Error carrying the original code,
- *   statusCode and message (isMarginalError still recognizes it) and the worker's stack. The
- *   engine keeps working afterwards.
+ * - Each opened sequence's Rng is copied to the worker with its open and lives on there; the
+ *   copy on this side is not advanced.
+ * - A failed step (a plan the engine rejects, or a failure inside ONNX Runtime) rejects
+ *   execute with an Error carrying the original code, statusCode and message (isMarginalError
+ *   still recognizes it) and the worker's stack. The engine keeps working afterwards.
  * - StepTiming.totalMs is the wall time seen by the caller, message passing included; runMs and
  *   sampleMs are the worker's, so the round trip shows up in glueMs.
  * - If the worker thread dies, the step in flight and every later execute reject with
@@ -36,11 +26,9 @@ import { performance } from 'node:perf_hooks';
 import { resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import createError from '@fastify/error';
-import { ContextLengthError, EngineCapacityError, InvalidArgumentError } from '../errors.js';
-import { BlockPool } from '../kv/blocks.js';
 import type { OnnxEngineOptions } from './onnx-engine.js';
-import { Rng, type SamplingParams } from './sampling.js';
-import type { Engine, EngineInfo, StepItem, StepPlan, StepResult, StepTiming } from './types.js';
+import { Rng } from './sampling.js';
+import type { Engine, EngineInfo, SequenceOpen, StepItem, StepPlan, StepResult, StepTiming } from './types.js';
 
 /** The engine's worker thread failed or exited: nothing can run until a new engine is created. */
 export const EngineWorkerError = createError<[string]>('MARGINAL_ENGINE_WORKER', 'engine worker: %s', 500);
@@ -53,23 +41,25 @@ export interface WorkerInit {
   opts: Omit<OnnxEngineOptions, 'log'>;
 }
 
-export type WorkerCommand =
-  | { op: 'open'; seq: number; sampling: SamplingParams; rng: Rng }
-  | { op: 'close'; seq: number }
-  | { op: 'storeBlock'; seq: number; index: number; blockId: number }
-  | { op: 'loadBlocks'; seq: number; blockIds: number[] }
-  | { op: 'swapOut'; seq: number }
-  | { op: 'swapIn'; seq: number };
-
-/** Fields per item in StepRequest.items: seq, offset into `tokens`, count, sample (1 or 0). */
-export const ITEM_FIELDS = 4;
+/**
+ * Fields per item in StepRequest.items: seq, where its tokens start in `tokens` (-1 when its
+ * bounds are invalid: the worker hands the engine an empty array so it rejects the item with its
+ * own message), count, sample (1 or 0), offset (its position), where its table starts in
+ * `tables`, and the table's length.
+ */
+export const ITEM_FIELDS = 7;
 
 export interface StepRequest {
   type: 'step';
-  commands: WorkerCommand[];
+  opens: SequenceOpen[];
+  closes: Int32Array;
+  /** Block moves; Float64Array so a malformed one reaches the engine's check unchanged. */
+  kvOps: Float64Array;
   items: Float64Array;
-  /** Every item's tokens back to back: Int32Array unless some token does not fit one (then it is invalid, and the worker must see the exact value to reject it as the OnnxEngine would). */
-  tokens: Int32Array | Float64Array;
+  /** Every item's fed tokens back to back; Float64Array so an invalid token reaches the engine's check exactly. */
+  tokens: Float64Array;
+  /** Every item's block table back to back. */
+  tables: Float64Array;
   keepLogits: boolean;
 }
 
@@ -83,15 +73,12 @@ export interface SerializedError {
   props: Record<string, string | number | boolean>;
 }
 
-/** Per item after the step, failed or not: the sequence's [contextLength, blocksHeld] in the worker. */
-type Held = Int32Array;
-
 export type StepReply =
-  | { type: 'step'; ok: true; tokens: Int32Array; logits?: Float32Array; timing: StepTiming; held: Held }
-  | { type: 'step'; ok: false; error: SerializedError; held: Held };
+  | { type: 'step'; ok: true; tokens: Int32Array; logits?: Float32Array; timing: StepTiming }
+  | { type: 'step'; ok: false; error: SerializedError };
 
 export type FromWorker =
-  | { type: 'ready'; info: EngineInfo; swapSecondsPerToken: number }
+  | { type: 'ready'; info: EngineInfo }
   | { type: 'initFailed'; error: SerializedError }
   | { type: 'log'; line: string }
   | StepReply
@@ -154,12 +141,6 @@ function startWorker(init: WorkerInit): Worker {
 
 // --- main-thread side ------------------------------------------------------------------------
 
-interface SeqState {
-  len: number;
-  sampling: SamplingParams;
-  rng: Rng;
-}
-
 interface Waiter<T> {
   resolve: (v: T) => void;
   reject: (e: Error) => void;
@@ -170,15 +151,7 @@ const defaultLog = (line: string): void => {
 };
 
 export class WorkerEngine implements Engine {
-  readonly swapSecondsPerToken: number;
   private readonly log: (line: string) => void;
-  /** Commands called since the last step was sent, in call order. */
-  private queue: WorkerCommand[] = [];
-  // The mirror of the worker's OnnxEngine bookkeeping (same rules, same BlockPool).
-  private readonly opened = new Map<number, SeqState>();
-  private readonly swapped = new Map<number, SeqState>();
-  private readonly stored = new Set<number>();
-  private readonly pool: BlockPool;
   private stepWaiter: Waiter<StepReply> | undefined;
   private disposeWaiter: Waiter<void> | undefined;
   private disposing: Promise<void> | undefined;
@@ -190,12 +163,9 @@ export class WorkerEngine implements Engine {
   private constructor(
     private readonly worker: Worker,
     readonly info: EngineInfo,
-    swapSecondsPerToken: number,
     log: (line: string) => void,
   ) {
-    this.swapSecondsPerToken = swapSecondsPerToken;
     this.log = log;
-    this.pool = new BlockPool(info.totalBlocks, info.blockSize);
     worker.on('message', (m: FromWorker) => this.onMessage(m));
     worker.on('error', (e: Error) => this.fail(Object.assign(new EngineWorkerError(`the worker thread failed: ${e.message}`), { cause: e })));
     worker.on('messageerror', (e: Error) => this.fail(Object.assign(new EngineWorkerError(`a message from the worker could not be read: ${e.message}`), { cause: e })));
@@ -225,7 +195,7 @@ export class WorkerEngine implements Engine {
         if (m.type === 'log') log(m.line);
         else if (m.type === 'ready') {
           settle();
-          resolvePromise(new WorkerEngine(worker, m.info, m.swapSecondsPerToken, log));
+          resolvePromise(new WorkerEngine(worker, m.info, log));
         } else if (m.type === 'initFailed') {
           settle();
           void worker.terminate();
@@ -256,130 +226,24 @@ export class WorkerEngine implements Engine {
     return this.worker.threadId;
   }
 
-  get freeBlocks(): number {
-    return this.pool.freeBlocks;
-  }
-
-  contextLength(seq: number): number {
-    return this.opened.get(seq)?.len ?? 0;
-  }
-
-  blocksHeld(seq: number): number {
-    return this.pool.heldBy(seq);
-  }
-
-  open(seq: number, sampling: SamplingParams, rng: Rng): void {
-    this.checkOpen(seq);
-    this.opened.set(seq, { len: 0, sampling, rng });
-    this.queue.push({ op: 'open', seq, sampling, rng });
-  }
-
-  close(seq: number): void {
-    this.closeMirror(seq);
-    this.queue.push({ op: 'close', seq });
-  }
-
-  storeBlock(seq: number, index: number, blockId: number): void {
-    const s = this.opened.get(seq);
-    if (s === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
-    if ((index + 1) * this.info.blockSize > s.len) throw new InvalidArgumentError(`block ${index} of sequence ${seq} is not computed yet`);
-    this.stored.add(blockId);
-    this.queue.push({ op: 'storeBlock', seq, index, blockId });
-  }
-
-  loadBlocks(seq: number, blockIds: readonly number[]): void {
-    const s = this.opened.get(seq);
-    if (s === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
-    if (s.len !== 0) throw new InvalidArgumentError(`sequence ${seq} is not empty`);
-    const bs = this.info.blockSize;
-    if (blockIds.length * bs > this.info.maxContext) throw new ContextLengthError(`${blockIds.length} blocks exceed the context`);
-    for (const id of blockIds) {
-      if (!this.stored.has(id)) throw new InvalidArgumentError(`block ${id} was never stored`);
-    }
-    this.pool.ensure(seq, blockIds.length * bs);
-    s.len = blockIds.length * bs;
-    this.queue.push({ op: 'loadBlocks', seq, blockIds: Array.from(blockIds) });
-  }
-
-  swapOut(seq: number): void {
-    const s = this.opened.get(seq);
-    if (s === undefined) throw new InvalidArgumentError(`sequence ${seq} is not open`);
-    this.closeMirror(seq);
-    this.swapped.set(seq, s);
-    this.queue.push({ op: 'swapOut', seq });
-  }
-
-  /**
-   * Unlike OnnxEngine, a swapIn that finds too few free blocks leaves the sequence swapped out
-   * (OnnxEngine throws after reopening it); the scheduler reserves the blocks first, so it never
-   * gets that far.
-   */
-  swapIn(seq: number): void {
-    const s = this.swapped.get(seq);
-    if (s === undefined) throw new InvalidArgumentError(`sequence ${seq} is not swapped out`);
-    this.checkOpen(seq);
-    const need = this.pool.blocksFor(s.len);
-    if (need > this.pool.freeBlocks) {
-      throw new EngineCapacityError(`KV cache full: need ${need} more blocks, ${this.pool.freeBlocks} free of ${this.pool.totalBlocks}`);
-    }
-    this.opened.set(seq, s);
-    this.swapped.delete(seq);
-    this.pool.ensure(seq, s.len);
-    this.queue.push({ op: 'swapIn', seq });
-  }
-
-  private checkOpen(seq: number): void {
-    if (this.opened.has(seq)) throw new InvalidArgumentError(`sequence ${seq} is already open`);
-    if (this.opened.size >= this.info.maxSequences) throw new EngineCapacityError(`all ${this.info.maxSequences} sequence slots are in use`);
-  }
-
-  private closeMirror(seq: number): void {
-    this.swapped.delete(seq);
-    if (this.opened.delete(seq)) this.pool.release(seq);
-  }
-
   async execute(plan: StepPlan): Promise<StepResult> {
     const t0 = performance.now();
     if (this.disposing !== undefined) throw new EngineWorkerError('the engine has been disposed');
     if (this.failure !== undefined) throw this.failure;
     assert.ok(this.stepWaiter === undefined, 'WorkerEngine.execute: a step is already in flight (the scheduler runs one at a time)');
-    const n = plan.items.length;
-    const items = new Float64Array(n * ITEM_FIELDS);
-    const tokens = packTokens(plan.items, items);
-    // What each item's sequence was when sent: a reply updates only sequences nobody closed or
-    // reopened while the step ran.
-    const states = plan.items.map((item) => this.opened.get(item.seq));
-    const commands = this.queue;
-    this.queue = [];
-    const request: StepRequest = { type: 'step', commands, items, tokens, keepLogits: plan.keepLogits === true };
+    const request = packPlan(plan);
     const reply = await new Promise<StepReply>((resolvePromise, reject) => {
       try {
-        this.worker.postMessage(request, [items.buffer, tokens.buffer as ArrayBuffer]);
+        this.worker.postMessage(request, [request.closes.buffer, request.kvOps.buffer, request.items.buffer, request.tokens.buffer, request.tables.buffer] as ArrayBuffer[]);
       } catch (e) {
-        // Nothing was sent (e.g. a sampling object that cannot be cloned): the commands stay queued.
-        this.queue = commands.concat(this.queue);
+        // Nothing was sent (e.g. a sampling object that cannot be cloned).
         reject(e);
         return;
       }
       this.stepWaiter = { resolve: resolvePromise, reject };
       this.hold();
     });
-    for (let i = 0; i < n; i++) {
-      const s = states[i];
-      const seq = (plan.items[i] as StepItem).seq;
-      if (s === undefined || this.opened.get(seq) !== s) continue;
-      s.len = reply.held[2 * i] as number;
-      const blocks = reply.held[2 * i + 1] as number;
-      const more = blocks - this.pool.heldBy(seq);
-      // A shortfall means calls made while this step ran claimed the blocks; the worker will
-      // reject those commands, and that error surfaces at the next step.
-      if (more > 0 && more <= this.pool.freeBlocks) this.pool.ensure(seq, blocks * this.info.blockSize);
-    }
     if (!reply.ok) throw reviveError(reply.error);
-    for (let i = 0; i < n; i++) {
-      const s = states[i];
-      if (s !== undefined && (reply.tokens[i] as number) >= 0 && s.sampling.temperature > 0) s.rng.next();
-    }
     const totalMs = performance.now() - t0;
     const w = reply.timing;
     const result: StepResult = { tokens: reply.tokens, timing: { ...w, totalMs, glueMs: totalMs - w.runMs - w.sampleMs } };
@@ -397,7 +261,6 @@ export class WorkerEngine implements Engine {
   }
 
   private async shutdown(): Promise<void> {
-    this.queue = [];
     let releaseError: Error | undefined;
     if (this.failure === undefined) {
       this.hold();
@@ -466,47 +329,51 @@ export class WorkerEngine implements Engine {
   }
 }
 
-/**
- * Copies each item's tokens[offset, offset + count) into one array (its position goes in
- * `items`). An item whose bounds are invalid is sent with offset -1 so the worker's OnnxEngine
- * rejects it with its own message, at its own turn among the items.
- */
-function packTokens(plan: StepItem[], items: Float64Array): Int32Array | Float64Array {
-  let total = 0;
-  const valid = plan.map((item) => {
-    const c = item.count;
-    const ok = Number.isInteger(c) && c >= 1 && Number.isInteger(item.offset) && item.offset >= 0 && item.offset + c <= item.tokens.length;
-    if (ok) total += c;
-    return ok;
-  });
-  const fill = (out: Int32Array | Float64Array): boolean => {
-    let p = 0;
-    let exact = true;
-    for (let i = 0; i < plan.length; i++) {
-      const item = plan[i] as StepItem;
-      const f = i * ITEM_FIELDS;
-      items[f] = item.seq;
-      items[f + 1] = valid[i] ? p : -1;
-      items[f + 2] = item.count;
-      items[f + 3] = item.sample ? 1 : 0;
-      if (!valid[i]) continue;
-      const src = item.tokens;
-      if (src instanceof Int32Array) {
-        out.set(src.subarray(item.offset, item.offset + item.count), p);
-      } else {
-        for (let k = 0; k < item.count; k++) {
-          const t = src[item.offset + k] as number;
-          out[p + k] = t;
-          if (out[p + k] !== t) exact = false;
-        }
-      }
+/** The plan as transferable arrays (opens go by structured clone). */
+function packPlan(plan: StepPlan): StepRequest {
+  const items = plan.items;
+  let tokenTotal = 0;
+  let tableTotal = 0;
+  for (const item of items) {
+    if (validBounds(item)) tokenTotal += item.count;
+    tableTotal += item.blocks.length;
+  }
+  const packed = new Float64Array(items.length * ITEM_FIELDS);
+  const tokens = new Float64Array(tokenTotal);
+  const tables = new Float64Array(tableTotal);
+  let p = 0;
+  let q = 0;
+  for (let i = 0; i < items.length; i++) {
+    const item = items[i] as StepItem;
+    const f = i * ITEM_FIELDS;
+    const ok = validBounds(item);
+    packed[f] = item.seq;
+    packed[f + 1] = ok ? p : -1;
+    packed[f + 2] = item.count;
+    packed[f + 3] = item.sample ? 1 : 0;
+    packed[f + 4] = item.offset;
+    packed[f + 5] = q;
+    packed[f + 6] = item.blocks.length;
+    if (ok) {
+      for (let k = 0; k < item.count; k++) tokens[p + k] = item.tokens[item.offset + k] as number;
       p += item.count;
     }
-    return exact;
+    for (let b = 0; b < item.blocks.length; b++) tables[q + b] = item.blocks[b] as number;
+    q += item.blocks.length;
+  }
+  return {
+    type: 'step',
+    opens: plan.opens,
+    closes: Int32Array.from(plan.closes),
+    kvOps: Float64Array.from(plan.kvOps),
+    items: packed,
+    tokens,
+    tables,
+    keepLogits: plan.keepLogits === true,
   };
-  const ints = new Int32Array(total);
-  if (fill(ints)) return ints;
-  const floats = new Float64Array(total);
-  fill(floats);
-  return floats;
+}
+
+function validBounds(item: StepItem): boolean {
+  const c = item.count;
+  return Number.isInteger(c) && c >= 1 && Number.isInteger(item.offset) && item.offset >= 0 && item.offset + c <= item.tokens.length;
 }

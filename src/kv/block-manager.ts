@@ -17,7 +17,9 @@ export interface CachedBlockInfo {
 
 
 /**
- * Paged KV memory in fixed-size blocks, with a content-addressed prefix cache in the manner of
+ * The one account of KV memory: the engine's pool is exactly these blocks (block id = the
+ * pool's block index), and the host blocks swapped-out sequences move to. Paged KV memory in
+ * fixed-size blocks, with a content-addressed prefix cache in the manner of
  * vLLM's automatic prefix caching: a full block is named by a hash chained over its parent's
  * hash and its own tokens, so equal prefixes map to equal blocks. Hits are verified against the
  * stored tokens, never trusted on the hash alone. A block whose last owner leaves stays cached
@@ -29,6 +31,9 @@ export interface CachedBlockInfo {
 export class BlockManager {
   readonly totalBlocks: number;
   readonly blockSize: number;
+  readonly hostBlocks: number;
+  private readonly hostFree: Int32Array;
+  private hostFreeCount: number;
   private readonly refCount: Int32Array;
   private readonly hashOf: Float64Array;
   private readonly depthOf: Int32Array;
@@ -47,10 +52,15 @@ export class BlockManager {
   queries = 0;
   hitBlocks = 0;
 
-  constructor(totalBlocks: number, blockSize: number) {
+  constructor(totalBlocks: number, blockSize: number, hostBlocks = 0) {
     if (!Number.isInteger(totalBlocks) || totalBlocks < 1) throw new EngineCapacityError(`totalBlocks must be a positive integer`);
+    if (!Number.isInteger(hostBlocks) || hostBlocks < 0) throw new EngineCapacityError(`hostBlocks must be a non-negative integer`);
     this.totalBlocks = totalBlocks;
     this.blockSize = blockSize;
+    this.hostBlocks = hostBlocks;
+    this.hostFree = new Int32Array(hostBlocks);
+    for (let i = 0; i < hostBlocks; i++) this.hostFree[i] = hostBlocks - 1 - i;
+    this.hostFreeCount = hostBlocks;
     this.refCount = new Int32Array(totalBlocks);
     this.hashOf = new Float64Array(totalBlocks).fill(NaN);
     this.depthOf = new Int32Array(totalBlocks);
@@ -75,6 +85,9 @@ export class BlockManager {
   /** Blocks that can be handed out now: free ones plus cached ones that may be evicted. */
   get availableBlocks(): number {
     return this.freeCount + this.cached.size;
+  }
+  get freeHostBlocks(): number {
+    return this.hostFreeCount;
   }
   /** Fraction of memory held by running sequences (cached blocks are reclaimable, so not counted). */
   get utilization(): number {
@@ -200,6 +213,25 @@ export class BlockManager {
     return s;
   }
 
+  /**
+   * Whether a holder of `id` must copy it before writing into it: another holder shares it, or
+   * it is named in the prefix cache (its content is what its name says).
+   */
+  isShared(id: number): boolean {
+    return (this.refCount[id] as number) > 1 || this.isRegistered(id);
+  }
+
+  /** Host blocks for a swap-out. Throws if `n` exceed the free ones (callers check `freeHostBlocks`). */
+  allocateHost(n: number, into: number[]): void {
+    if (n > this.hostFreeCount) throw new EngineCapacityError(`host swap space full: need ${n} blocks, ${this.hostFreeCount} free`);
+    for (let k = 0; k < n; k++) into.push(this.hostFree[--this.hostFreeCount] as number);
+  }
+
+  releaseHost(ids: number[]): void {
+    for (const id of ids) this.hostFree[this.hostFreeCount++] = id;
+    ids.length = 0;
+  }
+
   /** Of `ids`, how many only their holder references: what preempting that holder frees. */
   exclusiveBlocks(ids: readonly number[]): number {
     let n = 0;
@@ -252,17 +284,18 @@ export class BlockManager {
   /** An owner lets go of its blocks: registered ones become cached, the rest free. */
   release(ids: number[], now: number): void {
     // Release deepest first so that, under LRU, a chain's tail is evicted before its head.
-    for (let k = ids.length - 1; k >= 0; k--) {
-      const id = ids[k] as number;
-      const rc = (this.refCount[id] as number) - 1;
-      this.refCount[id] = rc;
-      if (rc > 0) continue;
-      this.held--;
-      this.lastUsedAt[id] = now;
-      if (this.isRegistered(id)) this.cached.set(id, true);
-      else this.freeList[this.freeCount++] = id;
-    }
+    for (let k = ids.length - 1; k >= 0; k--) this.releaseOne(ids[k] as number, now);
     ids.length = 0;
+  }
+
+  releaseOne(id: number, now: number): void {
+    const rc = (this.refCount[id] as number) - 1;
+    this.refCount[id] = rc;
+    if (rc > 0) return;
+    this.held--;
+    this.lastUsedAt[id] = now;
+    if (this.isRegistered(id)) this.cached.set(id, true);
+    else this.freeList[this.freeCount++] = id;
   }
 
   /** Throws unless free + held + cached = total and reference counts agree. */
@@ -273,5 +306,6 @@ export class BlockManager {
     if (this.freeCount + this.held + this.cached.size !== this.totalBlocks) {
       throw new Error(`block accounting: free ${this.freeCount} + held ${this.held} + cached ${this.cached.size} != ${this.totalBlocks}`);
     }
+    if (this.hostFreeCount < 0 || this.hostFreeCount > this.hostBlocks) throw new Error(`host block accounting: ${this.hostFreeCount} free of ${this.hostBlocks}`);
   }
 }

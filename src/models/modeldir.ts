@@ -16,7 +16,7 @@ export type Flavour = 'fast' | 'hf';
 
 export const CONFIG_FILE = 'marginal.json';
 /** Bumped when the graphs' interfaces change; model directories of another version must be re-imported. */
-export const GRAPH_VERSION = 2;
+export const GRAPH_VERSION = 3;
 
 /**
  * `marginal.json`: what the engine needs to run a model directory. The same directory is

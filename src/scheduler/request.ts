@@ -96,6 +96,10 @@ export class SchedRequest {
   stopRequested = false;
   /** Preempted by swapping: its keys and values wait in host memory, `computed` still counts them. */
   swapped = false;
+  /** Host blocks holding its swapped-out blocks, in sequence order. */
+  readonly hostBlocks: number[] = [];
+  /** The engine holds its sampling state (opened at its first admission, closed when it is done). */
+  opened = false;
   /** The step this request was last planned in (-1 when not running). */
   plannedStep = -1;
   /** Bumped on every enqueue, so lazily deleted queue entries can tell they are stale. */

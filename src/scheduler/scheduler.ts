@@ -2,7 +2,7 @@ import { ContextLengthError, InvalidArgumentError } from '../errors.js';
 import { defaultCurves, type PriceCurves } from '../economy/curves.js';
 import { LengthEstimator } from '../economy/estimator.js';
 import type { Ledger } from '../economy/ledger.js';
-import type { Engine, StepItem, StepPlan, StepResult } from '../engine/types.js';
+import { KvOp, type SequenceOpen, type StepItem, type StepPlan, type StepResult } from '../engine/types.js';
 import { BlockManager } from '../kv/block-manager.js';
 import type { AdmitResult, Policy, SchedulerView } from './policy.js';
 import { SchedRequest, type FinishReason, type Quote, type RequestSpec } from './request.js';
@@ -10,13 +10,18 @@ import { SchedRequest, type FinishReason, type Quote, type RequestSpec } from '.
 export interface SchedulerConfig {
   /** Tokens one step may process (decodes count one each, prefill chunks their length). */
   maxBatchTokens: number;
-  /** Sequences running at once (at most the engine's slots). */
+  /** Sequences running at once. */
   maxRunning: number;
   /** Largest prefill chunk one request gets per step. */
   prefillChunk: number;
+  /** Blocks in the engine's KV pool (EngineInfo.totalBlocks). */
   totalBlocks: number;
   blockSize: number;
   maxContext: number;
+  /** Host blocks to swap out to (EngineInfo.hostBlocks); 0 means preemption always recomputes. */
+  hostBlocks?: number;
+  /** Seconds to move one token's keys and values one way (EngineInfo.swapSecondsPerToken). */
+  swapSecondsPerToken?: number;
   stopIds?: readonly number[];
   curves?: PriceCurves;
   /** Steps after a preemption during which a stream is not preempted again. */
@@ -26,7 +31,7 @@ export interface SchedulerConfig {
   prefixCaching?: boolean;
   /** Seconds per step assumed before any step has been measured. */
   initialStepSeconds?: number;
-  /** Preempt by swapping where the engine supports it and it is quicker than recomputing (default true). */
+  /** Preempt by swapping where there is host space and it is quicker than recomputing (default true). */
   swap?: boolean;
   /** Value per output token for requests that carry neither `value` nor `bid` (a tenant's default). */
   defaultBid?: (tenant: string) => number | undefined;
@@ -50,6 +55,10 @@ export interface SchedulerCounters {
   swaps: number;
   /** Prompt tokens computed for the first time (not cache hits, not recompute). */
   prefillTokens: number;
+  /** Blocks copied before a write (copy-on-write of a shared block). */
+  blockCopies: number;
+  /** Swap-outs lost to a failed step (their requests recompute instead). */
+  lostSwaps: number;
 }
 
 /**
@@ -57,13 +66,19 @@ export interface SchedulerCounters {
  * handed, and free of I/O. Each step `plan(now)` chooses what runs (decodes first, then prefill
  * chunks of running requests, then admissions, all within a token budget and the KV blocks),
  * an engine executes the plan, and `commit(result, now, seconds)` records tokens, bills,
- * prefix-cache blocks and finished requests. The policy decides order, admission, victims and
+ * prefix-cache blocks and finished requests — or, when the engine failed, `stepFailed(now)`
+ * fails the step's requests instead. The policy decides order, admission, victims and
  * eviction; the mechanics here are the same for all of them.
+ *
+ * Its block manager is the one account of KV memory: block ids are the engine's pool blocks,
+ * and everything the engine must do to them (sequences opened and closed, blocks copied before
+ * a shared one is written, swaps to host blocks) travels in the plan as data. The scheduler
+ * never calls an engine.
  */
 export class Scheduler implements SchedulerView {
   readonly blocks: BlockManager;
   readonly estimator = new LengthEstimator();
-  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0 };
+  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0, blockCopies: 0, lostSwaps: 0 };
   readonly prices = { token: 0, kv: 0 };
   readonly floorTokenPrice: number;
   readonly maxRunning: number;
@@ -72,7 +87,8 @@ export class Scheduler implements SchedulerView {
   step = 0;
   tokenUtilization = 0;
 
-  private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds' | 'defaultBid'>>;
+  private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds' | 'defaultBid' | 'swapSecondsPerToken'>>;
+  private readonly swapSecondsPerToken: number;
   private readonly defaultBid: ((tenant: string) => number | undefined) | undefined;
   private readonly curves: PriceCurves;
   private readonly stopIds: Set<number>;
@@ -81,7 +97,14 @@ export class Scheduler implements SchedulerView {
   private readonly planned: SchedRequest[] = [];
   private readonly items: StepItem[] = [];
   private readonly itemPool: StepItem[] = [];
-  private readonly plan_: StepPlan = { items: this.items };
+  private readonly opens: SequenceOpen[] = [];
+  private readonly kvOps: number[] = [];
+  /** Closes for the next plan, and the ones the current plan carries. */
+  private closesNext: number[] = [];
+  private closesPlanned: number[] = [];
+  /** Requests swapped out by the plan in flight: if the step fails, their swap may not have happened. */
+  private readonly swappedThisStep: SchedRequest[] = [];
+  private readonly plan_: StepPlan = { items: this.items, opens: this.opens, closes: this.closesPlanned, kvOps: this.kvOps };
   private budget = 0;
   private nextSeqNo = 0;
   private stepEma: number;
@@ -92,7 +115,6 @@ export class Scheduler implements SchedulerView {
   private inFlight = false;
 
   constructor(
-    private readonly engine: Engine,
     private readonly policy: Policy,
     config: SchedulerConfig,
     private readonly listener: SchedulerListener = {},
@@ -101,16 +123,16 @@ export class Scheduler implements SchedulerView {
       const v = config[k];
       if (!Number.isInteger(v) || v < 1) throw new InvalidArgumentError(`scheduler ${k} must be a positive integer, got ${v}`);
     }
-    if (config.maxRunning > engine.info.maxSequences) {
-      throw new InvalidArgumentError(`maxRunning ${config.maxRunning} exceeds the engine's ${engine.info.maxSequences} sequence slots`);
-    }
+    const hostBlocks = config.hostBlocks ?? 0;
+    if (!Number.isInteger(hostBlocks) || hostBlocks < 0) throw new InvalidArgumentError(`scheduler hostBlocks must be a non-negative integer, got ${hostBlocks}`);
     this.cfg = {
       maxBatchTokens: config.maxBatchTokens,
       maxRunning: config.maxRunning,
       prefillChunk: config.prefillChunk,
       totalBlocks: config.totalBlocks,
       blockSize: config.blockSize,
-      maxContext: Math.min(config.maxContext, engine.info.maxContext),
+      maxContext: config.maxContext,
+      hostBlocks,
       antiThrashSteps: config.antiThrashSteps ?? 32,
       cachedDiscount: config.cachedDiscount ?? 0.1,
       prefixCaching: config.prefixCaching ?? true,
@@ -124,9 +146,10 @@ export class Scheduler implements SchedulerView {
     this.prices.token = this.floorTokenPrice;
     this.prices.kv = this.curves.kv.price(0);
     this.stopIds = new Set(config.stopIds ?? []);
-    this.blocks = new BlockManager(config.totalBlocks, config.blockSize);
-    this.prefixOk = this.cfg.prefixCaching && typeof engine.loadBlocks === 'function' && typeof engine.storeBlock === 'function';
-    this.swapOk = this.cfg.swap && typeof engine.swapOut === 'function' && typeof engine.swapIn === 'function' && engine.swapSecondsPerToken !== undefined;
+    this.blocks = new BlockManager(config.totalBlocks, config.blockSize, hostBlocks);
+    this.prefixOk = this.cfg.prefixCaching;
+    this.swapSecondsPerToken = config.swapSecondsPerToken ?? Infinity;
+    this.swapOk = this.cfg.swap && hostBlocks > 0 && Number.isFinite(this.swapSecondsPerToken);
     this.stepEma = this.cfg.initialStepSeconds;
     this.perTokenEma = this.cfg.initialStepSeconds / 64;
     this.ledger = config.ledger;
@@ -151,6 +174,10 @@ export class Scheduler implements SchedulerView {
   /** Requests not yet finished, rejected or aborted. */
   get pending(): number {
     return this.runningList.length + this.policy.waiting();
+  }
+  /** Finished requests the engine has not been told of yet (the next plan closes them). */
+  get pendingCloses(): number {
+    return this.closesNext.length;
   }
   /** The sequence number the next `submit` will assign (callers key their own state by it). */
   get nextSeq(): number {
@@ -232,6 +259,7 @@ export class Scheduler implements SchedulerView {
     this.planned.length = 0;
     for (const it of this.items) this.itemPool.push(it);
     this.items.length = 0;
+    this.beginEngineOps();
     this.budget = this.cfg.maxBatchTokens;
 
     this.curves.tokens.observe(this.tokenUtilization);
@@ -263,9 +291,80 @@ export class Scheduler implements SchedulerView {
     return this.plan_;
   }
 
+  /**
+   * A plan carries the engine operations queued since the last step was committed (a
+   * preemption between steps swaps out with the next plan) and the closes gathered since the
+   * last plan (requests finish during commit too).
+   */
+  private beginEngineOps(): void {
+    const carried = this.closesNext;
+    this.closesNext = this.closesPlanned;
+    this.closesNext.length = 0;
+    this.closesPlanned = carried;
+    this.plan_.closes = carried;
+  }
+
+  /**
+   * The engine failed the plan: nothing of it is committed. Its requests fail (they finish as
+   * aborted, their blocks freed); a request it swapped out recomputes instead, since the copy to
+   * host memory may not have happened; its closes go out again with the next plan (an engine
+   * ignores closes of sequences it does not hold).
+   */
+  stepFailed(now: number): void {
+    this.inFlight = false;
+    this.now = now;
+    for (const r of this.swappedThisStep) {
+      if (!r.swapped || r.state === 'done') continue;
+      this.blocks.releaseHost(r.hostBlocks);
+      r.swapped = false;
+      r.computed = 0;
+      this.counters.lostSwaps++;
+    }
+    this.endEngineOps();
+    for (const seq of this.closesPlanned) this.closesNext.push(seq);
+    this.closesPlanned.length = 0;
+    for (const r of this.planned) this.finish(r, 'abort', now);
+    this.deferredAborts.clear();
+  }
+
+  /** The engine has consumed the plan's operations (or failed it). */
+  private endEngineOps(): void {
+    this.opens.length = 0;
+    this.kvOps.length = 0;
+    this.swappedThisStep.length = 0;
+  }
+
+  /** The engine takes `r`'s sampling state with the plan that first admits it. */
+  private openOnEngine(r: SchedRequest): void {
+    if (r.opened) return;
+    r.opened = true;
+    this.opens.push({ seq: r.seq, sampling: r.spec.sampling, rng: r.spec.rng });
+  }
+
+  /** A finished request's sampling state leaves the engine with the next plan. */
+  private closeOnEngine(r: SchedRequest): void {
+    if (!r.opened) return;
+    r.opened = false;
+    this.closesNext.push(r.seq);
+  }
+
+  /** Block `index` of `r` is about to be written: if it is shared, `r` gets its own copy (one more block). */
+  private makeWritable(r: SchedRequest, index: number): void {
+    const id = r.blocks[index] as number;
+    if (!this.blocks.isShared(id)) return;
+    const fresh: number[] = [];
+    this.blocks.allocate(1, this.now, this.policy.eviction, fresh);
+    const copy = fresh[0] as number;
+    this.kvOps.push(KvOp.copy, id, copy);
+    r.blocks[index] = copy;
+    this.blocks.releaseOne(id, this.now);
+    this.counters.blockCopies++;
+  }
+
   commit(result: StepResult, now: number, stepSeconds: number): void {
     this.inFlight = false;
     this.now = now;
+    this.endEngineOps();
     const tokensThisStep = this.cfg.maxBatchTokens - this.budget;
     if (this.items.length > 0 && stepSeconds > 0) {
       this.stepEma = 0.8 * this.stepEma + 0.2 * stepSeconds;
@@ -326,8 +425,9 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'done') return;
     if (r.state === 'waiting') {
       this.policy.remove(r);
-      if (r.swapped) this.engine.close(r.seq);
+      this.dropSwapped(r);
     } else this.leaveRunning(r);
+    this.closeOnEngine(r);
     r.state = 'done';
     r.finishedAt = now;
     r.finishReason = reason;
@@ -347,8 +447,9 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'done') return;
     if (r.state === 'waiting') {
       this.policy.remove(r);
-      if (r.swapped) this.engine.close(r.seq);
+      this.dropSwapped(r);
     } else this.leaveRunning(r);
+    this.closeOnEngine(r);
     r.state = 'done';
     r.finishedAt = this.now;
     r.outcome = 'rejected';
@@ -377,12 +478,18 @@ export class Scheduler implements SchedulerView {
     return r.state === 'running' && r.plannedStep !== this.step && this.step - r.lastPreemptStep > (this.cfg.antiThrashSteps as number);
   }
 
+  /** Full blocks of `r`'s tokens found in the prefix cache (verified), without taking them. */
+  private cachedPrefixBlocks(r: SchedRequest): number {
+    const maxBlocks = Math.floor(r.length / this.cfg.blockSize);
+    if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
+    return this.blocks.matchPrefix(r.tokens, r.chain, maxBlocks);
+  }
+
   cachedPrefixTokens(r: SchedRequest): number {
     if (r.swapped) return r.computed;
     if (!this.prefixOk) return 0;
-    const maxBlocks = Math.floor((r.length - 1) / this.cfg.blockSize);
-    if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
-    return this.blocks.matchPrefix(r.tokens, r.chain, maxBlocks) * this.cfg.blockSize;
+    // The last token is always computed: its logits are needed.
+    return Math.min(this.cachedPrefixBlocks(r) * this.cfg.blockSize, r.length - 1);
   }
 
   tryAdmit(r: SchedRequest): AdmitResult {
@@ -392,25 +499,26 @@ export class Scheduler implements SchedulerView {
     if (r.swapped) return this.swapBackIn(r);
     let hitBlocks = 0;
     if (this.prefixOk) {
-      const maxBlocks = Math.floor((r.length - 1) / bs);
-      if (r.chain.length < maxBlocks) this.blocks.chainHashes(r.tokens, maxBlocks, r.chain);
-      hitBlocks = this.blocks.matchPrefix(r.tokens, r.chain, maxBlocks);
+      hitBlocks = this.cachedPrefixBlocks(r);
       if (hitBlocks > 0) this.blocks.acquireCached(r.chain, hitBlocks, this.now, r.blocks);
     }
-    const n = Math.min(r.length - hitBlocks * bs, this.cfg.prefillChunk, this.budget);
-    const need = this.blocks.blocksFor(hitBlocks * bs + n) - hitBlocks;
-    if (need > this.blocks.availableBlocks) {
+    // A prompt cached to its last token recomputes that token, in a copy of the shared block.
+    const start = Math.min(hitBlocks * bs, r.length - 1);
+    const copy = start < hitBlocks * bs ? 1 : 0;
+    const n = Math.min(r.length - start, this.cfg.prefillChunk, this.budget);
+    const need = this.blocks.blocksFor(start + n) - hitBlocks;
+    if (need + copy > this.blocks.availableBlocks) {
       if (hitBlocks > 0) this.blocks.release(r.blocks, this.now);
       return 'no-blocks';
     }
     this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
+    if (copy) this.makeWritable(r, hitBlocks - 1);
     this.policy.remove(r);
-    this.engine.open(r.seq, r.spec.sampling, r.spec.rng);
-    if (hitBlocks > 0) (this.engine.loadBlocks as (seq: number, ids: readonly number[]) => void)(r.seq, r.blocks.slice(0, hitBlocks));
-    r.computed = hitBlocks * bs;
-    r.registered = hitBlocks;
+    this.openOnEngine(r);
+    r.computed = start;
+    r.registered = hitBlocks - copy;
     if (r.preemptions === 0) {
-      r.cachedTokens = hitBlocks * bs;
+      r.cachedTokens = start;
       this.counters.promptTokens += r.promptLength;
       this.counters.cachedTokens += r.cachedTokens;
       if (r.cachedTokens > 0) r.bill.addPrompt(0, r.cachedTokens, this.prices.token);
@@ -424,14 +532,16 @@ export class Scheduler implements SchedulerView {
     return 'admitted';
   }
 
-  /** A swapped-out request returns with its keys and values: no prefill, only blocks and a slot. */
+  /** A swapped-out request returns with its keys and values: no prefill, only blocks, copied back from host. */
   private swapBackIn(r: SchedRequest): AdmitResult {
     const n = Math.min(r.pending, this.cfg.prefillChunk, this.budget);
     const need = this.blocks.blocksFor(r.computed + n);
     if (need > this.blocks.availableBlocks) return 'no-blocks';
     this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
     this.policy.remove(r);
-    (this.engine.swapIn as (seq: number) => void)(r.seq);
+    for (let i = 0; i < r.hostBlocks.length; i++) this.kvOps.push(KvOp.swapIn, r.hostBlocks[i] as number, r.blocks[i] as number);
+    // Host blocks are reusable at once: a swap-out later in this plan is applied after these reads.
+    this.blocks.releaseHost(r.hostBlocks);
     r.swapped = false;
     r.registered = 0;
     r.state = 'running';
@@ -442,17 +552,21 @@ export class Scheduler implements SchedulerView {
   }
 
   /**
-   * Takes `r` off the engine: by swapping its keys and values to host memory when the engine
-   * can and moving them both ways is quicker than recomputing them, else by dropping them (its
-   * full blocks stay in the prefix cache, so the recompute may be partly a cache hit).
+   * Takes `r` off the engine: by swapping its blocks to host memory when there is room and
+   * moving them both ways is quicker than recomputing them, else by dropping them (its full
+   * blocks stay in the prefix cache, so the recompute may be partly a cache hit). Its sampling
+   * state stays on the engine either way, so its random stream resumes where it stopped.
    */
   preempt(r: SchedRequest): void {
     if (r.state !== 'running') return;
-    const swap = this.swapOk && r.computed > 0 && 2 * r.computed * (this.engine.swapSecondsPerToken as number) < r.computed * this.perTokenEma;
+    const held = this.blocks.blocksFor(r.computed);
+    const swap = this.swapOk && r.computed > 0 && held <= this.blocks.freeHostBlocks && 2 * r.computed * this.swapSecondsPerToken < r.computed * this.perTokenEma;
     if (swap) {
-      (this.engine.swapOut as (seq: number) => void)(r.seq);
-      this.leaveRunning(r, false);
+      this.blocks.allocateHost(held, r.hostBlocks);
+      for (let i = 0; i < held; i++) this.kvOps.push(KvOp.swapOut, r.blocks[i] as number, r.hostBlocks[i] as number);
+      this.leaveRunning(r);
       r.swapped = true;
+      this.swappedThisStep.push(r);
       this.counters.swaps++;
     } else {
       this.leaveRunning(r);
@@ -481,9 +595,10 @@ export class Scheduler implements SchedulerView {
   }
 
   private addItem(r: SchedRequest, n: number): void {
-    const item = this.itemPool.pop() ?? { seq: 0, tokens: r.tokens, offset: 0, count: 0, sample: false };
+    const item = this.itemPool.pop() ?? { seq: 0, tokens: r.tokens, offset: 0, count: 0, sample: false, blocks: r.blocks };
     item.seq = r.seq;
     item.tokens = r.tokens;
+    item.blocks = r.blocks;
     item.offset = r.computed;
     item.count = n;
     item.sample = r.computed + n === r.length;
@@ -499,10 +614,7 @@ export class Scheduler implements SchedulerView {
     if (full <= r.registered) return;
     if (r.chain.length < full) this.blocks.chainHashes(r.tokens, full, r.chain);
     for (let b = r.registered; b < full; b++) {
-      const id = r.blocks[b] as number;
-      if (this.blocks.register(id, r.chain[b] as number, b, r.tokens, b * this.cfg.blockSize)) {
-        (this.engine.storeBlock as (seq: number, index: number, blockId: number) => void)(r.seq, b, id);
-      }
+      this.blocks.register(r.blocks[b] as number, r.chain[b] as number, b, r.tokens, b * this.cfg.blockSize);
     }
     r.registered = full;
   }
@@ -514,11 +626,17 @@ export class Scheduler implements SchedulerView {
     list.splice(i, 0, r);
   }
 
-  private leaveRunning(r: SchedRequest, close = true): void {
+  private leaveRunning(r: SchedRequest): void {
     const i = this.runningList.indexOf(r);
     if (i >= 0) this.runningList.splice(i, 1);
     this.blocks.release(r.blocks, this.now);
-    if (close) this.engine.close(r.seq);
     r.plannedStep = -1;
+  }
+
+  /** A swapped-out request that will not come back frees its host blocks. */
+  private dropSwapped(r: SchedRequest): void {
+    if (!r.swapped) return;
+    this.blocks.releaseHost(r.hostBlocks);
+    r.swapped = false;
   }
 }

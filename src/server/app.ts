@@ -2,13 +2,13 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { InvalidArgumentError, isMarginalError } from '../errors.js';
-import type { Completion, Generator, Rejected } from '../engine/generator.js';
+import type { Completion, Generator, Rejected } from '../serving/generator.js';
 import { validateSamplingParams, type SamplingParams } from '../engine/sampling.js';
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
 import type { Bill } from '../economy/ledger.js';
 import type { Quote } from '../scheduler/request.js';
 import { renderChat, type ChatMessage } from './chat.js';
-import { EngineLoop } from './loop.js';
+import { EngineLoop } from '../serving/loop.js';
 import { ServerMetrics } from './metrics.js';
 import { chatBody, completionBody, type ChatBody, type CommonBody, type CompletionBody } from './schemas.js';
 import { openDirectory, type Tenant, type TenantDirectory } from './tenants.js';

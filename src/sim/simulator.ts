@@ -69,7 +69,8 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
   const p = o.profile;
   const maxRunning = o.maxRunning ?? p.maxSequences;
   const maxContext = o.maxContext ?? p.maxContext;
-  const engine = new CostModelEngine(p, { maxSequences: maxRunning, maxContext });
+  const totalBlocks = o.totalBlocks ?? maxRunning * Math.ceil(maxContext / p.blockSize);
+  const engine = new CostModelEngine(p, { maxSequences: maxRunning, maxContext, totalBlocks });
   const outcomes: (RequestOutcome | undefined)[] = new Array(trace.length);
   const basePrice = o.basePrice ?? DEFAULT_BASE_PRICE;
   let finished = 0;
@@ -77,9 +78,11 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
     maxBatchTokens: o.maxBatchTokens ?? 512,
     maxRunning,
     prefillChunk: o.prefillChunk ?? 256,
-    totalBlocks: o.totalBlocks ?? maxRunning * Math.ceil(maxContext / p.blockSize),
+    totalBlocks,
     blockSize: p.blockSize,
     maxContext,
+    hostBlocks: engine.info.hostBlocks,
+    swapSecondsPerToken: engine.info.swapSecondsPerToken,
     initialStepSeconds: (p.baseMs + p.perTokenMs * 32 + p.perSequenceMs * 32) / 1000,
   };
   if (o.curves) config.curves = o.curves;
@@ -118,7 +121,7 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
     if (o.onProgress && (finished % 256 === 0 || finished === trace.length)) o.onProgress(finished, trace.length);
   };
 
-  const sched = new Scheduler(engine, createPolicy(o.policy, o.shadow ?? {}), config, { onFinish: record });
+  const sched = new Scheduler(createPolicy(o.policy, o.shadow ?? {}), config, { onFinish: record });
   const sampling = validateSamplingParams({ temperature: 0, max_tokens: 1 });
   const rng = new Rng(0);
   let clock = trace.length > 0 ? (trace[0] as TraceRequest).t : 0;
@@ -151,7 +154,10 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
     }
     const plan = sched.plan(clock);
     if (plan.items.length === 0) {
-      sched.commit({ tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0 } }, clock, 0);
+      // Block moves without a run (a preemption that freed nothing usable) still take time.
+      const moved = plan.kvOps.length > 0 ? engine.executeSync(plan).timing.totalMs / 1000 : 0;
+      clock += moved;
+      sched.commit({ tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0, kvBytesCopied: 0 } }, clock, 0);
       if (next < trace.length) clock = Math.max(clock, (trace[next] as TraceRequest).t);
       else if (sched.pending > 0) clock += Math.max(sched.stepSeconds(), 1e-3);
       if (clock - start > limit) throw new Error(`simulation stalled: ${sched.pending} requests pending after ${limit} simulated seconds`);

@@ -471,6 +471,23 @@ Bytes JsBytes(const Napi::Value& v, const char* what) {
   Throw(v.Env(), "ERR_INVALID_ARG_TYPE", std::string(what) + " must be a TypedArray or an ArrayBuffer");
 }
 
+/**
+ * Whether a region's destination rows overlap its source rows within one buffer. With equal
+ * pitches (a block copied between blocks of the same head-strided pool) rows r1 and r2 overlap
+ * when |(dst - src) + (r1 - r2)·pitch| < width, so only the row offsets nearest to cancelling
+ * dst - src need checking; with unequal pitches the regions' extents must be disjoint.
+ */
+bool RowsOverlap(const double* g, double dst_end, double src_end) {
+  const double delta = g[0] - g[2], width = g[4], rows = g[5], pitch = g[1];
+  if (g[1] != g[3] || pitch == 0) return g[0] < src_end && g[2] < dst_end;
+  const double nearest = -delta / pitch;
+  for (double d : {std::floor(nearest), std::ceil(nearest)}) {
+    const double clamped = std::max(-(rows - 1), std::min(rows - 1, d));
+    if (std::fabs(delta + clamped * pitch) < width) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 // write(id, byteOffset, source): the source's bytes into the buffer.
@@ -542,7 +559,7 @@ Napi::Value Runner::Copy(const Napi::CallbackInfo& info) {
     const double src_end = g[2] + (rows - 1) * g[3] + width;
     if (dst_end > static_cast<double>(dst.bytes)) Throw(env, "ERR_OUT_OF_RANGE", "region " + std::to_string(i) + " runs past the destination buffer");
     if (src_end > static_cast<double>(src.bytes)) Throw(env, "ERR_OUT_OF_RANGE", "region " + std::to_string(i) + " runs past the source buffer");
-    if (same && g[0] < src_end && g[2] < dst_end) Throw(env, "ERR_OUT_OF_RANGE", "region " + std::to_string(i) + " overlaps itself");
+    if (same && RowsOverlap(g, dst_end, src_end)) Throw(env, "ERR_OUT_OF_RANGE", "region " + std::to_string(i) + " overlaps itself");
     total += width * rows;
   }
   uint8_t* d = static_cast<uint8_t*>(dst.data);

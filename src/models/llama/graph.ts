@@ -24,6 +24,9 @@ export const IO = {
   topKIndices: 'topk_indices',
   newKey: (l: number) => `new_key_values.${l}.key`,
   newValue: (l: number) => `new_key_values.${l}.value`,
+  blockTables: 'block_tables',
+  poolKey: (l: number) => `kv_pool.${l}.key`,
+  poolValue: (l: number) => `kv_pool.${l}.value`,
 } as const;
 
 /** Rotary tables as llama2.c computes them (interleaved pairs, float32 arithmetic). */
@@ -167,55 +170,77 @@ class LlamaGraph {
 }
 
 /**
- * The engine's own flavour. The KV cache is an input the graph only reads (one buffer per layer,
- * [slots, kvHeads, capacity, headDim], handed over without a copy), and the graph returns only
- * the new tokens' keys and values, which the engine writes into the cache at their positions:
- * a step never copies the cache. Attention is split so the cache needs no concatenation:
- * scores against the cache (positions at or past each row's length masked) and against the new
- * tokens (causal) share one softmax. Logits are computed only for the rows asked for, which
- * spares the vocabulary projection for every prefill token but the last.
+ * The engine's own flavour, over a paged KV pool. Each layer's keys and values are one pool
+ * input of [kvHeads, blocks, blockSize, headDim] that the graph only reads (handed over
+ * without a copy); `block_tables` [batch, blocksPerSequence] names each row's blocks, and an
+ * in-graph Gather takes only those, so attention costs what the batch's tables reach — the
+ * context actually held, not the engine's maximum. The graph returns only the new tokens' keys
+ * and values, which the engine writes into their blocks. Gathering along the pool's block axis
+ * yields [kvHeads, batch, positions, headDim] directly, so attention runs head-major (queries
+ * and the context of the new tokens are transposed instead of the cache). Scores against the
+ * gathered past (positions at or past each row's length masked) and against the new tokens
+ * (causal) share one softmax. Logits are computed only for the rows asked for, which spares
+ * the vocabulary projection for every prefill token but the last.
+ *
+ * A CUDA variant would swap the Gather-and-attend block below for ONNX Runtime's
+ * com.microsoft.PagedAttention (float16 cache, token-major blocks, block_table and
+ * past_seqlens as int32, the cache updated in place); every other input and output stays.
  */
 export function buildFastGraph(s: LlamaShape, weights: Map<string, ITensorProto>, opts: GraphOptions): Uint8Array {
   const m = new LlamaGraph('marginal_llama_fast', s, weights, opts, { batch: 'batch', seq: 'sequence' });
   const { g, hd } = m;
+  const H = s.nKvHeads;
+  const G = m.groups;
   const pastLengths = g.input(IO.pastLengths, DType.int64, ['batch']);
   const rows = g.input(IO.logitsRows, DType.int64, ['rows']);
-  const cacheDims = ['batch', s.nKvHeads, 'capacity', hd];
-  const newDims = ['batch', s.nKvHeads, 'sequence', hd];
-  // The cache's capacity is the engine's choice; read it from the first layer's input.
-  g.input(IO.pastKey(0), DType.float, cacheDims);
-  const C = g.op1('Slice', [g.op1('Shape', [IO.pastKey(0)]), g.constInt64([2]), g.constInt64([3])]);
+  const tables = g.input(IO.blockTables, DType.int32, ['batch', 'blocks_per_sequence']);
+  const poolDims = [H, 'pool_blocks', 'block_size', hd];
+  const newDims = ['batch', H, 'sequence', hd];
   const zero = g.constInt64([0], true);
   const one = g.constInt64([1], true);
-  const Cs = g.op1('Squeeze', [C, g.constInt64([0])]);
+  // [kvHeads, batch, blocks, blockSize, hd] -> [kvHeads, batch, T, hd], T = blocks × blockSize.
+  const gathered = (pool: string) => g.op1('Reshape', [g.op1('Gather', [pool, tables], { axis: 1 }), g.constInt64([0, 0, -1, hd])]);
+  g.input(IO.poolKey(0), DType.float, poolDims);
+  const pastK0 = gathered(IO.poolKey(0));
+  const T = g.op1('Slice', [g.op1('Shape', [pastK0]), g.constInt64([2]), g.constInt64([3])]);
+  const Ts = g.op1('Squeeze', [T, g.constInt64([0])]);
   const Ss = g.op1('Squeeze', [m.S, g.constInt64([0])]);
-  // [B, 1, 1, 1, C]: cache position j is visible while j < past_lengths[b].
-  const cachePos = g.op1('Unsqueeze', [g.op1('Range', [zero, Cs, one]), g.constInt64([0])]);
-  const pastOk = g.op1('Less', [cachePos, g.op1('Unsqueeze', [pastLengths, g.constInt64([1])])]);
-  const pastBias = g.op1('Reshape', [m.bias(pastOk), m.cat([m.B, g.constInt64([1, 1, 1]), C])]);
+  // [1, B, 1, 1, T]: gathered position j is visible while j < past_lengths[b].
+  const pastPos = g.op1('Unsqueeze', [g.op1('Range', [zero, Ts, one]), g.constInt64([0])]);
+  const pastOk = g.op1('Less', [pastPos, g.op1('Unsqueeze', [pastLengths, g.constInt64([1])])]);
+  const pastBias = g.op1('Unsqueeze', [m.bias(pastOk), g.constInt64([0, 2, 3])]);
   // [S, S]: new token j is visible to new token i while j <= i.
   const newPos = g.op1('Range', [zero, Ss, one]);
   const causal = g.op1('LessOrEqual', [g.op1('Unsqueeze', [newPos, g.constInt64([0])]), g.op1('Unsqueeze', [newPos, g.constInt64([1])])]);
   const newBias = m.bias(causal);
+  const headMajor = (x: string) => g.op1('Transpose', [x], { perm: [1, 0, 2, 3] });
+  // Scores [kvH, B, G·S, n] viewed as [kvH, B, G, S, n] so the biases broadcast, and back.
+  const grouped = (x: string, n: string) => g.op1('Reshape', [x, m.cat([g.constInt64([0, 0, G, -1]), n])]);
+  const ungrouped = (x: string, n: string) => g.op1('Reshape', [x, m.cat([g.constInt64([0, 0, -1]), n])]);
+  // FusedMatMul's transB reads the keys as gathered: no transposed copy.
+  const fm = (a: string, b: string) => g.op1('FusedMatMul', [a, b], { transB: 1, alpha: { float: m.scale } }, { domain: 'com.microsoft' });
 
   let x = m.embed();
   for (let l = 0; l < s.nLayers; l++) {
     const h = m.rmsNorm(x, `model.layers.${l}.input_layernorm.weight`);
     const { q, k, v } = m.qkv(h, l);
-    if (l > 0) g.input(IO.pastKey(l), DType.float, cacheDims);
-    const cacheV = g.input(IO.pastValue(l), DType.float, cacheDims);
+    if (l > 0) g.input(IO.poolKey(l), DType.float, poolDims);
+    g.input(IO.poolValue(l), DType.float, poolDims);
     g.op1('Identity', [k], {}, { output: IO.newKey(l) });
     g.op1('Identity', [v], {}, { output: IO.newValue(l) });
     g.output(IO.newKey(l), DType.float, newDims);
     g.output(IO.newValue(l), DType.float, newDims);
-    // FusedMatMul's transB reads the cache as stored: no transposed copy.
-    const fm = (a: string, b: string) => g.op1('FusedMatMul', [a, b], { transB: 1, alpha: { float: m.scale } }, { domain: 'com.microsoft' });
-    const sPast = g.op1('Add', [m.grouped(fm(q, IO.pastKey(l)), C), pastBias]);
-    const sNew = g.op1('Add', [m.grouped(fm(q, k), m.S), newBias]);
+    const pastK = l === 0 ? pastK0 : gathered(IO.poolKey(l));
+    const pastV = gathered(IO.poolValue(l));
+    const qh = headMajor(q);
+    const kh = headMajor(k);
+    const vh = headMajor(v);
+    const sPast = g.op1('Add', [grouped(fm(qh, pastK), T), pastBias]);
+    const sNew = g.op1('Add', [grouped(fm(qh, kh), m.S), newBias]);
     const probs = g.op1('Softmax', [g.op1('Concat', [sPast, sNew], { axis: 4 })], { axis: -1 });
-    const [pPast, pNew] = g.op('Split', [probs, m.cat([C, m.S])], { axis: 4 }, { outputs: 2 }) as [string, string];
-    const ctx = g.op1('Add', [g.op1('MatMul', [m.ungrouped(pPast, C), cacheV]), g.op1('MatMul', [m.ungrouped(pNew, m.S), v])]);
-    x = m.feedForward(m.finishAttention(x, ctx, l), l);
+    const [pPast, pNew] = g.op('Split', [probs, m.cat([T, m.S])], { axis: 4 }, { outputs: 2 }) as [string, string];
+    const ctx = g.op1('Add', [g.op1('MatMul', [ungrouped(pPast, T), pastV]), g.op1('MatMul', [ungrouped(pNew, m.S), vh])]);
+    x = m.feedForward(m.finishAttention(x, headMajor(ctx), l), l);
   }
   const picked = g.op1('Gather', [x, rows], { axis: 0 });
   const normed = m.rmsNorm(picked, 'model.norm.weight');

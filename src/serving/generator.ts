@@ -10,8 +10,8 @@ import type { Policy } from '../scheduler/policy.js';
 import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
 import type { Bill } from '../economy/ledger.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
-import { Rng, StopMatcher, type SamplingParams } from './sampling.js';
-import type { Engine, StepTiming } from './types.js';
+import { Rng, StopMatcher, type SamplingParams } from '../engine/sampling.js';
+import { emptyPlan, type Engine, type StepResult, type StepTiming } from '../engine/types.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
@@ -100,6 +100,8 @@ export class Generator {
       totalBlocks: info.totalBlocks,
       blockSize: info.blockSize,
       maxContext: info.maxContext,
+      hostBlocks: info.hostBlocks,
+      swapSecondsPerToken: info.swapSecondsPerToken,
       stopIds: model.stopIds,
     };
     if (opts.curves) config.curves = opts.curves;
@@ -109,13 +111,18 @@ export class Generator {
     if (opts.defaultBid) config.defaultBid = opts.defaultBid;
     this.clock = opts.clock ?? (() => performance.now() / 1000);
     this.observer = opts.observer;
-    this.scheduler = new Scheduler(engine, policy, config, this);
+    this.scheduler = new Scheduler(policy, config, this);
   }
 
   /** Requests submitted and not yet settled. */
   get inFlight(): number {
     // Settled only once flushed: a request the scheduler finished may still await delivery.
     return this.pending.size;
+  }
+
+  /** Whether a step is due although no request waits for one: finished sequences to close on the engine. */
+  get engineWorkPending(): boolean {
+    return this.scheduler.pendingCloses > 0;
   }
 
   /** Tokenizes a prompt the way a request will see it. */
@@ -182,15 +189,18 @@ export class Generator {
     });
   }
 
-  /** Runs one engine step. Returns false when nothing could run (idle, or everyone waiting). */
+  /**
+   * Runs one engine step. Returns false when no request ran (idle, or everyone waiting); a plan
+   * that only closes finished sequences or moves blocks still goes to the engine.
+   */
   async step(): Promise<boolean> {
     const plan = this.scheduler.plan(this.clock());
-    if (plan.items.length === 0) {
-      this.scheduler.commit({ tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0 } }, this.clock(), 0);
+    if (emptyPlan(plan)) {
+      this.scheduler.commit(NOTHING_RAN, this.clock(), 0);
       this.flush();
       return false;
     }
-    let result;
+    let result: StepResult;
     const running = this.engine.execute(plan);
     // The previous step's text goes out while this step computes (in the engine's worker). A
     // client callback that throws must not look like an engine failure: the step still runs.
@@ -203,21 +213,23 @@ export class Generator {
     try {
       result = await running;
     } catch (e) {
-      // A failed step fails the requests in it, never silently: their blocks are freed.
+      // A failed step is not committed: its requests fail, never silently, and their blocks are freed.
+      const failed: Pending[] = [];
       for (const item of plan.items) {
         const p = this.pending.get(item.seq);
         this.pending.delete(item.seq);
-        this.scheduler.abort(item.seq, this.clock());
-        p?.reject(e);
+        if (p) failed.push(p);
       }
-      this.scheduler.commit({ tokens: new Int32Array(plan.items.length).fill(-1), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0 } }, this.clock(), 0);
+      this.scheduler.stepFailed(this.clock());
+      for (const p of failed) p.reject(e);
       throw e;
     }
     this.lastTiming = result.timing;
     this.scheduler.commit(result, this.clock(), result.timing.totalMs / 1000);
-    return true;
+    return plan.items.length > 0;
   }
 
+  /** Steps until every request has finished and the engine has been told of every finish. */
   async runUntilIdle(maxIdleSteps = 1000): Promise<void> {
     let idle = 0;
     while (this.scheduler.pending > 0) {
@@ -225,6 +237,8 @@ export class Generator {
       else if (++idle > maxIdleSteps) throw new Error(`${this.scheduler.pending} requests cannot be scheduled`);
       else await new Promise((r) => setTimeout(r, 1));
     }
+    // One more plan carries the last closes.
+    await this.step();
     this.flush();
   }
 
@@ -310,6 +324,8 @@ export class Generator {
     return stopped;
   }
 }
+
+const NOTHING_RAN: StepResult = { tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0, kvBytesCopied: 0 } };
 
 /** Convenience: one prompt, start to finish. */
 export async function generateOnce(engine: Engine, model: LoadedModel, prompt: string | number[], sampling: SamplingParams): Promise<Completion> {

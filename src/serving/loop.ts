@@ -1,4 +1,4 @@
-import type { Generator } from '../engine/generator.js';
+import type { Generator } from './generator.js';
 
 /**
  * Drives the generator while it has work and sleeps when it has none; `wake()` after each
@@ -27,7 +27,7 @@ export class EngineLoop {
 
   private async run(): Promise<void> {
     try {
-      while (this.generator.inFlight > 0) {
+      while (this.generator.inFlight > 0 || this.generator.engineWorkPending) {
         let ran = false;
         try {
           ran = await this.generator.step();
