@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { DeviceKvStorage } from '../src/kv/device-pool.js';
-import { HostKvStorage, blockBytes, type KvPoolShape } from '../src/kv/pool.js';
+import { HostKvStorage, blockBytes, type KvPoolShape, type KvStorage } from '../src/kv/pool.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { OrtRunner, ortRunnerUnavailable, RunnerStat } from '../src/native/ort-runner.js';
 import { cleanup, synthTiny } from './helpers/models.js';
@@ -46,7 +46,7 @@ describe('DeviceKvStorage against HostKvStorage', { skip }, () => {
   test('the same operations leave the same pool', () => {
     const d = new DeviceKvStorage(runner, shape);
     const h = new HostKvStorage(shape);
-    assert.equal(d.keys, undefined, 'the device pool is not JavaScript arrays');
+    assert.equal((d as KvStorage).keys, undefined, 'the device pool is not JavaScript arrays');
     let seed = 12345;
     const rand = () => {
       seed = (seed * 1103515245 + 12345) >>> 0;
