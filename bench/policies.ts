@@ -26,7 +26,7 @@ const o = new Command()
   .parse()
   .opts<{ out: string; limit: string; loads: string }>();
 
-const geometry = { maxRunning: 64, maxContext: 1024, totalBlocks: 512, maxBatchTokens: 512 };
+const geometry = { maxNumSeqs: 64, maxModelLen: 1024, kvBlocks: 512, maxNumBatchedTokens: 512 };
 const traces: { name: string; cli: TraceCliOptions; flags: string }[] = [
   {
     name: 'azure-conv',
@@ -41,8 +41,8 @@ const traces: { name: string; cli: TraceCliOptions; flags: string }[] = [
 ];
 const loads = o.loads.split(',').map(Number);
 const profile = await profileFromCli(undefined);
-const base: Omit<SimOptions, 'policy'> = { profile, ...geometry };
-const geometryFlags = `--max-running ${geometry.maxRunning} --max-context ${geometry.maxContext} --blocks ${geometry.totalBlocks} --max-batch-tokens ${geometry.maxBatchTokens}`;
+const base: Omit<SimOptions, 'policy'> = { profile, geometry };
+const geometryFlags = `--max-num-seqs ${geometry.maxNumSeqs} --max-model-len ${geometry.maxModelLen} --kv-blocks ${geometry.kvBlocks} --max-num-batched-tokens ${geometry.maxNumBatchedTokens}`;
 mkdirSync(o.out, { recursive: true });
 
 const f = (x: number | null, d = 1) => (x === null ? '-' : x.toFixed(d));

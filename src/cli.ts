@@ -7,6 +7,7 @@ import { runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
 import { runBenchServe } from './cli/bench-serve.js';
+import { addGeometryOptions } from './cli/geometry-options.js';
 
 function intArg(name: string) {
   return (v: string): number => {
@@ -33,6 +34,15 @@ const engineOptions = (c: Command) =>
     .option('--flavour <fast|hf>', 'graph flavour', 'fast')
     .option('--providers <list>', 'execution providers in order of preference', 'cuda,cpu')
     .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'));
+
+/** The economy's settings, shared by serve, sim and tune. */
+const economyOptions = (c: Command) =>
+  c
+    .option('--max-value <v>', 'the most one request may claim to be worth, for tenants without their own max_value', numArg('--max-value'))
+    .option('--risk-price <rho>', 'ρ: value charged per value of expected waste (shadow policy)', numArg('--risk-price'))
+    .option('--retention <kind>', 'cached KV blocks kept by keep-value | lru (shadow policy)')
+    .option('--no-clearing', 'prices from the curves alone, no clearing price (ablation)')
+    .option('--no-payment', 'itemize bills but charge nothing (ablation)');
 
 const imp = program.command('import').description('import a model into a model directory');
 imp
@@ -64,28 +74,21 @@ engineOptions(
     .option('--stop <text...>', 'stop sequences'),
 ).action(runGenerate);
 
-engineOptions(
+economyOptions(addGeometryOptions(engineOptions(
   program
     .command('serve')
     .description('serve the OpenAI-compatible HTTP API')
     .option('--model <dir>', 'model directory (default: the built-in synthetic model)')
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', intArg('--port'), 8000)
-    .option('--max-sequences <n>', 'sequences resident at once', intArg('--max-sequences'), 32)
     .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
     .option('--curve <file>', 'price curve file')
     .option('--api-keys <file>', 'API keys with tenants, default bids and budgets (default: one anonymous tenant)')
     .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
-).action(runServe);
+))).action(runServe);
 
 /** Server geometry and welfare pricing, shared by everything that runs the simulator. */
-const simulatorOptions = (c: Command) =>
-  c
-    .option('--max-running <n>', 'sequences at once', intArg('--max-running'))
-    .option('--max-batch-tokens <n>', 'token budget per step', intArg('--max-batch-tokens'))
-    .option('--max-context <n>', 'context per sequence', intArg('--max-context'))
-    .option('--blocks <n>', 'KV blocks', intArg('--blocks'))
-    .option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price'));
+const simulatorOptions = (c: Command) => addGeometryOptions(c).option('--base-price <p>', 'compute cost per token for welfare', numArg('--base-price'));
 
 const traceOptions = (c: Command) =>
   c
@@ -101,7 +104,7 @@ const traceOptions = (c: Command) =>
     .option('--workload <file>', 'tenants, values and SLOs for traces that carry none (default: built-in three-tenant mix)')
     .option('--seed <n>', 'workload seed', intArg('--seed'));
 
-simulatorOptions(
+economyOptions(simulatorOptions(
   traceOptions(
     program
       .command('sim')
@@ -112,9 +115,9 @@ simulatorOptions(
       .option('--json', 'print the summary as one JSON object')
       .option('--requests-out <file>', 'write one JSON line per request'),
   ),
-).action(runSim);
+)).action(runSim);
 
-simulatorOptions(
+economyOptions(simulatorOptions(
   traceOptions(
     program
       .command('tune')
@@ -128,7 +131,7 @@ simulatorOptions(
       .option('--json', 'print the result summary as JSON')
       .option('--quiet', 'no progress bar'),
   ),
-).action(runTune);
+)).action(runTune);
 
 program
   .command('bench')
@@ -164,6 +167,9 @@ program
   .option('--api-key <key>', 'bearer key (default: OPENAI_API_KEY)')
   .option('--api-keys <file>', "the server's keys file: each tenant sends with its own key")
   .option('--base-price <p>', 'compute cost per token for welfare')
+  .option('--default-bid <v>', 'value per output token of requests with no value or bid, where the server gives no verdict')
+  .option('--client-retries <n>', 'answer 429 quotes: retry after the quoted wait up to n times while it can clear')
+  .option('--client-mode <mode>', 'retry | agent (an agent lowers max_tokens to fit its value)', 'retry')
   .option('--timeout <s>', 'per-request timeout, seconds')
   .option('--quiet', 'no progress bar')
   .action(runBenchServe);
@@ -176,6 +182,8 @@ program
   .option('--providers <list>', 'execution providers', 'cpu')
   .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'))
   .option('--repeats <n>', 'measurements per shape', intArg('--repeats'))
+  .option('--block-size <n>', 'positions per KV block (default 16)', intArg('--block-size'))
+  .option('--max-model-len <n>', "positions per sequence (default: the model's context)", intArg('--max-model-len'))
   .action(runCalibrate);
 
 try {

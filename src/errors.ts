@@ -14,6 +14,10 @@ export const ContextLengthError = createError<[string]>('MARGINAL_CONTEXT_LENGTH
 export const InvalidArgumentError = createError<[string]>('MARGINAL_INVALID_ARGUMENT', '%s', 400);
 export const EngineCapacityError = createError<[string]>('MARGINAL_ENGINE_CAPACITY', '%s', 503);
 export const IoBindingUnavailableError = createError<[string]>('MARGINAL_IO_BINDING_UNAVAILABLE', 'I/O binding is unavailable: %s', 500);
+/** The scheduler turned the request away with a price quote (`quote` on the error): HTTP 429. */
+export const RequestRejectedError = createError<[string]>('MARGINAL_REJECTED', '%s', 429);
+/** The tenant's budget is spent, and nothing in flight will refund any of it: HTTP 402. */
+export const BudgetExhaustedError = createError<[string]>('MARGINAL_BUDGET_EXHAUSTED', '%s', 402);
 
 export interface MarginalError extends Error {
   code: string;

@@ -25,9 +25,14 @@ const bill = (total: number): Bill => ({
   kv_block_seconds: 0,
   prices: { token: 0, cached_token: 0, kv_block_second: 0 },
   amounts: { prompt: 0, cached: 0, completion: 0, kv_rent: 0 },
+  subtotal: total,
+  cap: Infinity,
   total,
+  charged: true,
   currency: 'value',
 });
+
+const quote = (price: number) => ({ reason: 'price_above_bid' as const, price_per_token: price, price_per_kv_block_second: 0, min_value: 1, value_counted: 0.5, retryable: true, expected_wait_ms: 100 });
 
 const base = (id: string, start: number): RequestTimeline => ({ id, tenant: 't', start, chunks: [], end: null, status: null, done: false });
 
@@ -55,8 +60,8 @@ function handMade(): RequestTimeline[] {
       bill: bill(0.25),
     },
     { ...base('c', 100), expect: { bid: 0.5 }, chunks: [400], end: 400, status: 200, done: true, usage: { prompt_tokens: 8, completion_tokens: 1 } },
-    { ...base('d', 150), status: 429, promptTokensHint: 9, quote: { price_per_token: 0.01, min_value: 1, expected_wait_ms: 100, reason: 'price' } },
-    { ...base('e', 160), status: 429, quote: { price_per_token: 0.03, min_value: 1, expected_wait_ms: 100, reason: 'price' } },
+    { ...base('d', 150), status: 429, promptTokensHint: 9, quote: quote(0.01) },
+    { ...base('e', 160), status: 429, quote: quote(0.03) },
     { ...base('f', 170), status: 402, serverError: 'budget exhausted' },
     { ...base('g', 180), status: 500, serverError: 'internal error' },
     { ...base('h', 190), clientError: 'ECONNRESET' },
@@ -131,7 +136,7 @@ describe('bench serve: metric arithmetic on hand-made timelines', () => {
     assert.equal(outcomes[7]?.lost, true);
     assert.equal(outcomes[6]?.lost, undefined);
     assert.equal(outcomes[6]?.error, 'internal error');
-    assert.deepEqual(outcomes[3]?.quote, { pricePerToken: 0.01, minValue: 1, expectedWaitMs: 100, reason: 'price' });
+    assert.deepEqual(outcomes[3]?.quote, { reason: 'price_above_bid', message: '', pricePerToken: 0.01, pricePerKvBlockSecond: 0, minValue: 1, valueCounted: 0.5, retryable: true, expectedWaitMs: 100 });
     assert.equal(outcomes[3]?.prompt_tokens, 9);
     assert.equal(outcomes[3]?.output_tokens, 0);
     assert.deepEqual([outcomes[0]?.ttft_ms, outcomes[0]?.tpot_ms, outcomes[0]?.e2e_ms, outcomes[0]?.cached_tokens], [100, 27.5, 210, 4]);

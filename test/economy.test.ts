@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { curveFileJson, defaultCurves, loadCurveFile, parseCurve, parseCurveFile, type PriceCurve } from '../src/economy/curves.js';
-import { BillBuilder, BudgetExceededError, Ledger } from '../src/economy/ledger.js';
+import { BillBuilder, Ledger } from '../src/economy/ledger.js';
 import { InvalidArgumentError } from '../src/errors.js';
 
 /** mulberry32: a small seeded PRNG so the property tests are reproducible. */
@@ -242,7 +242,10 @@ describe('billing', () => {
     close(bill.amounts.kv_rent, 1e-4 + 1.5e-3);
     close(bill.total, 0.1 + 0.004 + 0.07 + 0.0016);
     close(bill.total, bill.amounts.prompt + bill.amounts.cached + bill.amounts.completion + bill.amounts.kv_rent);
-    close(b.total, bill.total);
+    close(b.subtotal, bill.total);
+    close(bill.subtotal, bill.total);
+    assert.equal(bill.cap, Infinity);
+    assert.equal(bill.charged, true);
     close(bill.prices.token, 0.17 / 100);
     close(bill.prices.cached_token, 1e-4);
     close(bill.prices.kv_block_second, 0.0016 / 40);
@@ -270,40 +273,72 @@ describe('billing', () => {
   });
 });
 
+describe('billing caps', () => {
+  it('charges the subtotal up to the cap, and nothing without payment', () => {
+    const b = new BillBuilder();
+    b.addCompletion(100, 0.01);
+    const close = (a: number, x: number) => assert.ok(Math.abs(a - x) < 1e-12, `${a} != ${x}`);
+    close(b.bill().total, 1);
+    close(b.bill(0.4).total, 0.4);
+    close(b.bill(0.4).subtotal, 1);
+    assert.equal(b.bill(0.4).cap, 0.4);
+    const free = b.bill(5, false);
+    assert.equal(free.total, 0);
+    assert.equal(free.charged, false);
+    close(free.subtotal, 1);
+  });
+});
+
 describe('ledger', () => {
-  it('charges tenants, tracks revenue and blocks a spent budget', () => {
+  it('escrows claims, settles bills, refunds the rest and never overdraws', () => {
     const l = new Ledger();
     l.setBudget('a', 1);
-    assert.equal(l.canAfford('a', 0.6), true);
-    assert.equal(l.canAfford('a', 1.2), false);
-    l.charge('a', { total: 0.6 });
-    assert.equal(l.canAfford('a', 0.4), true);
-    assert.equal(l.canAfford('a', 0.5), false);
-    l.charge('a', { total: 0.5 }); // the true cost overran the estimate: overdraw once
-    assert.equal(l.account('a').spent, 1.1);
-    assert.equal(l.canAfford('a', 0), false);
-    assert.throws(() => l.assertCanAfford('a', 0.1), (e: unknown) => e instanceof BudgetExceededError && (e as { statusCode: number }).statusCode === 402 && /spent 1\.1 of 1/.test((e as Error).message));
+    assert.equal(l.available('a'), 1);
+    l.escrow('a', 0.6);
+    assert.equal(l.available('a'), 0.4);
+    assert.equal(l.valueCap('a'), 0.4);
+    assertInvalid(() => l.escrow('a', 0.5), /exceeds/);
+    l.escrow('a', 0.4);
+    assert.equal(l.available('a'), 0);
+    assert.equal(l.exhausted('a'), false, 'money in flight may come back');
+    l.settle('a', 0.6, 0.25);
+    assert.ok(Math.abs(l.available('a') - 0.35) < 1e-12, 'the unused 0.35 of the escrow came back');
+    // A bill above its escrow is charged the escrow only.
+    l.settle('a', 0.4, 9);
+    const a = l.account('a');
+    assert.ok(Math.abs(a.spent - 0.65) < 1e-12);
+    assert.equal(a.escrowed, 0);
+    assert.equal(a.inFlight, 0);
+    assert.ok(a.spent + a.escrowed <= a.budget);
+    l.escrow('a', 0.35);
+    l.reject('a', 0.35);
+    assert.ok(Math.abs(l.available('a') - 0.35) < 1e-12, 'a rejection refunds its escrow whole');
     l.reject('a');
-    l.charge('b', new BillBuilder().bill(), false);
-    assert.deepEqual(l.account('a'), { budget: 1, spent: 1.1, requests: 3, completed: 2, rejected: 1 });
-    assert.deepEqual(l.account('b'), { budget: Infinity, spent: 0, requests: 1, completed: 0, rejected: 0 });
-    assert.equal(l.canAfford('b', 1e12), true);
-    assert.ok(Math.abs(l.revenue - 1.1) < 1e-12);
-    assert.deepEqual(l.tenants(), ['a', 'b']);
+    assert.deepEqual({ ...l.account('a'), spent: 0 }, { budget: 1, spent: 0, escrowed: 0, maxValue: Infinity, requests: 4, completed: 2, rejected: 2, inFlight: 0 });
+    assert.ok(Math.abs(l.revenue - 0.65) < 1e-12);
+    assert.deepEqual(l.tenants(), ['a']);
   });
 
-  it('applies a default budget and treats a zero budget as closed', () => {
-    const l = new Ledger({ defaultBudget: 2 });
-    assert.equal(l.canAfford('new', 2), true);
-    assert.equal(l.canAfford('new', 2.5), false);
-    assert.deepEqual(l.account('new'), { budget: 2, spent: 0, requests: 0, completed: 0, rejected: 0 });
+  it('is exhausted only when spent and nothing is in flight; caps claims by maxValue and what is left', () => {
+    const l = new Ledger({ defaultBudget: 2, defaultMaxValue: 0.5 });
+    assert.equal(l.valueCap('new'), 0.5);
     assert.deepEqual(l.tenants(), [], 'looking does not open an account');
+    l.setMaxValue('rich', 100);
+    l.setBudget('rich', Infinity);
+    assert.equal(l.valueCap('rich'), 100);
     l.setBudget('zero', 0);
-    assert.equal(l.canAfford('zero', 0), false);
-    l.setBudget('zero', Infinity);
-    assert.equal(l.canAfford('zero', 5), true);
+    assert.equal(l.exhausted('zero'), true);
+    assert.equal(l.valueCap('zero'), 0);
+    l.setBudget('b', 1);
+    l.escrow('b', 0.5);
+    l.settle('b', 0.5, 0.5);
+    l.escrow('b', 0.5);
+    assert.equal(l.exhausted('b'), false);
+    l.settle('b', 0.5, 0.5);
+    assert.equal(l.exhausted('b'), true);
     assertInvalid(() => l.setBudget('x', -1), /budget/);
-    assertInvalid(() => l.canAfford('x', Number.NaN), /amount/);
-    assertInvalid(() => l.charge('x', { total: -1 }), /bill total/);
+    assertInvalid(() => l.setMaxValue('x', Number.NaN), /maxValue/);
+    assertInvalid(() => l.escrow('x', Number.NaN), /escrow/);
+    assertInvalid(() => l.settle('x', 0, -1), /charge/);
   });
 });

@@ -13,6 +13,7 @@ import { Generator } from '../src/serving/generator.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
 import { buildServer, type Server } from '../src/server/app.js';
+import type { QuoteBody } from '../src/server/quote.js';
 import { parseApiKeys } from '../src/server/tenants.js';
 import { importStories260K, stories260K, tempDir } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
@@ -257,10 +258,28 @@ describe('overload, budgets and API keys', { skip: sharedSkipReason() }, () => {
       assert.ok(rejected.length >= 10, `${rejected.length} rejected`);
       for (const r of rejected) {
         assert.equal(r.json.error?.type, 'rate_limit_error');
-        const quote = (r.json as unknown as { quote: { price_per_token: number; min_value: number; expected_wait_ms: number } }).quote;
-        assert.ok(quote.price_per_token > 0 && quote.min_value > 0 && quote.expected_wait_ms >= 0);
-        assert.ok(Number(r.headers.get('x-marginal-price')) > 0);
-        assert.ok(Number(r.headers.get('retry-after')) >= 1);
+        const quote = (r.json.error as unknown as { quote: QuoteBody }).quote;
+        assert.deepEqual(quote, (r.json as unknown as { quote: QuoteBody }).quote, 'the quote inside error and beside it');
+        assert.equal(r.json.error?.code, quote.reason);
+        assert.ok(['price_above_bid', 'slo_unreachable'].includes(quote.reason), quote.reason);
+        assert.ok(quote.price_per_token > 0 && (quote.min_value === null || quote.min_value > 0));
+        assert.equal(Number(r.headers.get('x-marginal-price-token')), quote.price_per_token, 'one price: header and quote');
+        assert.equal(r.headers.get('x-marginal-reason'), quote.reason);
+        if (quote.retryable) {
+          assert.equal(Number(r.headers.get('retry-after')), Math.max(1, Math.ceil((quote.expected_wait_ms as number) / 1000)));
+          assert.equal(r.headers.get('x-should-retry'), 'true');
+        } else {
+          assert.equal(r.headers.get('retry-after'), null, 'no retry-after when waiting cannot help');
+          assert.equal(r.headers.get('x-should-retry'), 'false');
+          assert.equal(quote.expected_wait_ms, null);
+        }
+      }
+      // A bid a thousand times below the floor can never clear: told so, not invited back.
+      const hopeless = results.filter((_, i) => i % 4 === 0);
+      for (const r of hopeless) {
+        assert.equal(r.status, 429);
+        assert.equal((r.json.error as unknown as { quote: QuoteBody }).quote.reason, 'price_above_bid');
+        assert.equal(r.headers.get('x-should-retry'), 'false');
       }
       for (const r of served) {
         const choice = (r.json.choices as { finish_reason: string; text: string }[])[0];

@@ -50,7 +50,8 @@ interface Run {
   sched: Scheduler;
   finished: SchedRequest[];
   preemptSteps: Map<number, number[]>;
-  pricePoints: [number, number][];
+  /** Per step: utilization of the batch, reserve price, price in force, requests waiting. */
+  pricePoints: [number, number, number, number][];
   admissions: SchedRequest[];
   stepLog: { waitingByTenant: Map<string, number> }[];
 }
@@ -76,7 +77,7 @@ function drive(trace: TraceRequest[], policy: string, cfg: Partial<SchedulerConf
     if (res === 'admitted') admissions.push(r);
     return res;
   };
-  const pricePoints: [number, number][] = [];
+  const pricePoints: [number, number, number, number][] = [];
   let clock = 0;
   let next = 0;
   let steps = 0;
@@ -90,9 +91,8 @@ function drive(trace: TraceRequest[], policy: string, cfg: Partial<SchedulerConf
       const victim = submitted[(steps * 7919) % submitted.length] as SchedRequest;
       sched.abort(victim.seq, clock);
     }
-    const u = sched.tokenUtilization;
     const plan = sched.plan(clock);
-    pricePoints.push([u, sched.prices.token]);
+    pricePoints.push([sched.tokenUtilization, sched.reserve.token, sched.prices.token, sched.waiting]);
     const result = engine.executeSync(plan);
     const dt = plan.items.length === 0 ? (next < trace.length ? Math.max(0, (trace[next] as TraceRequest).t - clock) || 0.001 : 0.001) : result.timing.totalMs / 1000;
     clock += dt;
@@ -135,8 +135,14 @@ describe('scheduler invariants over randomized workloads', () => {
             assert.ok((steps[i] as number) - (steps[i - 1] as number) > 8, `request ${seq} preempted at steps ${steps.join(', ')}`);
           }
         }
+        // The reserve is the curve at this step's utilization; the price in force never falls
+        // below it, and exceeds it only when demand is waiting (a constraint binds).
         const pts = [...run.pricePoints].sort((a, b) => a[0] - b[0]);
-        for (let i = 1; i < pts.length; i++) assert.ok((pts[i] as [number, number])[1] >= (pts[i - 1] as [number, number])[1] - 1e-15, 'price non-decreasing in utilization');
+        for (let i = 1; i < pts.length; i++) assert.ok((pts[i] as number[])[1] as number >= ((pts[i - 1] as number[])[1] as number) - 1e-15, 'reserve price non-decreasing in utilization');
+        for (const [u, reserve, price, waiting] of pts) {
+          assert.ok(price >= reserve, `price ${price} below the reserve ${reserve} at u = ${u}`);
+          if (waiting === 0) assert.equal(price, reserve, 'no clearing price without rationed demand');
+        }
         if (seed === 1 && policy === 'fcfs') assert.ok(counters.preemptions > 0, 'the workload is tight enough to preempt');
       });
     }

@@ -16,7 +16,7 @@ import { testProfile } from './helpers/profile.js';
 const profile: StepProfile = testProfile;
 
 const trace: TraceRequest[] = generateWorkload({ seed: 3, requests: 200, rate: 20, maxPromptTokens: 384, maxOutputTokens: 96 });
-const sim = { profile, totalBlocks: 192 };
+const sim = { profile, geometry: { maxNumSeqs: 16, kvBlocks: 192 } };
 const loads = [1, 2];
 
 /** 3 token curves (two kinds, one adaptive) × 2 kv curves. */
@@ -226,7 +226,7 @@ describe('runTune (the CLI command)', () => {
     assert.equal(j.seed, 4);
     assert.deepEqual(j.loads.map((l) => l.load), [1.5]);
     assert.equal(j.candidates.length, 2);
-    assert.match(j.replay[0] ?? '', /^marginal sim --trace \S+ --seed 4 --rate-scale [\d.]+ --policy shadow --curve \S+best-curve\.json --max-running 8 --blocks 128 --json$/);
+    assert.match(j.replay[0] ?? '', /^marginal sim --trace \S+ --seed 4 --rate-scale [\d.]+ --policy shadow --curve \S+best-curve\.json --max-num-seqs 8 --kv-blocks 128 --json$/);
     await loadCurveFile(join(out, 'best-curve.json'));
     for (const f of ['frontier.svg', 'prices.svg']) assert.match(readFileSync(join(out, f), 'utf8'), /^<svg/);
   });

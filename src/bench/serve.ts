@@ -15,19 +15,36 @@ import { Rng } from '../engine/sampling.js';
 import { InvalidArgumentError } from '../errors.js';
 import { mean as finiteMean, meetsSlo, percentile, realizedValue, tpotMs, type Expectation, type RequestOutcome } from '../sim/metrics.js';
 import { DEFAULT_BASE_PRICE } from '../sim/simulator.js';
-import type { TraceRequest } from '../sim/trace.js';
+import { answerQuote } from '../sim/client.js';
+import { declared, type ClientBehaviour, type TraceRequest } from '../sim/trace.js';
 import type { Quote } from '../scheduler/request.js';
+import type { QuoteBody } from '../server/quote.js';
 
 // ---------------------------------------------------------------------------------------------
 // Timelines and the metric arithmetic
 // ---------------------------------------------------------------------------------------------
 
-/** A 429's quote as the server's body carries it (snake_case, as on the wire). */
-export interface QuoteBody {
-  price_per_token: number;
-  min_value: number;
-  expected_wait_ms: number;
-  reason: string;
+export type { QuoteBody };
+
+/** A marginal server's verdict on a finished request (response extension `outcome`). */
+export interface ServerVerdict {
+  value_counted: number;
+  slo_met: boolean;
+  value_realized: number;
+}
+
+/** The wire quote back in the scheduler's terms. */
+export function quoteFromBody(q: QuoteBody, message = ''): Quote {
+  return {
+    reason: q.reason,
+    message,
+    pricePerToken: q.price_per_token,
+    pricePerKvBlockSecond: q.price_per_kv_block_second,
+    minValue: q.min_value ?? Infinity,
+    valueCounted: q.value_counted,
+    retryable: q.retryable,
+    expectedWaitMs: q.expected_wait_ms,
+  };
 }
 
 /** What the client saw of one request. Times are milliseconds on one clock (performance.now()). */
@@ -58,6 +75,10 @@ export interface RequestTimeline {
   usage?: { prompt_tokens?: number; completion_tokens?: number; cached_tokens?: number };
   bill?: Bill | null;
   quote?: QuoteBody;
+  /** The server's verdict, where the server gives one (a marginal server does). */
+  outcome?: ServerVerdict;
+  /** Attempts sent for this request (1 + retries after 429 quotes); the timeline is the last one's. */
+  attempts?: number;
 }
 
 export type BenchOutcomeKind = 'completed' | 'rejected' | 'budget' | 'aborted' | 'lost';
@@ -159,6 +180,8 @@ export interface SummarizeOptions {
   policy?: string;
   preempted?: number | null;
   interrupted?: boolean;
+  /** Value per output token of requests that carry no value or bid, for servers that give no verdict of their own. */
+  defaultBid?: number;
 }
 
 /** The latency samples behind the summary, in ms, as vLLM pools them. */
@@ -291,9 +314,13 @@ export function summarizeTimelines(
 
     const outcome: RequestOutcome['outcome'] = kind === 'completed' ? 'completed' : kind === 'rejected' || kind === 'budget' ? 'rejected' : 'aborted';
     const e: Expectation = { arrival: 0, ...(t.expect ?? {}) };
+    if (e.value === undefined && e.bid === undefined && opts.defaultBid !== undefined) e.bid = opts.defaultBid;
     const line = { outcome, ttft_ms: ttft, tpot_ms: tpot, e2e_ms: e2e };
-    const met = meetsSlo(e, line);
-    const value = realizedValue(e, met, output);
+    // One definition of realized value: the server's, where it gives its verdict (the same
+    // numbers its /metrics count); judged here from the client's clock only for other servers.
+    const verdict = kind === 'completed' ? t.outcome : undefined;
+    const met = verdict !== undefined ? verdict.slo_met : meetsSlo(e, line);
+    const value = verdict !== undefined ? verdict.value_realized : realizedValue(e, met, output);
     if (met) sloMet++;
     valueRealized += value;
     const o: BenchOutcome = {
@@ -310,7 +337,8 @@ export function summarizeTimelines(
       bill: t.bill ?? null,
       status: t.status,
     };
-    if (t.quote) o.quote = { pricePerToken: t.quote.price_per_token, minValue: t.quote.min_value, expectedWaitMs: t.quote.expected_wait_ms, reason: t.quote.reason } satisfies Quote;
+    if (t.quote) o.quote = quoteFromBody(t.quote, t.serverError);
+    if (t.attempts !== undefined) o.attempts = t.attempts;
     const err = t.serverError ?? t.clientError ?? (t.cancelled ? 'cancelled' : undefined);
     if (err !== undefined && kind !== 'completed') o.error = err;
     if (kind === 'lost') o.lost = true;
@@ -546,6 +574,13 @@ export interface BenchServeOptions {
   rangeRatio?: number;
   /** Seeds the prompts and the arrival gaps (default 0). */
   seed?: number;
+  /**
+   * How every request answers a 429 quote (a trace line's own `client` wins): retry after the
+   * quoted wait while it can clear, or, as an agent, ask for fewer tokens. Default: give up.
+   */
+  client?: ClientBehaviour;
+  /** Value per output token assumed for requests with no value or bid, where the server gives no verdict. */
+  defaultBid?: number;
   /** Replay these instead: arrivals at t (shifted so the first is at 0), lengths and economics. */
   trace?: readonly TraceRequest[];
   /** Default 0 (greedy). */
@@ -587,6 +622,9 @@ interface PlannedRequest {
   promptTokens: number;
   outputTokens: number;
   expect: Omit<Expectation, 'arrival'>;
+  client?: ClientBehaviour;
+  /** What the request is worth to its client (true value, or bid × tokens); undefined: the server's count of it. */
+  worth?: (maxTokens: number) => number;
 }
 
 /** The server's origin plus path prefix, without a trailing slash or /v1. */
@@ -681,8 +719,12 @@ function plan(o: BenchServeOptions, model: string | undefined, endpoint: BenchEn
     return trace.map((r, i) => {
       const econ: Record<string, unknown> = {};
       const expect: Omit<Expectation, 'arrival'> = {};
-      if (r.value !== undefined) econ.value = expect.value = r.value;
-      if (r.bid !== undefined) econ.bid = expect.bid = r.bid;
+      if (r.value !== undefined) expect.value = r.value;
+      if (r.bid !== undefined) expect.bid = r.bid;
+      // The client sends its claim; it is judged by what the work is truly worth to it.
+      const claim = declared(r);
+      if (claim.value !== undefined) econ.value = claim.value;
+      if (claim.bid !== undefined) econ.bid = claim.bid;
       if (r.slo !== undefined) {
         econ.slo = { ...(r.slo.ttftMs !== undefined ? { ttft_ms: r.slo.ttftMs } : {}), ...(r.slo.tpotMs !== undefined ? { tpot_ms: r.slo.tpotMs } : {}) };
         expect.slo = r.slo;
@@ -692,14 +734,22 @@ function plan(o: BenchServeOptions, model: string | undefined, endpoint: BenchEn
       // OpenAI's end-user field: the server may ignore it, a log or proxy can attribute by it.
       if (r.tenant !== 'default') econ.user = r.tenant;
       const text = promptText(r.promptTokens, fmix32(seed) ^ fmix32(i + 1), r.prefix, r.prefixBlockTokens);
-      return make(r.id, r.tenant, r.t - t0, r.promptTokens, r.outputTokens, text, econ, expect);
+      const p = make(r.id, r.tenant, r.t - t0, r.promptTokens, r.outputTokens, text, econ, expect);
+      const client = r.client ?? o.client;
+      if (client !== undefined) p.client = client;
+      if (r.value !== undefined || r.bid !== undefined) p.worth = (maxTokens) => r.value ?? (r.bid ?? 0) * maxTokens;
+      return p;
     });
   }
 
   const n = o.requests ?? 100;
   const lengths = randomLengths(n, o.inputLen ?? 128, o.outputLen ?? 64, o.rangeRatio ?? 0, seed);
   const at = arrivalSchedule(n, o.rate ?? Infinity, o.burstiness ?? 1, seed + 1);
-  return lengths.map((l, i) => make(String(i), 'default', at[i] as number, l.input, l.output, promptText(l.input, fmix32(seed) ^ fmix32(i + 1)), {}, {}));
+  return lengths.map((l, i) => {
+    const p = make(String(i), 'default', at[i] as number, l.input, l.output, promptText(l.input, fmix32(seed) ^ fmix32(i + 1)), {}, {});
+    if (o.client !== undefined) p.client = o.client;
+    return p;
+  });
 }
 
 function checkOptions(o: BenchServeOptions): void {
@@ -769,6 +819,7 @@ async function readStream(res: Response, tl: RequestTimeline, chat: boolean): Pr
       tl.usage = u;
     }
     if (msg.bill !== undefined && msg.bill !== null) tl.bill = msg.bill as Bill;
+    if (msg.outcome !== undefined && msg.outcome !== null && typeof (msg.outcome as ServerVerdict).value_realized === 'number') tl.outcome = msg.outcome as ServerVerdict;
   };
   for (;;) {
     const { value, done } = await reader.read();
@@ -798,20 +849,16 @@ async function sendOne(url: string, p: PlannedRequest, headers: Record<string, s
       await readStream(res, tl, chat);
     } else {
       const text = await res.text();
-      let body: { error?: { message?: string }; quote?: QuoteBody } | undefined;
+      let body: { error?: { message?: string; quote?: QuoteBody }; quote?: QuoteBody } | undefined;
       try {
         body = JSON.parse(text) as typeof body;
       } catch {
         body = undefined;
       }
       tl.serverError = body?.error?.message ?? (text.slice(0, 500) || `HTTP ${res.status}`);
-      if (res.status === 429) {
-        const q = body?.quote;
-        const header = Number(res.headers.get('x-marginal-price'));
+      if (res.status === 429 || res.status === 402) {
+        const q = body?.error?.quote ?? body?.quote;
         if (q && typeof q.price_per_token === 'number') tl.quote = q;
-        else if (res.headers.has('x-marginal-price') && Number.isFinite(header)) {
-          tl.quote = { price_per_token: header, min_value: Number(res.headers.get('x-marginal-min-value') ?? NaN), expected_wait_ms: Number(res.headers.get('retry-after') ?? NaN) * 1000, reason: tl.serverError };
-        }
       }
     }
   } catch (e) {
@@ -820,6 +867,37 @@ async function sendOne(url: string, p: PlannedRequest, headers: Record<string, s
     else tl.clientError = describeFetchError(e);
   }
   return tl;
+}
+
+/**
+ * Sends `p`, and while its client answers 429 quotes by retrying (see `answerQuote`, the same
+ * rule the simulator applies), waits the quoted time and sends it again, with fewer tokens if it
+ * is an agent that must spend less. The timeline returned is the last attempt's.
+ */
+async function sendAnswering(url: string, p: PlannedRequest, headers: Record<string, string>, chat: boolean, timeoutMs: number, stop: AbortSignal): Promise<RequestTimeline> {
+  let attempt = 1;
+  let body = p.body;
+  const first = performance.now();
+  for (;;) {
+    const tl = await sendOne(url, { ...p, body }, headers, chat, timeoutMs, stop);
+    tl.attempts = attempt;
+    if (tl.status !== 429 || tl.quote === undefined || p.client === undefined || stop.aborted) return tl;
+    const maxTokens = Number(body.max_tokens ?? body.max_completion_tokens ?? p.outputTokens);
+    const q = quoteFromBody(tl.quote);
+    const worth = p.worth !== undefined ? p.worth(maxTokens) : q.valueCounted;
+    const left = p.expect.deadlineMs !== undefined ? p.expect.deadlineMs - (performance.now() - first) : undefined;
+    const next = answerQuote(p.client, q, attempt, maxTokens, worth, left);
+    if (next === undefined) return tl;
+    try {
+      await sleep(next.afterSeconds * 1000, undefined, { signal: stop });
+    } catch {
+      return tl;
+    }
+    attempt++;
+    if (next.maxTokens !== maxTokens) body = { ...body, ...(chat ? { max_completion_tokens: next.maxTokens } : { max_tokens: next.maxTokens }) };
+    // The deadline is the client's, from its first attempt: a retry carries what is left of it.
+    if (p.expect.deadlineMs !== undefined) body = { ...body, deadline_ms: Math.max(1, p.expect.deadlineMs - (performance.now() - first)) };
+  }
 }
 
 /**
@@ -899,7 +977,7 @@ export async function benchServe(o: BenchServeOptions): Promise<BenchServeResult
               const now = performance.now();
               return { id: p.id, tenant: p.tenant, expect: p.expect, promptTokensHint: p.promptTokens, start: now, chunks: [], end: null, status: null, done: false, cancelled: true } satisfies RequestTimeline;
             }
-            return await sendOne(url, p, headers, chat, timeoutMs, stop.signal);
+            return await sendAnswering(url, p, headers, chat, timeoutMs, stop.signal);
           } finally {
             sem?.release();
             bar?.increment();
@@ -920,6 +998,7 @@ export async function benchServe(o: BenchServeOptions): Promise<BenchServeResult
       policy,
       preempted: pb !== null && pa !== null ? pa - pb : null,
       interrupted: stop.signal.aborted,
+      ...(o.defaultBid !== undefined ? { defaultBid: o.defaultBid } : {}),
     });
     return { ...summarized, timelines, warnings, model };
   } finally {

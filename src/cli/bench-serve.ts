@@ -32,6 +32,9 @@ export interface BenchServeCliOptions extends Partial<TraceCliOptions> {
   /** The server's --api-keys file: a trace's tenants send with their own keys. */
   apiKeys?: string;
   basePrice?: number | string;
+  defaultBid?: number | string;
+  clientRetries?: number | string;
+  clientMode?: string;
   /** Per-request timeout, seconds (default 300). */
   timeout?: number | string;
   quiet?: boolean;
@@ -110,6 +113,14 @@ export async function benchOptionsFromCli(o: BenchServeCliOptions): Promise<Benc
   set('seed', num(o.seed, '--seed', { int: true }));
   set('temperature', num(o.temperature, '--temperature'));
   set('basePrice', num(o.basePrice, '--base-price'));
+  set('defaultBid', num(o.defaultBid, '--default-bid'));
+  const retries = num(o.clientRetries, '--client-retries', { int: true });
+  if (retries !== undefined) {
+    if (retries < 0 || retries > 100) throw new InvalidArgumentError(`--client-retries must be in [0, 100] (got ${retries})`);
+    const mode = o.clientMode ?? 'retry';
+    if (mode !== 'retry' && mode !== 'agent') throw new InvalidArgumentError(`--client-mode must be retry or agent (got ${JSON.stringify(mode)})`);
+    b.client = { mode, retries };
+  }
   const timeout = num(o.timeout, '--timeout');
   if (timeout !== undefined) {
     if (!(timeout > 0)) throw new InvalidArgumentError(`--timeout must be > 0 seconds (got ${timeout})`);

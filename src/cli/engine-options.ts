@@ -2,6 +2,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { OnnxEngine, type OnnxEngineOptions } from '../engine/onnx-engine.js';
 import type { Engine, ExecutionProvider } from '../engine/types.js';
 import { WorkerEngine } from '../engine/worker-engine.js';
+import { describeGeometry, resolveGeometry, type Geometry, type GeometryOptions } from '../geometry.js';
 import { nativeStatus } from '../native/index.js';
 import { describeModel, loadModelDir, type Flavour, type LoadedModel } from '../models/modeldir.js';
 import { defaultModelDir } from '../models/importers.js';
@@ -11,27 +12,38 @@ export interface EngineCliOptions {
   flavour: string;
   providers: string;
   threads?: number;
-  maxSequences?: number;
   /** Run the engine in a worker thread (the server: its event loop must never wait on a step). */
   worker?: boolean;
 }
 
 const log = (s: string) => process.stderr.write(s + '\n');
 
-export async function openModelAndEngine(o: EngineCliOptions): Promise<{ model: LoadedModel; engine: Engine }> {
+/** Bytes one token's keys and values take in the model's KV pool (float32, every layer). */
+export function kvBytesPerToken(model: LoadedModel): number {
+  return model.kv.layers * 2 * model.kv.kvHeads * model.kv.headDim * 4;
+}
+
+/** The engine options that build the pool and sequence limits a geometry describes. */
+export function engineGeometry(g: Geometry): Pick<OnnxEngineOptions, 'maxSequences' | 'maxContext' | 'blockSize' | 'kvBlocks' | 'hostBlocks'> {
+  return { maxSequences: g.maxNumSeqs, maxContext: g.maxModelLen, blockSize: g.blockSize, kvBlocks: g.kvBlocks, hostBlocks: g.swapBlocks };
+}
+
+export async function openModelAndEngine(o: EngineCliOptions, geometry: GeometryOptions = {}): Promise<{ model: LoadedModel; engine: Engine; geometry: Geometry }> {
   if (o.flavour !== 'fast' && o.flavour !== 'hf') throw new InvalidArgumentError(`--flavour must be fast or hf, got ${o.flavour}`);
   const providers = o.providers.split(',').map((p) => p.trim());
   for (const p of providers) if (p !== 'cuda' && p !== 'cpu') throw new InvalidArgumentError(`unknown execution provider ${p} (cuda, cpu)`);
   const model = await loadModelDir(o.model ?? defaultModelDir(log));
+  const g = resolveGeometry(geometry, { maxContext: model.kv.maxContext, kvBytesPerToken: kvBytesPerToken(model) });
   if (model.synthetic) log(`marginal: ${describeModel(model)}`);
   log(`marginal: ${nativeStatus()}`);
+  log(`marginal: ${describeGeometry(g, kvBytesPerToken(model))}`);
   const engineOpts: OnnxEngineOptions = {
     flavour: (model.flavours.includes(o.flavour as Flavour) ? o.flavour : model.flavours[0]) as Flavour,
     providers: providers as ExecutionProvider[],
     log,
+    ...engineGeometry(g),
   };
   if (o.threads !== undefined) engineOpts.intraOpThreads = o.threads;
-  if (o.maxSequences !== undefined) engineOpts.maxSequences = o.maxSequences;
   const engine = o.worker ? await WorkerEngine.create(model.dir, engineOpts) : await OnnxEngine.create(model, engineOpts);
-  return { model, engine };
+  return { model, engine, geometry: g };
 }

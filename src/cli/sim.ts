@@ -6,10 +6,12 @@ import { loadCurveFile } from '../economy/curves.js';
 import { loadProfile, type StepProfile } from '../engine/cost-model.js';
 import { calibrate } from '../engine/calibrate.js';
 import { createPolicy } from '../scheduler/policies/index.js';
+import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import { packageRoot } from '../models/importers.js';
-import { simulate, type SimOptions } from '../sim/simulator.js';
+import { simGeometry, simulate, type SimOptions } from '../sim/simulator.js';
+import { geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
 import { readTrace, type TraceOptions, type TraceRequest } from '../sim/trace.js';
-import { defaultWorkload, loadWorkload } from '../sim/workload.js';
+import { defaultWorkload, loadWorkload, tenantBudgets } from '../sim/workload.js';
 import type { Summary } from '../sim/metrics.js';
 
 export const DEFAULT_PROFILE = 'bench/profiles/stories15m-cpu.json';
@@ -47,28 +49,51 @@ export async function profileFromCli(path: string | undefined): Promise<StepProf
   return loadProfile(p);
 }
 
-interface SimCliOptions extends TraceCliOptions {
+interface SimCliOptions extends TraceCliOptions, GeometryCliOptions {
   policy: string;
   curve?: string;
   profile?: string;
   json?: boolean;
   requestsOut?: string;
-  maxRunning?: number;
-  maxBatchTokens?: number;
-  maxContext?: number;
-  blocks?: number;
   basePrice?: number;
+  maxValue?: number;
+  riskPrice?: number;
+  retention?: string;
+  clearing?: boolean;
+  payment?: boolean;
+}
+
+/** The economy's CLI settings (serve, sim, tune): checked, in the form the scheduler takes. */
+export function economyFromCli(o: { maxValue?: number; riskPrice?: number; retention?: string; clearing?: boolean; payment?: boolean }): {
+  shadow: ShadowOptions;
+  clearing: boolean;
+  payment: boolean;
+  maxValue?: number;
+} {
+  if (o.maxValue !== undefined && !(o.maxValue >= 0)) throw new InvalidArgumentError(`--max-value must be a number >= 0 (got ${o.maxValue})`);
+  if (o.riskPrice !== undefined && !(o.riskPrice >= 0)) throw new InvalidArgumentError(`--risk-price must be a number >= 0 (got ${o.riskPrice})`);
+  if (o.retention !== undefined && o.retention !== 'keep-value' && o.retention !== 'lru') throw new InvalidArgumentError(`--retention must be keep-value or lru (got ${JSON.stringify(o.retention)})`);
+  const shadow: ShadowOptions = {};
+  if (o.riskPrice !== undefined) shadow.riskPrice = o.riskPrice;
+  if (o.retention !== undefined) shadow.retention = o.retention as 'keep-value' | 'lru';
+  return { shadow, clearing: o.clearing !== false, payment: o.payment !== false, ...(o.maxValue !== undefined ? { maxValue: o.maxValue } : {}) };
 }
 
 export async function simOptionsFromCli(o: SimCliOptions): Promise<SimOptions> {
   createPolicy(o.policy);
   const s: SimOptions = { policy: o.policy, profile: await profileFromCli(o.profile) };
   if (o.curve) s.curves = await loadCurveFile(o.curve);
-  if (o.maxRunning !== undefined) s.maxRunning = o.maxRunning;
-  if (o.maxBatchTokens !== undefined) s.maxBatchTokens = o.maxBatchTokens;
-  if (o.maxContext !== undefined) s.maxContext = o.maxContext;
-  if (o.blocks !== undefined) s.totalBlocks = o.blocks;
+  s.geometry = geometryFromCli(o);
+  // Bad geometry fails here, before the trace is read.
+  simGeometry(s);
   if (o.basePrice !== undefined) s.basePrice = o.basePrice;
+  const econ = economyFromCli(o);
+  s.shadow = econ.shadow;
+  s.clearing = econ.clearing;
+  s.payment = econ.payment;
+  if (econ.maxValue !== undefined) s.maxValue = econ.maxValue;
+  const budgets = tenantBudgets(o.workload ? await loadWorkload(o.workload) : defaultWorkload());
+  if (budgets.size > 0) s.budgets = budgets;
   return s;
 }
 
@@ -95,10 +120,12 @@ export function formatSummary(s: Summary): string {
   ].join('\n');
 }
 
-export async function runCalibrate(o: { model: string; out: string; providers: string; threads?: number; repeats?: number }): Promise<void> {
+export async function runCalibrate(o: { model: string; out: string; providers: string; threads?: number; repeats?: number; blockSize?: number; maxModelLen?: number }): Promise<void> {
   const opts: Parameters<typeof calibrate>[1] = { providers: o.providers.split(',') as ('cuda' | 'cpu')[], log: (l) => process.stderr.write(l + '\n') };
   if (o.threads !== undefined) opts.intraOpThreads = o.threads;
   if (o.repeats !== undefined) opts.repeats = o.repeats;
+  if (o.blockSize !== undefined) opts.blockSize = o.blockSize;
+  if (o.maxModelLen !== undefined) opts.maxContext = o.maxModelLen;
   const profile = await calibrate(o.model, opts);
   await writeFile(o.out, JSON.stringify(profile, null, 2) + '\n');
   process.stderr.write(`wrote ${o.out}: base ${profile.baseMs.toFixed(3)} ms + ${profile.perTokenMs.toFixed(4)} ms/token + ${profile.perContextMs.toFixed(4)} ms/1k context + ${profile.perSequenceMs.toFixed(4)} ms/sequence + ${profile.perRunMs.toFixed(3)} ms/extra run (R² ${profile.r2?.toFixed(3)})\n`);

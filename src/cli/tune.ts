@@ -3,11 +3,12 @@ import { join } from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
 import { InvalidArgumentError } from '../errors.js';
 import { createPolicy } from '../scheduler/policies/index.js';
-import type { SimOptions } from '../sim/simulator.js';
+import { simGeometry, type SimOptions } from '../sim/simulator.js';
+import { geometryFlags, geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
 import { defaultGrid, loadGrid, parseLoads, tune, writeTuneOutputs, type CandidateResult, type TuneResult } from '../sim/tune.js';
 import { profileFromCli, readTraceFromCli, type TraceCliOptions } from './sim.js';
 
-export interface TuneCliOptions extends TraceCliOptions {
+export interface TuneCliOptions extends TraceCliOptions, GeometryCliOptions {
   grid?: string;
   out?: string;
   profile?: string;
@@ -18,10 +19,6 @@ export interface TuneCliOptions extends TraceCliOptions {
   threads?: number;
   json?: boolean;
   quiet?: boolean;
-  maxRunning?: number;
-  maxBatchTokens?: number;
-  maxContext?: number;
-  blocks?: number;
   basePrice?: number;
   /** Where the report goes (default stdout); not a flag: for tests and embedders. */
   write?: (text: string) => void;
@@ -90,11 +87,9 @@ export async function runTune(o: TuneCliOptions): Promise<void> {
   const seed = o.seed ?? grid.seed;
   if (seed !== undefined) grid.seed = seed;
   const profile = await profileFromCli(o.profile);
-  const sim: Omit<SimOptions, 'curves' | 'policy'> = { profile };
-  if (o.maxRunning !== undefined) sim.maxRunning = o.maxRunning;
-  if (o.maxBatchTokens !== undefined) sim.maxBatchTokens = o.maxBatchTokens;
-  if (o.maxContext !== undefined) sim.maxContext = o.maxContext;
-  if (o.blocks !== undefined) sim.totalBlocks = o.blocks;
+  const geometry = geometryFromCli(o);
+  const sim: Omit<SimOptions, 'curves' | 'policy'> = { profile, geometry };
+  simGeometry(sim);
   if (o.basePrice !== undefined) sim.basePrice = o.basePrice;
   const trace = await readTraceFromCli({ ...o, ...(seed !== undefined ? { seed } : {}) });
 
@@ -118,16 +113,13 @@ export async function runTune(o: TuneCliOptions): Promise<void> {
   // Tune scales the trace as read; with --rate-scale or --duration also given, `sim` would
   // scale (and cut) it differently, so no exact replay command exists.
   const exact = o.rateScale === undefined && o.duration === undefined;
-  const geometry = [
+  const setup = [
     ...(o.profile !== undefined ? [`--profile ${o.profile}`] : []),
-    ...(o.maxRunning !== undefined ? [`--max-running ${o.maxRunning}`] : []),
-    ...(o.maxBatchTokens !== undefined ? [`--max-batch-tokens ${o.maxBatchTokens}`] : []),
-    ...(o.maxContext !== undefined ? [`--max-context ${o.maxContext}`] : []),
-    ...(o.blocks !== undefined ? [`--blocks ${o.blocks}`] : []),
+    ...geometryFlags(geometry),
     ...(o.basePrice !== undefined ? [`--base-price ${o.basePrice}`] : []),
   ];
   const commands = exact
-    ? result.loads.map((l) => ['marginal sim', ...traceFlags(o, seed), `--rate-scale ${l.rate_scale}`, `--policy ${result.policy}`, `--curve ${bestCurve}`, ...geometry, '--json'].join(' '))
+    ? result.loads.map((l) => ['marginal sim', ...traceFlags(o, seed), `--rate-scale ${l.rate_scale}`, `--policy ${result.policy}`, `--curve ${bestCurve}`, ...setup, '--json'].join(' '))
     : [];
   // Only what shapes the trace: threads, output and display flags must not make two runs' tune.json differ.
   const traceOpts: Record<string, unknown> = {};

@@ -1,13 +1,14 @@
-import createError from '@fastify/error';
 import { InvalidArgumentError } from '../errors.js';
-
-/** 402 Payment Required: the tenant's budget is spent (or would be by this request). */
-export const BudgetExceededError = createError<[string]>('MARGINAL_BUDGET_EXCEEDED', '%s', 402);
 
 /**
  * A finished request's itemized bill, sent on the wire as an extension of the OpenAI response
- * (hence snake_case). Prices are averages over the request: the prices in force moved from
- * step to step while it ran, and the bill charged each step at its own price.
+ * (hence snake_case). Every amount is in value units (the unit of `value`, `bid` and budgets).
+ *
+ * Each step charges the prices in force at that step (the clearing prices, see
+ * `economy/clearing.ts`), so the prices shown are averages over the request. `subtotal` is what
+ * those prices add up to; `total`, what is charged, is the subtotal capped at `cap`, the value the
+ * request claimed and had escrowed: a client never pays more than it said the work was worth, and
+ * a tenant's budget is never overdrawn.
  */
 export interface Bill {
   prompt_tokens: number;
@@ -17,7 +18,12 @@ export interface Bill {
   kv_block_seconds: number;
   prices: { token: number; cached_token: number; kv_block_second: number };
   amounts: { prompt: number; cached: number; completion: number; kv_rent: number };
+  subtotal: number;
+  /** The most this request could be charged: its claimed value after the tenant's caps (escrowed at admission). */
+  cap: number;
   total: number;
+  /** False when the server runs without payment (bills are itemized but nothing is charged). */
+  charged: boolean;
   currency: 'value';
 }
 
@@ -78,13 +84,15 @@ export class BillBuilder {
     this.kvAmount += blockSeconds * price;
   }
 
-  /** The running total, for budget checks while the request is still going. */
-  get total(): number {
+  /** What the prices so far add up to, before the cap. */
+  get subtotal(): number {
     return this.promptAmount + this.cachedAmount + this.completionAmount + this.kvAmount;
   }
 
-  bill(): Bill {
+  /** The bill as charged: the subtotal capped at `cap`, or nothing when `charged` is false. */
+  bill(cap = Infinity, charged = true): Bill {
     const computed = this.computedPrompt + this.completion;
+    const subtotal = this.subtotal;
     return {
       prompt_tokens: this.computedPrompt + this.cached,
       cached_tokens: this.cached,
@@ -103,7 +111,10 @@ export class BillBuilder {
         completion: this.completionAmount,
         kv_rent: this.kvAmount,
       },
-      total: this.total,
+      subtotal,
+      cap,
+      total: charged ? Math.min(subtotal, cap) : 0,
+      charged,
       currency: 'value',
     };
   }
@@ -113,85 +124,127 @@ export interface TenantAccount {
   /** Infinity means no budget. */
   budget: number;
   spent: number;
-  /** Requests accounted for: charged (finished or not) plus rejected. */
+  /** Held for requests in flight: their maximum charges, settled when they finish. */
+  escrowed: number;
+  /** The most one request of this tenant may claim to be worth (Infinity: only the budget caps it). */
+  maxValue: number;
+  /** Requests accounted for: settled (finished or not) plus rejected. */
   requests: number;
-  /** Charged requests that finished normally (not cancelled or failed midway). */
+  /** Settled requests that finished normally (not cancelled or failed midway). */
   completed: number;
   rejected: number;
+  /** Requests holding escrow now. */
+  inFlight: number;
 }
 
-function checkBudget(budget: number): void {
-  if (!(budget >= 0)) throw new InvalidArgumentError(`budget must be a non-negative number or Infinity (got ${budget})`);
+function checkBudget(what: string, budget: number): void {
+  if (!(budget >= 0)) throw new InvalidArgumentError(`${what} must be a non-negative number or Infinity (got ${budget})`);
 }
 
 /**
- * Per-tenant (API key) spending. A tenant may overdraw by the last request, whose true cost is
- * only known once it finishes; from then on spent >= budget and it is not admitted again.
+ * Per-tenant (API key) money. A request's claim of value is backed by it: admission escrows the
+ * request's maximum charge (its claimed value, capped by what the tenant has left and by its
+ * `maxValue`), and the request settles at finish, paying its bill (never more than the escrow)
+ * and getting the rest back. So spent + escrowed ≤ budget at all times: a budget is never
+ * overdrawn, however many requests run at once.
  */
 export class Ledger {
   private readonly accounts = new Map<string, TenantAccount>();
   private total = 0;
   readonly defaultBudget: number;
+  readonly defaultMaxValue: number;
 
-  constructor(options: { defaultBudget?: number } = {}) {
+  constructor(options: { defaultBudget?: number; defaultMaxValue?: number } = {}) {
     const b = options.defaultBudget ?? Infinity;
-    checkBudget(b);
+    const m = options.defaultMaxValue ?? Infinity;
+    checkBudget('budget', b);
+    checkBudget('maxValue', m);
     this.defaultBudget = b;
+    this.defaultMaxValue = m;
   }
 
   private get(tenant: string): TenantAccount {
     let a = this.accounts.get(tenant);
     if (a === undefined) {
-      a = { budget: this.defaultBudget, spent: 0, requests: 0, completed: 0, rejected: 0 };
+      a = { budget: this.defaultBudget, spent: 0, escrowed: 0, maxValue: this.defaultMaxValue, requests: 0, completed: 0, rejected: 0, inFlight: 0 };
       this.accounts.set(tenant, a);
     }
     return a;
   }
 
   setBudget(tenant: string, budget: number): void {
-    checkBudget(budget);
+    checkBudget('budget', budget);
     this.get(tenant).budget = budget;
   }
 
-  /** Admission check: the tenant has budget left and `amount` (an expected cost) fits in it. */
-  canAfford(tenant: string, amount: number): boolean {
-    if (!(amount >= 0)) throw new InvalidArgumentError(`amount must be a non-negative number (got ${amount})`);
+  setMaxValue(tenant: string, maxValue: number): void {
+    checkBudget('maxValue', maxValue);
+    this.get(tenant).maxValue = maxValue;
+  }
+
+  /** What the tenant can still commit: budget − spent − escrowed (Infinity without a budget). */
+  available(tenant: string): number {
+    const a = this.accounts.get(tenant);
+    if (a === undefined) return this.defaultBudget;
+    return Math.max(0, a.budget - a.spent - a.escrowed);
+  }
+
+  /** The most one request of `tenant` may be worth: min(its per-request cap, what it can still commit). */
+  valueCap(tenant: string): number {
+    const a = this.accounts.get(tenant);
+    return Math.min(a?.maxValue ?? this.defaultMaxValue, this.available(tenant));
+  }
+
+  /** True when the budget is spent for good: nothing left and nothing in flight to refund. */
+  exhausted(tenant: string): boolean {
     const a = this.accounts.get(tenant);
     const budget = a?.budget ?? this.defaultBudget;
-    const spent = a?.spent ?? 0;
-    return spent < budget && spent + amount <= budget;
+    if (budget === Infinity) return false;
+    return (a?.inFlight ?? 0) === 0 && (a?.spent ?? 0) >= budget;
   }
 
-  /** Throws BudgetExceededError where canAfford is false, with a message for the client. */
-  assertCanAfford(tenant: string, amount: number): void {
-    if (this.canAfford(tenant, amount)) return;
-    const a = this.account(tenant);
-    throw new BudgetExceededError(
-      `budget exceeded for tenant ${tenant}: spent ${a.spent} of ${a.budget}` + (amount > 0 ? `, this request is expected to cost ${amount}` : ''),
-    );
-  }
-
-  /** Books a bill; `completed` is false for a request cancelled or failed after doing work. */
-  charge(tenant: string, bill: Pick<Bill, 'total'>, completed = true): void {
-    const amount = bill.total;
-    if (!(amount >= 0 && amount < Infinity)) throw new InvalidArgumentError(`bill total must be a non-negative number (got ${amount})`);
+  /** Holds `amount` for a request entering the queue; throws if it exceeds what is available. */
+  escrow(tenant: string, amount: number): void {
+    if (!(amount >= 0 && amount < Infinity)) throw new InvalidArgumentError(`escrow must be a non-negative finite number (got ${amount})`);
     const a = this.get(tenant);
-    a.spent += amount;
+    if (amount > this.available(tenant) * (1 + 1e-12)) throw new InvalidArgumentError(`escrow ${amount} exceeds tenant ${tenant}'s available ${this.available(tenant)}`);
+    a.escrowed += amount;
+    a.inFlight++;
+  }
+
+  /**
+   * Settles a request: it pays `charge` (at most its escrow) and the rest of the escrow returns.
+   * `completed` is false for a request cancelled or failed after doing work.
+   */
+  settle(tenant: string, escrowed: number, charge: number, completed = true): void {
+    if (!(charge >= 0 && charge < Infinity)) throw new InvalidArgumentError(`charge must be a non-negative finite number (got ${charge})`);
+    const a = this.get(tenant);
+    const paid = Math.min(charge, escrowed);
+    this.release(a, escrowed);
+    a.spent += paid;
     a.requests++;
     if (completed) a.completed++;
-    this.total += amount;
+    this.total += paid;
   }
 
-  reject(tenant: string): void {
+  /** A request turned away: its escrow (undefined when it never held one) returns whole. */
+  reject(tenant: string, escrowed?: number): void {
     const a = this.get(tenant);
+    if (escrowed !== undefined) this.release(a, escrowed);
     a.requests++;
     a.rejected++;
+  }
+
+  private release(a: TenantAccount, escrowed: number): void {
+    a.inFlight = Math.max(0, a.inFlight - 1);
+    // Sums of floats drift: with nothing in flight the escrow is exactly zero.
+    a.escrowed = a.inFlight === 0 ? 0 : Math.max(0, a.escrowed - escrowed);
   }
 
   /** A copy of the tenant's account (a fresh one, not recorded, for an unknown tenant). */
   account(tenant: string): TenantAccount {
     const a = this.accounts.get(tenant);
-    return a ? { ...a } : { budget: this.defaultBudget, spent: 0, requests: 0, completed: 0, rejected: 0 };
+    return a ? { ...a } : { budget: this.defaultBudget, spent: 0, escrowed: 0, maxValue: this.defaultMaxValue, requests: 0, completed: 0, rejected: 0, inFlight: 0 };
   }
 
   tenants(): string[] {

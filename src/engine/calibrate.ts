@@ -39,6 +39,7 @@ export async function calibrate(modelDir: string, o: CalibrateOptions = {}): Pro
       maxContext,
       blockSize: engine.info.blockSize,
       swapMsPerToken: engine.info.swapSecondsPerToken * 1000,
+      kvBytesPerToken: engine.info.blockBytes / engine.info.blockSize,
       samples: fit.samples,
     };
   } finally {

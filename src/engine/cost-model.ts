@@ -28,6 +28,8 @@ export interface StepProfile {
   blockSize: number;
   /** Time to move one token's keys and values between the pool and host memory, one way. */
   swapMsPerToken?: number;
+  /** Bytes one token's keys and values take: turns --kv-memory into blocks in the simulator. */
+  kvBytesPerToken?: number;
   /** Fit quality on the calibration samples. */
   r2?: number;
   samples?: number;
@@ -70,6 +72,7 @@ export function parseProfile(json: unknown, source = 'profile'): StepProfile {
     maxContext: int('maxContext'),
     blockSize: int('blockSize'),
     ...(typeof o.swapMsPerToken === 'number' ? { swapMsPerToken: o.swapMsPerToken } : {}),
+    ...(typeof o.kvBytesPerToken === 'number' ? { kvBytesPerToken: o.kvBytesPerToken } : {}),
     ...(typeof o.r2 === 'number' ? { r2: o.r2 } : {}),
     ...(typeof o.samples === 'number' ? { samples: o.samples } : {}),
   };

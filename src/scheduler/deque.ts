@@ -103,4 +103,33 @@ export class Heap<T> {
     }
     return top;
   }
+
+  /** Visits every entry, in no particular order. */
+  forEach(fn: (x: T) => void): void {
+    for (const x of this.items) fn(x);
+  }
+
+  /** Keeps the entries `keep` accepts and restores heap order: O(n), for lazily deleted heaps that must not grow without bound. */
+  retain(keep: (x: T) => boolean): void {
+    const a = this.items;
+    let n = 0;
+    for (let i = 0; i < a.length; i++) if (keep(a[i] as T)) a[n++] = a[i] as T;
+    a.length = n;
+    for (let i = (n >> 1) - 1; i >= 0; i--) this.siftDown(i);
+  }
+
+  private siftDown(start: number): void {
+    const a = this.items;
+    let i = start;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < a.length && this.better(a[l] as T, a[m] as T)) m = l;
+      if (r < a.length && this.better(a[r] as T, a[m] as T)) m = r;
+      if (m === i) return;
+      [a[i], a[m]] = [a[m] as T, a[i] as T];
+      i = m;
+    }
+  }
 }

@@ -1,6 +1,5 @@
 import type { EvictionPolicy, BlockManager } from '../kv/block-manager.js';
-import type { LengthEstimator } from '../economy/estimator.js';
-import type { Quote, SchedRequest } from './request.js';
+import type { Quote, RejectReason, SchedRequest } from './request.js';
 
 export type AdmitResult = 'admitted' | 'no-slot' | 'no-budget' | 'no-blocks';
 
@@ -8,18 +7,27 @@ export type AdmitResult = 'admitted' | 'no-slot' | 'no-budget' | 'no-blocks';
 export interface SchedulerView {
   readonly now: number;
   readonly step: number;
+  /** Prices in force: max(reserve curve, clearing price). */
   readonly prices: Readonly<{ token: number; kv: number }>;
+  /** The operator's reserve prices (the curves at current utilization). */
+  readonly reserve: Readonly<{ token: number; kv: number }>;
   /** Price of a token when idle: the floor a value must clear. */
   readonly floorTokenPrice: number;
+  /** What a token of compute really costs the operator (value per token). */
+  readonly basePrice: number;
   readonly blocks: BlockManager;
   readonly running: readonly SchedRequest[];
   readonly maxRunning: number;
   readonly prefillChunk: number;
-  readonly estimator: LengthEstimator;
   /** Recent seconds per engine step. */
   stepSeconds(): number;
   /** Seconds one more batched token adds to a step. */
   secondsPerToken(): number;
+  /** The prices `r` faces: those in force, with the clearing part set by demand other than `r`. */
+  tokenPriceFor(r: SchedRequest): number;
+  kvPriceFor(r: SchedRequest): number;
+  /** What preempting `r` now wastes, in value: the swap's transfer time or the recompute, whichever the scheduler would do. */
+  preemptionCost(r: SchedRequest): number;
   /** Not planned this step, running, and outside the anti-thrash window. */
   isPreemptible(r: SchedRequest): boolean;
   /** Tokens of `r`'s prompt found in the prefix cache right now (verified), without taking them. */
@@ -28,7 +36,7 @@ export interface SchedulerView {
   tryAdmit(r: SchedRequest): AdmitResult;
   preempt(r: SchedRequest): void;
   reject(r: SchedRequest, quote: Quote): void;
-  quote(r: SchedRequest, reason: string): Quote;
+  quote(r: SchedRequest, reason: RejectReason, message: string): Quote;
 }
 
 /**

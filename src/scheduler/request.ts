@@ -1,3 +1,4 @@
+import { expectedRemaining, type LengthDistribution, type LengthFeatures } from '../economy/estimator.js';
 import { BillBuilder, type Bill } from '../economy/ledger.js';
 import type { Rng, SamplingParams } from '../engine/sampling.js';
 
@@ -26,8 +27,10 @@ export interface RequestSpec {
   priority?: number;
   sampling: SamplingParams;
   rng: Rng;
-  /** Treat this many output tokens as the known length; else the estimator's guess. */
+  /** Treat this many output tokens as the known length; else the length model's prediction. */
   knownOutputTokens?: number;
+  /** Which API it came through, for the length model (default 'trace'). */
+  endpoint?: LengthFeatures['endpoint'];
   /** The caller's own index for this request (the simulator's trace position), untouched here. */
   tag?: number;
 }
@@ -36,15 +39,34 @@ export type RequestState = 'waiting' | 'running' | 'swapped' | 'done';
 export type Outcome = 'completed' | 'rejected' | 'aborted';
 export type FinishReason = 'stop' | 'length' | 'abort' | 'rejected';
 
+/**
+ * Why a request was turned away. `budget_exhausted` is HTTP 402, the rest 429.
+ *
+ * - `price_above_bid`: its value does not cover what it would cost at current prices.
+ * - `slo_unreachable`: its SLO or deadline cannot be met (now, or ever).
+ * - `value_cap`: its claim of value, capped by what its tenant can pay, does not clear.
+ * - `budget_exhausted`: its tenant's budget is spent and nothing in flight will refund any.
+ */
+export type RejectReason = 'price_above_bid' | 'slo_unreachable' | 'value_cap' | 'budget_exhausted';
+export const REJECT_REASONS: readonly RejectReason[] = ['price_above_bid', 'slo_unreachable', 'value_cap', 'budget_exhausted'];
+
 /** The price quote a rejected request leaves with (HTTP 429 body and headers). */
 export interface Quote {
-  /** Current clearing price per output token: what a bid must at least cover now. */
+  reason: RejectReason;
+  /** What happened, for people. */
+  message: string;
+  /** The token price in force (the same number as the x-marginal-price-token header). */
   pricePerToken: number;
-  /** The least `value` that would clear now for this request's size. */
+  /** The KV price in force, per block-second. */
+  pricePerKvBlockSecond: number;
+  /** The least value that would clear now for this request's size (Infinity when nothing would). */
   minValue: number;
-  /** Expected wait before capacity at today's prices, ms. */
-  expectedWaitMs: number;
-  reason: string;
+  /** The value the request was counted at (its claim after the tenant's caps). */
+  valueCounted: number;
+  /** Whether a retry of the same request can clear: false when waiting cannot help. */
+  retryable: boolean;
+  /** When retryable: the expected wait before it would clear, ms; else null. */
+  expectedWaitMs: number | null;
 }
 
 /**
@@ -86,8 +108,21 @@ export class SchedRequest {
   score = 0;
   /** Index in a policy's heap, or -1. */
   heapIndex = -1;
-  /** Expected output length at admission (the estimator's guess, or the trace's). */
+  /** Expected output length (the length model's mean, or the trace's). */
   expectedOutput: number;
+  /** The length model's prediction for this request. */
+  readonly lengthDist: LengthDistribution;
+  readonly features: LengthFeatures;
+  /**
+   * The most this request can be charged and the most its value counts for: its claim, capped by
+   * what its tenant can pay (escrowed from its budget) and the tenant's per-request cap; Infinity
+   * without a ledger.
+   */
+  maxCharge = Infinity;
+  /** Its claim was cut by the cap. */
+  capped = false;
+  /** Escrow held in the ledger for this request, settled at finish (undefined: none held). */
+  escrow: number | undefined;
   /** Tokens computed again after preemption: waste, never billed. */
   recomputed = 0;
   /** Positions [0, billedTo) have been billed (prompt) or fed back after sampling (output). */
@@ -108,15 +143,24 @@ export class SchedRequest {
   constructor(
     readonly seq: number,
     readonly spec: RequestSpec,
-    expectedOutput: number,
+    lengthDist: LengthDistribution,
+    features: LengthFeatures,
     cachedDiscount?: number,
   ) {
     this.promptLength = spec.prompt.length;
     this.tokens = new Int32Array(this.promptLength + spec.maxTokens);
     for (let i = 0; i < this.promptLength; i++) this.tokens[i] = spec.prompt[i] as number;
     this.length = this.promptLength;
-    this.expectedOutput = expectedOutput;
+    this.lengthDist = lengthDist;
+    this.features = features;
+    this.expectedOutput = Math.max(1, Math.min(spec.maxTokens, lengthDist.mean()));
     this.bill = new BillBuilder(cachedDiscount === undefined ? {} : { cachedDiscount });
+  }
+
+  /** The value the client claimed for the completion at `outputTokens` (before any cap). */
+  claimAt(outputTokens: number): number {
+    if (this.spec.value !== undefined) return this.spec.value;
+    return (this.spec.bid ?? 0) * outputTokens;
   }
 
   get tenant(): string {
@@ -132,13 +176,41 @@ export class SchedRequest {
     return this.length - this.computed > 1 || this.generated === 0;
   }
 
-  /** Value of the completion if it meets its SLO: `value`, else bid × output tokens. */
+  /** Value counted for the completion if it meets its SLO: the claim, as far as money backs it. */
   valueAt(outputTokens: number): number {
-    if (this.spec.value !== undefined) return this.spec.value;
-    return (this.spec.bid ?? 0) * outputTokens;
+    return Math.min(this.claimAt(outputTokens), this.maxCharge);
   }
 
-  remainingOutput(): number {
-    return Math.max(1, Math.min(this.spec.maxTokens, this.expectedOutput) - this.generated);
+  /**
+   * DESIGN.md §5: it completed, its TTFT ≤ slo.ttft_ms, its TPOT ≤ slo.tpot_ms and it ended
+   * within deadline_ms of arrival, for each of those it carries (times on the scheduler's clock).
+   */
+  metSlo(): boolean {
+    if (this.outcome !== 'completed') return false;
+    const s = this.spec;
+    const ttft = this.firstTokenAt - s.arrival;
+    if (s.slo?.ttftMs !== undefined && !(ttft * 1000 <= s.slo.ttftMs)) return false;
+    if (s.slo?.tpotMs !== undefined && this.generated > 1 && ((this.finishedAt - this.firstTokenAt) / (this.generated - 1)) * 1000 > s.slo.tpotMs) return false;
+    if (s.deadlineMs !== undefined && (this.finishedAt - s.arrival) * 1000 > s.deadlineMs) return false;
+    return true;
   }
+
+  /** Its counted value if it met its SLO, else 0: what the server's metrics and responses report as realized. */
+  valueRealized(): number {
+    return this.metSlo() ? this.valueAt(this.generated) : 0;
+  }
+
+  /** Expected output tokens still to come, given those generated so far. */
+  remainingOutput(): number {
+    if (this.generated === 0) return Math.max(1, this.expectedOutput);
+    // Priced several times per step for every running stream: computed once per token.
+    if (this.remainingAt !== this.generated) {
+      this.remainingAt = this.generated;
+      this.remaining = Math.max(1, Math.min(this.spec.maxTokens - this.generated, expectedRemaining(this.lengthDist, this.generated, this.spec.maxTokens)));
+    }
+    return this.remaining;
+  }
+
+  private remainingAt = -1;
+  private remaining = 1;
 }

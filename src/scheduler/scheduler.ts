@@ -1,11 +1,13 @@
 import { ContextLengthError, InvalidArgumentError } from '../errors.js';
 import { defaultCurves, type PriceCurves } from '../economy/curves.js';
-import { LengthEstimator } from '../economy/estimator.js';
+import { OnlineMeanLength, PointLength, type LengthFeatures, type LengthPredictor } from '../economy/estimator.js';
 import type { Ledger } from '../economy/ledger.js';
 import { KvOp, type SequenceOpen, type StepItem, type StepPlan, type StepResult } from '../engine/types.js';
 import { BlockManager } from '../kv/block-manager.js';
+import { Heap } from './deque.js';
 import type { AdmitResult, Policy, SchedulerView } from './policy.js';
-import { SchedRequest, type FinishReason, type Quote, type RequestSpec } from './request.js';
+import { SchedRequest, type FinishReason, type Quote, type RejectReason, type RequestSpec } from './request.js';
+import { expectedValue, lifetimeSeconds, pMeet, tokensToGo } from './valuation.js';
 
 export interface SchedulerConfig {
   /** Tokens one step may process (decodes count one each, prefill chunks their length). */
@@ -35,6 +37,31 @@ export interface SchedulerConfig {
   swap?: boolean;
   /** Value per output token for requests that carry neither `value` nor `bid` (a tenant's default). */
   defaultBid?: (tenant: string) => number | undefined;
+  /**
+   * Clearing prices: when a constraint binds, its price rises to the value density of the best
+   * demand it turns away (default true). False leaves the curves alone to set prices (ablation).
+   */
+  clearing?: boolean;
+  /** Charge bills (default true). False itemizes them but charges nothing (ablation). */
+  payment?: boolean;
+  /** What a token of compute really costs the operator (value per token): the floor of a cached block's keep-value. */
+  basePrice?: number;
+  /** Predicts output lengths; default the online mean. */
+  lengthModel?: LengthPredictor;
+}
+
+/** One waiting request in the scheduler's own order of value density (for clearing prices). */
+interface WaitEntry {
+  r: SchedRequest;
+  epoch: number;
+  density: number;
+}
+
+/** The best and second-best value densities a binding constraint turned away this step. */
+interface Rationed {
+  best: number;
+  bestSeq: number;
+  second: number;
 }
 
 export interface SchedulerListener {
@@ -44,6 +71,10 @@ export interface SchedulerListener {
 
 export interface SchedulerCounters {
   steps: number;
+  /** Steps in which the batch (token budget or sequence slots) turned demand away. */
+  batchBound: number;
+  /** Steps in which KV memory turned demand away. */
+  kvBound: number;
   preemptions: number;
   recomputedTokens: number;
   promptTokens: number;
@@ -77,17 +108,21 @@ export interface SchedulerCounters {
  */
 export class Scheduler implements SchedulerView {
   readonly blocks: BlockManager;
-  readonly estimator = new LengthEstimator();
-  readonly counters: SchedulerCounters = { steps: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0, blockCopies: 0, lostSwaps: 0 };
+  readonly lengthModel: LengthPredictor;
+  readonly counters: SchedulerCounters = { steps: 0, batchBound: 0, kvBound: 0, preemptions: 0, recomputedTokens: 0, promptTokens: 0, cachedTokens: 0, rejected: 0, completed: 0, aborted: 0, swaps: 0, prefillTokens: 0, blockCopies: 0, lostSwaps: 0 };
+  /** Prices in force this step: max(reserve curve, clearing price), per batched token and per KV block-second. */
   readonly prices = { token: 0, kv: 0 };
+  /** The curves' reserve prices at this step's utilization. */
+  readonly reserve = { token: 0, kv: 0 };
   readonly floorTokenPrice: number;
+  readonly basePrice: number;
   readonly maxRunning: number;
   readonly prefillChunk: number;
   now = 0;
   step = 0;
   tokenUtilization = 0;
 
-  private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds' | 'defaultBid' | 'swapSecondsPerToken'>>;
+  private readonly cfg: Required<Omit<SchedulerConfig, 'ledger' | 'curves' | 'stopIds' | 'defaultBid' | 'lengthModel' | 'swapSecondsPerToken'>>;
   private readonly swapSecondsPerToken: number;
   private readonly defaultBid: ((tenant: string) => number | undefined) | undefined;
   private readonly curves: PriceCurves;
@@ -113,6 +148,16 @@ export class Scheduler implements SchedulerView {
   private readonly swapOk: boolean;
   private readonly deferredAborts = new Set<number>();
   private inFlight = false;
+  /** Every waiting request by value density, lazily deleted: the demand clearing prices are read from. */
+  private readonly waitingByValue = new Heap<WaitEntry>((a, b) => a.density > b.density || (a.density === b.density && a.r.seq < b.r.seq));
+  private waitingLive = 0;
+  private readonly scanned: WaitEntry[] = [];
+  private readonly rationedBatch: Rationed = { best: 0, bestSeq: -1, second: 0 };
+  private readonly rationedKv: Rationed = { best: 0, bestSeq: -1, second: 0 };
+  /** KV memory turned someone away during this plan (a failed allocation or a preemption for blocks). */
+  private kvShort = false;
+  /** Tokens computed per second, recently: how fast a queue drains. */
+  private tokenRateEma = 0;
 
   constructor(
     private readonly policy: Policy,
@@ -138,13 +183,18 @@ export class Scheduler implements SchedulerView {
       prefixCaching: config.prefixCaching ?? true,
       initialStepSeconds: config.initialStepSeconds ?? 0.02,
       swap: config.swap ?? true,
+      clearing: config.clearing ?? true,
+      payment: config.payment ?? true,
+      basePrice: config.basePrice ?? 2e-4,
     };
+    this.basePrice = this.cfg.basePrice;
+    this.lengthModel = config.lengthModel ?? new OnlineMeanLength();
     this.maxRunning = config.maxRunning;
     this.prefillChunk = config.prefillChunk;
     this.curves = config.curves ?? defaultCurves();
     this.floorTokenPrice = this.curves.tokens.price(0);
-    this.prices.token = this.floorTokenPrice;
-    this.prices.kv = this.curves.kv.price(0);
+    this.prices.token = this.reserve.token = this.floorTokenPrice;
+    this.prices.kv = this.reserve.kv = this.curves.kv.price(0);
     this.stopIds = new Set(config.stopIds ?? []);
     this.blocks = new BlockManager(config.totalBlocks, config.blockSize, hostBlocks);
     this.prefixOk = this.cfg.prefixCaching;
@@ -152,6 +202,7 @@ export class Scheduler implements SchedulerView {
     this.swapOk = this.cfg.swap && hostBlocks > 0 && Number.isFinite(this.swapSecondsPerToken);
     this.stepEma = this.cfg.initialStepSeconds;
     this.perTokenEma = this.cfg.initialStepSeconds / 64;
+    this.tokenRateEma = this.cfg.maxBatchTokens / 4 / this.cfg.initialStepSeconds;
     this.ledger = config.ledger;
     this.defaultBid = config.defaultBid;
     policy.attach(this);
@@ -210,22 +261,71 @@ export class Scheduler implements SchedulerView {
     }
   }
 
-  /** Registers a request; it waits for a step (or is rejected at once with a quote). */
+  /**
+   * Registers a request; it waits for a step (or is rejected at once with a quote). Its claim of
+   * value is backed by money here: capped by what its tenant can still commit and by the tenant's
+   * per-request cap, and that capped claim — the most it can be charged — is escrowed.
+   */
   submit(spec: RequestSpec): SchedRequest {
     this.checkFits(spec.prompt.length, spec.maxTokens);
     if (spec.value === undefined && spec.bid === undefined) {
       const bid = this.defaultBid?.(spec.tenant);
       if (bid !== undefined) spec = { ...spec, bid };
     }
-    const expected = spec.knownOutputTokens ?? this.estimator.estimate(spec.tenant, spec.prompt.length, spec.maxTokens);
-    const r = new SchedRequest(this.nextSeqNo++, spec, expected, this.cfg.cachedDiscount);
+    const claim0 = spec.value ?? (spec.bid ?? 0) * spec.maxTokens;
+    if (!(claim0 >= 0 && claim0 < Infinity)) {
+      throw new InvalidArgumentError(`the request's value (value, or bid × max_tokens) must be a finite non-negative number, got ${claim0}`);
+    }
+    const features: LengthFeatures = {
+      tenant: spec.tenant,
+      promptTokens: spec.prompt.length,
+      maxTokens: spec.maxTokens,
+      endpoint: spec.endpoint ?? 'trace',
+      hasStop: spec.sampling.stop.length > 0,
+      temperature: spec.sampling.temperature,
+      leadingTokens: spec.prompt,
+    };
+    const dist = spec.knownOutputTokens !== undefined ? new PointLength(Math.max(1, Math.min(spec.maxTokens, spec.knownOutputTokens))) : this.lengthModel.predict(features);
+    const r = new SchedRequest(this.nextSeqNo++, spec, dist, features, this.cfg.cachedDiscount);
     this.byId.set(r.seq, r);
+    const claim = r.claimAt(spec.maxTokens);
+    let capped = false;
+    if (this.ledger) {
+      if (this.ledger.exhausted(spec.tenant)) {
+        this.enqueue(r, false);
+        if (r.state === 'waiting') this.reject(r, this.quote(r, 'budget_exhausted', `tenant ${spec.tenant} has spent its budget`));
+        return r;
+      }
+      const cap = this.ledger.valueCap(spec.tenant);
+      const counted = Math.min(claim, cap);
+      capped = counted < claim;
+      r.capped = capped;
+      r.maxCharge = counted;
+      r.escrow = counted;
+      this.ledger.escrow(spec.tenant, counted);
+    }
     // Enqueued first even when it is turned away at once, so the policy's count stays exact.
-    this.policy.enqueue(r, false);
-    if (this.ledger && r.state === 'waiting' && !this.ledger.canAfford(spec.tenant, 0)) {
-      this.reject(r, { ...this.quote(r, 'budget'), reason: `tenant ${spec.tenant} has spent its budget` });
+    this.enqueue(r, false);
+    if (r.state === 'waiting' && capped && r.maxCharge <= 0) {
+      this.reject(r, this.quote(r, 'value_cap', `tenant ${spec.tenant} has nothing left to back this request's value with`));
     }
     return r;
+  }
+
+  /** Into the policy's queue and the scheduler's own order of value density. */
+  private enqueue(r: SchedRequest, resumed: boolean): void {
+    this.waitingLive++;
+    this.policy.enqueue(r, resumed);
+    if (r.state !== 'waiting') return;
+    const uncached = r.swapped ? 0 : r.length - r.computed;
+    this.waitingByValue.push({ r, epoch: r.epoch, density: r.valueAt(r.generated + r.remainingOutput()) / tokensToGo(r, uncached) });
+    this.waitingLive++;
+    // Stale entries (admitted, rejected, aborted) are dropped lazily; compact before they pile up.
+    if (this.waitingByValue.length > 2 * this.waitingLive + 256) this.waitingByValue.retain((e) => e.r.state === 'waiting' && e.epoch === e.r.epoch);
+  }
+
+  private leftWaiting(): void {
+    this.waitingLive--;
   }
 
   /** The client went away: free everything it held, now or (mid-step) right after the step. */
@@ -262,10 +362,9 @@ export class Scheduler implements SchedulerView {
     this.beginEngineOps();
     this.budget = this.cfg.maxBatchTokens;
 
+    this.kvShort = false;
     this.curves.tokens.observe(this.tokenUtilization);
     this.curves.kv.observe(this.blocks.utilization);
-    this.prices.token = this.curves.tokens.price(this.tokenUtilization);
-    this.prices.kv = this.curves.kv.price(this.blocks.utilization);
     this.policy.beginStep();
 
     // Decodes first (Sarathi-style stall-free batching), then prefill chunks of running requests.
@@ -287,6 +386,7 @@ export class Scheduler implements SchedulerView {
     }
     if (this.budget > 0 && this.runningList.length < this.cfg.maxRunning) this.policy.admit();
     this.tokenUtilization = (this.cfg.maxBatchTokens - this.budget) / this.cfg.maxBatchTokens;
+    this.setPrices();
     this.inFlight = this.items.length > 0;
     return this.plan_;
   }
@@ -361,6 +461,81 @@ export class Scheduler implements SchedulerView {
     this.counters.blockCopies++;
   }
 
+  /**
+   * The step's prices (DESIGN.md §1): each constraint that binds — the batch (token budget or
+   * sequence slots) when waiting demand cannot get in, KV memory when it cannot hold the best
+   * waiting request or had to preempt — is priced at the value density of the best demand it
+   * turns away (a uniform-price auction: everyone served pays what the marginal excluded
+   * request would have paid), with the operator's curve as the reserve beneath it. A constraint
+   * that does not bind has no clearing price, so an idle server charges only the reserve.
+   *
+   * Batch density is expected value per token still to compute; KV density is the value left
+   * after paying for those tokens, per block-second it would hold.
+   */
+  private setPrices(): void {
+    this.reserve.token = this.curves.tokens.price(this.tokenUtilization);
+    this.reserve.kv = this.curves.kv.price(this.blocks.utilization);
+    const batch = this.rationedBatch;
+    const kv = this.rationedKv;
+    batch.best = batch.second = kv.best = kv.second = 0;
+    batch.bestSeq = kv.bestSeq = -1;
+    if (this.cfg.clearing && this.waitingLive > 0) this.rationDemand();
+    this.prices.token = Math.max(this.reserve.token, batch.best);
+    this.prices.kv = Math.max(this.reserve.kv, kv.best);
+  }
+
+  /** Reads the best few waiting requests' densities into the two Rationed records. */
+  private rationDemand(): void {
+    const batchBinds = this.runningList.length >= this.cfg.maxRunning || this.budget <= 0;
+    const scanned = this.scanned;
+    scanned.length = 0;
+    const heap = this.waitingByValue;
+    // The static order is by nominal density; a few from the top are priced with their SLO odds now.
+    while (scanned.length < 8) {
+      const e = heap.pop();
+      if (e === undefined) break;
+      if (e.r.state !== 'waiting' || e.epoch !== e.r.epoch) continue;
+      scanned.push(e);
+    }
+    const head = scanned[0];
+    let kvBinds = this.kvShort;
+    if (!kvBinds && head !== undefined && !head.r.swapped) {
+      kvBinds = this.blocks.blocksFor(Math.min(head.r.length, this.cfg.prefillChunk)) > this.blocks.availableBlocks;
+    }
+    if (batchBinds) this.counters.batchBound++;
+    if (kvBinds) this.counters.kvBound++;
+    if (batchBinds) {
+      for (const e of scanned) {
+        const uncached = e.r.swapped ? 0 : e.r.length - e.r.computed;
+        offer(this.rationedBatch, e.r.seq, expectedValue(e.r, uncached, this) / tokensToGo(e.r, uncached));
+      }
+    }
+    if (kvBinds) {
+      const pTok = Math.max(this.reserve.token, this.rationedBatch.best);
+      for (const e of scanned) {
+        const uncached = e.r.swapped ? 0 : e.r.length - e.r.computed;
+        const left = expectedValue(e.r, uncached, this) - tokensToGo(e.r, uncached) * pTok;
+        const blockSeconds = this.blocks.blocksFor(e.r.length + e.r.remainingOutput() / 2) * lifetimeSeconds(e.r, uncached, this);
+        if (left > 0 && blockSeconds > 0) offer(this.rationedKv, e.r.seq, left / blockSeconds);
+      }
+    }
+    for (const e of scanned) heap.push(e);
+  }
+
+  /**
+   * Prices `r` faces: those in force, but with the clearing component set by the best demand
+   * other than `r` itself (the Vickrey rule: a request never sets its own price).
+   */
+  tokenPriceFor(r: SchedRequest): number {
+    const b = this.rationedBatch;
+    return Math.max(this.reserve.token, b.bestSeq === r.seq ? b.second : b.best);
+  }
+
+  kvPriceFor(r: SchedRequest): number {
+    const k = this.rationedKv;
+    return Math.max(this.reserve.kv, k.bestSeq === r.seq ? k.second : k.best);
+  }
+
   commit(result: StepResult, now: number, stepSeconds: number): void {
     this.inFlight = false;
     this.now = now;
@@ -369,6 +544,7 @@ export class Scheduler implements SchedulerView {
     if (this.items.length > 0 && stepSeconds > 0) {
       this.stepEma = 0.8 * this.stepEma + 0.2 * stepSeconds;
       this.perTokenEma = 0.9 * this.perTokenEma + 0.1 * (stepSeconds / Math.max(1, tokensThisStep));
+      this.tokenRateEma = 0.9 * this.tokenRateEma + 0.1 * (tokensThisStep / stepSeconds);
     }
     for (let i = 0; i < this.planned.length; i++) {
       const r = this.planned[i] as SchedRequest;
@@ -425,6 +601,7 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'done') return;
     if (r.state === 'waiting') {
       this.policy.remove(r);
+      this.leftWaiting();
       this.dropSwapped(r);
     } else this.leaveRunning(r);
     this.closeOnEngine(r);
@@ -432,13 +609,14 @@ export class Scheduler implements SchedulerView {
     r.finishedAt = now;
     r.finishReason = reason;
     r.outcome = reason === 'abort' ? 'aborted' : 'completed';
-    r.finalBill = r.bill.bill();
+    // Never more than the work was claimed to be worth (a bid pays per token delivered), nor than its escrow.
+    r.finalBill = r.bill.bill(r.valueAt(r.generated), this.cfg.payment);
     if (reason === 'abort') this.counters.aborted++;
     else {
       this.counters.completed++;
-      this.estimator.observe(r.tenant, r.promptLength, r.generated);
+      this.lengthModel.observe(r.features, r.generated, reason === 'length');
     }
-    this.ledger?.charge(r.tenant, r.finalBill, reason !== 'abort');
+    if (this.ledger && r.escrow !== undefined) this.ledger.settle(r.tenant, r.escrow, r.finalBill.total, reason !== 'abort');
     this.byId.delete(r.seq);
     this.listener.onFinish?.(r, now);
   }
@@ -447,6 +625,7 @@ export class Scheduler implements SchedulerView {
     if (r.state === 'done') return;
     if (r.state === 'waiting') {
       this.policy.remove(r);
+      this.leftWaiting();
       this.dropSwapped(r);
     } else this.leaveRunning(r);
     this.closeOnEngine(r);
@@ -455,27 +634,82 @@ export class Scheduler implements SchedulerView {
     r.outcome = 'rejected';
     r.finishReason = 'rejected';
     r.quote = quote;
-    r.finalBill = r.bill.bill();
+    // Turned away: whatever it ran before a preemption is the server's loss, not charged.
+    r.finalBill = r.bill.bill(r.maxCharge, false);
     this.counters.rejected++;
-    this.ledger?.reject(r.tenant);
+    this.ledger?.reject(r.tenant, r.escrow);
     this.byId.delete(r.seq);
     this.listener.onFinish?.(r, this.now);
   }
 
-  quote(r: SchedRequest, reason: string): Quote {
+  /**
+   * The quote `r` leaves with: the prices it faces now, the least value that would clear now
+   * for its size and SLO odds, and whether a retry can clear — with the expected wait when it
+   * can, so that a client (person, agent, router) knows whether to wait, spend less or go.
+   */
+  quote(r: SchedRequest, reason: RejectReason, message: string): Quote {
     const out = r.remainingOutput();
-    const prompt = r.promptLength - this.cachedPrefixTokens(r);
-    const lifetime = (Math.ceil(prompt / this.cfg.prefillChunk) + out) * this.stepEma;
-    const rent = this.blocks.blocksFor(r.promptLength + out / 2) * lifetime * this.prices.kv;
-    const minValue = (prompt + out) * Math.max(this.prices.token, this.floorTokenPrice) + rent;
-    // Expected wait: the queue ahead drains at the current token throughput.
-    const throughput = this.cfg.maxBatchTokens / Math.max(this.stepEma, 1e-6);
-    const ahead = this.policy.waiting() * (r.promptLength + out);
-    return { pricePerToken: minValue / out, minValue, expectedWaitMs: Math.round((ahead / throughput) * 1000), reason };
+    const uncached = r.swapped ? 0 : Math.max(0, r.length - r.computed - (r.state === 'waiting' ? this.cachedPrefixTokens(r) : 0));
+    const pTok = this.tokenPriceFor(r);
+    const pKv = this.kvPriceFor(r);
+    const blocks = this.blocks.blocksFor(r.length + out / 2);
+    const lifetime = lifetimeSeconds(r, uncached, this);
+    const cost = (uncached + out) * pTok + blocks * lifetime * pKv;
+    const p = pMeet(r, uncached, this);
+    const minValue = p > 1e-6 ? cost / p : Infinity;
+    const counted = r.valueAt(r.generated + out);
+    let retryable = false;
+    switch (reason) {
+      case 'budget_exhausted':
+        break;
+      case 'value_cap':
+        // Money comes back when the tenant's requests in flight settle.
+        retryable = (this.ledger?.account(r.tenant).inFlight ?? 0) > (r.escrow !== undefined && r.state !== 'done' ? 1 : 0);
+        break;
+      default: {
+        // A retry is a fresh request on a quieter server: it can clear if it would on an idle one.
+        const idleCost = (uncached + out) * this.floorTokenPrice + blocks * lifetime * this.curves.kv.price(0);
+        retryable = counted >= idleCost && counted > 0 && this.feasibleWhenIdle(r, uncached);
+      }
+    }
+    return {
+      reason,
+      message,
+      pricePerToken: this.prices.token,
+      pricePerKvBlockSecond: this.prices.kv,
+      minValue,
+      valueCounted: counted,
+      retryable,
+      expectedWaitMs: retryable ? Math.round(this.drainSeconds(r) * 1000) : null,
+    };
   }
 
+  /** Whether a fresh attempt of `r` would meet its SLO and deadline on an otherwise idle server. */
+  private feasibleWhenIdle(r: SchedRequest, uncached: number): boolean {
+    const s = r.spec;
+    const step = Math.min(this.stepEma, this.cfg.initialStepSeconds);
+    const prefill = Math.ceil(Math.max(1, uncached) / this.cfg.prefillChunk) * step;
+    if (s.slo?.ttftMs !== undefined && prefill * 1000 > s.slo.ttftMs) return false;
+    if (s.slo?.tpotMs !== undefined && step * 1000 > s.slo.tpotMs) return false;
+    if (s.deadlineMs !== undefined && (prefill + r.lengthDist.quantile(0.1) * step) * 1000 > s.deadlineMs) return false;
+    return true;
+  }
+
+  /** Seconds until the work ahead of `r` — running streams and waiting demand of higher value density — is done. */
+  private drainSeconds(r: SchedRequest): number {
+    let tokens = 0;
+    for (const x of this.runningList) tokens += x.pending + x.remainingOutput();
+    const uncached = r.swapped ? 0 : r.length - r.computed;
+    const mine = r.valueAt(r.generated + r.remainingOutput()) / tokensToGo(r, uncached);
+    this.waitingByValue.forEach((e) => {
+      if (e.r !== r && e.r.state === 'waiting' && e.epoch === e.r.epoch && e.density >= mine) tokens += tokensToGo(e.r, e.r.swapped ? 0 : e.r.length - e.r.computed);
+    });
+    return tokens / Math.max(this.tokenRateEma, 1e-6);
+  }
+
+  /** Running, outside the anti-thrash window, and not inside a step in flight (one planned in the step being planned is taken out of it). */
   isPreemptible(r: SchedRequest): boolean {
-    return r.state === 'running' && r.plannedStep !== this.step && this.step - r.lastPreemptStep > (this.cfg.antiThrashSteps as number);
+    return r.state === 'running' && !(this.inFlight && r.plannedStep === this.step) && this.step - r.lastPreemptStep > (this.cfg.antiThrashSteps as number);
   }
 
   /** Full blocks of `r`'s tokens found in the prefix cache (verified), without taking them. */
@@ -509,11 +743,13 @@ export class Scheduler implements SchedulerView {
     const need = this.blocks.blocksFor(start + n) - hitBlocks;
     if (need + copy > this.blocks.availableBlocks) {
       if (hitBlocks > 0) this.blocks.release(r.blocks, this.now);
+      this.kvShort = true;
       return 'no-blocks';
     }
     this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
     if (copy) this.makeWritable(r, hitBlocks - 1);
     this.policy.remove(r);
+    this.leftWaiting();
     this.openOnEngine(r);
     r.computed = start;
     r.registered = hitBlocks - copy;
@@ -536,9 +772,13 @@ export class Scheduler implements SchedulerView {
   private swapBackIn(r: SchedRequest): AdmitResult {
     const n = Math.min(r.pending, this.cfg.prefillChunk, this.budget);
     const need = this.blocks.blocksFor(r.computed + n);
-    if (need > this.blocks.availableBlocks) return 'no-blocks';
+    if (need > this.blocks.availableBlocks) {
+      this.kvShort = true;
+      return 'no-blocks';
+    }
     this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
     this.policy.remove(r);
+    this.leftWaiting();
     for (let i = 0; i < r.hostBlocks.length; i++) this.kvOps.push(KvOp.swapIn, r.hostBlocks[i] as number, r.blocks[i] as number);
     // Host blocks are reusable at once: a swap-out later in this plan is applied after these reads.
     this.blocks.releaseHost(r.hostBlocks);
@@ -559,9 +799,11 @@ export class Scheduler implements SchedulerView {
    */
   preempt(r: SchedRequest): void {
     if (r.state !== 'running') return;
-    const held = this.blocks.blocksFor(r.computed);
-    const swap = this.swapOk && r.computed > 0 && held <= this.blocks.freeHostBlocks && 2 * r.computed * this.swapSecondsPerToken < r.computed * this.perTokenEma;
-    if (swap) {
+    if (this.inFlight && r.plannedStep === this.step) throw new InvalidArgumentError(`sequence ${r.seq} is in the step in flight and cannot be preempted now`);
+    // As vLLM does, a stream already scheduled in this plan leaves it and gives its tokens back.
+    if (r.plannedStep === this.step) this.unplan(r);
+    if (this.wouldSwap(r)) {
+      const held = this.blocks.blocksFor(r.computed);
       this.blocks.allocateHost(held, r.hostBlocks);
       for (let i = 0; i < held; i++) this.kvOps.push(KvOp.swapOut, r.blocks[i] as number, r.hostBlocks[i] as number);
       this.leaveRunning(r);
@@ -577,7 +819,19 @@ export class Scheduler implements SchedulerView {
     r.preemptions++;
     r.lastPreemptStep = this.step;
     this.counters.preemptions++;
-    this.policy.enqueue(r, true);
+    this.enqueue(r, true);
+  }
+
+  /** Swap when there is host room and moving the KV out and back is quicker than recomputing it. */
+  private wouldSwap(r: SchedRequest): boolean {
+    return this.swapOk && r.computed > 0 && this.blocks.blocksFor(r.computed) <= this.blocks.freeHostBlocks && 2 * this.swapSecondsPerToken < this.perTokenEma;
+  }
+
+  preemptionCost(r: SchedRequest): number {
+    const price = Math.max(this.prices.token, this.basePrice);
+    // A swap costs its transfer time, priced as the tokens that time could have computed.
+    const tokens = this.wouldSwap(r) ? (2 * r.computed * this.swapSecondsPerToken) / this.perTokenEma : r.computed;
+    return tokens * price;
   }
 
   /** Blocks for `r` to hold `tokens`; preempts the policy's victims if memory is short. */
@@ -585,6 +839,7 @@ export class Scheduler implements SchedulerView {
     const need = this.blocks.blocksFor(tokens) - r.blocks.length;
     if (need <= 0) return true;
     while (need > this.blocks.availableBlocks) {
+      this.kvShort = true;
       const v = this.policy.victim(r);
       if (v === undefined) return false;
       this.preempt(v);
@@ -592,6 +847,17 @@ export class Scheduler implements SchedulerView {
     }
     this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
     return true;
+  }
+
+  private unplan(r: SchedRequest): void {
+    const i = this.planned.indexOf(r);
+    if (i < 0) return;
+    const item = this.items[i] as StepItem;
+    this.budget += item.count;
+    this.planned.splice(i, 1);
+    this.items.splice(i, 1);
+    this.itemPool.push(item);
+    r.plannedStep = -1;
   }
 
   private addItem(r: SchedRequest, n: number): void {
@@ -639,4 +905,13 @@ export class Scheduler implements SchedulerView {
     this.blocks.releaseHost(r.hostBlocks);
     r.swapped = false;
   }
+}
+
+function offer(into: Rationed, seq: number, density: number): void {
+  if (!(density > 0 && density < Infinity)) return;
+  if (density > into.best) {
+    into.second = into.best;
+    into.best = density;
+    into.bestSeq = seq;
+  } else if (density > into.second) into.second = density;
 }

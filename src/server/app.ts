@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { InvalidArgumentError, isMarginalError } from '../errors.js';
+import { BudgetExhaustedError, InvalidArgumentError, isMarginalError, RequestRejectedError } from '../errors.js';
 import type { Completion, Generator, Rejected } from '../serving/generator.js';
 import { validateSamplingParams, type SamplingParams } from '../engine/sampling.js';
 import { describeModel, type LoadedModel } from '../models/modeldir.js';
@@ -11,6 +11,7 @@ import { renderChat, type ChatMessage } from './chat.js';
 import { EngineLoop } from '../serving/loop.js';
 import { ServerMetrics } from './metrics.js';
 import { chatBody, completionBody, type ChatBody, type CommonBody, type CompletionBody } from './schemas.js';
+import { quoteHeaders, rejectionBody } from './quote.js';
 import { openDirectory, type Tenant, type TenantDirectory } from './tenants.js';
 
 export interface ServerDeps {
@@ -48,16 +49,9 @@ function send(reply: FastifyReply, status: number, message: string, type: ErrorT
 /** An HTTP-ready error: status and OpenAI body, from anything a handler can throw. */
 function describeError(e: unknown): { status: number; body: ReturnType<typeof errorBody>; headers: Record<string, string> } {
   const err = e as Error & { statusCode?: number; code?: string; param?: string; quote?: Quote; validation?: unknown; validationContext?: string };
-  if (err.code === 'MARGINAL_REJECTED' && err.quote) {
-    const q = err.quote;
-    if (err.statusCode === 402) {
-      return { status: 402, body: errorBody(err.message, 'insufficient_quota', null, 'budget_exhausted'), headers: {} };
-    }
-    return {
-      status: 429,
-      body: { ...errorBody(err.message, 'rate_limit_error', null, 'price_above_bid'), quote: quoteBody(q) } as ReturnType<typeof errorBody>,
-      headers: quoteHeaders(q),
-    };
+  const quote = err.quote;
+  if (quote !== undefined && (e instanceof RequestRejectedError || e instanceof BudgetExhaustedError)) {
+    return { status: e.statusCode as number, body: rejectionBody(err.message, quote) as unknown as ReturnType<typeof errorBody>, headers: quoteHeaders(quote) };
   }
   if (err.validation) {
     const param = (err.message.match(/^body\/([\w/]+)/)?.[1] ?? null)?.replace(/\//g, '.') ?? null;
@@ -75,18 +69,6 @@ function describeError(e: unknown): { status: number; body: ReturnType<typeof er
   return { status: 500, body: errorBody('internal error', 'server_error', null, null), headers: {} };
 }
 
-function quoteBody(q: Quote) {
-  return { price_per_token: q.pricePerToken, min_value: q.minValue, expected_wait_ms: q.expectedWaitMs, reason: q.reason };
-}
-
-function quoteHeaders(q: Quote): Record<string, string> {
-  return {
-    'x-marginal-price': String(q.pricePerToken),
-    'x-marginal-min-value': String(q.minValue),
-    'retry-after': String(Math.max(1, Math.ceil(q.expectedWaitMs / 1000))),
-  };
-}
-
 function usage(c: Completion) {
   return {
     prompt_tokens: c.promptTokens,
@@ -102,7 +84,7 @@ export function buildServer(deps: ServerDeps): Server {
   const sched = generator.scheduler;
   const info = generator.engine.info;
   const tenants = deps.tenants ?? openDirectory(undefined);
-  const metrics = deps.metrics ?? new ServerMetrics({ modelName: model.name, blockSize: info.blockSize, numBlocks: info.totalBlocks, maxSequences: info.maxSequences, maxContext: info.maxContext });
+  const metrics = deps.metrics ?? new ServerMetrics({ modelName: model.name, blockSize: info.blockSize, numBlocks: info.totalBlocks, numCpuBlocks: info.hostBlocks, maxSequences: info.maxSequences, maxContext: info.maxContext });
   const tokenize = deps.tokenize ?? (async (text: string, bos: boolean) => model.tokenizer.encode(text, { bos }));
   const app = Fastify({
     logger: deps.logger ?? false,
@@ -118,7 +100,7 @@ export function buildServer(deps: ServerDeps): Server {
   let draining = false;
 
   // --- metrics wiring: per step from the scheduler's counters, per token and request from the generator.
-  const last = { prompt: 0, preemptions: 0, swaps: 0 };
+  const last = { prompt: 0, preemptions: 0, swaps: 0, kvBytes: 0, blockCopies: 0 };
   const snapshot = () =>
     metrics.step({ running: sched.running.length, waiting: sched.waiting, kvUsage: sched.blocks.heldBlocks / sched.blocks.totalBlocks, priceToken: sched.prices.token, priceKvBlockSecond: sched.prices.kv });
   const observeStep = () => {
@@ -130,6 +112,9 @@ export function buildServer(deps: ServerDeps): Server {
     if (c.swaps > last.swaps) metrics.preempted(c.swaps - last.swaps, true);
     last.preemptions = c.preemptions;
     last.swaps = c.swaps;
+    metrics.kvCopies(generator.totals.kvBytesCopied - last.kvBytes, c.blockCopies - last.blockCopies);
+    last.kvBytes = generator.totals.kvBytesCopied;
+    last.blockCopies = c.blockCopies;
   };
   generator.setObserver({
     onToken: (r, now) => {
@@ -140,14 +125,13 @@ export function buildServer(deps: ServerDeps): Server {
     },
     onFinish: (r, now) => {
       if (r.outcome === 'rejected') {
-        metrics.rejected(r.quote?.reason.includes('budget') ? 'budget' : 'price');
+        metrics.rejected(r.quote?.reason ?? 'price_above_bid');
         return;
       }
       metrics.prefixQuery(r.promptLength, r.cachedTokens);
       const e2e = now - r.spec.arrival;
       const ttft = Number.isNaN(r.firstTokenAt) ? null : r.firstTokenAt - r.spec.arrival;
-      const met = r.outcome === 'completed' && meetsSloNow(r, e2e, ttft);
-      const realized = met ? (r.spec.value ?? (r.spec.bid ?? 0) * r.generated) : 0;
+      const realized = r.valueRealized();
       metrics.finished({
         finishReason: r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
         e2eSeconds: e2e,
@@ -160,7 +144,7 @@ export function buildServer(deps: ServerDeps): Server {
         billTotal: r.finalBill?.total ?? 0,
       });
       const t = sched.ledger?.account(r.tenant);
-      if (t && Number.isFinite(t.budget)) metrics.budget(r.tenant, t.budget - t.spent);
+      if (t && Number.isFinite(t.budget)) metrics.budget(r.tenant, t.budget - t.spent - t.escrowed);
     },
   });
 
@@ -171,10 +155,11 @@ export function buildServer(deps: ServerDeps): Server {
   });
   app.setNotFoundHandler((req, reply) => send(reply, 404, `no route ${req.method} ${req.url}`, 'not_found_error', null, 'route_not_found'));
 
-  // Prices on every response, so a client can see congestion before it is turned away.
+  // Prices on every response, so a client can see congestion before it is turned away. A
+  // rejection already carries the prices of its quote: the same numbers, never overwritten.
   app.addHook('onSend', async (_req, reply, payload) => {
-    reply.header('x-marginal-price-token', String(sched.prices.token));
-    reply.header('x-marginal-price-kv-block-second', String(sched.prices.kv));
+    if (!reply.hasHeader('x-marginal-price-token')) reply.header('x-marginal-price-token', String(sched.prices.token));
+    if (!reply.hasHeader('x-marginal-price-kv-block-second')) reply.header('x-marginal-price-kv-block-second', String(sched.prices.kv));
     return payload;
   });
 
@@ -262,14 +247,14 @@ export function buildServer(deps: ServerDeps): Server {
     if (res.destroyed || req.raw.socket?.destroyed) abort.abort();
 
     if (body.stream !== true) {
-      const pending = generator.submit({ prompt, sampling, signal: abort.signal, ...economics(body, tenant) });
+      const pending = generator.submit({ prompt, sampling, signal: abort.signal, endpoint: kind, ...economics(body, tenant) });
       loop.wake();
       const c = await pending;
       const choice =
         kind === 'chat'
           ? { index: 0, message: { role: 'assistant', content: c.text }, logprobs: null, finish_reason: c.finishReason }
           : { index: 0, text: c.text, logprobs: null, finish_reason: c.finishReason };
-      return reply.send({ id, object, created: createdAt, model: model.name, choices: [choice], usage: usage(c), bill: c.bill ?? null });
+      return reply.send({ id, object, created: createdAt, model: model.name, choices: [choice], usage: usage(c), bill: c.bill ?? null, outcome: c.outcome });
     }
 
     // Streaming: headers wait for the first token (or the verdict), so a request turned away
@@ -299,6 +284,7 @@ export function buildServer(deps: ServerDeps): Server {
         prompt,
         sampling,
         signal: abort.signal,
+        endpoint: kind,
         ...economics(body, tenant),
         onText: (text) => {
           open();
@@ -308,9 +294,9 @@ export function buildServer(deps: ServerDeps): Server {
       loop.wake();
       const c = await pending;
       open();
-      write(delta('', c.finishReason), { bill: c.bill ?? null });
+      write(delta('', c.finishReason), { bill: c.bill ?? null, outcome: c.outcome });
       if (body.stream_options?.include_usage) {
-        if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: usage(c), bill: c.bill ?? null })}\n\n`);
+        if (!res.writableEnded) res.write(`data: ${JSON.stringify({ id, object: chunkObject, created: createdAt, model: model.name, choices: [], usage: usage(c), bill: c.bill ?? null, outcome: c.outcome })}\n\n`);
       }
       if (!res.writableEnded) res.end('data: [DONE]\n\n');
     } catch (e) {
@@ -392,12 +378,5 @@ function checkTokens(prompt: number[], vocab: number): void {
   }
 }
 
-function meetsSloNow(r: { spec: { slo?: { ttftMs?: number; tpotMs?: number }; deadlineMs?: number }; generated: number }, e2e: number, ttft: number | null): boolean {
-  const s = r.spec;
-  if (s.slo?.ttftMs !== undefined && (ttft === null || ttft * 1000 > s.slo.ttftMs)) return false;
-  if (s.slo?.tpotMs !== undefined && ttft !== null && r.generated > 1 && ((e2e - ttft) / (r.generated - 1)) * 1000 > s.slo.tpotMs) return false;
-  if (s.deadlineMs !== undefined && e2e * 1000 > s.deadlineMs) return false;
-  return true;
-}
 
 export type { Bill, Rejected, ServerResponse };

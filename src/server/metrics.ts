@@ -175,6 +175,8 @@ export class ServerMetrics {
   private readonly computeCost: Tally;
   private readonly revenue: Tally;
   private readonly swaps: Tally;
+  private readonly kvBytesCopied: Tally;
+  private readonly kvBlockCopies: Tally;
   private readonly rejectedCounter: Counter<'reason'>;
   private readonly rejectedByReason = new Map<string, Tally>();
 
@@ -281,6 +283,8 @@ export class ServerMetrics {
     this.computeCost = tally('marginal_compute_cost_total', 'Cumulative compute of finished requests at the base price.', {});
     this.revenue = tally('marginal_revenue_total', 'Cumulative sum of the bills of finished requests.', {});
     this.swaps = tally('marginal_swaps_total', 'Preemptions that swapped KV to host memory instead of dropping it.', {});
+    this.kvBytesCopied = tally('marginal_kv_bytes_copied_total', 'Bytes of keys and values the engine copied outside the graph: new positions into their blocks, block copies, swaps, staging.', {});
+    this.kvBlockCopies = tally('marginal_kv_block_copies_total', 'KV blocks copied before a write into a shared block (copy-on-write); prefix-cache hits share blocks without copying.', {});
     this.rejectedCounter = new Counter({ name: 'marginal_requests_rejected_total', help: 'Requests turned away with a price quote, by reason.', labelNames: ['reason'], registers, collect: flushAll });
     this.budgetGauge = new Gauge({ name: 'marginal_budget_remaining', help: "Tenant's remaining budget.", labelNames: ['tenant'], registers });
     this.priceToken.set(0);
@@ -302,6 +306,12 @@ export class ServerMetrics {
   prefixQuery(queriedTokens: number, hitTokens: number): void {
     this.prefixQueries.add(queriedTokens);
     this.prefixHits.add(hitTokens);
+  }
+
+  /** KV bytes the engine copied and blocks copied on write, since the last call. */
+  kvCopies(bytes: number, blocks: number): void {
+    this.kvBytesCopied.add(bytes);
+    this.kvBlockCopies.add(blocks);
   }
 
   /** n streams preempted; swapped when their KV went to host memory rather than being dropped. */

@@ -1,23 +1,23 @@
 import { performance } from 'node:perf_hooks';
-import createError from '@fastify/error';
-import { InvalidArgumentError } from '../errors.js';
+import { BudgetExhaustedError, InvalidArgumentError, RequestRejectedError } from '../errors.js';
 import type { PriceCurves } from '../economy/curves.js';
 import type { Ledger } from '../economy/ledger.js';
 import type { LoadedModel } from '../models/modeldir.js';
 import { StreamDetokenizer } from '../models/tokenizer/stream.js';
 import { createPolicy } from '../scheduler/policies/index.js';
+import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import type { Policy } from '../scheduler/policy.js';
 import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
 import type { Bill } from '../economy/ledger.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
+import { GEOMETRY_DEFAULTS, type Geometry } from '../geometry.js';
 import { Rng, StopMatcher, type SamplingParams } from '../engine/sampling.js';
 import { emptyPlan, type Engine, type StepResult, type StepTiming } from '../engine/types.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
-/** A request the scheduler turned away: HTTP 429 with the quote (402 when a budget is spent). */
-export const RejectedError = createError<[string]>('MARGINAL_REJECTED', '%s', 429);
-export type Rejected = InstanceType<typeof RejectedError> & { quote: Quote };
+/** A request the scheduler turned away: HTTP 429 with the quote, or 402 when its tenant's budget is spent. */
+export type Rejected = (InstanceType<typeof RequestRejectedError> | InstanceType<typeof BudgetExhaustedError>) & { quote: Quote };
 
 export interface Completion {
   text: string;
@@ -27,6 +27,8 @@ export interface Completion {
   finishReason: FinishReason;
   bill: Bill | undefined;
   preemptions: number;
+  /** The server's verdict, the same numbers its metrics count (response extension `outcome`). */
+  outcome: { value_counted: number; slo_met: boolean; value_realized: number };
 }
 
 export interface GenerationRequest {
@@ -44,6 +46,8 @@ export interface GenerationRequest {
   priority?: number;
   /** Aborts the request when signalled (client disconnect). */
   signal?: AbortSignal;
+  /** Which API route it came through (a feature of the length model). */
+  endpoint?: 'completion' | 'chat';
 }
 
 interface Pending {
@@ -57,9 +61,11 @@ interface Pending {
 
 export interface GeneratorOptions {
   policy?: string | Policy;
-  /** Largest prompt slice fed in one step. */
+  /** The scheduling half of the serving geometry (the pool half is the engine's); defaults from GEOMETRY_DEFAULTS. */
+  geometry?: Partial<Pick<Geometry, 'maxNumSeqs' | 'maxNumBatchedTokens' | 'prefillChunk'>>;
+  /** Largest prompt slice fed in one step (overrides the geometry's). */
   prefillChunk?: number;
-  /** Tokens per step (decodes plus prefill chunks). */
+  /** Tokens per step, decodes plus prefill chunks (overrides the geometry's). */
   maxBatchTokens?: number;
   curves?: PriceCurves;
   ledger?: Ledger;
@@ -67,6 +73,12 @@ export interface GeneratorOptions {
   antiThrashSteps?: number;
   /** Value per output token of requests that carry no `value` or `bid`, by tenant. */
   defaultBid?: (tenant: string) => number | undefined;
+  /** The pricing policy's settings (risk price, retention). */
+  shadow?: ShadowOptions;
+  /** Clearing prices (default on) and payment (default on); off only for ablations. */
+  clearing?: boolean;
+  payment?: boolean;
+  basePrice?: number;
   /** Seconds; injected for tests. */
   clock?: () => number;
   /** Sees every token and every finished request (metrics). */
@@ -85,18 +97,22 @@ export class Generator {
   private readonly clock: () => number;
   private observer: GeneratorOptions['observer'];
   lastTiming: StepTiming | undefined;
+  /** Over every step the engine ran: steps, tokens fed, KV bytes copied outside the graph. */
+  readonly totals = { steps: 0, batchTokens: 0, kvBytesCopied: 0 };
 
   constructor(
     readonly engine: Engine,
     readonly model: LoadedModel,
     opts: GeneratorOptions = {},
   ) {
-    const policy = typeof opts.policy === 'object' ? opts.policy : createPolicy(opts.policy ?? 'fcfs');
+    const policy = typeof opts.policy === 'object' ? opts.policy : createPolicy(opts.policy ?? 'fcfs', opts.shadow ?? {});
     const info = engine.info;
+    const g = opts.geometry ?? {};
+    const maxBatchTokens = opts.maxBatchTokens ?? g.maxNumBatchedTokens ?? GEOMETRY_DEFAULTS.maxNumBatchedTokens;
     const config: SchedulerConfig = {
-      maxBatchTokens: opts.maxBatchTokens ?? Math.max(256, info.maxSequences),
-      maxRunning: info.maxSequences,
-      prefillChunk: opts.prefillChunk ?? 64,
+      maxBatchTokens,
+      maxRunning: g.maxNumSeqs ?? info.maxSequences,
+      prefillChunk: opts.prefillChunk ?? g.prefillChunk ?? Math.min(GEOMETRY_DEFAULTS.prefillChunk, maxBatchTokens),
       totalBlocks: info.totalBlocks,
       blockSize: info.blockSize,
       maxContext: info.maxContext,
@@ -109,6 +125,9 @@ export class Generator {
     if (opts.prefixCaching !== undefined) config.prefixCaching = opts.prefixCaching;
     if (opts.antiThrashSteps !== undefined) config.antiThrashSteps = opts.antiThrashSteps;
     if (opts.defaultBid) config.defaultBid = opts.defaultBid;
+    if (opts.clearing !== undefined) config.clearing = opts.clearing;
+    if (opts.payment !== undefined) config.payment = opts.payment;
+    if (opts.basePrice !== undefined) config.basePrice = opts.basePrice;
     this.clock = opts.clock ?? (() => performance.now() / 1000);
     this.observer = opts.observer;
     this.scheduler = new Scheduler(policy, config, this);
@@ -164,6 +183,7 @@ export class Generator {
         ...(req.slo !== undefined ? { slo: req.slo } : {}),
         ...(req.deadlineMs !== undefined ? { deadlineMs: req.deadlineMs } : {}),
         ...(req.priority !== undefined ? { priority: req.priority } : {}),
+        ...(req.endpoint !== undefined ? { endpoint: req.endpoint } : {}),
       };
       const entry: Pending = {
         detok: new StreamDetokenizer(this.model.tokenizer, prompt[prompt.length - 1] ?? -1),
@@ -225,6 +245,9 @@ export class Generator {
       throw e;
     }
     this.lastTiming = result.timing;
+    this.totals.steps++;
+    this.totals.batchTokens += result.timing.batchTokens;
+    this.totals.kvBytesCopied += result.timing.kvBytesCopied;
     this.scheduler.commit(result, this.clock(), result.timing.totalMs / 1000);
     return plan.items.length > 0;
   }
@@ -288,9 +311,10 @@ export class Generator {
     if (p === undefined) return;
     this.pending.delete(r.seq);
     if (r.outcome === 'rejected') {
-      const err = new RejectedError(`request rejected: ${r.quote?.reason ?? 'it cannot clear at current prices'}`) as Rejected;
-      err.quote = r.quote as Quote;
-      if (r.quote?.reason.includes('budget')) err.statusCode = 402;
+      const q = r.quote as Quote;
+      const message = `request rejected (${q.reason}): ${q.message}`;
+      const err = (q.reason === 'budget_exhausted' ? new BudgetExhaustedError(message) : new RequestRejectedError(message)) as Rejected;
+      err.quote = q;
       p.reject(err);
       return;
     }
@@ -311,6 +335,7 @@ export class Generator {
       finishReason: p.stop.stopped ? 'stop' : r.finishReason === 'length' ? 'length' : r.finishReason === 'abort' ? 'abort' : 'stop',
       bill: r.finalBill,
       preemptions: r.preemptions,
+      outcome: { value_counted: r.valueAt(r.generated), slo_met: r.metSlo(), value_realized: r.valueRealized() },
     });
   }
 

@@ -19,6 +19,8 @@ export interface RequestOutcome {
   met_slo: boolean;
   bill: Bill | null;
   quote?: Quote;
+  /** Attempts sent (1 + retries after 429 quotes). */
+  attempts?: number;
 }
 
 /** What a request asked for, as far as judging its outcome needs. */
@@ -28,6 +30,8 @@ export interface Expectation {
   bid?: number;
   slo?: { ttftMs?: number; tpotMs?: number };
   deadlineMs?: number;
+  /** The answer's natural length: a completion cut off before it (a lowered max_tokens) is worth proportionally less. */
+  outputTokens?: number;
 }
 
 /** vLLM's TPOT: (E2EL − TTFT) / (output tokens − 1); null for one-token completions. */
@@ -47,10 +51,13 @@ export function meetsSlo(e: Expectation, o: Pick<RequestOutcome, 'outcome' | 'tt
   return true;
 }
 
-/** A line with `value` realizes it; a line with only `bid` realizes bid × output tokens. */
+/**
+ * A line with `value` realizes it (the part of it delivered, when the answer was cut off short
+ * of its natural length); a line with only `bid` realizes bid × output tokens.
+ */
 export function realizedValue(e: Expectation, met: boolean, outputTokens: number): number {
   if (!met) return 0;
-  if (e.value !== undefined) return e.value;
+  if (e.value !== undefined) return e.outputTokens !== undefined && outputTokens < e.outputTokens ? (e.value * outputTokens) / e.outputTokens : e.value;
   return (e.bid ?? 0) * outputTokens;
 }
 
@@ -98,6 +105,38 @@ export interface Summary {
   recomputed_tokens: number;
   revenue: number;
   base_price: number;
+  /** Per tenant: what it got and what it paid. */
+  tenants: Record<string, TenantSummary>;
+  /** Attempts sent, retries after 429 quotes included. */
+  attempts: number;
+}
+
+export interface TenantSummary {
+  requests: number;
+  completed: number;
+  rejected: number;
+  slo_met: number;
+  /** True value realized (what the work was worth to it, not what it declared). */
+  value_realized: number;
+  /** Σ of its bills. */
+  paid: number;
+  /** value_realized − paid: what it gained. */
+  utility: number;
+}
+
+export function tenantSummaries(outcomes: readonly RequestOutcome[]): Record<string, TenantSummary> {
+  const out: Record<string, TenantSummary> = {};
+  for (const o of outcomes) {
+    const t = (out[o.tenant] ??= { requests: 0, completed: 0, rejected: 0, slo_met: 0, value_realized: 0, paid: 0, utility: 0 });
+    t.requests++;
+    if (o.outcome === 'completed') t.completed++;
+    if (o.outcome === 'rejected') t.rejected++;
+    if (o.met_slo) t.slo_met++;
+    t.value_realized += o.value;
+    t.paid += o.bill?.total ?? 0;
+    t.utility = t.value_realized - t.paid;
+  }
+  return out;
 }
 
 export function summarize(
@@ -143,5 +182,7 @@ export function summarize(
     recomputed_tokens: opts.recomputedTokens,
     revenue: outcomes.reduce((s, o) => s + (o.bill?.total ?? 0), 0),
     base_price: opts.basePrice,
+    tenants: tenantSummaries(outcomes),
+    attempts: outcomes.reduce((s, o) => s + (o.attempts ?? 1), 0),
   };
 }

@@ -38,6 +38,34 @@ export interface TraceRequest {
   prefix: number[];
   /** Tokens each prefix entry covers (Mooncake: 512 × lengthScale; contract traces: option, default 16). */
   prefixBlockTokens: number;
+  /**
+   * The request's max_tokens, when it differs from its output length (an upper bound the client
+   * sets; the output ends at `outputTokens` by itself, or is cut off here). Absent: the output
+   * length, as benchmark clients set it.
+   */
+  maxTokens?: number;
+  /**
+   * What the client declares, when it differs from what the completion is truly worth (`value`
+   * / `bid`, which realized value is judged by): a client that inflates its value.
+   */
+  claim?: { value?: number; bid?: number };
+  /** How the client answers a 429 quote; absent: it gives up at once. */
+  client?: ClientBehaviour;
+}
+
+/**
+ * A client that answers to prices (trace field `client`): on a 429 whose quote says a retry can
+ * clear, it waits the quoted time and retries — while the quote's minimum value is within what
+ * the request is worth to it and it has retries left; otherwise it gives up. An `agent` first
+ * lowers its max_tokens so that the quoted cost fits its value (a shorter answer is worth
+ * proportionally less), then retries.
+ */
+export interface ClientBehaviour {
+  mode: 'retry' | 'agent';
+  /** Retries after the first attempt. */
+  retries: number;
+  /** The longest single wait it accepts, ms (default 60 000). */
+  maxWaitMs?: number;
 }
 
 export type TraceFormat = 'jsonl' | 'msgpack' | 'azure' | 'mooncake';
@@ -145,7 +173,37 @@ function fromContract(raw: unknown, index: number, defaultBlockTokens: number): 
   if (r.prefix !== undefined && r.prefix !== null) req.prefix = hashList(r.prefix, 'prefix');
   const pbt = optNumber(r, 'prefix_block_tokens', (v) => Number.isInteger(v) && v >= 1, 'a positive integer');
   if (pbt !== undefined) req.prefixBlockTokens = pbt;
+  const maxTokens = optNumber(r, 'max_tokens', (v) => Number.isInteger(v) && v >= 1, 'a positive integer');
+  if (maxTokens !== undefined) req.maxTokens = maxTokens;
+  if (r.claim !== undefined && r.claim !== null) {
+    if (typeof r.claim !== 'object' || Array.isArray(r.claim)) bad('claim must be an object with value and/or bid');
+    const c = r.claim as Rec;
+    const claim: { value?: number; bid?: number } = {};
+    const cv = optNumber(c, 'value', nonNegative, 'a non-negative number');
+    const cb = optNumber(c, 'bid', nonNegative, 'a non-negative number');
+    if (cv !== undefined) claim.value = cv;
+    if (cb !== undefined) claim.bid = cb;
+    req.claim = claim;
+  }
+  if (r.client !== undefined && r.client !== null) req.client = parseClient(r.client, 'client');
   return req;
+}
+
+/** Validates a client behaviour (trace field or workload tenant field); `where` prefixes errors. */
+export function parseClient(v: unknown, where: string, fail: (m: string) => never = bad): ClientBehaviour {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(`${where} must be an object with mode and retries`);
+  const c = v as Rec;
+  for (const k of Object.keys(c)) if (!['mode', 'retries', 'max_wait_ms', 'maxWaitMs'].includes(k)) fail(`${where}.${k} is not a client field (mode, retries, max_wait_ms)`);
+  if (c.mode !== 'retry' && c.mode !== 'agent') fail(`${where}.mode must be "retry" or "agent" (got ${JSON.stringify(c.mode)})`);
+  const retries = c.retries;
+  if (typeof retries !== 'number' || !Number.isInteger(retries) || retries < 0 || retries > 100) fail(`${where}.retries must be an integer in [0, 100] (got ${JSON.stringify(retries)})`);
+  const out: ClientBehaviour = { mode: c.mode, retries };
+  const w = c.max_wait_ms ?? c.maxWaitMs;
+  if (w !== undefined && w !== null) {
+    if (typeof w !== 'number' || !(w > 0 && w < Infinity)) fail(`${where}.max_wait_ms must be a positive number (got ${JSON.stringify(w)})`);
+    out.maxWaitMs = w;
+  }
+  return out;
 }
 
 function hashList(v: unknown, key: string): number[] {
@@ -415,6 +473,9 @@ export function toContractRecord(r: TraceRequest): Record<string, unknown> {
   // An extension to the contract: without it a Mooncake-derived trace written out and read
   // back would have its 512-token blocks taken for 16-token ones.
   if (r.prefix.length > 0 || r.prefixBlockTokens !== DEFAULT_PREFIX_BLOCK_TOKENS) rec.prefix_block_tokens = r.prefixBlockTokens;
+  if (r.maxTokens !== undefined) rec.max_tokens = r.maxTokens;
+  if (r.claim !== undefined) rec.claim = { ...r.claim };
+  if (r.client !== undefined) rec.client = { mode: r.client.mode, retries: r.client.retries, ...(r.client.maxWaitMs !== undefined ? { max_wait_ms: r.client.maxWaitMs } : {}) };
   return rec;
 }
 
@@ -436,4 +497,10 @@ export function completionValue(r: TraceRequest): number {
   if (r.value !== undefined) return r.value;
   if (r.bid !== undefined) return r.bid * r.outputTokens;
   return 0;
+}
+
+/** What the client declares: its claim where it has one, else its true value or bid. */
+export function declared(r: TraceRequest): { value?: number; bid?: number } {
+  if (r.claim !== undefined) return r.claim;
+  return { ...(r.value !== undefined ? { value: r.value } : {}), ...(r.bid !== undefined ? { bid: r.bid } : {}) };
 }

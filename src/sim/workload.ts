@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
-import type { TraceRequest } from './trace.js';
+import { parseClient, type ClientBehaviour, type TraceRequest } from './trace.js';
 
 /**
  * Workloads: who sends a trace's requests and what they are worth.
@@ -35,6 +35,14 @@ export interface TenantSpec {
   slo?: { ttftMs?: number; tpotMs?: number };
   deadlineMs?: number;
   priority?: number;
+  /** The max_tokens its requests send (at least their output length): an upper bound, as real clients set. */
+  maxTokens?: number;
+  /** It declares more than its requests are worth: × `times`, or a fixed `value` (a liar, for incentive tests). */
+  claim?: { times?: number; value?: number };
+  /** How its clients answer 429 quotes. */
+  client?: ClientBehaviour;
+  /** What it may spend in all (the simulator's ledger); absent: no budget. */
+  budget?: number;
 }
 
 export interface Workload {
@@ -131,7 +139,7 @@ class Invalid {
 }
 
 /** Keys the file may use; snake_case as in the trace contract, camelCase as in TypeScript. */
-const TENANT_KEYS = new Set(['name', 'share', 'value', 'value_per_token', 'valuePerToken', 'slo', 'deadline_ms', 'deadlineMs', 'priority']);
+const TENANT_KEYS = new Set(['name', 'share', 'value', 'value_per_token', 'valuePerToken', 'slo', 'deadline_ms', 'deadlineMs', 'priority', 'max_tokens', 'maxTokens', 'claim', 'client', 'budget']);
 const WORKLOAD_KEYS = new Set(['seed', 'tenants']);
 /** JSON has no comments, so free-text fields are let through. */
 const isNote = (k: string): boolean => k === 'description' || k === 'comment' || k.startsWith('$');
@@ -206,6 +214,20 @@ function parseTenant(inv: Invalid, path: string, v: unknown): TenantSpec {
   if (deadline !== undefined) t.deadlineMs = deadline;
   const priority = optNum(inv, `${path}.priority`, o.priority, Number.isInteger, 'an integer');
   if (priority !== undefined) t.priority = priority;
+  const maxTokens = optNum(inv, `${path}.max_tokens`, field(o, 'max_tokens', 'maxTokens'), (x) => Number.isInteger(x) && x >= 1, 'a positive integer');
+  if (maxTokens !== undefined) t.maxTokens = maxTokens;
+  if (o.claim !== undefined && o.claim !== null) {
+    if (typeof o.claim !== 'object' || Array.isArray(o.claim)) inv.fail(`${path}.claim`, 'must be {"times": x} or {"value": x}');
+    const c = o.claim as Obj;
+    for (const k of Object.keys(c)) if (k !== 'times' && k !== 'value') inv.fail(`${path}.claim.${k}`, 'is not a claim field (times, value)');
+    const times = optNum(inv, `${path}.claim.times`, c.times, (x) => x >= 0, 'a non-negative number');
+    const value = optNum(inv, `${path}.claim.value`, c.value, (x) => x >= 0, 'a non-negative number');
+    if ((times === undefined) === (value === undefined)) inv.fail(`${path}.claim`, 'must have exactly one of times and value');
+    t.claim = times !== undefined ? { times } : { value: value as number };
+  }
+  if (o.client !== undefined && o.client !== null) t.client = parseClient(o.client, `${path}.client`, (m) => inv.fail('', m));
+  const budget = optNum(inv, `${path}.budget`, o.budget, (x) => x >= 0, 'a non-negative number');
+  if (budget !== undefined) t.budget = budget;
   return t;
 }
 
@@ -260,6 +282,9 @@ export async function loadWorkload(path: string): Promise<Workload> {
  *   only a 10-minute deadline, priority 2. Cheap per token but long-running, it fills idle
  *   capacity and should be deferred, not rejected, when prices rise.
  *
+ * Every tenant sends max_tokens 256 (or its output length, if longer): a generous cap, as real
+ * clients set, so the scheduler must predict lengths rather than read them off max_tokens.
+ *
  * Values are in the same unit as the economy's prices (the unit the bill is in).
  */
 export function defaultWorkload(): Workload {
@@ -273,6 +298,7 @@ export function defaultWorkload(): Workload {
         valuePerToken: false,
         slo: { ttftMs: 1000, tpotMs: 100 },
         priority: 0,
+        maxTokens: 256,
       },
       {
         name: 'standard',
@@ -281,6 +307,7 @@ export function defaultWorkload(): Workload {
         valuePerToken: false,
         slo: { ttftMs: 5000, tpotMs: 250 },
         priority: 1,
+        maxTokens: 256,
       },
       {
         name: 'batch',
@@ -289,6 +316,7 @@ export function defaultWorkload(): Workload {
         valuePerToken: true,
         deadlineMs: 600_000,
         priority: 2,
+        maxTokens: 256,
       },
     ],
   };
@@ -341,8 +369,22 @@ export function applyWorkload(reqs: readonly TraceRequest[], w: Workload): Trace
     if (r.slo === undefined && tenant.slo !== undefined) out.slo = { ...tenant.slo };
     if (r.deadlineMs === undefined && tenant.deadlineMs !== undefined) out.deadlineMs = tenant.deadlineMs;
     if (r.priority === undefined && tenant.priority !== undefined) out.priority = tenant.priority;
+    if (r.maxTokens === undefined && tenant.maxTokens !== undefined) out.maxTokens = Math.max(tenant.maxTokens, r.outputTokens);
+    if (r.claim === undefined && tenant.claim !== undefined) {
+      const c = tenant.claim;
+      if (out.value !== undefined) out.claim = { value: c.value ?? out.value * (c.times as number) };
+      else if (out.bid !== undefined) out.claim = c.value !== undefined ? { value: c.value } : { bid: out.bid * (c.times as number) };
+    }
+    if (r.client === undefined && tenant.client !== undefined) out.client = { ...tenant.client };
     return out;
   });
+}
+
+/** The budgets a workload gives its tenants (the simulator's ledger). */
+export function tenantBudgets(w: Workload): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const t of w.tenants) if (t.budget !== undefined) m.set(t.name, t.budget);
+  return m;
 }
 
 // ---------------------------------------------------------------------------------------------
