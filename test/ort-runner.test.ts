@@ -7,7 +7,7 @@ import * as ort from 'onnxruntime-node';
 import { cudaProviderInstalled } from '../src/engine/session.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
 import { IO } from '../src/models/llama/graph.js';
-import { OrtRunner, ortRunnerUnavailable, RunnerStat, RUNNER_STAT_COUNT } from '../src/native/ort-runner.js';
+import { cudaFreeMemory, OrtRunner, ortRunnerUnavailable, RunnerStat, RUNNER_STAT_COUNT } from '../src/native/ort-runner.js';
 import { cleanup, synthTiny } from './helpers/models.js';
 
 /**
@@ -274,6 +274,12 @@ describe('OrtRunner: ONNX Runtime through the C API with I/O binding', { skip },
 
   test('a missing model and an unavailable provider fail with their own codes', async (t) => {
     await assert.rejects(OrtRunner.open(join(dir, 'no-such.onnx')), { code: 'ORT_SESSION' });
+    // Device memory for sizing a pool: a positive figure where a CUDA device answers, else none.
+    const free = cudaFreeMemory();
+    assert.ok(free === undefined || (Number.isFinite(free) && free > 0), String(free));
+    const r = await OrtRunner.open(graph);
+    assert.equal(r.deviceMemory(), undefined, 'a CPU session has no device memory');
+    r.release();
     if (cudaProviderInstalled()) {
       t.diagnostic('CUDA provider installed: the unavailable-provider case is not testable here');
       return;

@@ -73,6 +73,7 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
                              InstanceMethod("firstAbove", &MarginalNative::FirstAbove),
                              InstanceValue("kernels", Napi::String::New(env, marginal::kernel_name())),
                              InstanceMethod("openOrtRunner", &MarginalNative::OpenOrtRunner),
+                             InstanceMethod("cudaMemory", &MarginalNative::CudaMemory),
                          });
     runner_class_ = Napi::Persistent(marginal::ort::Runner::Define(env));
   }
@@ -87,6 +88,28 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
   // openOrtRunner(libraryPath, modelPath, options) -> Promise<OrtRunner>: loads ONNX Runtime
   // from libraryPath (dlopen, once per process) and opens modelPath on the named provider.
   Napi::Value OpenOrtRunner(const Napi::CallbackInfo& info) { return marginal::ort::OpenRunner(info, runner_class_); }
+
+  // cudaMemory(deviceId) -> {free, total} bytes of a CUDA device, through the CUDA runtime
+  // (dlopen); throws (code ORT_CUDA) where there is none. Sizes a device KV pool before any
+  // session exists.
+  Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const int device = static_cast<int>(whole(info[0], "deviceId"));
+    size_t free_b = 0, total_b = 0;
+    try {
+      const marginal::ort::CudaRuntime& cuda = marginal::ort::CudaRuntime::load();
+      cuda.set_device(device);
+      cuda.mem_info(&free_b, &total_b);
+    } catch (const marginal::ort::Error& e) {
+      Napi::Error err = Napi::Error::New(env, e.what());
+      err.Set("code", Napi::String::New(env, e.code));
+      throw err;
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("free", Napi::Number::New(env, static_cast<double>(free_b)));
+    o.Set("total", Napi::Number::New(env, static_cast<double>(total_b)));
+    return o;
+  }
 
   marginal::RowSampler& sampler(size_t index, int32_t vocab) {
     if (samplers_.size() <= index) samplers_.resize(index + 1);

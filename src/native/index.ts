@@ -46,6 +46,8 @@ export interface NativeAddon {
    * I/O-bound runs; see src/native/ort-runner.ts, which wraps the result.
    */
   openOrtRunner(libraryPath: string, modelPath: string, options: OrtRunnerOptions): Promise<NativeOrtRunner>;
+  /** Free and total bytes of CUDA device `deviceId` (the CUDA runtime, opened with dlopen); throws (code ORT_CUDA) without one. */
+  cudaMemory(deviceId: number): { free: number; total: number };
 
   // Test hooks, so test/native.test.ts can hold each piece to its TypeScript definition directly.
   /** The addon's port of V8's Math.exp / Math.log, element-wise. */

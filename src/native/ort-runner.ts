@@ -124,6 +124,19 @@ export function ortRunnerUnavailable(): string | undefined {
 }
 
 /**
+ * Free bytes of CUDA device `deviceId`, for sizing a KV pool that will live there (vLLM's
+ * gpu_memory_utilization), or undefined where the addon or the CUDA runtime is missing.
+ */
+export function cudaFreeMemory(deviceId = 0): number | undefined {
+  if (native === undefined || typeof native.cudaMemory !== 'function') return undefined;
+  try {
+    return native.cudaMemory(deviceId).free;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * One session. Names resolve to indices once; the per-step calls (`bindInputAt`,
  * `bindOutputAt`, `write`, `copy`, `run`) take numbers and reused typed arrays only.
  */
