@@ -231,6 +231,9 @@ describe('OrtRunner: ONNX Runtime through the C API with I/O binding', { skip },
     assert.throws(() => r.copy(src, src, Float64Array.from([256, 256, 0, 256, 32, 4]), 1), { message: /overlaps itself/ });
 
     assert.throws(() => r.write(dst, 4090, new Uint8Array(8)), { code: 'ERR_OUT_OF_RANGE' });
+    r.write(dst, 4090, new Uint8Array(8).fill(9), 6);
+    assert.deepEqual(new Uint8Array(r.view(dst) as ArrayBuffer).subarray(4090), new Uint8Array(6).fill(9), 'a prefix of the source');
+    assert.throws(() => r.write(dst, 0, new Uint8Array(8), 9), { message: /exceeds the source/ });
     assert.throws(() => r.read(dst, 4090, new Uint8Array(8)), { code: 'ERR_OUT_OF_RANGE' });
     r.free(dst);
     assert.throws(() => r.view(dst), { code: 'ERR_OUT_OF_RANGE', message: /no buffer/ });

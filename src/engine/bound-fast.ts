@@ -148,7 +148,7 @@ export class BoundFastGraph {
       for (let b = 0; b < nb; b++) w[tables + j * nb + b] = b < used ? (item.blocks[b] as number) : 0;
     }
     w[2 * (int64s - 1)] = k;
-    runner.write(this.small, 0, new Uint8Array(this.staging, 0, bytes));
+    runner.write(this.small, 0, this.staging, bytes);
     dims[0] = count;
     dims[1] = width;
     this.bindIn(this.inIds, this.small, 0, I64, 2);

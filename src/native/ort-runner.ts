@@ -73,7 +73,7 @@ export interface NativeOrtRunner {
   allocate(bytes: number, where: Where, kv?: boolean): number;
   view(buffer: number): ArrayBuffer | undefined;
   free(buffer: number): void;
-  write(buffer: number, byteOffset: number, source: ArrayBufferView | ArrayBuffer): void;
+  write(buffer: number, byteOffset: number, source: ArrayBufferView | ArrayBuffer, byteLength?: number): void;
   read(buffer: number, byteOffset: number, target: ArrayBufferView | ArrayBuffer): void;
   copy(dst: number, src: number, regions: Float64Array, count: number): void;
   bindInput(index: number, buffer: number, byteOffset: number, type: number, dims: Float64Array, rank: number): void;
@@ -205,8 +205,9 @@ export class OrtRunner {
     this.r.free(buffer);
   }
 
-  write(buffer: number, byteOffset: number, source: ArrayBufferView | ArrayBuffer): void {
-    this.r.write(buffer, byteOffset, source);
+  /** Copies `source` (its first byteLength bytes, when given) into the buffer at byteOffset. */
+  write(buffer: number, byteOffset: number, source: ArrayBufferView | ArrayBuffer, byteLength?: number): void {
+    this.r.write(buffer, byteOffset, source, byteLength);
   }
 
   read(buffer: number, byteOffset: number, target: ArrayBufferView | ArrayBuffer): void {

@@ -490,13 +490,18 @@ bool RowsOverlap(const double* g, double dst_end, double src_end) {
 
 }  // namespace
 
-// write(id, byteOffset, source): the source's bytes into the buffer.
+// write(id, byteOffset, source, byteLength?): the source's bytes (its first byteLength) into the buffer.
 Napi::Value Runner::Write(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Usable(env);
   Buffer& b = Live(env, info[0]);
   const double offset = Whole(info[1], "byteOffset");
-  const Bytes src = JsBytes(info[2], "source");
+  Bytes src = JsBytes(info[2], "source");
+  if (info.Length() > 3 && !info[3].IsUndefined()) {
+    const double n = Whole(info[3], "byteLength");
+    if (n > static_cast<double>(src.length)) Throw(env, "ERR_OUT_OF_RANGE", "byteLength exceeds the source");
+    src.length = static_cast<size_t>(n);
+  }
   if (offset + static_cast<double>(src.length) > static_cast<double>(b.bytes)) Throw(env, "ERR_OUT_OF_RANGE", "the write runs past the buffer");
   if (src.length == 0) return env.Undefined();
   uint8_t* dst = static_cast<uint8_t*>(b.data) + static_cast<size_t>(offset);
