@@ -264,7 +264,10 @@ describe('OrtRunner: ONNX Runtime through the C API with I/O binding', { skip },
 
     r.clearOutputs();
     r.bindOutput(IO.newKey(0), buf.fresh, 0, 'float32', [1, H, 1, hd]);
-    await r.run();
+    r.runSync();
+    assert.equal(r.stat(RunnerStat.runs), 2, 'a run on this thread counts the same');
+    r.bindOutput(IO.logits, buf.logits, 0, 'float32', [0, vocab]);
+    assert.throws(() => r.runSync(), { code: 'ORT_RUN' });
     r.release();
     assert.throws(() => r.allocate(8, 'host'), { code: 'ORT_RELEASED' });
   });

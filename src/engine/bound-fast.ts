@@ -212,7 +212,10 @@ export class BoundFastGraph {
     }
     if (f.old >= 0) runner.free(f.old);
 
-    await runner.run();
+    // On this thread, as onnxruntime-node's session.run runs: a hop to libuv's pool and back
+    // costs more than a small model's whole step, and the engine has a thread of its own when
+    // serving (WorkerEngine).
+    runner.runSync();
     this.pool.writeFromDevice(this.fresh, laneBytes, items, group, count, width);
     if (ranked) return { values: this.valuesView, ids: this.idsView, k };
     return { logits: this.logitsView, k: 0 };

@@ -80,6 +80,7 @@ export interface NativeOrtRunner {
   bindOutput(index: number, buffer: number, byteOffset: number, type: number, dims: Float64Array, rank: number): void;
   clearOutputs(): void;
   run(): Promise<void>;
+  runSync(): void;
   stats(into: Float64Array): void;
   deviceMemory(): { free: number; total: number } | undefined;
   release(): void;
@@ -251,6 +252,11 @@ export class OrtRunner {
   /** Runs on what is bound, off the JavaScript thread; the runner refuses other calls until it settles. */
   run(): Promise<void> {
     return this.r.run();
+  }
+
+  /** Runs on what is bound, on this thread (as onnxruntime-node's session.run does): no thread hop. */
+  runSync(): void {
+    this.r.runSync();
   }
 
   /** Fills `into` (RUNNER_STAT_COUNT numbers, indexed by RunnerStat) without allocating. */

@@ -272,13 +272,7 @@ class Runner::RunWorker : public Napi::AsyncWorker {
 
   void OnOK() override {
     Finish();
-    // Outputs bound in host memory under a device provider were copied there by the run.
-    if (runner_->s_->cuda) {
-      for (const Bound& b : runner_->bound_outputs_) {
-        if (b.buffer >= 0 && !runner_->buffers_[b.buffer].device) runner_->Count(false, true, false, static_cast<double>(b.bytes));
-      }
-    }
-    runner_->stats_[kRuns] += 1;
+    runner_->FinishRun();
     deferred_.Resolve(Env().Undefined());
   }
 
@@ -315,6 +309,7 @@ Napi::Function Runner::Define(Napi::Env env) {
                          InstanceMethod("bindOutput", &Runner::BindOutput),
                          InstanceMethod("clearOutputs", &Runner::ClearOutputs),
                          InstanceMethod("run", &Runner::Run),
+                         InstanceMethod("runSync", &Runner::RunSync),
                          InstanceMethod("stats", &Runner::Stats),
                          InstanceMethod("deviceMemory", &Runner::DeviceMemory),
                          InstanceMethod("release", &Runner::Release),
@@ -681,9 +676,7 @@ Napi::Value Runner::ClearOutputs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// run() -> Promise<void>: runs the session on what is bound, off the JavaScript thread.
-Napi::Value Runner::Run(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+void Runner::PrepareRun(Napi::Env env) {
   Usable(env);
   for (size_t i = 0; i < bound_inputs_.size(); i++) {
     if (bound_inputs_[i].buffer < 0) Throw(env, "ORT_BIND", "input " + s_->inputs[i].name + " is not bound");
@@ -693,6 +686,36 @@ Napi::Value Runner::Run(const Napi::CallbackInfo& info) {
   if (s_->cuda) {
     for (size_t i = 0; i < bound_inputs_.size(); i++) Guard(env, [&] { BindValue(true, i, bound_inputs_[i]); });
   }
+}
+
+void Runner::FinishRun() {
+  // Outputs bound in host memory under a device provider were copied there by the run.
+  if (s_->cuda) {
+    for (const Bound& b : bound_outputs_) {
+      if (b.buffer >= 0 && !buffers_[b.buffer].device) Count(false, true, false, static_cast<double>(b.bytes));
+    }
+  }
+  stats_[kRuns] += 1;
+}
+
+// runSync(): runs the session on what is bound, on this thread, as onnxruntime-node's own
+// session.run does: no thread hop per run, at the price of holding this thread (an engine
+// in a worker thread holds only that one).
+Napi::Value Runner::RunSync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PrepareRun(env);
+  Guard(env, [&] {
+    if (s_->cuda) s_->cuda->set_device(s_->device);
+    s_->runtime->check(s_->runtime->api().RunWithBinding(s_->session, nullptr, s_->binding), "ORT_RUN", "");
+  });
+  FinishRun();
+  return env.Undefined();
+}
+
+// run() -> Promise<void>: runs the session on what is bound, off the JavaScript thread.
+Napi::Value Runner::Run(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PrepareRun(env);
   auto* worker = new RunWorker(this);
   busy_ = true;
   Ref();

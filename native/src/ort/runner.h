@@ -94,6 +94,9 @@ class Runner : public Napi::ObjectWrap<Runner> {
   Napi::Value BindOutput(const Napi::CallbackInfo& info);
   Napi::Value ClearOutputs(const Napi::CallbackInfo& info);
   Napi::Value Run(const Napi::CallbackInfo& info);
+  Napi::Value RunSync(const Napi::CallbackInfo& info);
+  void PrepareRun(Napi::Env env);
+  void FinishRun();
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value DeviceMemory(const Napi::CallbackInfo& info);
   Napi::Value Release(const Napi::CallbackInfo& info);
