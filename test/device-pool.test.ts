@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { DeviceKvStorage } from '../src/kv/device-pool.js';
+import { DeviceKvStorage, VIEW_ALIGN } from '../src/kv/device-pool.js';
 import { HostKvStorage, blockBytes, type KvPoolShape, type KvStorage } from '../src/kv/pool.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { OrtRunner, ortRunnerUnavailable, RunnerStat } from '../src/native/ort-runner.js';
@@ -47,6 +47,7 @@ describe('DeviceKvStorage against HostKvStorage', { skip }, () => {
     const d = new DeviceKvStorage(runner, shape);
     const h = new HostKvStorage(shape);
     assert.equal((d as KvStorage).keys, undefined, 'the device pool is not JavaScript arrays');
+    for (let l = 0; l < shape.layers; l++) for (const kv of [0, 1] as const) assert.equal(d.laneOffset(l, kv) % VIEW_ALIGN, 0, 'every bound view starts aligned');
     let seed = 12345;
     const rand = () => {
       seed = (seed * 1103515245 + 12345) >>> 0;

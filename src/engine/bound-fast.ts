@@ -1,5 +1,5 @@
 import { ModelFormatError } from '../errors.js';
-import { DeviceKvStorage, type PositionsOwner } from '../kv/device-pool.js';
+import { aligned, DeviceKvStorage, type PositionsOwner } from '../kv/device-pool.js';
 import type { KvPoolShape } from '../kv/pool.js';
 import { IO } from '../models/llama/graph.js';
 import { ElementType, OrtRunner, RunnerStat } from '../native/ort-runner.js';
@@ -121,10 +121,16 @@ export class BoundFastGraph {
     const { runner, dims, shape } = this;
     const bs = shape.blockSize;
     const cw = count * width;
-    // [ids | positions | lengths | rows | k] as int64, then the tables as int32; int64s are
-    // written as their two int32 words (values are below 2^31), so no BigInt is made.
-    const int64s = 2 * cw + 2 * count + 1;
-    const bytes = int64s * 8 + count * nb * 4;
+    // [ids | positions | lengths | rows | k] as int64, then the tables as int32, each section
+    // aligned; int64s are written as their two int32 words (values are below 2^31), so no
+    // BigInt is made.
+    const idsAt = 0;
+    const posAt = aligned(cw * 8);
+    const lengthsAt = posAt + aligned(cw * 8);
+    const rowsAt = lengthsAt + aligned(count * 8);
+    const kAt = rowsAt + aligned(count * 8);
+    const tablesAt = kAt + aligned(8);
+    const bytes = tablesAt + count * nb * 4;
     const small = this.grow(this.small, this.smallBytes, bytes, 'device');
     this.small = small.buffer;
     this.smallBytes = small.bytes;
@@ -133,33 +139,37 @@ export class BoundFastGraph {
       this.words = new Int32Array(this.staging);
     }
     const w = this.words;
-    w.fill(0, 0, 2 * int64s);
-    const tables = int64s * 2;
+    w.fill(0, 0, tablesAt / 4);
+    const ids = idsAt / 4;
+    const pos = posAt / 4;
+    const lengths = lengthsAt / 4;
+    const rows = rowsAt / 4;
+    const tables = tablesAt / 4;
     for (let j = 0; j < count; j++) {
       const item = items[group[j] as number] as BoundItem;
       const len = item.offset;
       for (let t = 0; t < width; t++) {
-        w[2 * (j * width + t)] = item.tokens[len + t] as number;
-        w[2 * (cw + j * width + t)] = len + t;
+        w[ids + 2 * (j * width + t)] = item.tokens[len + t] as number;
+        w[pos + 2 * (j * width + t)] = len + t;
       }
-      w[2 * (2 * cw + j)] = len;
-      w[2 * (2 * cw + count + j)] = j * width + width - 1;
+      w[lengths + 2 * j] = len;
+      w[rows + 2 * j] = j * width + width - 1;
       const used = Math.ceil(len / bs);
       for (let b = 0; b < nb; b++) w[tables + j * nb + b] = b < used ? (item.blocks[b] as number) : 0;
     }
-    w[2 * (int64s - 1)] = k;
+    w[kAt / 4] = k;
     runner.write(this.small, 0, this.staging, bytes);
     dims[0] = count;
     dims[1] = width;
-    this.bindIn(this.inIds, this.small, 0, I64, 2);
-    this.bindIn(this.inPos, this.small, cw * 8, I64, 2);
+    this.bindIn(this.inIds, this.small, idsAt, I64, 2);
+    this.bindIn(this.inPos, this.small, posAt, I64, 2);
     dims[1] = nb;
-    this.bindIn(this.inTables, this.small, int64s * 8, I32, 2);
-    this.bindIn(this.inLengths, this.small, 2 * cw * 8, I64, 1);
-    this.bindIn(this.inRows, this.small, (2 * cw + count) * 8, I64, 1);
+    this.bindIn(this.inTables, this.small, tablesAt, I32, 2);
+    this.bindIn(this.inLengths, this.small, lengthsAt, I64, 1);
+    this.bindIn(this.inRows, this.small, rowsAt, I64, 1);
     if (this.inTopK >= 0) {
       dims[0] = 1;
-      this.bindIn(this.inTopK, this.small, (int64s - 1) * 8, I64, 1);
+      this.bindIn(this.inTopK, this.small, kAt, I64, 1);
     }
     if (small.old >= 0) runner.free(small.old);
     dims[0] = shape.kvHeads;
@@ -198,7 +208,7 @@ export class BoundFastGraph {
       this.bindOut(this.outLogits, this.logitsBuf, 0, F32, 2);
       if (g.old >= 0) runner.free(g.old);
     }
-    const laneBytes = cw * shape.kvHeads * shape.headDim * 4;
+    const laneBytes = aligned(cw * shape.kvHeads * shape.headDim * 4);
     const f = this.grow(this.fresh, this.freshBytes, 2 * shape.layers * laneBytes, 'device');
     this.fresh = f.buffer;
     this.freshBytes = f.bytes;

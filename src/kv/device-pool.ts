@@ -10,6 +10,13 @@ export interface PositionsOwner {
 /** Host blocks are pinned in chunks of this many, as swap first needs them. */
 const HOST_CHUNK = 64;
 
+/** Every view a graph is bound to starts on this boundary, as ONNX Runtime's own allocations do (CUDA kernels may load vectors). */
+export const VIEW_ALIGN = 256;
+
+export function aligned(bytes: number): number {
+  return Math.ceil(bytes / VIEW_ALIGN) * VIEW_ALIGN;
+}
+
 /**
  * The KV pool in the memory of an OrtRunner's session — CUDA device memory under the CUDA
  * provider, host memory under CPU — as one buffer laid out [layer][k|v][kvHead][block]
@@ -28,6 +35,7 @@ export class DeviceKvStorage implements KvStorage {
   private readonly blockFloats: number;
   /** Bytes between a head's rows of consecutive blocks: one head of one (layer, k|v) lane. */
   private readonly headBytes: number;
+  /** Bytes between (layer, k|v) lanes: a lane, rounded up to VIEW_ALIGN. */
   private readonly laneBytes: number;
   private readonly hostChunks: number[] = [];
   private regions = new Float64Array(6 * 64);
@@ -42,7 +50,7 @@ export class DeviceKvStorage implements KvStorage {
     const { layers, kvHeads, blocks, blockSize, headDim } = shape;
     this.blockFloats = layers * 2 * kvHeads * blockSize * headDim;
     this.headBytes = blocks * blockSize * headDim * 4;
-    this.laneBytes = kvHeads * this.headBytes;
+    this.laneBytes = aligned(kvHeads * this.headBytes);
     this.buffer = runner.allocate(layers * 2 * this.laneBytes, 'device', { kv: true });
   }
 
@@ -159,7 +167,7 @@ export class DeviceKvStorage implements KvStorage {
 
   /**
    * New keys and values already in device buffer `src` — layer l's keys at (2l)·laneBytes and
-   * its values at (2l + 1)·laneBytes, each [count][kvHeads][width][headDim] — written into the
+   * its values at (2l + 1)·laneBytes (laneBytes a multiple of 4), each [count][kvHeads][width][headDim] — written into the
    * blocks of owners[group[j]] from its offset on, in one batch of copies.
    */
   writeFromDevice(src: number, laneBytes: number, owners: readonly PositionsOwner[], group: ArrayLike<number>, count: number, width: number): void {
