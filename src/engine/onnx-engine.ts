@@ -656,7 +656,8 @@ export class OnnxEngine implements Engine {
       feeds[names.poolValue] = new ort.Tensor('float32', dstV.subarray(0, H * used * span), dims);
     }
     this.stagedBytes += used * this.info.blockBytes;
-    this.cacheBytes += used * this.info.blockBytes;
+    // Copied once here, and once more by ONNX Runtime to a device provider.
+    this.cacheBytes += used * this.info.blockBytes * (this.info.provider === 'cpu' ? 1 : 2);
   }
 
   /** One hf-interface run: pack the group's caches from their blocks (left-padded), run, write the new positions back. */
