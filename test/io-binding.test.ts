@@ -131,6 +131,18 @@ describe('the I/O-binding session path', { skip }, () => {
     assert.equal(bound.runnerStat(RunnerStat.kvCopiedBytes), copied0, 'no byte was read out of the pool by a copy');
     await bound.dispose();
 
+    // The JavaScript session on a device provider gets a compact copy of the blocks a run reads
+    // (stagePool, forced here on CPU): that copy is counted.
+    const staged = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 2, blockSize: 4, ioBinding: false, stagePool: true });
+    const s = new DirectDriver(staged);
+    s.open(1, greedy(10), new Rng(1));
+    s.open(2, greedy(10), new Rng(1));
+    await s.step([[1, [1, 400, 401, 402, 403, 404], true], [2, [1, 500, 501], true]]);
+    const step = await s.step([[1, [405], true], [2, [502], true]]);
+    // Sequence 1 reads its 2 blocks, sequence 2 its 1 block and (padding its table) block 0 again.
+    assert.equal(step.timing.cacheBytesCopied, 3 * staged.info.blockBytes);
+    await staged.dispose();
+
     const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], maxSequences: 2, blockSize: 4 });
     const perToken = hf.info.blockBytes / hf.info.blockSize;
     const d = new DirectDriver(hf);
