@@ -1,14 +1,19 @@
 /**
  * Engine throughput: aggregate decode tokens/s at several batch sizes, for the `fast` graph
- * (in-place KV), the `hf` graph (packed past/present, what an Optimum export costs) and a
- * naive loop (one sequence at a time, the textbook Hugging Face generate loop), measured side
- * by side in one run, with the split of a fast step into ONNX Runtime, sampling and glue, and
- * the KV bytes each step copies. `fast` runs on the engine's default session path (ONNX
- * Runtime's C API with I/O binding through the native addon, where it loads); `fast-js` is
- * the same graph on onnxruntime-node's JavaScript session, the fallback path.
+ * (the paged pool read in place through block tables), the `hf` graph (packed past/present,
+ * what an Optimum export costs) and a naive loop (one sequence at a time, the textbook Hugging
+ * Face generate loop), measured side by side in one run, with the split of a fast step into
+ * ONNX Runtime, sampling and glue and the KV bytes the engine copies per step. Engines are
+ * built as `marginal serve` builds them (the model's full context, the default pool); each
+ * sequence holds a `--prompt`-token prompt before the timed decode steps, so the context held
+ * is prompt … prompt + steps.
  *
- *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--steps 32]
- *       [--modes fast,fast-js,fast-full,hf,naive] [--providers cpu|cuda] [--context N] [--json FILE]
+ * `fast` runs on the engine's default session path (ONNX Runtime's C API with I/O binding
+ * through the native addon, where it loads); `fast-js` is the same graph on onnxruntime-node's
+ * JavaScript session, the fallback path. `--providers cuda` runs them on the GPU.
+ *
+ *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--prompt 128] [--steps 32]
+ *       [--modes fast,fast-js,fast-full,hf,naive] [--providers cpu|cuda] [--json FILE]
  */
 import { Command } from 'commander';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -29,17 +34,16 @@ const program = new Command()
   .option('--models <list>', 'stories260K and/or synthetic shapes', 'stories260K,stories15m')
   .option('--batches <list>', 'batch sizes', '1,4,16,32,64')
   .option('--steps <n>', 'decode steps measured per batch', '32')
-  .option('--prompt <n>', 'prompt tokens per sequence', '16')
+  .option('--prompt <n>', 'prompt tokens per sequence: the context held when decoding starts', '128')
   .option('--threads <n>', 'ONNX Runtime intra-op threads (default: all cores)')
   .option('--naive-max-batch <n>', 'largest batch the naive loop runs (it is slow)', '64')
   .option('--temperature <t>', 'sampling temperature (0 = greedy)', '0')
   .option('--top-p <p>', 'nucleus mass when sampling', '1')
   .option('--modes <list>', 'fast (default session path), fast-js (onnxruntime-node session), fast-full, hf, naive', 'fast,fast-full,hf,naive')
   .option('--providers <list>', 'execution providers in order (cpu, cuda)', 'cpu')
-  .option('--context <n>', 'engine context (positions a sequence may reach); default prompt + steps + 8')
   .option('--json <file>', 'write the results as JSON')
   .parse();
-const o = program.opts<{ models: string; batches: string; steps: string; prompt: string; threads?: string; naiveMaxBatch: string; temperature: string; topP: string; modes: string; providers: string; context?: string; json?: string }>();
+const o = program.opts<{ models: string; batches: string; steps: string; prompt: string; threads?: string; naiveMaxBatch: string; temperature: string; topP: string; modes: string; providers: string; json?: string }>();
 type Mode = 'fast' | 'fast-js' | 'fast-full' | 'hf' | 'naive';
 const modes = o.modes.split(',').map((m) => m.trim()) as Mode[];
 for (const m of modes) if (!['fast', 'fast-js', 'fast-full', 'hf', 'naive'].includes(m)) throw new Error(`unknown mode ${m}`);
@@ -48,7 +52,6 @@ const batches = o.batches.split(',').map(Number);
 const steps = Number(o.steps);
 const promptLen = Number(o.prompt);
 const threads = o.threads ? Number(o.threads) : cpus().length;
-const context = o.context ? Number(o.context) : promptLen + steps + 8;
 const sampling: SamplingParams = validateSamplingParams({ temperature: Number(o.temperature), top_p: Number(o.topP), seed: 1, max_tokens: steps + 1 });
 
 function modelDir(name: string): string {
@@ -72,7 +75,7 @@ function prompt(model: LoadedModel, i: number): number[] {
 interface Row {
   model: string;
   mode: Mode;
-  /** The session path the engine ran on ('io-binding' or 'onnxruntime-node'), and the provider. */
+  /** The session path the engine ran on ('io-binding' or 'onnxruntime-node'), and its provider. */
   path?: string;
   provider?: string;
   batch: number;
@@ -83,8 +86,10 @@ interface Row {
   glueMs?: number;
   /** Model FLOPs per second inside ONNX Runtime: 2 × parameters × tokens plus attention. */
   gflops?: number;
-  /** Mean bytes of already-cached keys and values a decode step copied to run the graph (StepTiming.cacheBytesCopied). */
-  kvBytesPerStep?: number;
+  /** KV bytes the engine copied outside the graph, per step. */
+  kvBytes?: number;
+  /** Of those, bytes of the existing cache copied to run the graph, per step (StepTiming.cacheBytesCopied). */
+  cacheBytes?: number;
 }
 
 async function engineRun(model: LoadedModel, name: string, mode: Exclude<Mode, 'naive'>, batch: number): Promise<Row> {
@@ -95,7 +100,6 @@ async function engineRun(model: LoadedModel, name: string, mode: Exclude<Mode, '
     providers,
     maxSequences: batch,
     intraOpThreads: threads,
-    maxContext: context,
     rankedCandidates: mode === 'fast-full' ? 0 : 64,
     ...(mode === 'fast-js' ? { ioBinding: false } : {}),
     log: (line) => process.stderr.write(`  ${line}\n`),
@@ -112,17 +116,19 @@ async function engineRun(model: LoadedModel, name: string, mode: Exclude<Mode, '
   let sampleMs = 0;
   let glueMs = 0;
   let kvBytes = 0;
+  let cacheBytes = 0;
   // One warm-up step so allocation and first-run costs stay out of the figure.
   for (let s = -1; s < steps; s++) {
-    if (s === 0) ortMs = sampleMs = glueMs = kvBytes = 0;
+    if (s === 0) ortMs = sampleMs = glueMs = kvBytes = cacheBytes = 0;
     for (let i = 0; i < batch; i++) ((items[i] as DirectItem)[1] as number[])[0] = last[i] as number;
     const t0 = performance.now();
     const r = await driver.step(items);
     if (s >= 0) {
+      kvBytes += r.timing.kvBytesCopied;
+      cacheBytes += r.timing.cacheBytesCopied ?? 0;
       ortMs += r.timing.runMs;
       sampleMs += r.timing.sampleMs;
       glueMs += performance.now() - t0 - r.timing.runMs - r.timing.sampleMs;
-      kvBytes += r.timing.cacheBytesCopied ?? 0;
     }
     last.set(r.tokens);
   }
@@ -134,7 +140,7 @@ async function engineRun(model: LoadedModel, name: string, mode: Exclude<Mode, '
   const ctx = promptLen + steps / 2;
   const flopsPerToken = model.shape ? 2 * parameterCount(model.shape) + 4 * model.kv.layers * ctx * hd * model.shape.nHeads : 0;
   const gflops = (flopsPerToken * batch * steps) / (ortMs / 1000) / 1e9;
-  return { model: name, mode, path, provider, batch, tokS: (batch * steps) / (total / 1000), stepMs: total / steps, ortMs: ortMs / steps, sampleMs: sampleMs / steps, glueMs: glueMs / steps, gflops, kvBytesPerStep: kvBytes / steps };
+  return { model: name, mode, path, provider, batch, tokS: (batch * steps) / (total / 1000), stepMs: total / steps, ortMs: ortMs / steps, sampleMs: sampleMs / steps, glueMs: glueMs / steps, gflops, kvBytes: kvBytes / steps, cacheBytes: cacheBytes / steps };
 }
 
 /** The textbook loop: each sequence alone, its present fed back as its next past. */
@@ -170,18 +176,10 @@ async function naiveRun(model: LoadedModel, name: string, session: ort.Inference
     state.push(st);
   }
   for (const st of state) await runOne(st, [st.last]);
-  // Each step's Concat copies every sequence's whole past into its present: the cache, copied.
-  let cached = 0;
   const t0 = performance.now();
-  for (let s = 0; s < steps; s++) {
-    for (const st of state) {
-      cached += st.len;
-      await runOne(st, [st.last]);
-    }
-  }
+  for (let s = 0; s < steps; s++) for (const st of state) await runOne(st, [st.last]);
   const ms = performance.now() - t0;
-  const cacheBytes = (cached / steps) * 2 * H * hd * 4 * model.kv.layers;
-  return { model: name, mode: 'naive', path: 'onnxruntime-node', provider: providers[0], batch, tokS: (batch * steps) / (ms / 1000), stepMs: ms / steps, kvBytesPerStep: cacheBytes };
+  return { model: name, mode: 'naive', path: 'onnxruntime-node', provider: providers[0], batch, tokS: (batch * steps) / (ms / 1000), stepMs: ms / steps };
 }
 
 const rows: Row[] = [];
@@ -203,8 +201,10 @@ for (const name of o.models.split(',')) {
   await naiveSession?.release();
 }
 
-console.log('| model | batch | fast tok/s | fast, full logits tok/s | hf tok/s | naive tok/s | fast/full | fast/hf | fast/naive | fast step ms | ORT ms | sample ms | glue ms | ORT GFLOP/s |');
-console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+const kib = (x: number | undefined) => (x === undefined ? '' : (x / 1024).toFixed(0));
+console.log(`\ncontext held while decoding: ${promptLen}–${promptLen + steps} tokens; engines at the model's full context with the default pool\n`);
+console.log('| model | batch | fast tok/s | fast, full logits tok/s | hf tok/s | naive tok/s | fast/full | fast/hf | fast/naive | fast step ms | ORT ms | sample ms | glue ms | ORT GFLOP/s | KV KiB copied/step fast | hf |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const name of o.models.split(',')) {
   for (const batch of batches) {
     const f = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'fast');
@@ -213,7 +213,7 @@ for (const name of o.models.split(',')) {
     const n = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'naive');
     if (!f) continue;
     console.log(
-      `| ${name} | ${batch} | ${fmt(f.tokS, 0)} | ${fmt(ff?.tokS, 0)} | ${fmt(h?.tokS, 0)} | ${fmt(n?.tokS, 0)} | ${ff ? fmt(f.tokS / ff.tokS, 2) + '×' : ''} | ${h ? fmt(f.tokS / h.tokS, 2) + '×' : ''} | ${n ? fmt(f.tokS / n.tokS, 2) + '×' : ''} | ${fmt(f.stepMs, 2)} | ${fmt(f.ortMs, 2)} | ${fmt(f.sampleMs, 2)} | ${fmt(f.glueMs, 2)} | ${fmt(f.gflops, 1)} |`,
+      `| ${name} | ${batch} | ${fmt(f.tokS, 0)} | ${fmt(ff?.tokS, 0)} | ${fmt(h?.tokS, 0)} | ${fmt(n?.tokS, 0)} | ${ff ? fmt(f.tokS / ff.tokS, 2) + '×' : ''} | ${h ? fmt(f.tokS / h.tokS, 2) + '×' : ''} | ${n ? fmt(f.tokS / n.tokS, 2) + '×' : ''} | ${fmt(f.stepMs, 2)} | ${fmt(f.ortMs, 2)} | ${fmt(f.sampleMs, 2)} | ${fmt(f.glueMs, 2)} | ${fmt(f.gflops, 1)} | ${kib(f.kvBytes)} | ${kib(h?.kvBytes)} |`,
     );
   }
   const b1 = rows.find((r) => r.model === name && r.batch === 1 && r.mode === 'fast');
@@ -221,11 +221,10 @@ for (const name of o.models.split(',')) {
   if (b1 && b32) console.log(`\n${name}: fast batch 32 / batch 1 aggregate tokens/s = ${(b32.tokS / b1.tokS).toFixed(2)}×`);
 }
 
-// Every row, with its session path and the cache bytes a decode step copied to run the graph.
-const bytes = (b: number | undefined) => (b === undefined ? '' : b === 0 ? '0' : b >= 1e6 ? `${(b / 1e6).toFixed(1)} MB` : `${(b / 1e3).toFixed(1)} kB`);
-console.log('\n| model | mode | session path | provider | batch | tok/s | step ms | KV bytes copied per step |');
-console.log('|---|---|---|---|---:|---:|---:|---:|');
-for (const r of rows) console.log(`| ${r.model} | ${r.mode} | ${r.path ?? ''} | ${r.provider ?? ''} | ${r.batch} | ${fmt(r.tokS, 0)} | ${fmt(r.stepMs, 2)} | ${bytes(r.kvBytesPerStep)} |`);
+// Every row, with its session path and provider: the engine table bench/gpu-check.sh writes.
+console.log('\n| model | mode | session path | provider | batch | tok/s | step ms | KV KiB copied/step | of which the cache |');
+console.log('|---|---|---|---|---:|---:|---:|---:|---:|');
+for (const r of rows) console.log(`| ${r.model} | ${r.mode} | ${r.path ?? ''} | ${r.provider ?? ''} | ${r.batch} | ${fmt(r.tokS, 0)} | ${fmt(r.stepMs, 2)} | ${kib(r.kvBytes)} | ${kib(r.cacheBytes)} |`);
 if (modes.includes('fast') && modes.includes('fast-js')) {
   console.log('\n| model | batch | I/O binding tok/s | onnxruntime-node tok/s | ratio |');
   console.log('|---|---:|---:|---:|---:|');
@@ -237,4 +236,4 @@ if (modes.includes('fast') && modes.includes('fast-js')) {
     }
   }
 }
-if (o.json) writeFileSync(o.json, JSON.stringify({ threads, cores: cpus().length, providers, promptLen, steps, context, rows }, null, 2) + '\n');
+if (o.json) writeFileSync(o.json, JSON.stringify({ threads, cores: cpus().length, providers, promptLen, steps, rows }, null, 2) + '\n');

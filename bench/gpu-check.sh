@@ -11,7 +11,7 @@
 #
 # Settings (environment): GPU_CHECK_OUT (bench/gpu), GPU_CHECK_MODELS
 # (stories15m,stories110m,llama-1b), GPU_CHECK_BATCHES (1,2,4,8,16,32,64), GPU_CHECK_STEPS
-# (32), GPU_CHECK_CONTEXT (engine context; default the bench's prompt + steps + 8),
+# (32), GPU_CHECK_PROMPT (tokens each sequence holds when decoding starts; default 128),
 # GPU_CHECK_SKIP_INSTALL=1 (already installed with the CUDA provider, e.g. in Dockerfile.gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +20,7 @@ out="${GPU_CHECK_OUT:-bench/gpu}"
 models="${GPU_CHECK_MODELS:-stories15m,stories110m,llama-1b}"
 batches="${GPU_CHECK_BATCHES:-1,2,4,8,16,32,64}"
 steps="${GPU_CHECK_STEPS:-32}"
-context_args=()
-if [[ -n "${GPU_CHECK_CONTEXT:-}" ]]; then context_args=(--context "$GPU_CHECK_CONTEXT"); fi
+prompt="${GPU_CHECK_PROMPT:-128}"
 mkdir -p "$out"
 say() { echo "gpu-check: $*" >&2; }
 
@@ -49,11 +48,11 @@ MARGINAL_PROVIDERS=cuda CI=$ci npm test 2>&1 | tee "$out/test.log"
 
 say "4/5 the engine table"
 npm run -s bench:engine -- --providers cuda --models "$models" --batches "$batches" --steps "$steps" \
-  --modes fast,fast-js "${context_args[@]}" --json "$out/engine.json" | tee "$out/engine.md"
+  --prompt "$prompt" --modes fast,fast-js --json "$out/engine.json" | tee "$out/engine.md"
 
 say "5/5 Hugging Face transformers' batched generate on the same shapes"
 if python3 -c 'import sys, torch, transformers; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
-  python3 bench/gpu/hf_generate.py --models "$models" --batches "$batches" --steps "$steps" --prompt 16 \
+  python3 bench/gpu/hf_generate.py --models "$models" --batches "$batches" --steps "$steps" --prompt "$prompt" \
     --json "$out/hf.json" | tee "$out/hf.md"
 else
   echo "skipped: no python3 with torch (CUDA) and transformers" | tee "$out/hf.md"

@@ -60,11 +60,11 @@ describe('DeviceKvStorage against HostKvStorage', { skip }, () => {
       const start = Math.floor(rand() * 8);
       const count = 1 + Math.floor(rand() * (3 * bs - start - 1));
       const headStride = count * hd + 3;
-      const srcK = Float32Array.from({ length: H * headStride + 5 }, () => rand());
-      const srcV = Float32Array.from({ length: H * headStride + 5 }, () => rand());
+      const srcK = Array.from({ length: shape.layers }, () => Float32Array.from({ length: H * headStride + 5 }, () => rand()));
+      const srcV = Array.from({ length: shape.layers }, () => Float32Array.from({ length: H * headStride + 5 }, () => rand()));
       const layer = step % shape.layers;
-      d.writePositions(layer, srcK, srcV, 2, headStride, table, start, count);
-      h.writePositions(layer, srcK, srcV, 2, headStride, table, start, count);
+      d.writePositions(srcK, srcV, 2, headStride, table, start, count);
+      h.writePositions(srcK, srcV, 2, headStride, table, start, count);
       same(d, h, `write ${step}`);
       const a = [new Float32Array(H * headStride + 5).fill(-1), new Float32Array(H * headStride + 5).fill(-1)] as const;
       const b = [new Float32Array(H * headStride + 5).fill(-1), new Float32Array(H * headStride + 5).fill(-1)] as const;
@@ -104,13 +104,11 @@ describe('DeviceKvStorage against HostKvStorage', { skip }, () => {
     const src = runner.allocate(fresh.byteLength, 'device');
     runner.write(src, 0, fresh);
     d.writeFromDevice(src, laneFloats * 4, owners, [0, 1], 2, width);
-    for (let l = 0; l < layers; l++) {
-      for (let j = 0; j < owners.length; j++) {
-        const at = j * H * width * hd;
-        const keys = fresh.subarray(2 * l * laneFloats, (2 * l + 1) * laneFloats);
-        const values = fresh.subarray((2 * l + 1) * laneFloats, (2 * l + 2) * laneFloats);
-        h.writePositions(l, keys, values, at, width * hd, (owners[j] as (typeof owners)[number]).blocks, (owners[j] as (typeof owners)[number]).offset, width);
-      }
+    const keys = Array.from({ length: layers }, (_, l) => fresh.subarray(2 * l * laneFloats, (2 * l + 1) * laneFloats));
+    const values = Array.from({ length: layers }, (_, l) => fresh.subarray((2 * l + 1) * laneFloats, (2 * l + 2) * laneFloats));
+    for (let j = 0; j < owners.length; j++) {
+      const owner = owners[j] as (typeof owners)[number];
+      h.writePositions(keys, values, j * H * width * hd, width * hd, owner.blocks, owner.offset, width);
     }
     same(d, h, 'writeFromDevice');
     assert.equal(d.takeBytesCopied(), h.takeBytesCopied());

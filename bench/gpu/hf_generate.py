@@ -5,7 +5,7 @@ The benchmark's synthetic models are written with a Hugging Face `config.json`
 (models/bench-SHAPE/, made by `npm run bench:engine`); this builds LlamaForCausalLM from that
 config with random weights (throughput does not depend on the weights' values) in float32 on
 the GPU, and times greedy generation at each batch size the way bench/engine.ts does: a
-16-token prompt per sequence, then `--steps` new tokens, decode time = full generate minus a
+`--prompt`-token prompt per sequence, then `--steps` new tokens, decode time = full generate minus a
 one-token generate (the prefill). `min_new_tokens` keeps every sequence running to the end.
 
 KV bytes copied per step are computed, not measured: transformers' default DynamicCache
@@ -29,7 +29,7 @@ def main() -> int:
     p.add_argument("--models", default="stories15m,stories110m,llama-1b")
     p.add_argument("--batches", default="1,2,4,8,16,32,64")
     p.add_argument("--steps", type=int, default=32)
-    p.add_argument("--prompt", type=int, default=16)
+    p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--root", default=os.path.join(os.path.dirname(__file__), "..", "..", "models"))
     p.add_argument("--json")
     a = p.parse_args()

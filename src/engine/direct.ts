@@ -39,6 +39,17 @@ export class DirectDriver {
     return this.seqs.get(seq)?.tokens.length ?? 0;
   }
 
+  /** `seq`'s block table (grows as it does). */
+  blocks(seq: number): readonly number[] {
+    return this.get(seq).blocks;
+  }
+
+  /** Takes blocks for `seq` to reach `positions` ahead of time (a caller building its own plans). */
+  reserve(seq: number, positions: number): void {
+    const s = this.get(seq);
+    while (s.blocks.length * this.engine.info.blockSize < positions) s.blocks.push(this.take());
+  }
+
   /** Tokens `seq` holds (fed and sampled-then-fed). */
   tokens(seq: number): readonly number[] {
     return this.seqs.get(seq)?.tokens ?? [];

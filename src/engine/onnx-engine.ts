@@ -182,6 +182,9 @@ export class OnnxEngine implements Engine {
   private readonly fetchRanked: string[];
   private readonly fetchLogits: string[];
   private decodeIdx = new Int32Array(0);
+  /** A run's new keys and values by layer (ORT's output buffers), reused. */
+  private readonly newKeys: Float32Array[] = [];
+  private readonly newValues: Float32Array[] = [];
   /** Per-step scratch: sequences seen, opened and closed by the plan being checked. */
   private readonly seenSeqs = new Set<number>();
   private readonly planOpens = new Set<number>();
@@ -553,16 +556,15 @@ export class OnnxEngine implements Engine {
       feeds[IO.topK] = this.kFeed.tensor(1);
     }
     const out = await (this.session as ort.InferenceSession).run(feeds, ranked ? this.fetchRanked : this.fetchLogits);
-    const hd = this.headDim;
-    const headStride = width * hd;
+    const headStride = width * this.headDim;
     for (let l = 0; l < this.layers; l++) {
       const names = this.names[l] as OnnxEngine['names'][number];
-      const newK = (out[names.newKey] as ort.Tensor).data as Float32Array;
-      const newV = (out[names.newValue] as ort.Tensor).data as Float32Array;
-      for (let j = 0; j < count; j++) {
-        const item = items[group[j] as number] as StepItem;
-        this.pool.writePositions(l, newK, newV, j * this.kvHeads * headStride, headStride, item.blocks, item.offset, width);
-      }
+      this.newKeys[l] = (out[names.newKey] as ort.Tensor).data as Float32Array;
+      this.newValues[l] = (out[names.newValue] as ort.Tensor).data as Float32Array;
+    }
+    for (let j = 0; j < count; j++) {
+      const item = items[group[j] as number] as StepItem;
+      this.pool.writePositions(this.newKeys, this.newValues, j * this.kvHeads * headStride, headStride, item.blocks, item.offset, width);
     }
     if (ranked) return { values: (out[IO.topKValues] as ort.Tensor).data as Float32Array, ids: (out[IO.topKIndices] as ort.Tensor).data as BigInt64Array, k };
     return { logits: (out[IO.logits] as ort.Tensor).data as Float32Array, k: 0 };
@@ -716,10 +718,12 @@ export class OnnxEngine implements Engine {
       const presentK = out[names.presentKey]?.data as Float32Array | undefined;
       const presentV = out[names.presentValue]?.data as Float32Array | undefined;
       if (!presentK || !presentV) throw new ModelFormatError(`graph did not return ${names.presentKey}`);
-      for (let k = 0; k < b; k++) {
-        const item = items[group[k] as number] as StepItem;
-        this.pool.writePositions(l, presentK, presentV, (k * H * T + (T - item.count)) * hd, T * hd, item.blocks, item.offset, item.count);
-      }
+      this.newKeys[l] = presentK;
+      this.newValues[l] = presentV;
+    }
+    for (let k = 0; k < b; k++) {
+      const item = items[group[k] as number] as StepItem;
+      this.pool.writePositions(this.newKeys, this.newValues, (k * H * T + (T - item.count)) * hd, T * hd, item.blocks, item.offset, item.count);
     }
     const logits = out[IO.logits]?.data as Float32Array | undefined;
     if (!logits) throw new ModelFormatError('graph did not return logits');

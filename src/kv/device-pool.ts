@@ -195,17 +195,22 @@ export class DeviceKvStorage implements KvStorage {
     return this.scratch;
   }
 
-  writePositions(layer: number, srcKeys: Float32Array, srcValues: Float32Array, at: number, headStride: number, table: ArrayLike<number>, start: number, count: number): void {
-    const { kvHeads: H, headDim: hd } = this.shape;
+  writePositions(srcKeys: readonly Float32Array[], srcValues: readonly Float32Array[], at: number, headStride: number, table: ArrayLike<number>, start: number, count: number): void {
+    const { layers, kvHeads: H, headDim: hd } = this.shape;
+    // Each (layer, k|v) source span goes up into its aligned slot of a scratch buffer, then one
+    // batch of copies scatters them all into their blocks.
     const span = (H - 1) * headStride + count * hd;
-    const scratch = this.scratchFor(2 * span * 4);
-    this.runner.write(scratch, 0, srcKeys.subarray(at, at + span));
-    this.runner.write(scratch, span * 4, srcValues.subarray(at, at + span));
-    const reg = this.reserve(2 * this.maxRuns(count));
-    let n = this.positionRegions(reg, 0, 2 * layer, table, start, count, 0, headStride, true);
-    n += this.positionRegions(reg, n, 2 * layer + 1, table, start, count, span, headStride, true);
+    const slot = aligned(span * 4);
+    const scratch = this.scratchFor(2 * layers * slot);
+    const reg = this.reserve(2 * layers * this.maxRuns(count));
+    let n = 0;
+    for (let lane = 0; lane < 2 * layers; lane++) {
+      const src = ((lane & 1) === 0 ? srcKeys : srcValues)[lane >> 1] as Float32Array;
+      this.runner.write(scratch, lane * slot, src.subarray(at, at + span));
+      n += this.positionRegions(reg, n, lane, table, start, count, (lane * slot) / 4, headStride, true);
+    }
     this.runner.copy(this.buffer, scratch, reg, n);
-    this.bytes += count * H * hd * 8;
+    this.bytes += count * H * hd * 8 * layers;
   }
 
   readPositions(layer: number, table: ArrayLike<number>, start: number, count: number, dstKeys: Float32Array, dstValues: Float32Array, at: number, headStride: number): void {

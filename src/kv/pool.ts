@@ -31,11 +31,11 @@ export function blockBytes(s: Omit<KvPoolShape, 'blocks' | 'hostBlocks'>): numbe
  *   headDim], the layout attention multiplies without a transpose);
  * - `copyBlock`, `swapOut`, `swapIn`: whole blocks (every layer, keys and values), within the
  *   pool or between it and host memory (on a device: cudaMemcpyAsync on the session's stream);
- * - `writePositions`: a run's new keys and values into their blocks (a device runner may
- *   instead let the graph write them, e.g. ONNX Runtime's com.microsoft.PagedAttention, whose
- *   cache is updated in place — its token-major [blocks, blockSize, kvHeads, headDim] layout
- *   and float16 cache would be that runner's own pool layout);
- * - `readPositions`: a sequence's positions packed out (the `hf` interface's past tensors).
+ * - `writePositions`: a run's new keys and values, every layer's, into their blocks (a device
+ *   runner may instead let the graph write them, e.g. ONNX Runtime's com.microsoft.PagedAttention,
+ *   whose cache is updated in place — its token-major [blocks, blockSize, kvHeads, headDim]
+ *   layout and float16 cache would be that runner's own pool layout);
+ * - `readPositions`: a sequence's positions packed out, one layer (the `hf` interface's past tensors).
  *
  * Block ids are checked by the engine before any operation runs.
  */
@@ -49,10 +49,11 @@ export interface KvStorage {
   swapIn(hostBlock: number, block: number): void;
   /**
    * Writes `count` positions starting at position `start` of the sequence whose block table is
-   * `table`, for one layer. Head h's position start + t comes from src[at + h·headStride + t·headDim …].
+   * `table`, for every layer: layer l's head h, position start + t comes from
+   * srcKeys[l][at + h·headStride + t·headDim …] (and srcValues[l] likewise).
    */
-  writePositions(layer: number, srcKeys: Float32Array, srcValues: Float32Array, at: number, headStride: number, table: ArrayLike<number>, start: number, count: number): void;
-  /** The reverse: positions [start, start + count) into dst[at + h·headStride + t·headDim …]. */
+  writePositions(srcKeys: readonly Float32Array[], srcValues: readonly Float32Array[], at: number, headStride: number, table: ArrayLike<number>, start: number, count: number): void;
+  /** The reverse for one layer: positions [start, start + count) into dst[at + h·headStride + t·headDim …]. */
   readPositions(layer: number, table: ArrayLike<number>, start: number, count: number, dstKeys: Float32Array, dstValues: Float32Array, at: number, headStride: number): void;
   /** Bytes moved by the operations above since the last call (then reset). */
   takeBytesCopied(): number;
@@ -60,6 +61,19 @@ export interface KvStorage {
 
 /** Runs shorter than this many floats are copied element by element: cheaper than a subarray view. */
 const VIEW_THRESHOLD = 256;
+
+/** For each of `heads` heads, n floats from src[from + h·srcStride …] to dst[to + h·dstStride …]. */
+function copyHeads(src: Float32Array, from: number, srcStride: number, dst: Float32Array, to: number, dstStride: number, heads: number, n: number): void {
+  if (n >= VIEW_THRESHOLD) {
+    for (let h = 0; h < heads; h++) dst.set(src.subarray(from + h * srcStride, from + h * srcStride + n), to + h * dstStride);
+    return;
+  }
+  for (let h = 0; h < heads; h++) {
+    const a = from + h * srcStride;
+    const b = to + h * dstStride;
+    for (let i = 0; i < n; i++) dst[b + i] = src[a + i] as number;
+  }
+}
 
 /**
  * The pool in host memory: one Float32Array per layer for keys and one for values, each
@@ -121,51 +135,37 @@ export class HostKvStorage implements KvStorage {
     this.bytes += this.blockFloats * 4;
   }
 
-  writePositions(layer: number, srcKeys: Float32Array, srcValues: Float32Array, at: number, headStride: number, table: ArrayLike<number>, start: number, count: number): void {
-    this.move(true, layer, srcKeys, srcValues, at, headStride, table, start, count);
-  }
-
-  readPositions(layer: number, table: ArrayLike<number>, start: number, count: number, dstKeys: Float32Array, dstValues: Float32Array, at: number, headStride: number): void {
-    this.move(false, layer, dstKeys, dstValues, at, headStride, table, start, count);
-  }
-
-  /** Position runs that stay inside one block are contiguous on both sides: one copy per run and head. */
-  private move(write: boolean, layer: number, bufK: Float32Array, bufV: Float32Array, at: number, headStride: number, table: ArrayLike<number>, start: number, count: number): void {
-    const { kvHeads: H, blockSize: bs, headDim: hd } = this.shape;
-    const poolK = this.keys[layer] as Float32Array;
-    const poolV = this.values[layer] as Float32Array;
+  writePositions(srcKeys: readonly Float32Array[], srcValues: readonly Float32Array[], at: number, headStride: number, table: ArrayLike<number>, start: number, count: number): void {
+    const layers = this.shape.layers;
     let t = 0;
+    // Position runs that stay inside one block are contiguous on both sides: one copy per run, layer and head.
     while (t < count) {
       const pos = start + t;
-      const within = pos % bs;
-      const run = Math.min(bs - within, count - t);
-      const base = ((table[(pos - within) / bs] as number) * bs + within) * hd;
-      const n = run * hd;
-      for (let h = 0; h < H; h++) {
-        const p = base + h * this.headSpan;
-        const b = at + h * headStride + t * hd;
-        if (n >= VIEW_THRESHOLD) {
-          if (write) {
-            poolK.set(bufK.subarray(b, b + n), p);
-            poolV.set(bufV.subarray(b, b + n), p);
-          } else {
-            bufK.set(poolK.subarray(p, p + n), b);
-            bufV.set(poolV.subarray(p, p + n), b);
-          }
-        } else if (write) {
-          for (let i = 0; i < n; i++) {
-            poolK[p + i] = bufK[b + i] as number;
-            poolV[p + i] = bufV[b + i] as number;
-          }
-        } else {
-          for (let i = 0; i < n; i++) {
-            bufK[b + i] = poolK[p + i] as number;
-            bufV[b + i] = poolV[p + i] as number;
-          }
-        }
+      const within = pos % this.shape.blockSize;
+      const run = Math.min(this.shape.blockSize - within, count - t);
+      const base = ((table[(pos - within) / this.shape.blockSize] as number) * this.shape.blockSize + within) * this.shape.headDim;
+      const from = at + t * this.shape.headDim;
+      for (let l = 0; l < layers; l++) {
+        copyHeads(srcKeys[l] as Float32Array, from, headStride, this.keys[l] as Float32Array, base, this.headSpan, this.shape.kvHeads, run * this.shape.headDim);
+        copyHeads(srcValues[l] as Float32Array, from, headStride, this.values[l] as Float32Array, base, this.headSpan, this.shape.kvHeads, run * this.shape.headDim);
       }
       t += run;
     }
-    this.bytes += count * H * hd * 8;
+    this.bytes += count * layers * this.shape.kvHeads * this.shape.headDim * 8;
+  }
+
+  readPositions(layer: number, table: ArrayLike<number>, start: number, count: number, dstKeys: Float32Array, dstValues: Float32Array, at: number, headStride: number): void {
+    let t = 0;
+    while (t < count) {
+      const pos = start + t;
+      const within = pos % this.shape.blockSize;
+      const run = Math.min(this.shape.blockSize - within, count - t);
+      const base = ((table[(pos - within) / this.shape.blockSize] as number) * this.shape.blockSize + within) * this.shape.headDim;
+      const to = at + t * this.shape.headDim;
+      copyHeads(this.keys[layer] as Float32Array, base, this.headSpan, dstKeys, to, headStride, this.shape.kvHeads, run * this.shape.headDim);
+      copyHeads(this.values[layer] as Float32Array, base, this.headSpan, dstValues, to, headStride, this.shape.kvHeads, run * this.shape.headDim);
+      t += run;
+    }
+    this.bytes += count * this.shape.kvHeads * this.shape.headDim * 8;
   }
 }
