@@ -63,7 +63,7 @@ export async function openEngineSession(graphPath: string, flavour: Flavour, o: 
         if (o.intraOpThreads !== undefined) threads.intraOpThreads = o.intraOpThreads;
         if (o.interOpThreads !== undefined) threads.interOpThreads = o.interOpThreads;
         const runner = await OrtRunner.open(graphPath, { provider, ...threads });
-        const fallback = failures.length > 0 ? ` (${failures.join('; ')})` : '';
+        const fallback = failures.length > 0 ? `; ${failures.join('; ')}` : '';
         const memory = provider === 'cuda' ? 'device' : 'host';
         log(`marginal: engine: ${flavour} graph on ONNX Runtime ${runner.version}'s C API with I/O binding (native addon) on ${provider.toUpperCase()}; KV pool in ${memory} memory, bound in place${fallback}`);
         return { kind: 'io-binding', runner, provider };
@@ -87,7 +87,7 @@ export async function openEngineSession(graphPath: string, flavour: Flavour, o: 
   if (want === true) throw new IoBindingUnavailableError(why);
   // openSession's own fallback line (CUDA unavailable) joins ours, so one line is logged.
   const notes: string[] = [];
-  const { session, provider } = await openSession(graphPath, { ...o, log: (line) => notes.push(line.replace(/^marginal: /, '')) });
+  const { session, provider } = await openSession(graphPath, { ...o, log: (line) => notes.push(line.replace(/^marginal: /, '').replace(/; running on \w+$/, '')) });
   const fallback = notes.length > 0 ? `; ${notes.join('; ')}` : '';
   log(`marginal: engine: ${flavour} graph on onnxruntime-node's JavaScript session on ${provider.toUpperCase()}; KV pool in host memory (I/O binding: ${why})${fallback}`);
   return { kind: 'onnxruntime-node', session, provider };
