@@ -6,6 +6,7 @@ import { before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
+import { cudaProviderInstalled } from '../src/engine/session.js';
 import { Rng, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
 import type { StepResult } from '../src/engine/types.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
@@ -208,6 +209,12 @@ describe('the I/O-binding session path', { skip }, () => {
     await engine.dispose();
   });
 
+  test('CUDA demanded where it cannot load is an error on either path, not a quiet CPU run', { skip: cudaProviderInstalled() ? 'CUDA is installed here' : false }, async () => {
+    for (const ioBinding of [true, false]) {
+      await assert.rejects(OnnxEngine.create(model, { providers: ['cuda'], maxSequences: 1, ioBinding }), { code: 'MARGINAL_MODEL_FORMAT', message: /CUDA execution provider not installed/ });
+    }
+  });
+
   test('MARGINAL_IO_BINDING and ioBinding choose the path; the hf graph cannot be bound', async () => {
     await assert.rejects(OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], ioBinding: true }), { code: 'MARGINAL_INVALID_ARGUMENT' });
     const lines: string[] = [];
@@ -215,6 +222,21 @@ describe('the I/O-binding session path', { skip }, () => {
     assert.equal(js.kvPath.path, 'onnxruntime-node');
     assert.match(lines[0] as string, /onnxruntime-node's JavaScript session on CPU; KV pool in host memory \(I\/O binding: turned off\)/);
     await js.dispose();
+    const saved = process.env.MARGINAL_IO_BINDING;
+    try {
+      process.env.MARGINAL_IO_BINDING = '0';
+      const off = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1, log: () => {} });
+      assert.equal(off.kvPath.path, 'onnxruntime-node');
+      await off.dispose();
+      process.env.MARGINAL_IO_BINDING = '1';
+      await assert.rejects(OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], log: () => {} }), { code: 'MARGINAL_INVALID_ARGUMENT' });
+      const on = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1, log: () => {} });
+      assert.equal(on.kvPath.path, 'io-binding');
+      await on.dispose();
+    } finally {
+      if (saved === undefined) delete process.env.MARGINAL_IO_BINDING;
+      else process.env.MARGINAL_IO_BINDING = saved;
+    }
   });
 
   test('without the addon the JavaScript session serves, says why, and reproduces llama2.c', () => {
