@@ -23,7 +23,7 @@ namespace {
 
 // Bumped whenever an export's signature or meaning changes, so that a stale build left in
 // native/build is refused by src/native/index.ts instead of being called with the wrong layout.
-constexpr int32_t kAbiVersion = 2;
+constexpr int32_t kAbiVersion = 3;
 
 template <typename T>
 struct Span {

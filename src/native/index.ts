@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import type { NativeOrtRunner, OrtRunnerOptions } from './ort-runner.js';
 
 /** Must equal kAbiVersion in native/src/addon.cc; a stale build with another number is refused. */
-export const NATIVE_ABI_VERSION = 2;
+export const NATIVE_ABI_VERSION = 3;
 
 export interface NativeAddon {
   readonly abiVersion: number;
