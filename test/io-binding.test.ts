@@ -4,13 +4,16 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import * as ort from 'onnxruntime-node';
+import { BoundFastGraph } from '../src/engine/bound-fast.js';
 import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { cudaProviderInstalled } from '../src/engine/session.js';
 import { Rng, validateSamplingParams, type SamplingParams } from '../src/engine/sampling.js';
 import type { StepResult } from '../src/engine/types.js';
 import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
-import { ortRunnerUnavailable, RunnerStat } from '../src/native/ort-runner.js';
+import { IO } from '../src/models/llama/graph.js';
+import { OrtRunner, ortRunnerUnavailable, RunnerStat } from '../src/native/ort-runner.js';
 import { importStories260K, stories260K, tempDir } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
 import { testProviders } from './helpers/providers.js';
@@ -266,5 +269,56 @@ await engine.dispose();
     const lines = child.stderr.split('\n').filter((l) => l.startsWith('marginal: engine:'));
     assert.equal(lines.length, 1);
     assert.match(lines[0] as string, /onnxruntime-node's JavaScript session on CPU; KV pool in host memory \(I\/O binding: the native addon is unavailable \(TypeScript fallback: MARGINAL_NATIVE=0\)\)/);
+  });
+});
+
+describe('BoundFastGraph', { skip }, () => {
+  test('logits for every fed position when asked (prompt log-probabilities), and the new keys and values in their blocks', async () => {
+    const model = await loadModelDir(importStories260K());
+    const graph = model.graphPath('fast');
+    const { layers, kvHeads: H, headDim: hd } = model.kv;
+    const vocab = model.vocabSize;
+    const shape = { layers, kvHeads: H, headDim: hd, blockSize: 4, blocks: 8, hostBlocks: 0 };
+    const runner = await OrtRunner.open(graph);
+    const bound = new BoundFastGraph(runner, shape, vocab, 64);
+    const tokens = [1, 300, 301, 302, 303];
+    const out = await bound.run([{ tokens, offset: 0, blocks: [3, 5] }], [0], 1, 5, 1, [0, 1, 2, 3, 4], 5, false, 1);
+
+    const session = await ort.InferenceSession.create(graph, { executionProviders: ['cpu'], graphOptimizationLevel: 'all', logSeverityLevel: 3 });
+    const feeds: Record<string, ort.Tensor> = {
+      [IO.inputIds]: new ort.Tensor('int64', BigInt64Array.from(tokens.map(BigInt)), [1, 5]),
+      [IO.positionIds]: new ort.Tensor('int64', BigInt64Array.from([0n, 1n, 2n, 3n, 4n]), [1, 5]),
+      [IO.pastLengths]: new ort.Tensor('int64', BigInt64Array.of(0n), [1]),
+      [IO.logitsRows]: new ort.Tensor('int64', BigInt64Array.from([0n, 1n, 2n, 3n, 4n]), [5]),
+      [IO.topK]: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
+      [IO.blockTables]: new ort.Tensor('int32', Int32Array.of(0), [1, 1]),
+    };
+    for (let l = 0; l < layers; l++) {
+      feeds[IO.poolKey(l)] = new ort.Tensor('float32', new Float32Array(H * 8 * 4 * hd), [H, 8, 4, hd]);
+      feeds[IO.poolValue(l)] = new ort.Tensor('float32', new Float32Array(H * 8 * 4 * hd), [H, 8, 4, hd]);
+    }
+    const ref = await session.run(feeds);
+    const want = ref[IO.logits]?.data as Float32Array;
+    assert.equal(want.length, 5 * vocab);
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs((want[i] as number) - ((out.logits as Float32Array)[i] as number)));
+    assert.ok(worst <= 1e-5, `max |bound - session| = ${worst}`);
+    // Positions 0..3 in block 3, position 4 in block 5, every head, every layer.
+    const pool = new Float32Array(runner.view(bound.pool.buffer) as ArrayBuffer);
+    for (let l = 0; l < layers; l++) {
+      for (const [kv, name] of [[0, IO.newKey(l)], [1, IO.newValue(l)]] as const) {
+        const fresh = ref[name]?.data as Float32Array; // [1, H, 5, hd]
+        const lane = bound.pool.laneOffset(l, kv) / 4;
+        for (let h = 0; h < H; h++) {
+          for (let t = 0; t < 5; t++) {
+            const block = t < 4 ? 3 : 5;
+            const at = lane + ((h * 8 + block) * 4 + (t % 4)) * hd;
+            for (let e = 0; e < hd; e++) assert.ok(Math.abs((pool[at + e] as number) - (fresh[(h * 5 + t) * hd + e] as number)) <= 1e-6);
+          }
+        }
+      }
+    }
+    await session.release();
+    bound.dispose();
   });
 });

@@ -114,10 +114,11 @@ export class BoundFastGraph {
 
   /**
    * One run over `count` items of equal `width` (items[group[j]]), their tables padded to `nb`
-   * blocks with block 0 (masked by their lengths), then the new keys and values written into
-   * their blocks.
+   * blocks with block 0 (masked by their lengths), computing logits (or their k best) for the
+   * `rowCount` flattened positions rows[0 .. rowCount) (item j's positions are rows j·width …
+   * j·width + width − 1), then the new keys and values written into their blocks.
    */
-  async run(items: readonly BoundItem[], group: ArrayLike<number>, count: number, width: number, nb: number, ranked: boolean, k: number): Promise<BoundRunOutput> {
+  async run(items: readonly BoundItem[], group: ArrayLike<number>, count: number, width: number, nb: number, rows: ArrayLike<number>, rowCount: number, ranked: boolean, k: number): Promise<BoundRunOutput> {
     const { runner, dims, shape } = this;
     const bs = shape.blockSize;
     const cw = count * width;
@@ -128,7 +129,7 @@ export class BoundFastGraph {
     const posAt = aligned(cw * 8);
     const lengthsAt = posAt + aligned(cw * 8);
     const rowsAt = lengthsAt + aligned(count * 8);
-    const kAt = rowsAt + aligned(count * 8);
+    const kAt = rowsAt + aligned(rowCount * 8);
     const tablesAt = kAt + aligned(8);
     const bytes = tablesAt + count * nb * 4;
     const small = this.grow(this.small, this.smallBytes, bytes, 'device');
@@ -143,7 +144,7 @@ export class BoundFastGraph {
     const ids = idsAt / 4;
     const pos = posAt / 4;
     const lengths = lengthsAt / 4;
-    const rows = rowsAt / 4;
+    const rowWords = rowsAt / 4;
     const tables = tablesAt / 4;
     for (let j = 0; j < count; j++) {
       const item = items[group[j] as number] as BoundItem;
@@ -153,10 +154,10 @@ export class BoundFastGraph {
         w[pos + 2 * (j * width + t)] = len + t;
       }
       w[lengths + 2 * j] = len;
-      w[rows + 2 * j] = j * width + width - 1;
       const used = Math.ceil(len / bs);
       for (let b = 0; b < nb; b++) w[tables + j * nb + b] = b < used ? (item.blocks[b] as number) : 0;
     }
+    for (let r = 0; r < rowCount; r++) w[rowWords + 2 * r] = rows[r] as number;
     w[kAt / 4] = k;
     runner.write(this.small, 0, this.staging, bytes);
     dims[0] = count;
@@ -166,6 +167,7 @@ export class BoundFastGraph {
     dims[1] = nb;
     this.bindIn(this.inTables, this.small, tablesAt, I32, 2);
     this.bindIn(this.inLengths, this.small, lengthsAt, I64, 1);
+    dims[0] = rowCount;
     this.bindIn(this.inRows, this.small, rowsAt, I64, 1);
     if (this.inTopK >= 0) {
       dims[0] = 1;
@@ -187,10 +189,10 @@ export class BoundFastGraph {
       runner.clearOutputs();
       this.ranked = ranked;
     }
-    dims[0] = count;
+    dims[0] = rowCount;
     if (ranked) {
-      const v = this.grow(this.valuesBuf, this.valuesView.byteLength, count * k * 4, 'host');
-      const i = this.grow(this.idsBuf, this.idsView.byteLength, count * k * 8, 'host');
+      const v = this.grow(this.valuesBuf, this.valuesView.byteLength, rowCount * k * 4, 'host');
+      const i = this.grow(this.idsBuf, this.idsView.byteLength, rowCount * k * 8, 'host');
       this.valuesBuf = v.buffer;
       this.idsBuf = i.buffer;
       if (v.old >= 0 || this.valuesView.byteLength === 0) this.valuesView = new Float32Array(runner.view(v.buffer) as ArrayBuffer);
@@ -201,7 +203,7 @@ export class BoundFastGraph {
       if (v.old >= 0) runner.free(v.old);
       if (i.old >= 0) runner.free(i.old);
     } else {
-      const g = this.grow(this.logitsBuf, this.logitsView.byteLength, count * this.vocab * 4, 'host');
+      const g = this.grow(this.logitsBuf, this.logitsView.byteLength, rowCount * this.vocab * 4, 'host');
       this.logitsBuf = g.buffer;
       if (g.old >= 0 || this.logitsView.byteLength === 0) this.logitsView = new Float32Array(runner.view(g.buffer) as ArrayBuffer);
       dims[1] = this.vocab;

@@ -174,6 +174,7 @@ export class OnnxEngine implements Engine {
   private readonly posFeed = new Int64Feed();
   private readonly lengthsFeed = new Int64Feed();
   private readonly rowsFeed = new Int64Feed();
+  private boundRows = new Int32Array(0);
   private readonly kFeed = new Int64Feed();
   private readonly tablesFeed = new Int32Feed();
   private readonly feeds: Record<string, ort.Tensor> = {};
@@ -517,9 +518,12 @@ export class OnnxEngine implements Engine {
       else if (params.temperature > 0) k = Math.max(k, params.topK);
     }
     if (this.bound !== undefined) {
+      // The logits rows the run computes: item j's last position.
+      if (this.boundRows.length < count) this.boundRows = new Int32Array(Math.max(count, 2 * this.boundRows.length));
+      for (let j = 0; j < count; j++) this.boundRows[j] = j * width + width - 1;
       // Measured, not assumed: a run on this path reads no byte out of the pool's buffers.
       const before = this.bound.kvCopiedBytes();
-      const out = await this.bound.run(items, group, count, width, nb, ranked, k);
+      const out = await this.bound.run(items, group, count, width, nb, this.boundRows, count, ranked, k);
       this.cacheBytes += this.bound.kvCopiedBytes() - before;
       return out;
     }
