@@ -33,7 +33,8 @@ const engineOptions = (c: Command) =>
   c
     .option('--flavour <fast|hf>', 'graph flavour', 'fast')
     .option('--providers <list>', 'execution providers in order of preference', 'cuda,cpu')
-    .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'));
+    .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'))
+    .option('--spinning', "let ONNX Runtime's threads spin between parallel sections (faster on an idle machine, slower on a shared one)");
 
 /** The economy's settings, shared by serve, sim and tune. */
 const economyOptions = (c: Command) =>
@@ -84,6 +85,7 @@ economyOptions(addGeometryOptions(engineOptions(
     .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')
     .option('--curve <file>', 'price curve file')
     .option('--api-keys <file>', 'API keys with tenants, default bids and budgets (default: one anonymous tenant)')
+    .option('--step-log <file>', 'write each step (its shape and how long it took) as JSON Lines, for marginal calibrate --from-steps')
     .option('--default-bid <v>', 'value per output token of requests that carry no value or bid', numArg('--default-bid'), 0.01),
 ))).action(runServe);
 
@@ -176,8 +178,9 @@ program
 
 program
   .command('calibrate')
-  .description("measure the real engine and fit the simulator's step-time model")
-  .requiredOption('--model <dir>', 'model directory')
+  .description("fit the simulator's step-time model: to the engine measured on a grid of step shapes, or to a served run's steps")
+  .option('--model <dir>', 'model directory: measure its engine (in its worker thread) on a grid of step shapes')
+  .option('--from-steps <files>', 'fit instead to the steps a server logged (marginal serve --step-log); several files comma-separated')
   .requiredOption('--out <file>', 'profile JSON to write')
   .option('--providers <list>', 'execution providers', 'cpu')
   .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'))

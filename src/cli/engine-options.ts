@@ -14,6 +14,7 @@ export interface EngineCliOptions {
   flavour: string;
   providers: string;
   threads?: number;
+  spinning?: boolean;
   /** Run the engine in a worker thread (the server: its event loop must never wait on a step). */
   worker?: boolean;
 }
@@ -48,6 +49,7 @@ export async function openModelAndEngine(o: EngineCliOptions, geometry: Geometry
     ...engineGeometry(g),
   };
   if (o.threads !== undefined) engineOpts.intraOpThreads = o.threads;
+  if (o.spinning === true) engineOpts.spinning = true;
   const engine = o.worker ? await WorkerEngine.create(model.dir, engineOpts) : await OnnxEngine.create(model, engineOpts);
   return { model, engine, geometry: g };
 }

@@ -7,6 +7,7 @@ import { loadApiKeys, openDirectory } from '../server/tenants.js';
 import { TokenizePool } from '../server/tokenize-pool.js';
 import { openModelAndEngine, type EngineCliOptions } from './engine-options.js';
 import { geometryFromCli, type GeometryCliOptions } from './geometry-options.js';
+import { openStepLog } from '../serving/step-log.js';
 import { economyFromCli } from './sim.js';
 
 interface ServeOptions extends EngineCliOptions, GeometryCliOptions {
@@ -21,6 +22,7 @@ interface ServeOptions extends EngineCliOptions, GeometryCliOptions {
   retention?: string;
   clearing?: boolean;
   payment?: boolean;
+  stepLog?: string;
 }
 
 /** What one request may claim to be worth unless its tenant says otherwise: a few typical completions' worth. */
@@ -40,7 +42,9 @@ export async function runServe(o: ServeOptions): Promise<void> {
   const defaults = new Map(tenants.tenants().map((t) => [t.name, t.defaultBid ?? o.defaultBid]));
 
   const { model, engine, geometry } = await openModelAndEngine({ ...o, worker: true }, geometryFromCli(o));
+  const stepLog = o.stepLog ? openStepLog(o.stepLog, { model: model.name, engine: engine.info, geometry }) : undefined;
   const generator = new Generator(engine, model, {
+    ...(stepLog ? { onStep: stepLog.write } : {}),
     geometry,
     policy: o.policy,
     ledger,
@@ -62,6 +66,7 @@ export async function runServe(o: ServeOptions): Promise<void> {
     await server.drain();
     await pool.close();
     await engine.dispose();
+    await stepLog?.close();
     process.exit(0);
   };
   process.once('SIGTERM', () => void shutdown('SIGTERM'));

@@ -5,6 +5,8 @@ import { InvalidArgumentError } from '../errors.js';
 import { loadCurveFile } from '../economy/curves.js';
 import { loadProfile, type StepProfile } from '../engine/cost-model.js';
 import { calibrate } from '../engine/calibrate.js';
+import { profileFromSteps, readStepLog } from '../serving/step-log.js';
+import { cpus } from 'node:os';
 import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import { packageRoot } from '../models/importers.js';
@@ -120,13 +122,22 @@ export function formatSummary(s: Summary): string {
   ].join('\n');
 }
 
-export async function runCalibrate(o: { model: string; out: string; providers: string; threads?: number; repeats?: number; blockSize?: number; maxModelLen?: number }): Promise<void> {
-  const opts: Parameters<typeof calibrate>[1] = { providers: o.providers.split(',') as ('cuda' | 'cpu')[], log: (l) => process.stderr.write(l + '\n') };
-  if (o.threads !== undefined) opts.intraOpThreads = o.threads;
-  if (o.repeats !== undefined) opts.repeats = o.repeats;
-  if (o.blockSize !== undefined) opts.blockSize = o.blockSize;
-  if (o.maxModelLen !== undefined) opts.maxContext = o.maxModelLen;
-  const profile = await calibrate(o.model, opts);
+export async function runCalibrate(o: { model?: string; out: string; providers: string; threads?: number; repeats?: number; blockSize?: number; maxModelLen?: number; fromSteps?: string }): Promise<void> {
+  const machine = `${cpus().length}× ${cpus()[0]?.model.trim() ?? 'cpu'}`;
+  let profile: StepProfile;
+  if (o.fromSteps !== undefined) {
+    // Several served runs (comma-separated) pool their steps: a wider spread of step shapes.
+    const logs = await Promise.all(o.fromSteps.split(',').map((f) => readStepLog(f.trim())));
+    profile = profileFromSteps({ header: (logs[0] as (typeof logs)[number]).header, steps: logs.flatMap((l) => l.steps) }, machine);
+  } else {
+    if (o.model === undefined) throw new InvalidArgumentError('calibrate needs --model DIR (to measure the engine) or --from-steps FILE (a served run)');
+    const opts: Parameters<typeof calibrate>[1] = { providers: o.providers.split(',') as ('cuda' | 'cpu')[], log: (l) => process.stderr.write(l + '\n') };
+    if (o.threads !== undefined) opts.intraOpThreads = o.threads;
+    if (o.repeats !== undefined) opts.repeats = o.repeats;
+    if (o.blockSize !== undefined) opts.blockSize = o.blockSize;
+    if (o.maxModelLen !== undefined) opts.maxContext = o.maxModelLen;
+    profile = await calibrate(o.model, opts);
+  }
   await writeFile(o.out, JSON.stringify(profile, null, 2) + '\n');
-  process.stderr.write(`wrote ${o.out}: base ${profile.baseMs.toFixed(3)} ms + ${profile.perTokenMs.toFixed(4)} ms/token + ${profile.perContextMs.toFixed(4)} ms/1k context + ${profile.perSequenceMs.toFixed(4)} ms/sequence + ${profile.perRunMs.toFixed(3)} ms/extra run (R² ${profile.r2?.toFixed(3)})\n`);
+  process.stderr.write(`wrote ${o.out}: base ${profile.baseMs.toFixed(3)} ms + ${profile.perTokenMs.toFixed(4)} ms/token + ${profile.perContextMs.toFixed(4)} ms/1k context + ${profile.perSequenceMs.toFixed(4)} ms/sequence + ${profile.perRunMs.toFixed(3)} ms/extra run (R² ${profile.r2?.toFixed(3)}, ${profile.samples} steps)\n`);
 }

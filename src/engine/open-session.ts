@@ -59,9 +59,10 @@ export async function openEngineSession(graphPath: string, flavour: Flavour, o: 
         continue;
       }
       try {
-        const threads: { intraOpThreads?: number; interOpThreads?: number } = {};
+        const threads: { intraOpThreads?: number; interOpThreads?: number; spinning?: boolean } = {};
         if (o.intraOpThreads !== undefined) threads.intraOpThreads = o.intraOpThreads;
         if (o.interOpThreads !== undefined) threads.interOpThreads = o.interOpThreads;
+        if (o.spinning !== undefined) threads.spinning = o.spinning;
         const runner = await OrtRunner.open(graphPath, { provider, ...threads });
         const fallback = failures.length > 0 ? `; ${failures.join('; ')}` : '';
         const memory = provider === 'cuda' ? 'device' : 'host';

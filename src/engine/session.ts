@@ -10,6 +10,14 @@ export interface SessionConfig {
   providers?: ExecutionProvider[];
   intraOpThreads?: number;
   interOpThreads?: number;
+  /**
+   * Let ONNX Runtime's intra-op threads spin between parallel sections (its default). Off by
+   * default here: the engine shares the cores with the server's own threads (HTTP, tokenizer
+   * pool), and spinning threads that are oversubscribed wait out whole scheduler slices at every
+   * barrier — on this project's shared 2-core machine a stories15M batch-32 step ran 1.5–2.5×
+   * slower with spinning than without (BENCHMARKS.md).
+   */
+  spinning?: boolean;
   /** Where the one fallback line goes (default: stderr). */
   log?: (line: string) => void;
 }
@@ -41,6 +49,7 @@ export async function openSession(path: string, cfg: SessionConfig = {}): Promis
       logSeverityLevel: 3,
     };
     if (cfg.intraOpThreads !== undefined) options.intraOpNumThreads = cfg.intraOpThreads;
+    if (cfg.spinning !== true) options.extra = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
     if (cfg.interOpThreads !== undefined) options.interOpNumThreads = cfg.interOpThreads;
     try {
       const session = await ort.InferenceSession.create(path, options);

@@ -1,21 +1,21 @@
 import { native as loadedAddon, type NativeAddon } from './index.js';
 
 /**
- * Block copies between the engine's per-layer KV caches and packed host copies, in one call per
- * operation: the TypeScript version costs two subarray views and two `set`s per layer and head
- * (thousands per block on a real model); the native one is a memmove loop.
+ * Block copies between per-layer KV caches and packed host copies, in one call per operation:
+ * the TypeScript version costs two subarray views and two `set`s per layer and head (thousands
+ * per block on a real model); the native one is a memmove loop.
  *
- * Layouts (those of src/engine/onnx-engine.ts):
+ * Layouts:
  * - cache: keys[layer] and values[layer], each [slot][kvHead][capacity][headDim];
  * - packed: [layer][k|v][kvHead][n][headDim], one Float32Array per run of n positions.
  *
  * A call moves positions [from + b*n, from + (b+1)*n) of one slot to or from packed[b], for each
- * b. The engine's four operations are:
+ * b. The paged KV pool (src/kv/pool.ts, [kvHead][block][blockSize][headDim] per layer) is one
+ * slot of capacity blocks × blockSize to it, so block `id` is positions [id·bs, (id+1)·bs):
  *
- *   storeBlock(seq, index, id):  kvCopy('gather',  keys, values, shape, slot, index * bs, bs, [copy])
- *   loadBlocks(seq, ids):        kvCopy('scatter', keys, values, shape, slot, 0, bs, ids.map(copyOf))
- *   swapOut(seq):                kvCopy('gather',  keys, values, shape, slot, 0, len, [data])
- *   swapIn(seq):                 kvCopy('scatter', keys, values, shape, slot, 0, len, [data])
+ *   swapOut(id, host):   kvCopy('gather',  keys, values, shape, 0, id * bs, bs, [hostBlock])
+ *   swapIn(host, id):    kvCopy('scatter', keys, values, shape, 0, id * bs, bs, [hostBlock])
+ *   copyBlock(src, dst): a gather of src into a scratch block, then a scatter to dst
  */
 export type KvDirection = 'gather' | 'scatter';
 

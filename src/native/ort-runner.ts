@@ -91,6 +91,8 @@ export interface OrtRunnerOptions {
   deviceId?: number;
   intraOpThreads?: number;
   interOpThreads?: number;
+  /** Let idle intra-op threads spin (ONNX Runtime's default); off unless true. */
+  spinning?: boolean;
   graphOptimizationLevel?: 'disabled' | 'basic' | 'extended' | 'all';
 }
 

@@ -12,7 +12,7 @@ import type { Bill } from '../economy/ledger.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
 import { GEOMETRY_DEFAULTS, type Geometry } from '../geometry.js';
 import { Rng, StopMatcher, type SamplingParams } from '../engine/sampling.js';
-import { emptyPlan, type Engine, type StepResult, type StepTiming } from '../engine/types.js';
+import { emptyPlan, type Engine, type StepItem, type StepResult, type StepTiming } from '../engine/types.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
@@ -50,6 +50,24 @@ export interface GenerationRequest {
   endpoint?: 'completion' | 'chat';
 }
 
+/**
+ * One step as the server ran it: its shape (what the cost model prices) and its durations.
+ * `periodMs` is the time from this step's plan to the next one's when the next followed at once
+ * (the pace the serving loop actually kept, engine and everything around it), else null.
+ */
+export interface StepRecord {
+  /** Clock at plan time, seconds. */
+  at: number;
+  tokens: number;
+  /** Σ over items of the positions they reach (the attention term). */
+  contextTokens: number;
+  sequences: number;
+  runs: number;
+  /** The engine's execute, as the serving loop saw it (worker round trip included). */
+  engineMs: number;
+  periodMs: number | null;
+}
+
 interface Pending {
   detok: StreamDetokenizer;
   stop: StopMatcher;
@@ -81,6 +99,8 @@ export interface GeneratorOptions {
   basePrice?: number;
   /** Seconds; injected for tests. */
   clock?: () => number;
+  /** Sees every step that ran requests, with its shape and how long it took (a step log, calibration). */
+  onStep?: (s: StepRecord) => void;
   /** Sees every token and every finished request (metrics). */
   observer?: { onToken?(r: SchedRequest, now: number): void; onFinish?(r: SchedRequest, now: number): void };
 }
@@ -97,6 +117,9 @@ export class Generator {
   private readonly clock: () => number;
   private observer: GeneratorOptions['observer'];
   lastTiming: StepTiming | undefined;
+  private readonly onStep: ((s: StepRecord) => void) | undefined;
+  /** The last step that ran requests, until the next step's start gives it a period. */
+  private lastStep: StepRecord | undefined;
   /** Over every step the engine ran: steps, tokens fed, KV bytes copied outside the graph. */
   readonly totals = { steps: 0, batchTokens: 0, kvBytesCopied: 0 };
 
@@ -130,6 +153,7 @@ export class Generator {
     if (opts.basePrice !== undefined) config.basePrice = opts.basePrice;
     this.clock = opts.clock ?? (() => performance.now() / 1000);
     this.observer = opts.observer;
+    this.onStep = opts.onStep;
     this.scheduler = new Scheduler(policy, config, this);
   }
 
@@ -214,7 +238,9 @@ export class Generator {
    * that only closes finished sequences or moves blocks still goes to the engine.
    */
   async step(): Promise<boolean> {
-    const plan = this.scheduler.plan(this.clock());
+    const at = this.clock();
+    const plan = this.scheduler.plan(at);
+    this.recordPrevious(at, plan.items.length > 0);
     if (emptyPlan(plan)) {
       this.scheduler.commit(NOTHING_RAN, this.clock(), 0);
       this.flush();
@@ -245,11 +271,21 @@ export class Generator {
       throw e;
     }
     this.lastTiming = result.timing;
+    if (this.onStep !== undefined && plan.items.length > 0) this.lastStep = stepRecord(at, plan.items, result);
     this.totals.steps++;
     this.totals.batchTokens += result.timing.batchTokens;
     this.totals.kvBytesCopied += result.timing.kvBytesCopied;
     this.scheduler.commit(result, this.clock(), result.timing.totalMs / 1000);
     return plan.items.length > 0;
+  }
+
+  /** Hands the previous step to onStep, with a period when this step follows it at once with work. */
+  private recordPrevious(now: number, busy: boolean): void {
+    const last = this.lastStep;
+    if (last === undefined) return;
+    this.lastStep = undefined;
+    last.periodMs = busy ? (now - last.at) * 1000 : null;
+    this.onStep?.(last);
   }
 
   /** Steps until every request has finished and the engine has been told of every finish. */
@@ -348,6 +384,12 @@ export class Generator {
     }
     return stopped;
   }
+}
+
+function stepRecord(at: number, items: readonly StepItem[], result: StepResult): StepRecord {
+  let contextTokens = 0;
+  for (const it of items) contextTokens += it.offset + it.count;
+  return { at, tokens: result.timing.batchTokens, contextTokens, sequences: items.length, runs: result.timing.runs, engineMs: result.timing.totalMs, periodMs: null };
 }
 
 const NOTHING_RAN: StepResult = { tokens: new Int32Array(0), timing: { totalMs: 0, runMs: 0, sampleMs: 0, glueMs: 0, runs: 0, batchTokens: 0, kvBytesCopied: 0 } };

@@ -265,7 +265,7 @@ struct OrtApi {
   void* GetStringTensorElementLength;  // 127
   void* GetStringTensorElement;  // 128
   void* FillStringTensorElement;  // 129
-  void* AddSessionConfigEntry;  // 130
+  OrtStatus* (ORT_API_CALL* AddSessionConfigEntry)(OrtSessionOptions* options, const char* config_key, const char* config_value) NO_EXCEPTION;  // 130
   void* CreateAllocator;  // 131
   void* ReleaseAllocator;  // 132
   OrtStatus* (ORT_API_CALL* RunWithBinding)(OrtSession* session, const OrtRunOptions* run_options, const OrtIoBinding* binding_ptr) NO_EXCEPTION;  // 133

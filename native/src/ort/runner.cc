@@ -146,6 +146,12 @@ class OpenWorker : public Napi::AsyncWorker {
     rt.check(api.SetSessionLogSeverityLevel(so, 3), "ORT_SESSION", "");
     if (opts_.intra_op_threads > 0) rt.check(api.SetIntraOpNumThreads(so, opts_.intra_op_threads), "ORT_SESSION", "");
     if (opts_.inter_op_threads > 0) rt.check(api.SetInterOpNumThreads(so, opts_.inter_op_threads), "ORT_SESSION", "");
+    if (!opts_.spinning) {
+      // As the onnxruntime-node sessions are opened (src/engine/session.ts): idle intra-op
+      // threads sleep instead of spinning, since the engine shares its cores.
+      rt.check(api.AddSessionConfigEntry(so, "session.intra_op.allow_spinning", "0"), "ORT_SESSION", "");
+      rt.check(api.AddSessionConfigEntry(so, "session.inter_op.allow_spinning", "0"), "ORT_SESSION", "");
+    }
     if (opts_.cuda) {
       OrtCUDAProviderOptionsV2* cuda = nullptr;
       rt.check(api.CreateCUDAProviderOptions(&cuda), "ORT_PROVIDER", "CUDA execution provider unavailable: ");
@@ -239,6 +245,7 @@ Napi::Value OpenRunner(const Napi::CallbackInfo& info, Napi::FunctionReference& 
   o.device = number("deviceId", 1024);
   o.intra_op_threads = number("intraOpThreads", 4096);
   o.inter_op_threads = number("interOpThreads", 4096);
+  o.spinning = opts.Get("spinning").ToBoolean().Value();
   Napi::Value level = opts.Get("graphOptimizationLevel");
   if (!level.IsUndefined()) {
     const std::string l = level.ToString().Utf8Value();

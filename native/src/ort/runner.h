@@ -46,6 +46,7 @@ struct OpenOptions {
   int device = 0;
   int intra_op_threads = 0;
   int inter_op_threads = 0;
+  bool spinning = false;
   GraphOptimizationLevel optimization = ORT_ENABLE_ALL;
 };
 
