@@ -48,7 +48,9 @@ export async function marginalDecode(model: LoadedModel, batch: number, o: { pro
     maxSequences: batch,
     intraOpThreads: o.threads,
     maxContext: o.promptLen + o.steps + 8,
-    ...(o.profilePrefix ? { profilePrefix: o.profilePrefix } : {}),
+    // ONNX Runtime's profiler is reached through onnxruntime-node's session options: profiling
+    // runs the same graph and kernels there instead of through the I/O-binding runner.
+    ...(o.profilePrefix ? { profilePrefix: o.profilePrefix, ioBinding: false } : {}),
   });
   try {
     const driver = new DirectDriver(engine);

@@ -4,6 +4,8 @@ import type { Engine, ExecutionProvider } from '../engine/types.js';
 import { WorkerEngine } from '../engine/worker-engine.js';
 import { describeGeometry, resolveGeometry, type Geometry, type GeometryOptions } from '../geometry.js';
 import { nativeStatus } from '../native/index.js';
+import { cudaFreeMemory } from '../native/ort-runner.js';
+import { cudaProviderInstalled } from '../engine/session.js';
 import { describeModel, loadModelDir, type Flavour, type LoadedModel } from '../models/modeldir.js';
 import { defaultModelDir } from '../models/importers.js';
 import { resolveModel } from '../models/store.js';
@@ -51,7 +53,9 @@ export async function openModelAndEngine(o: EngineCliOptions, geometry: Geometry
     }
   }
   const model = await loadModelDir(dir);
-  const g = resolveGeometry(geometry, { maxContext: model.kv.maxContext, kvBytesPerToken: kvBytesPerToken(model) });
+  // A pool sized as a share of free memory takes it from where the pool will live.
+  const deviceFree = providers[0] === 'cuda' && cudaProviderInstalled() ? cudaFreeMemory() : undefined;
+  const g = resolveGeometry(geometry, { maxContext: model.kv.maxContext, kvBytesPerToken: kvBytesPerToken(model), ...(deviceFree !== undefined ? { freeMemory: deviceFree } : {}) });
   if (model.synthetic) log(`marginal: ${describeModel(model)}`);
   log(`marginal: ${nativeStatus()}`);
   log(`marginal: ${describeGeometry(g, kvBytesPerToken(model))}`);
