@@ -100,11 +100,13 @@ describe('n streams in the scheduler', () => {
     ledger.setBudget('t', 1);
     const { sched, finished } = scheduler(ledger, 'shadow');
     const prompt = [1, 2, 3, 4, 5];
-    sched.submitGroup(specs(3, prompt, { slo: { ttftMs: 1e-9 } }));
+    sched.submitGroup(specs(3, prompt, { value: 0.1, slo: { ttftMs: 1e-9 } }));
     run(sched, sched.plan(0), 7, 0.01);
     assert.equal(finished.length, 3);
     assert.ok(finished.every((r) => r.outcome === 'rejected'));
     assert.equal(new Set(finished.map((r) => r.quote)).size, 1, 'one quote');
+    const quote = finished[0]!.quote!;
+    assert.ok(Math.abs(quote.valueCounted - 0.3) < 1e-12, `for the whole request: ${quote.valueCounted}`);
     assert.equal(sched.counters.rejected, 1);
     assert.equal(sched.counters.admitted, 0);
     const account = ledger.account('t');
@@ -231,6 +233,17 @@ describe('n > 1 over HTTP (stories260K, official client)', { skip: sharedSkipRea
     assert.equal(afterwards.generated - before.generated, 0, 'nothing ran');
     account = ledger.account('group');
     assert.deepEqual([account.requests, account.rejected, account.inFlight, account.escrowed], [2, 1, 0, 0]);
+  });
+
+  test('more streams than the server runs at once is a 400 naming the field', async () => {
+    const headers = { authorization: 'Bearer sk-free-00001' };
+    const many = await postJson(live.base, '/v1/completions', { prompt: 'x', max_tokens: 2, n: 9 }, headers);
+    assert.equal(many.status, 400, many.text);
+    assert.equal(many.json.error?.param, 'n');
+    const best = await postJson(live.base, '/v1/completions', { prompt: 'x', max_tokens: 2, n: 2, best_of: 12 }, headers);
+    assert.equal(best.status, 400, best.text);
+    assert.equal(best.json.error?.param, 'best_of');
+    assert.equal(live.generator.inFlight, 0);
   });
 
   test('a client that leaves mid-stream frees every stream and every block', async () => {

@@ -83,6 +83,16 @@ export interface Quote {
  * is admitted and prefills as any request does; when its prompt is done the others fork from it,
  * taking references to its prompt blocks (the last partial one is copied on its first write),
  * and from then on each member is a stream of its own.
+ *
+ * Preemption takes streams one at a time, as vLLM V1 treats a parent request's children: each
+ * stream counts its own share of the value and holds its own blocks past the shared prompt, so a
+ * policy's surplus per block held (and what preempting frees, shared blocks excepted) is exact
+ * per stream, and the prompt's full blocks stay in the prefix cache, so a stream that recomputes
+ * resumes from a hit. Preempting the group whole would throw away streams that are worth their
+ * blocks to free memory one victim already frees. Admission, by contrast, is the group's: the
+ * leader is admitted only with slots for every stream (held until they fork) and room for each
+ * to copy the shared last block; it is priced at its own share of the value against the whole
+ * prompt's prefill, a conservative reading of the group's surplus.
  */
 export class StreamGroup {
   readonly members: SchedRequest[] = [];

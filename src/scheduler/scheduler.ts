@@ -304,9 +304,8 @@ export class Scheduler implements SchedulerView {
     }
     // Admission decisions (is its SLO still reachable?) are made at its arrival, not at the last step.
     if (first.arrival > this.now) this.now = first.arrival;
-    const members: SchedRequest[] = [];
-    let claim = 0;
-    let dist: LengthDistribution | undefined;
+    // Every stream's value is checked before any is registered: a bad one leaves nothing behind.
+    const resolved: RequestSpec[] = [];
     for (let spec of specs) {
       if (spec.value === undefined && spec.bid === undefined) {
         const bid = this.defaultBid?.(spec.tenant);
@@ -316,6 +315,12 @@ export class Scheduler implements SchedulerView {
       if (!(claim0 >= 0 && claim0 < Infinity)) {
         throw new InvalidArgumentError(`the request's value (value, or bid × max_tokens) must be a finite non-negative number, got ${claim0}`);
       }
+      resolved.push(spec);
+    }
+    const members: SchedRequest[] = [];
+    let claim = 0;
+    let dist: LengthDistribution | undefined;
+    for (const spec of resolved) {
       const features: LengthFeatures = {
         tenant: spec.tenant,
         promptTokens: spec.prompt.length,
@@ -649,7 +654,8 @@ export class Scheduler implements SchedulerView {
       if (token >= 0 && r.state === 'running' && !r.stopRequested) this.sampled(r, token, now);
     }
     if (stepSeconds > 0) {
-      for (const r of this.runningList) r.bill.addKvRent(r.blocks.length * stepSeconds, this.prices.kv);
+      // A stream forked at the end of this step ran none of it.
+      for (const r of this.runningList) if (!r.forkToken) r.bill.addKvRent(r.blocks.length * stepSeconds, this.prices.kv);
     }
     for (const r of this.planned) {
       if (this.deferredAborts.has(r.seq)) this.finish(r, 'abort', now);
@@ -799,13 +805,16 @@ export class Scheduler implements SchedulerView {
     }
     const wait = r.state === 'waiting' ? this.expectedWaitSeconds(r) : 0;
     const ttft = Math.max(0, this.now - r.spec.arrival) + wait + Math.ceil(uncached / this.cfg.prefillChunk) * this.stepEma;
+    // A group turned away before it forks is quoted whole: its leader clears with a 1/n share of
+    // the value, so the request clears with n times the leader's minimum.
+    const streams = r.group !== undefined && !r.group.forked ? r.group.size : 1;
     return {
       reason,
       message,
       pricePerToken: this.prices.token,
       pricePerKvBlockSecond: this.prices.kv,
-      minValue,
-      valueCounted: counted,
+      minValue: minValue * streams,
+      valueCounted: counted * streams,
       retryable,
       expectedWaitMs: retryable ? Math.round(this.drainSeconds(r) * 1000) : null,
       predictedTtftMs: roundMs(ttft),
