@@ -16,10 +16,13 @@ export const BLOCK_SIZE = 32;
 export const BLOCK_SIZES = [32, 64, 128, 256] as const;
 /**
  * The largest block marginal's own quantization of float weights chooses, by format.
- * MatMulNBits pays per block: at batch 1 blocks of 256 run int8 weights 2.1× and int4 ones
- * 2.3× as fast as blocks of 32 on this CPU (BENCHMARKS.md, issue 12). int8 over 256 values
- * keeps within the q8 accuracy bounds; int4 stops at 128, the group size GPTQ and AWQ
+ * MatMulNBits pays per block: at batch 1 blocks of 256 run int8 weights 1.6–2.1× and int4
+ * ones 2.3× as fast as blocks of 32 on this CPU (BENCHMARKS.md, issue 12). int8 weights lose
+ * little even with one scale per row, and activations rounded per 256 values are what
+ * llama.cpp's K-quants multiply with (Q8_K); int4 stops at 128, the group size GPTQ and AWQ
  * checkpoints use, since one 4-bit scale per 256 weights lets an outlier flatten its block.
+ * No real checkpoint here has rows wider than 172 (stories260K), so the accuracy of these
+ * larger blocks is argued, not measured, on this machine.
  */
 export const MAX_DEFAULT_BLOCK: Record<'q8' | 'q4', number> = { q8: 256, q4: 128 };
 
