@@ -90,6 +90,13 @@ export interface StepRecord {
   /** The engine's execute, as the serving loop saw it (worker round trip included). */
   engineMs: number;
   periodMs: number | null;
+  /**
+   * Requests that reached the scheduler, and requests that ended, between this step's plan and
+   * the next: the serving loop's per-request work (HTTP, tokenizing, the response), which shares
+   * the period with the step. Absent in logs written before they were recorded.
+   */
+  arrivals?: number;
+  finished?: number;
 }
 
 interface Pending {
@@ -169,6 +176,9 @@ export class Generator {
   private readonly onStep: ((s: StepRecord) => void) | undefined;
   /** The last step that ran requests, until the next step's start gives it a period. */
   private lastStep: StepRecord | undefined;
+  /** Requests submitted and requests finished since the last plan (for the step log). */
+  private arrivedSincePlan = 0;
+  private finishedSincePlan = 0;
   /** Over every step the engine ran: steps, tokens fed, KV bytes copied outside the graph. */
   readonly totals = { steps: 0, batchTokens: 0, kvBytesCopied: 0 };
 
@@ -284,6 +294,7 @@ export class Generator {
       this.pending.set(seq, entry);
       try {
         this.scheduler.submit(spec);
+        this.arrivedSincePlan++;
       } catch (e) {
         this.pending.delete(seq);
         req.grammar?.dispose();
@@ -370,8 +381,13 @@ export class Generator {
    */
   async step(): Promise<boolean> {
     const at = this.clock();
+    // Counted up to the plan: what the plan itself settles (rejections) is this step's work.
+    const arrivals = this.arrivedSincePlan;
+    const finished = this.finishedSincePlan;
+    this.arrivedSincePlan = 0;
+    this.finishedSincePlan = 0;
     const plan = this.scheduler.plan(at);
-    this.recordPrevious(at, plan.items.length > 0);
+    this.recordPrevious(at, plan.items.length > 0, arrivals, finished);
     if (emptyPlan(plan)) {
       this.scheduler.commit(NOTHING_RAN, this.clock(), 0);
       this.flush();
@@ -417,11 +433,13 @@ export class Generator {
   }
 
   /** Hands the previous step to onStep, with a period when this step follows it at once with work. */
-  private recordPrevious(now: number, busy: boolean): void {
+  private recordPrevious(now: number, busy: boolean, arrivals: number, finished: number): void {
     const last = this.lastStep;
     if (last === undefined) return;
     this.lastStep = undefined;
     last.periodMs = busy ? (now - last.at) * 1000 : null;
+    last.arrivals = arrivals;
+    last.finished = finished;
     this.onStep?.(last);
   }
 
@@ -517,6 +535,7 @@ export class Generator {
 
   onFinish(r: SchedRequest, now: number): void {
     this.observer?.onFinish?.(r, now);
+    this.finishedSincePlan++;
     this.queuedRequests.push(r);
     this.queuedTokens.push(-1);
     this.queuedLogprobs.push(undefined);
