@@ -28,7 +28,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { benchServe, type BenchServeResult } from '../src/bench/serve.js';
+import { benchServe, promCounter, type BenchServeResult } from '../src/bench/serve.js';
 import { loadProfile, predictStepMs, scaleProfile, type StepProfile } from '../src/engine/cost-model.js';
 import { paceOf, readStepLog } from '../src/serving/step-log.js';
 import { geometryFlags } from '../src/cli/geometry-options.js';
@@ -107,10 +107,14 @@ async function engineProfile(): Promise<StepProfile | undefined> {
   return calibrate(['--model', modelDir, '--providers', 'cpu', ...threadFlags], join(work, 'engine-profile.json'));
 }
 
+// Every client of the replay comes from 127.0.0.1, so the per-address connection cap (256 by
+// default) would refuse part of the capacity run's burst: the load generator stands for many clients.
+const oneAddressForAll = ['--max-connections-per-address', '4096'];
+
 /** Runs `f` against a fresh server with `policy`, its steps logged to `stepLog`. */
 async function serve<T>(policy: string, stepLog: string, f: (url: string) => Promise<T>): Promise<T> {
   const port = await freePort();
-  const args = [cli, 'serve', '--model', modelDir, '--port', String(port), '--providers', 'cpu', '--policy', policy, '--step-log', stepLog, ...threadFlags, ...geometryFlags(geometry).flatMap((x) => x.split(' '))];
+  const args = [cli, 'serve', '--model', modelDir, '--port', String(port), '--providers', 'cpu', '--policy', policy, '--step-log', stepLog, ...threadFlags, ...geometryFlags(geometry).flatMap((x) => x.split(' ')), ...oneAddressForAll];
   const s = await startServer(args, port, `marginal serve --policy ${policy}`);
   try {
     return await f(s.url);
@@ -119,8 +123,19 @@ async function serve<T>(policy: string, stepLog: string, f: (url: string) => Pro
   }
 }
 
-async function replay(url: string, reqs: TraceRequest[]): Promise<BenchServeResult> {
-  return benchServe({ url, trace: reqs, temperature: 0, timeoutMs: 600_000 });
+/**
+ * Replays `reqs`, and measures the latency outside the scheduler: the clients' mean TTFT less
+ * the server's own (its TTFT histogram counts from the moment a request reaches the scheduler,
+ * the clock its SLO verdicts and the simulator use), so HTTP, tokenizing and delivery.
+ */
+async function replay(url: string, reqs: TraceRequest[]): Promise<BenchServeResult & { outsideMs: number | null }> {
+  const r = await benchServe({ url, trace: reqs, temperature: 0, timeoutMs: 600_000 });
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const sum = promCounter(text, 'vllm:time_to_first_token_seconds_sum');
+  const count = promCounter(text, 'vllm:time_to_first_token_seconds_count');
+  const client = r.outcomes.filter((x) => x.outcome === 'completed' && x.ttft_ms !== null).map((x) => x.ttft_ms as number);
+  const outsideMs = sum !== null && count && client.length === count ? client.reduce((a, b) => a + b, 0) / client.length - (sum / count) * 1000 : null;
+  return { ...r, outsideMs };
 }
 
 const fmtProfile = (p: StepProfile) =>
@@ -151,24 +166,32 @@ interface Row {
   /** From the pooled steps of every earlier run. */
   predicted: Summary;
   profile: StepProfile;
-  /** The earlier runs' paces relative to `profile`, and the prediction at the slowest and the fastest. */
+  /**
+   * The earlier runs' paces relative to `profile`; the prediction at each (their mean: the
+   * value expected when this run's pace is drawn from those), and at the slowest and fastest.
+   */
   paces: number[];
+  atPaces: number[];
+  expected: number;
   slowest: Summary;
   fastest: Summary;
   previousOnly: Summary;
   engineAlone: Summary | undefined;
   ownSteps: Summary;
   ownProfile: StepProfile;
+  /** Mean TTFT the clients saw less the server's mean (null where the counts disagree). */
+  outsideMs: number | null;
 }
 const loaded = at(rateScale);
 const policies = o.policies.split(',');
 const repeats = Number(o.repeats);
 // Policies alternate, so that the machine's drift (it is shared) falls on each alike.
-const runs: { policy: string; repeat: number; log: string; real?: BenchServeResult['summary'] }[] = [];
+const runs: { policy: string; repeat: number; log: string; real?: BenchServeResult['summary']; outsideMs?: number | null }[] = [];
 for (let k = 0; k < repeats; k++) for (const policy of policies) runs.push({ policy, repeat: k, log: join(work, `${policy}-${k}.steps.jsonl`) });
 for (const run of runs) {
   const real = await serve(run.policy, run.log, (url) => replay(url, loaded));
   run.real = real.summary;
+  run.outsideMs = real.outsideMs;
   if (o.keep) writeFileSync(join(work, `${run.policy}-${run.repeat}.real.jsonl`), real.outcomes.map((x) => JSON.stringify(x)).join('\n') + '\n');
   log(`${run.policy} #${run.repeat}: value realized ${real.summary.value_realized.toFixed(2)}`);
 }
@@ -186,6 +209,7 @@ for (let i = 0; i < runs.length; i++) {
   const sim = (p: StepProfile) => simRun(p).summary;
   const real = run.real as BenchServeResult['summary'];
   const predicted = simRun(profile);
+  const atPaces = paces.map((x) => sim(scaleProfile(profile, x)).value_realized);
   const row: Row = {
     policy: run.policy,
     repeat: run.repeat,
@@ -193,17 +217,20 @@ for (let i = 0; i < runs.length; i++) {
     predicted: predicted.summary,
     profile,
     paces,
+    atPaces,
+    expected: atPaces.reduce((a, b) => a + b, 0) / atPaces.length,
     slowest: sim(scaleProfile(profile, Math.max(...paces))),
     fastest: sim(scaleProfile(profile, Math.min(...paces))),
     previousOnly: sim(previousProfile),
     engineAlone: alone ? sim(alone) : undefined,
     ownSteps: sim(ownProfile),
     ownProfile,
+    outsideMs: run.outsideMs ?? null,
   };
   rows.push(row);
   if (o.keep) writeFileSync(join(work, `${run.policy}-${run.repeat}.predicted.jsonl`), predicted.outcomes.map((x) => JSON.stringify(x)).join('\n') + '\n');
   if (o.keep) writeFileSync(join(work, `${run.policy}-${run.repeat}.own.jsonl`), simRun(ownProfile).outcomes.map((x) => JSON.stringify(x)).join('\n') + '\n');
-  log(`${run.policy} #${run.repeat}: value realized real ${real.value_realized.toFixed(2)}, predicted ${row.predicted.value_realized.toFixed(2)} (${interval(row)}; previous run alone ${row.previousOnly.value_realized.toFixed(2)}, engine-alone profile ${row.engineAlone?.value_realized.toFixed(2) ?? '-'}, its own steps ${row.ownSteps.value_realized.toFixed(2)})`);
+  log(`${run.policy} #${run.repeat}: value realized real ${real.value_realized.toFixed(2)}, predicted ${row.predicted.value_realized.toFixed(2)} (over the earlier paces ${row.expected.toFixed(2)}, ${interval(row)}; previous run alone ${row.previousOnly.value_realized.toFixed(2)}, engine-alone profile ${row.engineAlone?.value_realized.toFixed(2) ?? '-'}, its own steps ${row.ownSteps.value_realized.toFixed(2)})`);
 }
 // Every run's pace against one profile of them all: how far the machine's speed moved.
 const allProfile = calibrate(['--from-steps', [capLog, ...runs.map((r) => r.log)].join(','), ], join(work, 'all-profile.json'));
@@ -219,28 +246,29 @@ const f = (x: number | null | undefined, d = 1) => (x === null || x === undefine
 const ratio = (sim: number | undefined, real: number) => (sim === undefined ? '-' : f(sim / real, 2));
 console.log(`\n${trace.length} requests (${workload.tenants.map((t) => t.name).join('/')}), ${o.shape}, default geometry with --kv-blocks ${o.kvBlocks}${o.threads !== undefined ? `, --threads ${o.threads}` : ''}; load ${load}× the real capacity of ${capacity.toFixed(2)} req/s; ${repeats} alternating replays per policy\n`);
 const ratioRange = (a: number, b: number, real: number) => `${f(Math.min(a, b) / real, 2)}–${f(Math.max(a, b) / real, 2)}`;
-console.log('| policy | run | pace | value realized: real | predicted | predicted/real | at the earlier runs\' slowest–fastest pace, /real | previous run alone/real | engine-alone profile/real | own steps/real | SLO met real / predicted | completed real / predicted | rejected real / predicted | TTFT p50 ms real / predicted | TPOT p50 ms real / predicted | duration s real / predicted |');
-console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
-console.log(`| fcfs | capacity | ${f(paceAll(capLog), 2)} | | | | | | | | | ${cap.summary.completed} / | | | | ${f(cap.summary.duration, 1)} / |`);
+console.log('| policy | run | pace | value realized: real | predicted | predicted/real | expected over the earlier runs\' paces/real | at their slowest–fastest pace, /real | previous run alone/real | engine-alone profile/real | own steps/real | SLO met real / predicted | completed real / predicted | rejected real / predicted | TTFT p50 ms real (client) / predicted | TTFT outside the scheduler, mean ms | TPOT p50 ms real / predicted | duration s real / predicted |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+console.log(`| fcfs | capacity | ${f(paceAll(capLog), 2)} | | | | | | | | | | ${cap.summary.completed} / | | | ${f(cap.outsideMs, 0)} | | ${f(cap.summary.duration, 1)} / |`);
 for (const r of rows) {
   const q = r.predicted;
   const v = r.real.value_realized;
   const run = runs.find((x) => x.policy === r.policy && x.repeat === r.repeat) as (typeof runs)[number];
   console.log(
-    `| ${r.policy} | ${r.repeat + 1} | ${f(paceAll(run.log), 2)} | ${f(v, 2)} | ${f(q.value_realized, 2)} | ${ratio(q.value_realized, v)} | ${ratioRange(r.slowest.value_realized, r.fastest.value_realized, v)} | ${ratio(r.previousOnly.value_realized, v)} | ${ratio(r.engineAlone?.value_realized, v)} | ${ratio(r.ownSteps.value_realized, v)} | ${r.real.slo_met} / ${q.slo_met} | ${r.real.completed} / ${q.completed} | ${r.real.rejected} / ${q.rejected} | ${f(r.real.ttft_p50_ms, 0)} / ${f(q.ttft_p50_ms, 0)} | ${f(r.real.tpot_p50_ms, 1)} / ${f(q.tpot_p50_ms, 1)} | ${f(r.real.duration, 1)} / ${f(q.duration_s, 1)} |`,
+    `| ${r.policy} | ${r.repeat + 1} | ${f(paceAll(run.log), 2)} | ${f(v, 2)} | ${f(q.value_realized, 2)} | ${ratio(q.value_realized, v)} | ${ratio(r.expected, v)} | ${ratioRange(r.slowest.value_realized, r.fastest.value_realized, v)} | ${ratio(r.previousOnly.value_realized, v)} | ${ratio(r.engineAlone?.value_realized, v)} | ${ratio(r.ownSteps.value_realized, v)} | ${r.real.slo_met} / ${q.slo_met} | ${r.real.completed} / ${q.completed} | ${r.real.rejected} / ${q.rejected} | ${f(r.real.ttft_p50_ms, 0)} / ${f(q.ttft_p50_ms, 0)} | ${f(r.outsideMs, 0)} | ${f(r.real.tpot_p50_ms, 1)} / ${f(q.tpot_p50_ms, 1)} | ${f(r.real.duration, 1)} / ${f(q.duration_s, 1)} |`,
   );
 }
 const total = (rs: Row[], pick: (r: Row) => number | undefined) => rs.reduce((s, r) => s + (pick(r) ?? NaN), 0);
-const totals: Record<string, { real: number; predicted: number; slowest: number; fastest: number }> = {};
+const totals: Record<string, { real: number; predicted: number; expected: number; slowest: number; fastest: number }> = {};
 for (const policy of policies) {
   const rs = rows.filter((r) => r.policy === policy);
   const real = total(rs, (r) => r.real.value_realized);
   const predicted = total(rs, (r) => r.predicted.value_realized);
   const slowest = total(rs, (r) => r.slowest.value_realized);
   const fastest = total(rs, (r) => r.fastest.value_realized);
-  totals[policy] = { real, predicted, slowest, fastest };
+  const expected = total(rs, (r) => r.expected);
+  totals[policy] = { real, predicted, expected, slowest, fastest };
   console.log(
-    `| **${policy}** | all | | **${f(real, 2)}** | **${f(predicted, 2)}** | **${ratio(predicted, real)}** | ${ratioRange(slowest, fastest, real)} | ${ratio(total(rs, (r) => r.previousOnly.value_realized), real)} | ${alone ? ratio(total(rs, (r) => r.engineAlone?.value_realized), real) : '-'} | ${ratio(total(rs, (r) => r.ownSteps.value_realized), real)} | | | | | | |`,
+    `| **${policy}** | all | | **${f(real, 2)}** | **${f(predicted, 2)}** | **${ratio(predicted, real)}** | **${ratio(expected, real)}** | ${ratioRange(slowest, fastest, real)} | ${ratio(total(rs, (r) => r.previousOnly.value_realized), real)} | ${alone ? ratio(total(rs, (r) => r.engineAlone?.value_realized), real) : '-'} | ${ratio(total(rs, (r) => r.ownSteps.value_realized), real)} | | | | | | | |`,
   );
 }
 console.log('\nprofiles:');
