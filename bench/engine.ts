@@ -8,7 +8,12 @@
  * sequence holds a `--prompt`-token prompt before the timed decode steps, so the context held
  * is prompt … prompt + steps.
  *
- *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--prompt 128] [--steps 32] [--json FILE]
+ * `fast` runs on the engine's default session path (ONNX Runtime's C API with I/O binding
+ * through the native addon, where it loads); `fast-js` is the same graph on onnxruntime-node's
+ * JavaScript session, the fallback path. `--providers cuda` runs them on the GPU.
+ *
+ *   npm run bench:engine -- [--models stories260K,stories15m] [--batches 1,4,16,32,64] [--prompt 128] [--steps 32]
+ *       [--modes fast,fast-js,fast-full,hf,naive] [--providers cpu|cuda] [--json FILE]
  */
 import { Command } from 'commander';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -20,6 +25,7 @@ import { OnnxEngine } from '../src/engine/onnx-engine.js';
 import { Rng } from '../src/sampling/rng.js';
 import { Sampler } from '../src/sampling/sampler.js';
 import { validateSamplingParams, type SamplingParams } from '../src/sampling/params.js';
+import type { ExecutionProvider } from '../src/engine/types.js';
 import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import { IO } from '../src/models/llama/graph.js';
 import { ensureSynthetic, importLlama2c, packageRoot } from '../src/models/importers.js';
@@ -35,9 +41,15 @@ const program = new Command()
   .option('--naive-max-batch <n>', 'largest batch the naive loop runs (it is slow)', '64')
   .option('--temperature <t>', 'sampling temperature (0 = greedy)', '0')
   .option('--top-p <p>', 'nucleus mass when sampling', '1')
+  .option('--modes <list>', 'fast (default session path), fast-js (onnxruntime-node session), fast-full, hf, naive', 'fast,fast-full,hf,naive')
+  .option('--providers <list>', 'execution providers in order (cpu, cuda)', 'cpu')
   .option('--json <file>', 'write the results as JSON')
   .parse();
-const o = program.opts<{ models: string; batches: string; steps: string; prompt: string; threads?: string; naiveMaxBatch: string; temperature: string; topP: string; json?: string }>();
+const o = program.opts<{ models: string; batches: string; steps: string; prompt: string; threads?: string; naiveMaxBatch: string; temperature: string; topP: string; modes: string; providers: string; json?: string }>();
+type Mode = 'fast' | 'fast-js' | 'fast-full' | 'hf' | 'naive';
+const modes = o.modes.split(',').map((m) => m.trim()) as Mode[];
+for (const m of modes) if (!['fast', 'fast-js', 'fast-full', 'hf', 'naive'].includes(m)) throw new Error(`unknown mode ${m}`);
+const providers = o.providers.split(',').map((p) => p.trim()) as ExecutionProvider[];
 const batches = o.batches.split(',').map(Number);
 const steps = Number(o.steps);
 const promptLen = Number(o.prompt);
@@ -64,7 +76,10 @@ function prompt(model: LoadedModel, i: number): number[] {
 
 interface Row {
   model: string;
-  mode: 'fast' | 'fast-full' | 'hf' | 'naive';
+  mode: Mode;
+  /** The session path the engine ran on ('io-binding' or 'onnxruntime-node'), and its provider. */
+  path?: string;
+  provider?: string;
   batch: number;
   tokS: number;
   stepMs: number;
@@ -75,12 +90,22 @@ interface Row {
   gflops?: number;
   /** KV bytes the engine copied outside the graph, per step. */
   kvBytes?: number;
+  /** Of those, bytes of the existing cache copied to run the graph, per step (StepTiming.cacheBytesCopied). */
+  cacheBytes?: number;
 }
 
-async function engineRun(model: LoadedModel, name: string, mode: 'fast' | 'fast-full' | 'hf', batch: number): Promise<Row> {
+async function engineRun(model: LoadedModel, name: string, mode: Exclude<Mode, 'naive'>, batch: number): Promise<Row> {
   const flavour = mode === 'hf' ? 'hf' : 'fast';
   // fast-full: the same graph, but full logits rows copied out and sampled (no in-graph top-k).
-  const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: batch, intraOpThreads: threads, rankedCandidates: mode === 'fast-full' ? 0 : 64 });
+  const engine = await OnnxEngine.create(model, {
+    flavour,
+    providers,
+    maxSequences: batch,
+    intraOpThreads: threads,
+    rankedCandidates: mode === 'fast-full' ? 0 : 64,
+    ...(mode === 'fast-js' ? { ioBinding: false } : {}),
+    log: (line) => process.stderr.write(`  ${line}\n`),
+  });
   const driver = new DirectDriver(engine);
   for (let i = 0; i < batch; i++) driver.open(i, sampling, new Rng(i));
   const last = new Int32Array(batch);
@@ -93,27 +118,31 @@ async function engineRun(model: LoadedModel, name: string, mode: 'fast' | 'fast-
   let sampleMs = 0;
   let glueMs = 0;
   let kvBytes = 0;
+  let cacheBytes = 0;
   // One warm-up step so allocation and first-run costs stay out of the figure.
   for (let s = -1; s < steps; s++) {
-    if (s === 0) ortMs = sampleMs = glueMs = 0;
+    if (s === 0) ortMs = sampleMs = glueMs = kvBytes = cacheBytes = 0;
     for (let i = 0; i < batch; i++) ((items[i] as DirectItem)[1] as number[])[0] = last[i] as number;
     const t0 = performance.now();
     const r = await driver.step(items);
     if (s >= 0) {
       kvBytes += r.timing.kvBytesCopied;
+      cacheBytes += r.timing.cacheBytesCopied ?? 0;
       ortMs += r.timing.runMs;
       sampleMs += r.timing.sampleMs;
       glueMs += performance.now() - t0 - r.timing.runMs - r.timing.sampleMs;
     }
     last.set(r.tokens);
   }
+  const { path } = engine.kvPath;
+  const provider = engine.info.provider;
   await engine.dispose();
   const total = ortMs + sampleMs + glueMs;
   const hd = model.kv.headDim;
   const ctx = promptLen + steps / 2;
   const flopsPerToken = model.shape ? 2 * parameterCount(model.shape) + 4 * model.kv.layers * ctx * hd * model.shape.nHeads : 0;
   const gflops = (flopsPerToken * batch * steps) / (ortMs / 1000) / 1e9;
-  return { model: name, mode, batch, tokS: (batch * steps) / (total / 1000), stepMs: total / steps, ortMs: ortMs / steps, sampleMs: sampleMs / steps, glueMs: glueMs / steps, gflops, kvBytes: kvBytes / steps };
+  return { model: name, mode, path, provider, batch, tokS: (batch * steps) / (total / 1000), stepMs: total / steps, ortMs: ortMs / steps, sampleMs: sampleMs / steps, glueMs: glueMs / steps, gflops, kvBytes: kvBytes / steps, cacheBytes: cacheBytes / steps };
 }
 
 /** The textbook loop: each sequence alone, its present fed back as its next past. */
@@ -152,7 +181,7 @@ async function naiveRun(model: LoadedModel, name: string, session: ort.Inference
   const t0 = performance.now();
   for (let s = 0; s < steps; s++) for (const st of state) await runOne(st, [st.last]);
   const ms = performance.now() - t0;
-  return { model: name, mode: 'naive', batch, tokS: (batch * steps) / (ms / 1000), stepMs: ms / steps };
+  return { model: name, mode: 'naive', path: 'onnxruntime-node', provider: providers[0], batch, tokS: (batch * steps) / (ms / 1000), stepMs: ms / steps };
 }
 
 const rows: Row[] = [];
@@ -160,16 +189,18 @@ const fmt = (x: number | undefined, d = 1) => (x === undefined ? '' : x.toFixed(
 process.stderr.write(`engine bench: ${cpus().length} cores, ${threads} ORT threads, prompt ${promptLen}, ${steps} decode steps, temperature ${o.temperature}, top-p ${o.topP}\n`);
 for (const name of o.models.split(',')) {
   const model = await loadModelDir(modelDir(name));
-  const naiveSession = await ort.InferenceSession.create(model.graphPath('hf'), { executionProviders: ['cpu'], intraOpNumThreads: threads, graphOptimizationLevel: 'all' });
+  const naiveSession = modes.includes('naive')
+    ? await ort.InferenceSession.create(model.graphPath('hf'), { executionProviders: providers, intraOpNumThreads: threads, graphOptimizationLevel: 'all' })
+    : undefined;
   for (const batch of batches) {
-    for (const mode of ['fast', 'fast-full', 'hf', 'naive'] as const) {
+    for (const mode of modes) {
       if (mode === 'naive' && batch > Number(o.naiveMaxBatch)) continue;
-      const row = mode === 'naive' ? await naiveRun(model, name, naiveSession, batch) : await engineRun(model, name, mode, batch);
+      const row = mode === 'naive' ? await naiveRun(model, name, naiveSession as ort.InferenceSession, batch) : await engineRun(model, name, mode, batch);
       rows.push(row);
       process.stderr.write(`  ${name} ${mode} b=${batch}: ${row.tokS.toFixed(0)} tok/s\n`);
     }
   }
-  await naiveSession.release();
+  await naiveSession?.release();
 }
 
 const kib = (x: number | undefined) => (x === undefined ? '' : (x / 1024).toFixed(0));
@@ -191,4 +222,20 @@ for (const name of o.models.split(',')) {
   const b32 = rows.find((r) => r.model === name && r.batch === 32 && r.mode === 'fast');
   if (b1 && b32) console.log(`\n${name}: fast batch 32 / batch 1 aggregate tokens/s = ${(b32.tokS / b1.tokS).toFixed(2)}×`);
 }
-if (o.json) writeFileSync(o.json, JSON.stringify({ threads, cores: cpus().length, promptLen, steps, rows }, null, 2) + '\n');
+
+// Every row, with its session path and provider: the engine table bench/gpu-check.sh writes.
+console.log('\n| model | mode | session path | provider | batch | tok/s | step ms | KV KiB copied/step | of which the cache |');
+console.log('|---|---|---|---|---:|---:|---:|---:|---:|');
+for (const r of rows) console.log(`| ${r.model} | ${r.mode} | ${r.path ?? ''} | ${r.provider ?? ''} | ${r.batch} | ${fmt(r.tokS, 0)} | ${fmt(r.stepMs, 2)} | ${kib(r.kvBytes)} | ${kib(r.cacheBytes)} |`);
+if (modes.includes('fast') && modes.includes('fast-js')) {
+  console.log('\n| model | batch | I/O binding tok/s | onnxruntime-node tok/s | ratio |');
+  console.log('|---|---:|---:|---:|---:|');
+  for (const name of o.models.split(',')) {
+    for (const batch of batches) {
+      const f = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'fast');
+      const j = rows.find((r) => r.model === name && r.batch === batch && r.mode === 'fast-js');
+      if (f && j) console.log(`| ${name} | ${batch} | ${fmt(f.tokS, 0)} | ${fmt(j.tokS, 0)} | ${fmt(f.tokS / j.tokS, 2)}× |`);
+    }
+  }
+}
+if (o.json) writeFileSync(o.json, JSON.stringify({ threads, cores: cpus().length, providers, promptLen, steps, rows }, null, 2) + '\n');

@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "marginal_native",
-      "sources": ["src/addon.cc", "src/sampler.cc", "src/kernels.cc"],
+      "sources": ["src/addon.cc", "src/sampler.cc", "src/kernels.cc", "src/ort/runtime.cc", "src/ort/runner.cc"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
       # CPP_EXCEPTIONS_ALL: a std::bad_alloc (a huge vocab) becomes a JavaScript Error, not an abort.
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_ADDON_API_CPP_EXCEPTIONS_ALL"],
@@ -15,6 +15,9 @@
         "GCC_OPTIMIZATION_LEVEL": "3",
         "OTHER_CPLUSPLUSFLAGS": ["-ffp-contract=off", "-fno-fast-math"]
       },
+      # ONNX Runtime and the CUDA runtime are opened with dlopen at run time (no link-time
+      # dependency, no headers): only libdl, which glibc before 2.34 keeps separate.
+      "conditions": [["OS=='linux'", {"libraries": ["-ldl"]}]],
       "msvs_settings": {
         "VCCLCompilerTool": {"AdditionalOptions": ["/std:c++17", "/fp:precise"]}
       }

@@ -48,6 +48,9 @@ export const HeadersTooLargeError = createError<[string]>('MARGINAL_HEADERS_TOO_
 /** An `Expect` header other than 100-continue. */
 export const ExpectationFailedError = createError<[string]>('MARGINAL_EXPECTATION_FAILED', '%s', 417);
 
+/** MARGINAL_IO_BINDING=1 demanded the native runner where it cannot run. */
+export const IoBindingUnavailableError = createError<[string]>('MARGINAL_IO_BINDING_UNAVAILABLE', 'I/O binding is unavailable: %s', 500);
+
 // --- the economy ---------------------------------------------------------------------------
 /** The scheduler turned the request away with a price quote (`quote` on the error): HTTP 429. */
 export const RequestRejectedError = createError<[string]>('MARGINAL_REJECTED', '%s', 429);
@@ -83,6 +86,7 @@ export const ERROR_CLASSES = [
   EngineCapacityError,
   EngineWorkerError,
   EngineDownError,
+  IoBindingUnavailableError,
   InvalidSamplingError,
   ContextLengthError,
   InvalidArgumentError,

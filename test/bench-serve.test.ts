@@ -13,6 +13,7 @@ import { loadModelDir } from '../src/models/modeldir.js';
 import { buildServer } from '../src/server/app.js';
 import { writeTrace, type TraceRequest } from '../src/sim/trace.js';
 import { synthTiny, tempDir } from './helpers/models.js';
+import { testProviders } from './helpers/providers.js';
 
 const close = (a: number | null | undefined, b: number, what: string) => assert.ok(a !== null && a !== undefined && Math.abs(a - b) < 1e-9, `${what}: got ${a}, want ${b}`);
 
@@ -335,7 +336,7 @@ describe('bench serve against the real server on a synthetic model', () => {
   let stop: () => Promise<void>;
   before(async () => {
     const model = await loadModelDir(synthTiny());
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 4 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4 });
     const { app } = buildServer({ model, generator: new Generator(engine, model) });
     await app.listen({ host: '127.0.0.1', port: 0 });
     url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;

@@ -10,6 +10,7 @@ import { buildServer, type Server } from '../src/server/app.js';
 import type { QuoteBody } from '../src/server/quote.js';
 import { parseApiKeys } from '../src/server/tenants.js';
 import { synthTiny } from './helpers/models.js';
+import { testProviders } from './helpers/providers.js';
 
 /** The economy over HTTP: 429 semantics, escrowed budgets, one price everywhere, the SDK's retries. */
 
@@ -21,7 +22,7 @@ interface Live {
 }
 
 async function start(model: LoadedModel, keys?: unknown, maxValue = 10): Promise<Live> {
-  const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 8 });
+  const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 8 });
   const tenants = keys ? parseApiKeys(keys) : undefined;
   const ledger = new Ledger({ defaultMaxValue: maxValue });
   for (const t of tenants?.tenants() ?? []) {

@@ -10,6 +10,7 @@ import { loadModelDir, type Flavour, type LoadedModel } from '../src/models/mode
 import { IO } from '../src/models/llama/graph.js';
 import { importStories260K, stories260K } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
+import { testProviders } from './helpers/providers.js';
 
 const greedy = (maxTokens: number): SamplingParams => validateSamplingParams({ temperature: 0, max_tokens: maxTokens });
 
@@ -21,7 +22,7 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
 
   for (const flavour of ['fast', 'hf'] as Flavour[]) {
     test(`${flavour}: greedy decoding reproduces llama2.c's reference texts`, async () => {
-      const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: 2 });
+      const engine = await OnnxEngine.create(model, { flavour, providers: testProviders(), maxSequences: 2 });
       const g = new Generator(engine, model);
       const zooPrompt = model.tokenizer.encode('Zoo', { bos: true });
       // llama2.c's -n counts positions: the prompt after BOS plus the generated tokens.
@@ -49,7 +50,7 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
       );
       const solo: Completion[] = [];
       {
-        const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: 1 });
+        const engine = await OnnxEngine.create(model, { flavour, providers: testProviders(), maxSequences: 1 });
         for (let i = 0; i < prompts.length; i++) {
           const g = new Generator(engine, model);
           const done = g.submit({ prompt: prompts[i] as string, sampling: params[i] as SamplingParams });
@@ -58,7 +59,7 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
         }
         await engine.dispose();
       }
-      const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: 8 });
+      const engine = await OnnxEngine.create(model, { flavour, providers: testProviders(), maxSequences: 8 });
       const g = new Generator(engine, model, { prefillChunk: 5 });
       const batched: Promise<Completion>[] = [];
       let step = 0;
@@ -84,7 +85,7 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
 
   test('in-graph top-k: greedy and top-k sampling give the same tokens as sampling the full logits', async () => {
     const run = async (rankedCandidates: number) => {
-      const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 4, rankedCandidates });
+      const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4, rankedCandidates });
       const g = new Generator(engine, model);
       const done = [
         g.submit({ prompt: 'The cat', sampling: greedy(40) }),
@@ -100,8 +101,8 @@ describe('stories260K on ONNX Runtime', { skip: sharedSkipReason() }, () => {
   });
 
   test('cached decode logits equal a full recompute within 1e-4', async () => {
-    const fast = await OnnxEngine.create(model, { flavour: 'fast', providers: ['cpu'], maxSequences: 1 });
-    const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: ['cpu'], maxSequences: 1 });
+    const fast = await OnnxEngine.create(model, { flavour: 'fast', providers: testProviders(), maxSequences: 1 });
+    const hf = await OnnxEngine.create(model, { flavour: 'hf', providers: testProviders(), maxSequences: 1 });
     const fastDriver = new DirectDriver(fast);
     const hfDriver = new DirectDriver(hf);
     const prompt = model.tokenizer.encode('Once upon a time, there was a', { bos: true });
@@ -210,7 +211,7 @@ describe('generator failure and stop handling', { skip: sharedSkipReason() }, ()
   });
 
   test('a failed engine step fails its requests, frees everything, and the next request is served', async () => {
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 4 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4 });
     const g = new Generator(engine, model);
     const real = engine.execute.bind(engine);
     let calls = 0;
@@ -231,7 +232,7 @@ describe('generator failure and stop handling', { skip: sharedSkipReason() }, ()
   });
 
   test('a stop sequence ends the completion before it: no token after it is counted or billed, finish_reason stop', async () => {
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 2 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 2 });
     const g = new Generator(engine, model);
     const plain = g.submit({ prompt: 'Once', sampling: greedy(40) });
     await g.runUntilIdle();

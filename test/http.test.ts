@@ -17,6 +17,7 @@ import type { QuoteBody } from '../src/server/quote.js';
 import { parseApiKeys } from '../src/server/tenants.js';
 import { importStories260K, stories260K, tempDir } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
+import { testProviders } from './helpers/providers.js';
 
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 
@@ -30,7 +31,7 @@ interface Live {
 }
 
 async function start(model: LoadedModel, opts: { policy?: string; maxSequences?: number; curves?: ReturnType<typeof parseCurveFile>; apiKeys?: unknown; ledger?: Ledger } = {}): Promise<Live> {
-  const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: opts.maxSequences ?? 8 });
+  const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: opts.maxSequences ?? 8 });
   const tenants = opts.apiKeys ? parseApiKeys(opts.apiKeys) : undefined;
   const generator = new Generator(engine, model, {
     policy: opts.policy ?? 'shadow',
@@ -331,7 +332,7 @@ describe('overload, budgets and API keys', { skip: sharedSkipReason() }, () => {
         s.close(() => resolve(p));
       });
     });
-    const child = spawn(process.execPath, [cli, 'serve', '--model', dir, '--port', String(port), '--providers', 'cpu'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cli, 'serve', '--model', dir, '--port', String(port), '--providers', testProviders().join(',')], { stdio: ['ignore', 'pipe', 'pipe'] });
     let log = '';
     child.stdout.on('data', (d) => (log += d));
     child.stderr.on('data', (d) => (log += d));

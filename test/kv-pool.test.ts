@@ -15,6 +15,7 @@ import { loadModelDir, type LoadedModel } from '../src/models/modeldir.js';
 import { Generator, type Completion } from '../src/serving/generator.js';
 import { importStories260K } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
+import { testProviders } from './helpers/providers.js';
 
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const greedy = (maxTokens: number): SamplingParams => validateSamplingParams({ temperature: 0, max_tokens: maxTokens });
@@ -87,7 +88,7 @@ describe('the paged pool on stories260K', { skip: sharedSkipReason() }, () => {
   });
 
   const solo = async (prompt: string, sampling: SamplingParams): Promise<Completion> => {
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 1 });
     const g = new Generator(engine, model, { prefixCaching: false });
     const done = g.submit({ prompt, sampling });
     await g.runUntilIdle();
@@ -101,7 +102,7 @@ describe('the paged pool on stories260K', { skip: sharedSkipReason() }, () => {
     const params = [greedy(60), validateSamplingParams({ temperature: 0.8, top_p: 0.9, seed: 3, max_tokens: 60 }), greedy(40)];
     const alone = [];
     for (let i = 0; i < prompts.length; i++) alone.push(await solo(prompts[i] as string, params[i] as SamplingParams));
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 4 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4 });
     const g = new Generator(engine, model, { prefillChunk: 16 });
     const done: Promise<Completion>[] = [];
     let steps = 0;
@@ -131,7 +132,7 @@ describe('the paged pool on stories260K', { skip: sharedSkipReason() }, () => {
     // 32 tokens with BOS: two full blocks, so the second request's whole prompt is a hit.
     const tokens = model.tokenizer.encode('Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her big red ball and her friends.', { bos: true }).slice(0, 32);
     assert.equal(tokens.length, 32);
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 2 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 2 });
     const g = new Generator(engine, model);
     const first = g.submit({ prompt: tokens, sampling: greedy(40) });
     await g.runUntilIdle();
@@ -145,7 +146,7 @@ describe('the paged pool on stories260K', { skip: sharedSkipReason() }, () => {
   });
 
   test('swap moves blocks to host memory and back; the engine rejects a move outside its host blocks', async () => {
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 2, hostBlocks: 4 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 2, hostBlocks: 4 });
     const d = new DirectDriver(engine);
     const prompt = model.tokenizer.encode('Zoo', { bos: true });
     d.open(1, greedy(100), new Rng(1));
@@ -174,7 +175,7 @@ describe('marginal serve over a small pool', { skip: sharedSkipReason() }, () =>
     const prompts = ['Zoo', 'The cat', 'Once upon a time', 'Tom and Sue', 'A big dog', 'One day'];
     const expected: Completion[] = [];
     {
-      const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1 });
+      const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 1 });
       for (const p of prompts) {
         const g = new Generator(engine, model, { prefixCaching: false });
         const done = g.submit({ prompt: p, sampling: greedy(120) });
@@ -191,7 +192,7 @@ describe('marginal serve over a small pool', { skip: sharedSkipReason() }, () =>
       });
     });
     // 24 blocks of 16 tokens: six requests of ~125 tokens need 48.
-    const args = [cli, 'serve', '--model', dir, '--port', String(port), '--providers', 'cpu', '--policy', 'fcfs', '--kv-blocks', '24', '--max-model-len', '192', '--max-num-seqs', '6'];
+    const args = [cli, 'serve', '--model', dir, '--port', String(port), '--providers', testProviders().join(','), '--policy', 'fcfs', '--kv-blocks', '24', '--max-model-len', '192', '--max-num-seqs', '6'];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let log = '';
     child.stdout.on('data', (d) => (log += d));

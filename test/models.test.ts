@@ -13,6 +13,7 @@ import { importStories260K, stories260K, synthTiny, tempDir } from './helpers/mo
 // llama2.c's -n 60 counts positions: "Zoo" encodes to 4 tokens with BOS, leaving 57 to generate.
 
 import { sharedSkipReason } from './helpers/shared.js';
+import { testProviders } from './helpers/providers.js';
 
 const greedy = (n: number) => validateSamplingParams({ temperature: 0, max_tokens: n });
 
@@ -27,7 +28,7 @@ describe('synthetic models', () => {
     assert.match(describeModel(model), /meaningless/);
     const runs: number[][] = [];
     for (const flavour of ['fast', 'hf'] as const) {
-      const engine = await OnnxEngine.create(model, { flavour, providers: ['cpu'], maxSequences: 2 });
+      const engine = await OnnxEngine.create(model, { flavour, providers: testProviders(), maxSequences: 2 });
       const g = new Generator(engine, model);
       const done = g.submit({ prompt: 'the cat sat', sampling: validateSamplingParams({ temperature: 0.7, seed: 3, max_tokens: 12 }) });
       await g.runUntilIdle();
@@ -56,7 +57,7 @@ describe('model directories and bad input', { skip: sharedSkipReason() }, () => 
     rmSync(join(foreign, 'onnx', 'model_fast.onnx'));
     const model = await loadModelDir(foreign);
     assert.deepEqual(model.flavours, ['hf']);
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 1 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 1 });
     const g = new Generator(engine, model);
     const done = g.submit({ prompt: 'Zoo', sampling: greedy(57) });
     await g.runUntilIdle();
@@ -110,7 +111,7 @@ describe('model directories and bad input', { skip: sharedSkipReason() }, () => 
 
   test('a prompt longer than the context, or max_tokens past it → MARGINAL_CONTEXT_LENGTH; the engine stays usable', async () => {
     const model = await loadModelDir(dir);
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 2 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 2 });
     const g = new Generator(engine, model);
     const long = 'Once upon a time there was a cat. '.repeat(80);
     assert.throws(() => g.submit({ prompt: long, sampling: greedy(4) }), { code: 'MARGINAL_CONTEXT_LENGTH', message: /context is 512 tokens/ });

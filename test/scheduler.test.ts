@@ -16,6 +16,7 @@ import type { TraceRequest } from '../src/sim/trace.js';
 import { importStories260K } from './helpers/models.js';
 import { sharedSkipReason } from './helpers/shared.js';
 import { testProfile } from './helpers/profile.js';
+import { testProviders } from './helpers/providers.js';
 
 const profile: StepProfile = testProfile;
 
@@ -314,7 +315,7 @@ describe('the real engine under the scheduler', { skip: sharedSkipReason() }, ()
   test('a preempted greedy request resumes and finishes with exactly its unpreempted output; a repeated prompt hits the cache', async () => {
     const model = await loadModelDir(importStories260K());
     const run = async (preemptAt: number[], swap = false) => {
-      const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 2 });
+      const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 2 });
       const sched = new Scheduler(createPolicy('fcfs'), { ...pool(engine), maxBatchTokens: 64, maxRunning: 2, prefillChunk: 8, maxContext: 512, stopIds: model.stopIds, swap });
       const prompt = model.tokenizer.encode('Once upon a time, there was a little dog who lived in a small house near the park. Every day he ran to the park to play with his red ball and his friend the', { bos: true });
       assert.ok(prompt.length > 33);

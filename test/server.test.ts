@@ -7,6 +7,7 @@ import { Generator } from '../src/serving/generator.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { buildServer } from '../src/server/app.js';
 import { synthTiny } from './helpers/models.js';
+import { testProviders } from './helpers/providers.js';
 
 describe('HTTP server on a synthetic model', () => {
   let base: string;
@@ -15,7 +16,7 @@ describe('HTTP server on a synthetic model', () => {
 
   before(async () => {
     const model = await loadModelDir(synthTiny());
-    const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: 4 });
+    const engine = await OnnxEngine.create(model, { providers: testProviders(), maxSequences: 4 });
     const { app } = buildServer({ model, generator: new Generator(engine, model) });
     await app.listen({ host: '127.0.0.1', port: 0 });
     base = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;

@@ -13,6 +13,7 @@ import { isMarginalError } from '../src/errors.js';
 import { synthesize } from '../src/models/importers.js';
 import { loadModelDir, type Flavour } from '../src/models/modeldir.js';
 import { cleanup, synthTiny, tempDir } from './helpers/models.js';
+import { testProviders } from './helpers/providers.js';
 
 const greedy: SamplingParams = validateSamplingParams({ temperature: 0 });
 const nucleus = (seed: number): SamplingParams => validateSamplingParams({ temperature: 0.9, top_p: 0.9, seed });
@@ -117,7 +118,7 @@ describe('WorkerEngine', () => {
   });
   after(() => cleanup(join(dir, '..')));
 
-  const opts: OnnxEngineOptions = { providers: ['cpu'], maxSequences: 4, blockSize: 4 };
+  const opts: OnnxEngineOptions = { providers: testProviders(), maxSequences: 4, blockSize: 4 };
 
   for (const flavour of ['fast', 'hf'] as Flavour[]) {
     test(`${flavour}: the same tokens and logits as an in-process OnnxEngine, through shared blocks, swaps and recompute`, async () => {
@@ -239,8 +240,9 @@ describe('WorkerEngine', () => {
     const engine = await WorkerEngine.create(dir, { ...opts, providers: ['cuda', 'cpu'], log: (l) => lines.push(l) });
     await engine.dispose();
     assert.equal(engine.info.provider, 'cpu');
-    assert.equal(lines.length, 1);
-    assert.match(lines[0] as string, /running on CPU/);
+    assert.equal(lines.length, 1, 'one line says which path runs');
+    assert.match(lines[0] as string, /on CPU/);
+    assert.match(lines[0] as string, /CUDA execution provider not installed/);
   });
 
   test('dispose releases the session and ends the thread', async () => {
@@ -266,7 +268,7 @@ describe('WorkerEngine on a stories15M-shaped model', () => {
 
   // One thread for ONNX Runtime leaves a core for the main thread on small machines: what is
   // under test is whether the event loop waits on a step, not CPU contention.
-  const opts: OnnxEngineOptions = { providers: ['cpu'], maxSequences: 4, intraOpThreads: 1 };
+  const opts: OnnxEngineOptions = { providers: testProviders(), maxSequences: 4, intraOpThreads: 1 };
   /** Four 240-token prefills, opened with the plan and closed with the next one. */
   const longStep = (vocab: number, round: number): StepPlan => {
     const tokens = Int32Array.from(prompt(240, 9, vocab));

@@ -17,12 +17,13 @@
 #include "fdlibm.h"
 #include "sampler.h"
 #include "kernels.h"
+#include "ort/runner.h"
 
 namespace {
 
 // Bumped whenever an export's signature or meaning changes, so that a stale build left in
 // native/build is refused by src/native/index.ts instead of being called with the wrong layout.
-constexpr int32_t kAbiVersion = 2;
+constexpr int32_t kAbiVersion = 3;
 
 template <typename T>
 struct Span {
@@ -72,13 +73,44 @@ class MarginalNative : public Napi::Addon<MarginalNative> {
                              InstanceMethod("argmax", &MarginalNative::Argmax),
                              InstanceMethod("firstAbove", &MarginalNative::FirstAbove),
                              InstanceValue("kernels", Napi::String::New(env, marginal::kernel_name())),
+                             InstanceMethod("openOrtRunner", &MarginalNative::OpenOrtRunner),
+                             InstanceMethod("cudaMemory", &MarginalNative::CudaMemory),
                          });
+    runner_class_ = Napi::Persistent(marginal::ort::Runner::Define(env));
   }
 
  private:
   // Scratch per sampling thread (a few vocab-sized buffers each), kept between calls, and per
   // addon instance, so engines in different worker_threads never share one.
   std::vector<std::unique_ptr<marginal::RowSampler>> samplers_;
+  // The OrtRunner class of this addon instance (one per worker_thread).
+  Napi::FunctionReference runner_class_;
+
+  // openOrtRunner(libraryPath, modelPath, options) -> Promise<OrtRunner>: loads ONNX Runtime
+  // from libraryPath (dlopen, once per process) and opens modelPath on the named provider.
+  Napi::Value OpenOrtRunner(const Napi::CallbackInfo& info) { return marginal::ort::OpenRunner(info, runner_class_); }
+
+  // cudaMemory(deviceId) -> {free, total} bytes of a CUDA device, through the CUDA runtime
+  // (dlopen); throws (code ORT_CUDA) where there is none. Sizes a device KV pool before any
+  // session exists.
+  Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const int device = static_cast<int>(whole(info[0], "deviceId"));
+    size_t free_b = 0, total_b = 0;
+    try {
+      const marginal::ort::CudaRuntime& cuda = marginal::ort::CudaRuntime::load();
+      cuda.set_device(device);
+      cuda.mem_info(&free_b, &total_b);
+    } catch (const marginal::ort::Error& e) {
+      Napi::Error err = Napi::Error::New(env, e.what());
+      err.Set("code", Napi::String::New(env, e.code));
+      throw err;
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("free", Napi::Number::New(env, static_cast<double>(free_b)));
+    o.Set("total", Napi::Number::New(env, static_cast<double>(total_b)));
+    return o;
+  }
 
   marginal::RowSampler& sampler(size_t index, int32_t vocab) {
     if (samplers_.size() <= index) samplers_.resize(index + 1);

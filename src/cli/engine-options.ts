@@ -4,6 +4,8 @@ import type { Engine, ExecutionProvider } from '../engine/types.js';
 import { WorkerEngine } from '../engine/worker-engine.js';
 import { describeGeometry, resolveGeometry, type Geometry, type GeometryOptions } from '../geometry.js';
 import { nativeStatus } from '../native/index.js';
+import { cudaFreeMemory } from '../native/ort-runner.js';
+import { cudaProviderInstalled } from '../engine/session.js';
 import { describeModel, loadModelDir, type Flavour, type LoadedModel } from '../models/modeldir.js';
 import { defaultModelDir } from '../models/importers.js';
 
@@ -37,7 +39,9 @@ export async function openModelAndEngine(o: EngineCliOptions, geometry: Geometry
   for (const p of providers) if (p !== 'cuda' && p !== 'cpu') throw new InvalidArgumentError(`unknown execution provider ${p} (cuda, cpu)`);
   const log = o.log ?? stderrLog;
   const model = await loadModelDir(o.model ?? defaultModelDir(log));
-  const g = resolveGeometry(geometry, { maxContext: model.kv.maxContext, kvBytesPerToken: kvBytesPerToken(model) });
+  // A pool sized as a share of free memory takes it from where the pool will live.
+  const deviceFree = providers[0] === 'cuda' && cudaProviderInstalled() ? cudaFreeMemory() : undefined;
+  const g = resolveGeometry(geometry, { maxContext: model.kv.maxContext, kvBytesPerToken: kvBytesPerToken(model), ...(deviceFree !== undefined ? { freeMemory: deviceFree } : {}) });
   if (model.synthetic) log(`marginal: ${describeModel(model)}`);
   log(`marginal: ${nativeStatus()}`);
   log(`marginal: ${describeGeometry(g, kvBytesPerToken(model))}`);

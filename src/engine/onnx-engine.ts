@@ -2,6 +2,8 @@ import * as ort from 'onnxruntime-node';
 import { performance } from 'node:perf_hooks';
 import { ContextLengthError, InvalidArgumentError, ModelFormatError } from '../errors.js';
 import { HostKvStorage, blockBytes, type KvPoolShape, type KvStorage } from '../kv/pool.js';
+import { BoundFastGraph } from './bound-fast.js';
+import { openEngineSession, type EngineSession } from './open-session.js';
 import type { Flavour, LoadedModel } from '../models/modeldir.js';
 import { IO } from '../models/llama/graph.js';
 import { BatchSampler } from '../native/sampling.js';
@@ -9,7 +11,7 @@ import { Sampler } from '../sampling/sampler.js';
 import { applyTokenMask, rowLogprobs, type TokenLogprobs } from '../sampling/logprobs.js';
 import type { Rng } from '../sampling/rng.js';
 import type { SamplingParams } from '../sampling/params.js';
-import { openSession, type SessionConfig } from './session.js';
+import type { SessionConfig } from './session.js';
 import { KvOp, type Engine, type EngineInfo, type ExecutionProvider, type SequenceOpen, type StepItem, type StepPlan, type StepResult } from './types.js';
 
 export interface OnnxEngineOptions extends SessionConfig {
@@ -34,8 +36,17 @@ export interface OnnxEngineOptions extends SessionConfig {
    * Hand the graph a compact copy of the blocks each run uses instead of the whole pool. The
    * default where the pool is host memory but the provider is not the CPU (ONNX Runtime would
    * otherwise copy the whole pool to the device every run); settable to test that path on CPU.
+   * Only the onnxruntime-node session stages: the I/O-binding runner keeps the pool where its
+   * provider computes.
    */
   stagePool?: boolean;
+  /**
+   * Run the fast graph through ONNX Runtime's C API with I/O binding (the native addon), the
+   * KV pool in the provider's memory and bound in place: true requires it, false uses
+   * onnxruntime-node's JavaScript session; default (or MARGINAL_IO_BINDING=1/0): I/O binding
+   * wherever the addon can open it.
+   */
+  ioBinding?: boolean;
 }
 
 /**
@@ -143,6 +154,11 @@ class Int32Feed {
  * - `hf` graphs take packed past tensors and return the concatenated present: the engine packs
  *   each run's sequences from their blocks (left-padded, masked) and writes the new positions
  *   back. This is what serving a Hugging Face / Optimum export costs.
+ *
+ * Two sessions can run the graph (open-session.ts). The native addon's I/O-binding runner keeps
+ * the pool in the provider's memory (device memory under CUDA) and binds it in place, so no
+ * step copies the cache (bound-fast.ts, kv/device-pool.ts); onnxruntime-node's JavaScript
+ * session, the fallback and the `hf` path, gets the pool as host arrays every run.
  */
 export class OnnxEngine implements Engine {
   readonly info: EngineInfo;
@@ -151,6 +167,11 @@ export class OnnxEngine implements Engine {
   private readonly headDim: number;
   private readonly blockSize: number;
   private readonly pool: KvStorage;
+  /** The I/O-binding runner's fast graph, when the session is the runner. */
+  private readonly bound: BoundFastGraph | undefined;
+  private readonly session: ort.InferenceSession | undefined;
+  /** Cache bytes copied to run the graph this step (staged, packed, concatenated, moved to a device). */
+  private cacheBytes = 0;
   private readonly sequences = new Map<number, SequenceState>();
   private readonly sampler: Sampler;
   /** Full-logits rows go through the native batch sampler when the addon is built (identical results). */
@@ -169,6 +190,7 @@ export class OnnxEngine implements Engine {
   private readonly posFeed = new Int64Feed();
   private readonly lengthsFeed = new Int64Feed();
   private readonly rowsFeed = new Int64Feed();
+  private boundRows = new Int32Array(0);
   private readonly kFeed = new Int64Feed();
   private readonly tablesFeed = new Int32Feed();
   private readonly feeds: Record<string, ort.Tensor> = {};
@@ -194,11 +216,11 @@ export class OnnxEngine implements Engine {
 
   private constructor(
     private readonly model: LoadedModel,
-    private readonly session: ort.InferenceSession,
-    provider: ExecutionProvider,
+    private readonly engineSession: EngineSession,
     readonly flavour: Flavour,
     opts: OnnxEngineOptions,
   ) {
+    const provider = engineSession.provider;
     const maxSequences = opts.maxSequences ?? 32;
     const maxContext = Math.min(opts.maxContext ?? model.kv.maxContext, model.kv.maxContext);
     const blockSize = opts.blockSize ?? 16;
@@ -215,12 +237,23 @@ export class OnnxEngine implements Engine {
     this.blockSize = blockSize;
     this.vocab = model.vocabSize;
     const shape: KvPoolShape = { layers: this.layers, kvHeads: this.kvHeads, headDim: this.headDim, blockSize, blocks: kvBlocks, hostBlocks };
-    this.pool = new HostKvStorage(shape);
+    if (engineSession.kind === 'io-binding') {
+      this.inputNames = new Set(engineSession.runner.inputs.map((v) => v.name));
+      this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
+      this.bound = new BoundFastGraph(engineSession.runner, shape, this.vocab, this.maxRanked);
+      this.pool = this.bound.pool;
+      this.session = undefined;
+      this.stage = false;
+    } else {
+      this.inputNames = new Set(engineSession.session.inputNames);
+      this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
+      this.bound = undefined;
+      this.pool = new HostKvStorage(shape);
+      this.session = engineSession.session;
+      this.stage = opts.stagePool ?? provider !== 'cpu';
+    }
     this.sampler = new Sampler(this.vocab);
     this.batchSampler = new BatchSampler(this.vocab);
-    this.inputNames = new Set(session.inputNames);
-    this.maxRanked = this.inputNames.has(IO.topK) ? (opts.rankedCandidates ?? 64) : 0;
-    this.stage = opts.stagePool ?? provider !== 'cpu';
     this.names = Array.from({ length: this.layers }, (_, l) => ({
       poolKey: IO.poolKey(l),
       poolValue: IO.poolValue(l),
@@ -258,10 +291,30 @@ export class OnnxEngine implements Engine {
     if (!model.flavours.includes(flavour)) {
       throw new ModelFormatError(`model ${model.name} has no ${flavour} graph (it has ${model.flavours.join(', ')})`);
     }
-    const { session, provider } = await openSession(model.graphPath(flavour), opts);
-    const engine = new OnnxEngine(model, session, provider, flavour, opts);
-    engine.checkGraph();
-    return engine;
+    const session = await openEngineSession(model.graphPath(flavour), flavour, opts);
+    try {
+      const engine = new OnnxEngine(model, session, flavour, opts);
+      engine.checkGraph();
+      return engine;
+    } catch (e) {
+      if (session.kind === 'io-binding') session.runner.release();
+      else await session.session.release();
+      throw e;
+    }
+  }
+
+  /** Which session runs the graph ('io-binding' or 'onnxruntime-node') and where the KV pool lives. */
+  get kvPath(): { path: EngineSession['kind']; memory: 'device' | 'host' } {
+    return { path: this.engineSession.kind, memory: this.bound !== undefined && this.info.provider === 'cuda' ? 'device' : 'host' };
+  }
+
+  /**
+   * The I/O-binding runner's cumulative counters (RunnerStat: runs, bytes uploaded to and
+   * downloaded from device buffers, local copies, cache bytes copied), or undefined on the
+   * onnxruntime-node session.
+   */
+  runnerStat(which: number): number | undefined {
+    return this.bound?.stat(which);
   }
 
   private checkGraph(): void {
@@ -285,7 +338,8 @@ export class OnnxEngine implements Engine {
   }
 
   async dispose(): Promise<void> {
-    await this.session.release();
+    if (this.bound !== undefined) this.bound.dispose();
+    else await this.session?.release();
   }
 
   async execute(plan: StepPlan): Promise<StepResult> {
@@ -345,7 +399,16 @@ export class OnnxEngine implements Engine {
     const totalMs = performance.now() - t0;
     const result: StepResult = {
       tokens,
-      timing: { totalMs, runMs: timing.runMs, sampleMs: extras.sampleMs, glueMs: totalMs - timing.runMs - extras.sampleMs, runs: timing.runs, batchTokens, kvBytesCopied: this.pool.takeBytesCopied() + this.takeStagedBytes() },
+      timing: {
+        totalMs,
+        runMs: timing.runMs,
+        sampleMs: extras.sampleMs,
+        glueMs: totalMs - timing.runMs - extras.sampleMs,
+        runs: timing.runs,
+        batchTokens,
+        kvBytesCopied: this.pool.takeBytesCopied() + this.takeStagedBytes(),
+        cacheBytesCopied: this.takeCacheBytes(),
+      },
     };
     if (extras.logits) result.logits = extras.logits;
     if (extras.logprobs) result.logprobs = extras.logprobs;
@@ -510,17 +573,47 @@ export class OnnxEngine implements Engine {
       const past = Math.ceil((items[group[k] as number] as StepItem).offset / bs);
       if (past > nb) nb = past;
     }
-    const rowsN = count * width;
     // Prompt logprobs need every fed position's logits, not only the last one's.
     let rowCount = 0;
-    for (let k = 0; k < count; k++) rowCount += (items[group[k] as number] as StepItem).promptLogprobs !== undefined ? width : 1;
+    for (let j = 0; j < count; j++) rowCount += (items[group[j] as number] as StepItem).promptLogprobs !== undefined ? width : 1;
+    // Rank in the graph when every sampled row can be served from its k best logits.
+    let k = 1;
+    let ranked = this.maxRanked > 0 && !fullLogits && rowCount === count;
+    for (let j = 0; j < count && ranked; j++) {
+      const item = items[group[j] as number] as StepItem;
+      if (!item.sample) continue;
+      const params = (this.sequences.get(item.seq) as SequenceState).sampling;
+      // A grammar mask or logprobs need the whole row; adjustments fit while they only lower logits.
+      if (item.mask !== undefined || params.logprobs !== undefined || !Sampler.rankedSuffices(params, this.maxRanked, item.adjust)) ranked = false;
+      else k = Math.max(k, Sampler.rankedNeeds(params, item.adjust));
+    }
+    if (this.lastRowBuf.length < count) this.lastRowBuf = new Int32Array(Math.max(count, 2 * this.lastRowBuf.length));
+    const lastRow = this.lastRowBuf;
+    if (this.bound !== undefined) {
+      // The logits rows the run computes: item j's last position, or all its positions.
+      if (this.boundRows.length < rowCount) this.boundRows = new Int32Array(Math.max(rowCount, 2 * this.boundRows.length));
+      let row = 0;
+      for (let j = 0; j < count; j++) {
+        const item = items[group[j] as number] as StepItem;
+        for (let t = item.promptLogprobs !== undefined ? 0 : width - 1; t < width; t++) this.boundRows[row++] = j * width + t;
+        lastRow[j] = row - 1;
+      }
+      // Measured, not assumed: a run on this path reads no byte out of the pool's buffers.
+      const before = this.bound.kvCopiedBytes();
+      const out = await this.bound.run(items, group, count, width, nb, this.boundRows, rowCount, ranked, k);
+      this.cacheBytes += this.bound.kvCopiedBytes() - before;
+      const result: RunOutput = { k: out.k, lastRow };
+      if (out.logits !== undefined) result.logits = out.logits;
+      if (out.values !== undefined) result.values = out.values;
+      if (out.ids !== undefined) result.ids = out.ids;
+      return result;
+    }
+    const rowsN = count * width;
     this.idsFeed.reserve(rowsN);
     this.posFeed.reserve(rowsN);
     this.lengthsFeed.reserve(count);
     this.rowsFeed.reserve(rowCount);
     this.tablesFeed.reserve(count * nb);
-    if (this.lastRowBuf.length < count) this.lastRowBuf = new Int32Array(Math.max(count, 2 * this.lastRowBuf.length));
-    const lastRow = this.lastRowBuf;
     let row = 0;
     const tables = this.tablesFeed.buf;
     for (let k = 0; k < count; k++) {
@@ -544,23 +637,12 @@ export class OnnxEngine implements Engine {
     if (this.stage) this.stagePool(count * nb, feeds);
     else this.bindPool(feeds);
     feeds[IO.blockTables] = this.tablesFeed.tensor(count, nb);
-    // Rank in the graph when every sampled row can be served from its k best logits.
-    let k = 1;
-    let ranked = this.maxRanked > 0 && !fullLogits && rowCount === count;
-    for (let j = 0; j < count && ranked; j++) {
-      const item = items[group[j] as number] as StepItem;
-      if (!item.sample) continue;
-      const params = (this.sequences.get(item.seq) as SequenceState).sampling;
-      // A grammar mask or logprobs need the whole row; adjustments fit while they only lower logits.
-      if (item.mask !== undefined || params.logprobs !== undefined || !Sampler.rankedSuffices(params, this.maxRanked, item.adjust)) ranked = false;
-      else k = Math.max(k, Sampler.rankedNeeds(params, item.adjust));
-    }
     if (this.inputNames.has(IO.topK)) {
       this.kFeed.reserve(1);
       this.kFeed.set(0, k);
       feeds[IO.topK] = this.kFeed.tensor(1);
     }
-    const out = await this.session.run(feeds, ranked ? this.fetchRanked : this.fetchLogits);
+    const out = await (this.session as ort.InferenceSession).run(feeds, ranked ? this.fetchRanked : this.fetchLogits);
     const headStride = width * this.headDim;
     for (let l = 0; l < this.layers; l++) {
       const names = this.names[l] as OnnxEngine['names'][number];
@@ -592,6 +674,8 @@ export class OnnxEngine implements Engine {
       feeds[names.poolKey] = t.key;
       feeds[names.poolValue] = t.value;
     }
+    // A device provider gets host inputs copied to it: the whole pool, every run.
+    if (this.info.provider !== 'cpu') this.cacheBytes += this.info.totalBlocks * this.info.blockBytes;
   }
 
   private stagedBytes = 0;
@@ -599,6 +683,12 @@ export class OnnxEngine implements Engine {
   private takeStagedBytes(): number {
     const b = this.stagedBytes;
     this.stagedBytes = 0;
+    return b;
+  }
+
+  private takeCacheBytes(): number {
+    const b = this.cacheBytes;
+    this.cacheBytes = 0;
     return b;
   }
 
@@ -655,6 +745,8 @@ export class OnnxEngine implements Engine {
       feeds[names.poolValue] = new ort.Tensor('float32', dstV.subarray(0, H * used * span), dims);
     }
     this.stagedBytes += used * this.info.blockBytes;
+    // Copied once here, and once more by ONNX Runtime to a device provider.
+    this.cacheBytes += used * this.info.blockBytes * (this.info.provider === 'cpu' ? 1 : 2);
   }
 
   /** One hf-interface run: pack the group's caches from their blocks (left-padded), run, write the new positions back. */
@@ -703,7 +795,11 @@ export class OnnxEngine implements Engine {
       feeds[names.pastKey] = new ort.Tensor('float32', pk, [b, H, P, hd]);
       feeds[names.pastValue] = new ort.Tensor('float32', pv, [b, H, P, hd]);
     }
-    const out = await this.session.run(feeds);
+    // The packed past and the present the graph concatenates are both copies of the cache.
+    let packed = 0;
+    for (const i of group) packed += (items[i] as StepItem).offset;
+    this.cacheBytes += (packed + b * T) * H * hd * 8 * this.layers;
+    const out = await (this.session as ort.InferenceSession).run(feeds);
     for (let l = 0; l < this.layers; l++) {
       const names = this.names[l] as OnnxEngine['names'][number];
       const presentK = out[names.presentKey]?.data as Float32Array | undefined;

@@ -72,7 +72,7 @@ function isProviderLoadFailure(msg: string): boolean {
 }
 
 /** MARGINAL_PROVIDERS=cpu (or cuda,cpu) overrides the default order without a config file. */
-function envProviders(): ExecutionProvider[] | undefined {
+export function envProviders(): ExecutionProvider[] | undefined {
   const v = process.env.MARGINAL_PROVIDERS;
   if (!v) return undefined;
   const list = v.split(',').map((s) => s.trim()).filter((s): s is ExecutionProvider => s === 'cuda' || s === 'cpu');

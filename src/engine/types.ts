@@ -108,6 +108,14 @@ export interface StepTiming {
    * for the graph (0 of the cache itself when the graph reads the pool in place).
    */
   kvBytesCopied: number;
+  /**
+   * Of those, the bytes of keys and values already cached that the step copied in order to run
+   * the graph: staged or packed for it, concatenated by it (`hf`), or moved to the device by
+   * ONNX Runtime: 0 where the graph reads the pool in place (the I/O-binding path; the
+   * onnxruntime-node session on CPU). New positions and plan block moves are not counted.
+   * Absent where not measured (the cost model).
+   */
+  cacheBytesCopied?: number;
 }
 
 export interface StepResult {

@@ -7,9 +7,10 @@
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import type { NativeOrtRunner, OrtRunnerOptions } from './ort-runner.js';
 
 /** Must equal kAbiVersion in native/src/addon.cc; a stale build with another number is refused. */
-export const NATIVE_ABI_VERSION = 2;
+export const NATIVE_ABI_VERSION = 3;
 
 export interface NativeAddon {
   readonly abiVersion: number;
@@ -54,6 +55,13 @@ export interface NativeAddon {
   ): void;
   /** Which SIMD kernels the sampler uses on this machine: "avx2", "vector" (portable) or "scalar". */
   readonly kernels: string;
+  /**
+   * Loads ONNX Runtime from `libraryPath` (dlopen, once per process) and opens `modelPath` for
+   * I/O-bound runs; see src/native/ort-runner.ts, which wraps the result.
+   */
+  openOrtRunner(libraryPath: string, modelPath: string, options: OrtRunnerOptions): Promise<NativeOrtRunner>;
+  /** Free and total bytes of CUDA device `deviceId` (the CUDA runtime, opened with dlopen); throws (code ORT_CUDA) without one. */
+  cudaMemory(deviceId: number): { free: number; total: number };
 
   // Test hooks, so test/native.test.ts can hold each piece to its TypeScript definition directly.
   /** The addon's port of V8's Math.exp / Math.log, element-wise. */
