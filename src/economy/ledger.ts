@@ -102,6 +102,18 @@ export class BillBuilder {
     this.kvAmount += blockSeconds * price;
   }
 
+  /** Adds another builder's charges (a request's streams billed as one). */
+  absorb(other: BillBuilder): void {
+    this.computedPrompt += other.computedPrompt;
+    this.cached += other.cached;
+    this.completion += other.completion;
+    this.kvBlockSeconds += other.kvBlockSeconds;
+    this.promptAmount += other.promptAmount;
+    this.cachedAmount += other.cachedAmount;
+    this.completionAmount += other.completionAmount;
+    this.kvAmount += other.kvAmount;
+  }
+
   /** What the prices so far add up to, before the cap. */
   get subtotal(): number {
     return this.promptAmount + this.cachedAmount + this.completionAmount + this.kvAmount;

@@ -221,6 +221,14 @@ export class BlockManager {
     return (this.refCount[id] as number) > 1 || this.isRegistered(id);
   }
 
+  /** One more owner for a block already held (a request's streams sharing its prompt's blocks). */
+  share(id: number, now: number, into: number[]): void {
+    if (!((this.refCount[id] as number) > 0)) throw new EngineCapacityError(`block ${id} is not held, so it cannot be shared`);
+    this.refCount[id] = (this.refCount[id] as number) + 1;
+    this.lastUsedAt[id] = now;
+    into.push(id);
+  }
+
   /** Host blocks for a swap-out. Throws if `n` exceed the free ones (callers check `freeHostBlocks`). */
   allocateHost(n: number, into: number[]): void {
     if (n > this.hostFreeCount) throw new EngineCapacityError(`host swap space full: need ${n} blocks, ${this.hostFreeCount} free`);

@@ -78,6 +78,45 @@ export interface Quote {
 }
 
 /**
+ * A request's n streams (OpenAI's `n`, vLLM's parallel sampling): one admission decision, one
+ * escrow and one bill for all of them, the prompt prefilled once. The leader (member 0) waits,
+ * is admitted and prefills as any request does; when its prompt is done the others fork from it,
+ * taking references to its prompt blocks (the last partial one is copied on its first write),
+ * and from then on each member is a stream of its own.
+ *
+ * Preemption takes streams one at a time, as vLLM V1 treats a parent request's children: each
+ * stream counts its own share of the value and holds its own blocks past the shared prompt, so a
+ * policy's surplus per block held (and what preempting frees, shared blocks excepted) is exact
+ * per stream, and the prompt's full blocks stay in the prefix cache, so a stream that recomputes
+ * resumes from a hit. Preempting the group whole would throw away streams that are worth their
+ * blocks to free memory one victim already frees. Admission, by contrast, is the group's: the
+ * leader is admitted only with slots for every stream (held until they fork) and room for each
+ * to copy the shared last block; it is priced at its own share of the value against the whole
+ * prompt's prefill, a conservative reading of the group's surplus.
+ */
+export class StreamGroup {
+  readonly members: SchedRequest[] = [];
+  /** The members other than the leader have taken their share of its prompt blocks. */
+  forked = false;
+  /** Sequence slots held for the other members while the leader prefills. */
+  reservedSlots = 0;
+  /** Members not yet done. */
+  live = 0;
+  /** The group's escrow in the ledger (its capped claim), settled when its last member ends. */
+  escrow: number | undefined;
+  /** The most the group can be charged: its claim after the tenant's caps. */
+  maxCharge = Infinity;
+
+  get leader(): SchedRequest {
+    return this.members[0] as SchedRequest;
+  }
+
+  get size(): number {
+    return this.members.length;
+  }
+}
+
+/**
  * The scheduler's record of one request. Prompt and generated tokens share one array, so a
  * preempted request recomputes exactly the sequence it had and resumes where it stopped.
  */
@@ -147,6 +186,13 @@ export class SchedRequest {
   plannedStep = -1;
   /** Bumped on every enqueue, so lazily deleted queue entries can tell they are stale. */
   epoch = 0;
+  /** The request's streams when it asked for n > 1 (this is one of them). */
+  group: StreamGroup | undefined;
+  /**
+   * A forked stream whose next fed token is the prompt's last, recomputed for its own first
+   * draw: the group's prompt, already billed, and no waste.
+   */
+  forkToken = false;
 
   constructor(
     readonly seq: number,
@@ -169,6 +215,12 @@ export class SchedRequest {
   claimAt(outputTokens: number): number {
     if (this.spec.value !== undefined) return this.spec.value;
     return (this.spec.bid ?? 0) * outputTokens;
+  }
+
+  /** A member of a group still waiting for its leader's prompt (in no queue, holding nothing). */
+  get awaitingFork(): boolean {
+    const g = this.group;
+    return g !== undefined && !g.forked && this !== g.leader && this.state === 'waiting';
   }
 
   get tenant(): string {

@@ -2,13 +2,13 @@ import { ContextLengthError, InvalidArgumentError } from '../errors.js';
 import { MAX_REQUEST_VALUE, finiteOr } from '../economy/bounds.js';
 import { defaultCurves, type PriceCurves } from '../economy/curves.js';
 import { PointLength } from '../economy/estimator.js';
-import { OnlineMeanLength, type LengthFeatures, type LengthPredictor } from '../economy/length-model.js';
-import type { Ledger } from '../economy/ledger.js';
+import { OnlineMeanLength, type LengthDistribution, type LengthFeatures, type LengthPredictor } from '../economy/length-model.js';
+import { BillBuilder, type Ledger } from '../economy/ledger.js';
 import { KvOp, type SequenceOpen, type StepItem, type StepPlan, type StepResult } from '../engine/types.js';
 import { BlockManager } from '../kv/block-manager.js';
 import { Heap } from './deque.js';
 import type { AdmitResult, Policy, SchedulerView } from './policy.js';
-import { SchedRequest, type FinishReason, type Quote, type RejectReason, type RequestSpec } from './request.js';
+import { SchedRequest, StreamGroup, type FinishReason, type Quote, type RejectReason, type RequestSpec } from './request.js';
 import { expectedValue, lifetimeSeconds, pMeet, tokensToGo } from './valuation.js';
 
 export interface SchedulerConfig {
@@ -147,6 +147,8 @@ export class Scheduler implements SchedulerView {
   private readonly swappedThisStep: SchedRequest[] = [];
   private readonly plan_: StepPlan = { items: this.items, opens: this.opens, closes: this.closesPlanned, kvOps: this.kvOps };
   private budget = 0;
+  /** Sequence slots held for groups' streams while their leaders prefill (StreamGroup.reservedSlots, summed). */
+  private reservedSlots = 0;
   private nextSeqNo = 0;
   private stepEma: number;
   private perTokenEma: number;
@@ -279,55 +281,109 @@ export class Scheduler implements SchedulerView {
    * per-request cap, and that capped claim — the most it can be charged — is escrowed.
    */
   submit(spec: RequestSpec): SchedRequest {
-    this.checkFits(spec.prompt.length, spec.maxTokens);
+    return this.submitGroup([spec])[0] as SchedRequest;
+  }
+
+  /**
+   * Registers a request of several streams (OpenAI's `n`): one spec per stream, the same prompt,
+   * each with its own sampling state (seed). The group is one request to the economy: one
+   * admission decision on its leader, one escrow of the whole claim (each stream counts an equal
+   * share of it), one bill at the end, and its prompt prefilled once (see StreamGroup). One spec
+   * is a plain request.
+   */
+  submitGroup(specs: readonly RequestSpec[]): SchedRequest[] {
+    const first = specs[0];
+    if (first === undefined) throw new InvalidArgumentError('a request needs at least one stream');
+    this.checkFits(first.prompt.length, first.maxTokens);
+    const n = specs.length;
+    if (n > this.cfg.maxRunning) throw new InvalidArgumentError(`n = ${n} streams cannot run at once on a server that runs ${this.cfg.maxRunning} sequences`);
+    for (const spec of specs) {
+      let same = spec.prompt.length === first.prompt.length && spec.maxTokens === first.maxTokens && spec.tenant === first.tenant;
+      for (let i = 0; same && spec.prompt !== first.prompt && i < first.prompt.length; i++) same = spec.prompt[i] === first.prompt[i];
+      if (!same) throw new InvalidArgumentError("a request's streams share its prompt, max_tokens and tenant");
+    }
     // Admission decisions (is its SLO still reachable?) are made at its arrival, not at the last step.
-    if (spec.arrival > this.now) this.now = spec.arrival;
-    if (spec.value === undefined && spec.bid === undefined) {
-      const bid = this.defaultBid?.(spec.tenant);
-      if (bid !== undefined) spec = { ...spec, bid };
+    if (first.arrival > this.now) this.now = first.arrival;
+    // Every stream's value is checked before any is registered: a bad one leaves nothing behind.
+    const resolved: RequestSpec[] = [];
+    for (let spec of specs) {
+      if (spec.value === undefined && spec.bid === undefined) {
+        const bid = this.defaultBid?.(spec.tenant);
+        if (bid !== undefined) spec = { ...spec, bid };
+      }
+      const claim0 = spec.value ?? (spec.bid ?? 0) * spec.maxTokens;
+      if (!(claim0 >= 0 && claim0 < Infinity)) {
+        throw new InvalidArgumentError(`the request's value (value, or bid × max_tokens) must be a finite non-negative number, got ${claim0}`);
+      }
+      resolved.push(spec);
     }
-    const claim0 = spec.value ?? (spec.bid ?? 0) * spec.maxTokens;
-    if (!(claim0 >= 0 && claim0 < Infinity)) {
-      throw new InvalidArgumentError(`the request's value (value, or bid × max_tokens) must be a finite non-negative number, got ${claim0}`);
+    const members: SchedRequest[] = [];
+    let claim = 0;
+    let dist: LengthDistribution | undefined;
+    for (const spec of resolved) {
+      const features: LengthFeatures = {
+        tenant: spec.tenant,
+        promptTokens: spec.prompt.length,
+        maxTokens: spec.maxTokens,
+        endpoint: spec.endpoint ?? 'trace',
+        hasStop: spec.sampling.stop.length > 0,
+        temperature: spec.sampling.temperature,
+        leadingTokens: spec.prompt,
+      };
+      // The streams of one request are draws of one length distribution.
+      dist ??= spec.knownOutputTokens !== undefined ? new PointLength(Math.max(1, Math.min(spec.maxTokens, spec.knownOutputTokens))) : this.lengthModel.predict(features);
+      const r = new SchedRequest(this.nextSeqNo++, spec, dist, features, this.cfg.cachedDiscount);
+      this.byId.set(r.seq, r);
+      members.push(r);
+      claim += r.claimAt(spec.maxTokens);
     }
-    const features: LengthFeatures = {
-      tenant: spec.tenant,
-      promptTokens: spec.prompt.length,
-      maxTokens: spec.maxTokens,
-      endpoint: spec.endpoint ?? 'trace',
-      hasStop: spec.sampling.stop.length > 0,
-      temperature: spec.sampling.temperature,
-      leadingTokens: spec.prompt,
-    };
-    const dist = spec.knownOutputTokens !== undefined ? new PointLength(Math.max(1, Math.min(spec.maxTokens, spec.knownOutputTokens))) : this.lengthModel.predict(features);
-    const r = new SchedRequest(this.nextSeqNo++, spec, dist, features, this.cfg.cachedDiscount);
-    this.byId.set(r.seq, r);
-    const claim = r.claimAt(spec.maxTokens);
+    const r = members[0] as SchedRequest;
+    const group = n > 1 ? new StreamGroup() : undefined;
+    if (group !== undefined) {
+      for (const m of members) {
+        m.group = group;
+        group.members.push(m);
+      }
+      group.live = n;
+    }
+    const tenant = first.tenant;
     // However rich the tenant, no claim counts for more than this: every price, bill and metric
     // derived from it stays finite (two claims of 1e308 once overflowed a counter to Infinity).
     let capped = claim > MAX_REQUEST_VALUE;
-    r.capped = capped;
-    r.maxCharge = Math.min(claim, MAX_REQUEST_VALUE);
+    let counted = Math.min(claim, MAX_REQUEST_VALUE);
     if (this.ledger) {
-      if (this.ledger.exhausted(spec.tenant)) {
+      if (this.ledger.exhausted(tenant)) {
+        this.setCharge(members, capped, counted, undefined);
         this.enqueue(r, false);
-        if (r.state === 'waiting') this.reject(r, this.quote(r, 'budget_exhausted', `tenant ${spec.tenant} has spent its budget`));
-        return r;
+        if (r.state === 'waiting') this.reject(r, this.quote(r, 'budget_exhausted', `tenant ${tenant} has spent its budget`));
+        return members;
       }
-      const cap = this.ledger.valueCap(spec.tenant);
-      const counted = Math.min(claim, cap, MAX_REQUEST_VALUE);
+      const cap = this.ledger.valueCap(tenant);
+      counted = Math.min(claim, cap, MAX_REQUEST_VALUE);
       capped = counted < claim;
-      r.capped = capped;
-      r.maxCharge = counted;
-      r.escrow = counted;
-      this.ledger.escrow(spec.tenant, counted);
-    }
+      this.ledger.escrow(tenant, counted);
+      this.setCharge(members, capped, counted, counted);
+    } else this.setCharge(members, capped, counted, undefined);
     // Enqueued first even when it is turned away at once, so the policy's count stays exact.
     this.enqueue(r, false);
     if (r.state === 'waiting' && capped && r.maxCharge <= 0) {
-      this.reject(r, this.quote(r, 'value_cap', `tenant ${spec.tenant} has nothing left to back this request's value with`));
+      this.reject(r, this.quote(r, 'value_cap', `tenant ${tenant} has nothing left to back this request's value with`));
     }
-    return r;
+    return members;
+  }
+
+  /** A request's counted claim (and escrow) onto its streams: each stream counts an equal share. */
+  private setCharge(members: readonly SchedRequest[], capped: boolean, counted: number, escrow: number | undefined): void {
+    const group = members[0]?.group;
+    if (group !== undefined) {
+      group.maxCharge = counted;
+      group.escrow = escrow;
+    }
+    for (const m of members) {
+      m.capped = capped;
+      m.maxCharge = counted / members.length;
+      if (group === undefined) m.escrow = escrow;
+    }
   }
 
   /** Into the policy's queue and the scheduler's own order of value density. */
@@ -402,7 +458,7 @@ export class Scheduler implements SchedulerView {
         }
       }
     }
-    if (this.budget > 0 && this.runningList.length < this.cfg.maxRunning) this.policy.admit();
+    if (this.budget > 0 && this.runningList.length + this.reservedSlots < this.cfg.maxRunning) this.policy.admit();
     this.tokenUtilization = (this.cfg.maxBatchTokens - this.budget) / this.cfg.maxBatchTokens;
     this.setPrices();
     this.inFlight = this.items.length > 0;
@@ -579,20 +635,27 @@ export class Scheduler implements SchedulerView {
         r.bill.addPrompt(freshPrompt, 0, this.prices.token);
         this.counters.prefillTokens += freshPrompt;
       }
-      if (n > fresh) {
-        r.recomputed += n - fresh;
-        this.counters.recomputedTokens += n - fresh;
+      let waste = n - fresh;
+      if (r.forkToken && waste > 0) {
+        r.forkToken = false;
+        waste--;
+      }
+      if (waste > 0) {
+        r.recomputed += waste;
+        this.counters.recomputedTokens += waste;
       }
       r.billedTo = Math.max(r.billedTo, end);
       r.computed = end;
       this.policy.served(r, freshPrompt, 0);
       this.registerBlocks(r);
+      if (r.group !== undefined && !r.group.forked && end === r.promptLength) this.fork(r);
       const token = result.tokens[i] as number;
       // A stop sequence matched while this step ran: the token it sampled is not part of the answer.
       if (token >= 0 && r.state === 'running' && !r.stopRequested) this.sampled(r, token, now);
     }
     if (stepSeconds > 0) {
-      for (const r of this.runningList) r.bill.addKvRent(r.blocks.length * stepSeconds, this.prices.kv);
+      // A stream forked at the end of this step ran none of it.
+      for (const r of this.runningList) if (!r.forkToken) r.bill.addKvRent(r.blocks.length * stepSeconds, this.prices.kv);
     }
     for (const r of this.planned) {
       if (this.deferredAborts.has(r.seq)) this.finish(r, 'abort', now);
@@ -620,36 +683,34 @@ export class Scheduler implements SchedulerView {
 
   private finish(r: SchedRequest, reason: FinishReason, now: number): void {
     if (r.state === 'done') return;
-    if (r.state === 'waiting') {
-      this.policy.remove(r);
-      this.leftWaiting();
-      this.dropSwapped(r);
-    } else this.leaveRunning(r);
-    this.closeOnEngine(r);
+    this.leave(r);
     r.state = 'done';
     r.finishedAt = now;
     r.finishReason = reason;
     r.outcome = reason === 'abort' ? 'aborted' : 'completed';
-    // Never more than the work was claimed to be worth (a bid pays per token delivered), nor than its escrow.
-    r.finalBill = r.bill.bill(r.valueAt(r.generated), this.cfg.payment);
     if (reason === 'abort') this.counters.aborted++;
     else {
       this.counters.completed++;
       this.lengthModel.observe(r.features, r.generated, reason === 'length');
     }
-    if (this.ledger && r.escrow !== undefined) this.ledger.settle(r.tenant, r.escrow, r.finalBill.total, reason !== 'abort');
+    const g = r.group;
+    if (g === undefined) {
+      // Never more than the work was claimed to be worth (a bid pays per token delivered), nor than its escrow.
+      r.finalBill = r.bill.bill(r.valueAt(r.generated), this.cfg.payment);
+      if (this.ledger && r.escrow !== undefined) this.ledger.settle(r.tenant, r.escrow, r.finalBill.total, reason !== 'abort');
+    } else {
+      this.memberEnded(g, r);
+      // Streams still waiting for a leader that ended first end with it.
+      if (r === g.leader && !g.forked) for (const m of g.members) if (m.awaitingFork) this.finish(m, reason, now);
+    }
     this.byId.delete(r.seq);
     this.listener.onFinish?.(r, now);
   }
 
   reject(r: SchedRequest, quote: Quote): void {
     if (r.state === 'done') return;
-    if (r.state === 'waiting') {
-      this.policy.remove(r);
-      this.leftWaiting();
-      this.dropSwapped(r);
-    } else this.leaveRunning(r);
-    this.closeOnEngine(r);
+    const cascaded = r.awaitingFork;
+    this.leave(r);
     r.state = 'done';
     r.finishedAt = this.now;
     r.outcome = 'rejected';
@@ -657,10 +718,59 @@ export class Scheduler implements SchedulerView {
     r.quote = quote;
     // Turned away: whatever it ran before a preemption is the server's loss, not charged.
     r.finalBill = r.bill.bill(r.maxCharge, false);
-    this.counters.rejected++;
-    this.ledger?.reject(r.tenant, r.escrow);
+    // A request turned away before its streams forked is one rejection, with one quote.
+    if (!cascaded) this.counters.rejected++;
+    const g = r.group;
+    if (g === undefined) this.ledger?.reject(r.tenant, r.escrow);
+    else {
+      if (r === g.leader && !g.forked) {
+        this.ledger?.reject(r.tenant, g.escrow);
+        g.escrow = undefined;
+      }
+      this.memberEnded(g, r);
+      if (r === g.leader && !g.forked) for (const m of g.members) if (m.awaitingFork) this.reject(m, quote);
+    }
     this.byId.delete(r.seq);
     this.listener.onFinish?.(r, this.now);
+  }
+
+  /** Out of the queue or the batch, its blocks freed and its sampling state closed on the engine. */
+  private leave(r: SchedRequest): void {
+    if (r.state === 'waiting') {
+      // A stream waiting for its leader's prompt is in no queue and holds nothing.
+      if (!r.awaitingFork) {
+        this.policy.remove(r);
+        this.leftWaiting();
+        this.dropSwapped(r);
+      }
+    } else this.leaveRunning(r);
+    this.closeOnEngine(r);
+  }
+
+  /**
+   * One stream of a group ended. The last one to end carries the group's bill: every stream's
+   * charges (the prompt billed once, on the leader) capped at the group's claim, settled against
+   * its one escrow. Streams turned away are not charged.
+   */
+  private memberEnded(g: StreamGroup, r: SchedRequest): void {
+    if (r.outcome !== 'rejected') r.finalBill = undefined;
+    if (--g.live > 0) return;
+    const total = new BillBuilder({ cachedDiscount: this.cfg.cachedDiscount });
+    let served = false;
+    let completed = true;
+    let claim = 0;
+    for (const m of g.members) {
+      if (m.outcome !== 'completed') completed = false;
+      if (m.outcome === 'rejected') continue;
+      served = true;
+      total.absorb(m.bill);
+      claim += m.claimAt(m.generated);
+    }
+    // Turned away whole: its escrow went back with the rejection.
+    if (!served) return;
+    r.finalBill = total.bill(Math.min(claim, g.maxCharge), this.cfg.payment);
+    if (this.ledger && g.escrow !== undefined) this.ledger.settle(r.tenant, g.escrow, r.finalBill.total, completed);
+    g.escrow = undefined;
   }
 
   /**
@@ -685,7 +795,7 @@ export class Scheduler implements SchedulerView {
         break;
       case 'value_cap':
         // Money comes back when the tenant's requests in flight settle.
-        retryable = (this.ledger?.account(r.tenant).inFlight ?? 0) > (r.escrow !== undefined && r.state !== 'done' ? 1 : 0);
+        retryable = (this.ledger?.account(r.tenant).inFlight ?? 0) > ((r.escrow ?? r.group?.escrow) !== undefined && r.state !== 'done' ? 1 : 0);
         break;
       default: {
         // A retry is a fresh request on a quieter server: it can clear if it would on an idle one.
@@ -695,13 +805,16 @@ export class Scheduler implements SchedulerView {
     }
     const wait = r.state === 'waiting' ? this.expectedWaitSeconds(r) : 0;
     const ttft = Math.max(0, this.now - r.spec.arrival) + wait + Math.ceil(uncached / this.cfg.prefillChunk) * this.stepEma;
+    // A group turned away before it forks is quoted whole: its leader clears with a 1/n share of
+    // the value, so the request clears with n times the leader's minimum.
+    const streams = r.group !== undefined && !r.group.forked ? r.group.size : 1;
     return {
       reason,
       message,
       pricePerToken: this.prices.token,
       pricePerKvBlockSecond: this.prices.kv,
-      minValue,
-      valueCounted: counted,
+      minValue: minValue * streams,
+      valueCounted: counted * streams,
       retryable,
       expectedWaitMs: retryable ? Math.round(this.drainSeconds(r) * 1000) : null,
       predictedTtftMs: roundMs(ttft),
@@ -732,7 +845,7 @@ export class Scheduler implements SchedulerView {
     });
     // Their prompts go through the batch before r's, at most a batch's worth per step.
     const prefillWait = (aheadPrompt / this.cfg.maxBatchTokens) * step;
-    const free = this.cfg.maxRunning - this.runningList.length;
+    const free = this.cfg.maxRunning - this.runningList.length - this.reservedSlots;
     const need = ahead + 1 - free;
     if (need <= 0) return prefillWait;
     // Slots free up as running streams finish: the need-th soonest finish seats r.
@@ -793,10 +906,13 @@ export class Scheduler implements SchedulerView {
   }
 
   tryAdmit(r: SchedRequest): AdmitResult {
-    if (this.runningList.length >= this.cfg.maxRunning) return 'no-slot';
+    // A group's leader takes its streams' slots with it, and room for each to copy the block it
+    // shares before its first write.
+    const streams = this.streamsToSeat(r);
+    if (this.runningList.length + this.reservedSlots + streams > this.cfg.maxRunning) return 'no-slot';
     if (this.budget <= 0) return 'no-budget';
     const bs = this.cfg.blockSize;
-    if (r.swapped) return this.swapBackIn(r);
+    if (r.swapped) return this.swapBackIn(r, streams - 1);
     let hitBlocks = 0;
     // Prompt log probabilities need every prompt position computed, so such requests take no cache hit.
     if (this.prefixOk && r.spec.computeWholePrompt !== true) {
@@ -808,13 +924,14 @@ export class Scheduler implements SchedulerView {
     const copy = start < hitBlocks * bs ? 1 : 0;
     const n = Math.min(r.length - start, this.cfg.prefillChunk, this.budget);
     const need = this.blocks.blocksFor(start + n) - hitBlocks;
-    if (need + copy > this.blocks.availableBlocks) {
+    if (need + copy + streams - 1 > this.blocks.availableBlocks) {
       if (hitBlocks > 0) this.blocks.release(r.blocks, this.now);
       this.kvShort = true;
       return 'no-blocks';
     }
     this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
     if (copy) this.makeWritable(r, hitBlocks - 1);
+    this.reserveSlots(r, streams - 1);
     this.policy.remove(r);
     this.leftWaiting();
     this.openOnEngine(r);
@@ -837,14 +954,15 @@ export class Scheduler implements SchedulerView {
   }
 
   /** A swapped-out request returns with its keys and values: no prefill, only blocks, copied back from host. */
-  private swapBackIn(r: SchedRequest): AdmitResult {
+  private swapBackIn(r: SchedRequest, siblings: number): AdmitResult {
     const n = Math.min(r.pending, this.cfg.prefillChunk, this.budget);
     const need = this.blocks.blocksFor(r.computed + n);
-    if (need > this.blocks.availableBlocks) {
+    if (need + siblings > this.blocks.availableBlocks) {
       this.kvShort = true;
       return 'no-blocks';
     }
     this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
+    this.reserveSlots(r, siblings);
     this.policy.remove(r);
     this.leftWaiting();
     for (let i = 0; i < r.hostBlocks.length; i++) this.kvOps.push(KvOp.swapIn, r.hostBlocks[i] as number, r.blocks[i] as number);
@@ -908,19 +1026,75 @@ export class Scheduler implements SchedulerView {
     return tokens * price;
   }
 
-  /** Blocks for `r` to hold `tokens`; preempts the policy's victims if memory is short. */
+  /**
+   * Blocks for `r` to hold `tokens`, and its own copy of the block it writes first when that one
+   * is shared (a forked stream's share of its prompt's last block); preempts the policy's victims
+   * if memory is short.
+   */
   private ensureBlocks(r: SchedRequest, tokens: number): boolean {
-    const need = this.blocks.blocksFor(tokens) - r.blocks.length;
-    if (need <= 0) return true;
-    while (need > this.blocks.availableBlocks) {
+    const at = Math.floor(r.computed / this.cfg.blockSize);
+    for (;;) {
+      // Preempting a sibling may leave the block unshared: asked again after every preemption.
+      const copy = at < r.blocks.length && this.blocks.isShared(r.blocks[at] as number) ? 1 : 0;
+      const need = this.blocks.blocksFor(tokens) - r.blocks.length;
+      if (need + copy <= 0) return true;
+      if (need + copy <= this.blocks.availableBlocks) {
+        if (copy) this.makeWritable(r, at);
+        if (need > 0) this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
+        return true;
+      }
       this.kvShort = true;
       const v = this.policy.victim(r);
       if (v === undefined) return false;
       this.preempt(v);
       if (v === r) return false;
     }
-    this.blocks.allocate(need, this.now, this.policy.eviction, r.blocks);
-    return true;
+  }
+
+  /** Sequence slots admitting `r` takes now: its group's, when it is a leader whose streams have not forked. */
+  private streamsToSeat(r: SchedRequest): number {
+    const g = r.group;
+    return g !== undefined && !g.forked && g.leader === r ? g.size : 1;
+  }
+
+  private reserveSlots(r: SchedRequest, slots: number): void {
+    if (slots <= 0 || r.group === undefined) return;
+    r.group.reservedSlots = slots;
+    this.reservedSlots += slots;
+  }
+
+  private releaseSlots(r: SchedRequest): void {
+    const g = r.group;
+    if (g === undefined || g.reservedSlots === 0) return;
+    this.reservedSlots -= g.reservedSlots;
+    g.reservedSlots = 0;
+  }
+
+  /**
+   * The leader's prompt is computed: each other stream of its group takes a reference to every
+   * prompt block and starts running with the prompt's last token to feed, for its own first
+   * draw from its own random stream. The prompt is billed and counted once, on the leader.
+   */
+  private fork(leader: SchedRequest): void {
+    const g = leader.group as StreamGroup;
+    g.forked = true;
+    this.releaseSlots(leader);
+    const promptBlocks = this.blocks.blocksFor(leader.promptLength);
+    for (const s of g.members) {
+      if (s === leader || s.state !== 'waiting') continue;
+      for (let b = 0; b < promptBlocks; b++) this.blocks.share(leader.blocks[b] as number, this.now, s.blocks);
+      for (let b = 0; b < leader.chain.length && b < promptBlocks; b++) s.chain.push(leader.chain[b] as number);
+      s.registered = Math.min(leader.registered, promptBlocks);
+      s.computed = s.promptLength - 1;
+      s.cachedTokens = s.promptLength - 1;
+      s.billedTo = s.promptLength;
+      s.forkToken = true;
+      s.state = 'running';
+      s.admittedStep = this.step;
+      s.admittedAt = this.now;
+      this.openOnEngine(s);
+      this.insertRunning(s);
+    }
   }
 
   private unplan(r: SchedRequest): void {
@@ -969,6 +1143,7 @@ export class Scheduler implements SchedulerView {
   private leaveRunning(r: SchedRequest): void {
     const i = this.runningList.indexOf(r);
     if (i >= 0) this.runningList.splice(i, 1);
+    this.releaseSlots(r);
     this.blocks.release(r.blocks, this.now);
     r.plannedStep = -1;
   }

@@ -331,6 +331,11 @@ export function buildServer(deps: ServerDeps): Server {
   ) => {
     const { echo, constraint, n, bestOf, tools } = opts;
     const runs = Math.max(n, bestOf);
+    // One request's streams are admitted together, so they must fit in the batch at once.
+    if (runs > sched.maxRunning) {
+      const param = bestOf > n ? 'best_of' : 'n';
+      throw Object.assign(new InvalidArgumentError(`${param} = ${runs} exceeds the ${sched.maxRunning} sequences this server runs at once`), { param });
+    }
     // best_of ranks choices by their summed log probabilities, which it needs even if the client did not ask.
     const runSampling = bestOf > n && sampling.logprobs === undefined ? { ...sampling, logprobs: 0 } : sampling;
     const matchers = constraint === undefined ? undefined : await Promise.all(Array.from({ length: runs }, () => grammars.matcher(constraint.spec, constraint.param)));

@@ -8,7 +8,7 @@ import { createPolicy } from '../scheduler/policies/index.js';
 import type { ShadowOptions } from '../scheduler/policies/shadow.js';
 import type { LengthPredictor } from '../economy/length-model.js';
 import type { Policy } from '../scheduler/policy.js';
-import type { Quote, SchedRequest, Slo } from '../scheduler/request.js';
+import type { Quote, RequestSpec, SchedRequest, Slo } from '../scheduler/request.js';
 import type { Bill } from '../economy/ledger.js';
 import { Scheduler, type SchedulerConfig } from '../scheduler/scheduler.js';
 import { GEOMETRY_DEFAULTS, type Geometry } from '../geometry.js';
@@ -91,8 +91,8 @@ export interface StepRecord {
   engineMs: number;
   periodMs: number | null;
   /**
-   * Requests that reached the scheduler, and requests that ended, between this step's plan and
-   * the next: the serving loop's per-request work (HTTP, tokenizing, the response), which shares
+   * Requests that reached the scheduler, and streams that ended (one per request unless it asked
+   * for n), between this step's plan and the next: the serving loop's per-request work (HTTP, tokenizing, the response), which shares
    * the period with the step. Absent in logs written before they were recorded.
    */
   arrivals?: number;
@@ -119,6 +119,15 @@ interface Pending {
   /** Generated tokens the grammar has accepted (from the prompt's end). */
   grammarAt: number;
   onStart: (() => void) | undefined;
+}
+
+/** What differs between the streams of one request. */
+interface StreamInput {
+  sampling: SamplingParams;
+  grammar: TokenMasker | undefined;
+  onText: ((delta: string, logprobs: TokenLogprobs[] | undefined) => void) | undefined;
+  onStart: (() => void) | undefined;
+  promptLogprobs: number | undefined;
 }
 
 /** n choices of one prompt (OpenAI's `n`, vLLM's parallel sampling). */
@@ -249,96 +258,55 @@ export class Generator {
    */
   submit(req: GenerationRequest): Promise<Completion> {
     const prompt = this.encodePrompt(req.prompt);
-    for (const t of prompt) {
-      if (!Number.isInteger(t) || t < 0 || t >= this.model.vocabSize) throw new InvalidArgumentError(`prompt token ${t} is outside the vocabulary`);
-    }
-    this.scheduler.checkFits(prompt.length, req.sampling.maxTokens);
-    return new Promise<Completion>((resolve, reject) => {
-      const spec = {
-        id: req.id ?? '',
-        tenant: req.tenant ?? 'default',
-        arrival: this.clock(),
-        prompt,
-        maxTokens: req.sampling.maxTokens,
-        sampling: req.sampling,
-        rng: Rng.create(req.sampling.seed),
-        ...(req.value !== undefined ? { value: req.value } : {}),
-        ...(req.bid !== undefined ? { bid: req.bid } : {}),
-        ...(req.slo !== undefined ? { slo: req.slo } : {}),
-        ...(req.deadlineMs !== undefined ? { deadlineMs: req.deadlineMs } : {}),
-        ...(req.priority !== undefined ? { priority: req.priority } : {}),
-        ...(req.promptLogprobs !== undefined ? { computeWholePrompt: true } : {}),
-        ...(req.endpoint !== undefined ? { endpoint: req.endpoint } : {}),
-      };
-      const sp = req.sampling;
-      const entry: Pending = {
-        detok: new StreamDetokenizer(this.model.tokenizer, prompt[prompt.length - 1] ?? -1),
-        stop: new StopMatcher(req.sampling.stop),
-        text: '',
-        onText: req.onText,
-        resolve,
-        reject,
-        generated: 0,
-        minTokens: sp.minTokens ?? 0,
-        adjuster: adjustsLogits(sp) ? new LogitAdjuster(sp, [...(sp.ignoreEos ? [] : this.model.stopIds), ...(sp.stopTokenIds ?? [])]) : undefined,
-        logprobs: sp.logprobs !== undefined ? [] : undefined,
-        logprobsSent: 0,
-        promptLogprobs: req.promptLogprobs !== undefined ? [] : undefined,
-        promptTop: req.promptLogprobs ?? 0,
-        grammar: req.grammar,
-        grammarAt: prompt.length,
-        onStart: req.onStart,
-      };
-      // Registered before submit: the scheduler may settle the request (reject it) at once.
-      const seq = this.scheduler.nextSeq;
-      this.pending.set(seq, entry);
-      try {
-        this.scheduler.submit(spec);
-        this.arrivedSincePlan++;
-      } catch (e) {
-        this.pending.delete(seq);
-        req.grammar?.dispose();
-        throw e;
-      }
-      if (req.signal) {
-        if (req.signal.aborted) this.scheduler.abort(seq, this.clock());
-        else req.signal.addEventListener('abort', () => this.scheduler.abort(seq, this.clock()), { once: true });
-      }
-    });
+    const s = this.submitStreams(req, prompt, [{ sampling: req.sampling, grammar: req.grammar, onText: req.onText, onStart: req.onStart, promptLogprobs: req.promptLogprobs }]);
+    return 'error' in s ? Promise.reject(s.error) : (s.settled[0] as Promise<Completion>);
   }
 
   /**
-   * Generates n choices of one prompt. The first runs alone until its first token: by then its
-   * prompt's full blocks are in the prefix cache, and the other n - 1 start from them (they
-   * compute only the prompt's last partial block). Seeded requests give choice i the seed + i,
-   * as vLLM does; a value for the whole request is shared equally among the choices. If any
-   * choice is turned away or fails, the others are aborted and the promise rejects with that error.
+   * Generates n choices of one prompt as one request of n streams (the scheduler's StreamGroup):
+   * admitted or turned away together, the prompt prefilled once and its blocks shared, billed as
+   * one (the bill rides on the last choice to end). Seeded requests give choice i the seed + i,
+   * as vLLM does, so choice i is what a single request with that seed would produce; a value for
+   * the whole request counts an equal share per choice. If any choice is turned away or fails,
+   * the others are aborted and the promise rejects with that error.
    */
   submitChoices(req: ChoicesRequest): Promise<Completion[]> {
     const { n, grammars, onText, onSubmitted, ...common } = req;
     if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`n must be a positive integer, got ${n}`);
-    const abort = new AbortController();
-    if (req.signal) {
-      if (req.signal.aborted) abort.abort();
-      else req.signal.addEventListener('abort', () => abort.abort(), { once: true });
+    let prompt: number[];
+    try {
+      prompt = this.encodePrompt(common.prompt);
+    } catch (e) {
+      for (const g of grammars ?? []) g.dispose();
+      return Promise.reject(e);
     }
-    const choice = (i: number, onStart?: () => void): Promise<Completion> => {
-      const seed = common.sampling.seed;
-      return this.submit({
-        ...common,
+    const seed = common.sampling.seed;
+    const streams: StreamInput[] = [];
+    for (let i = 0; i < n; i++) {
+      streams.push({
         sampling: seed === undefined || i === 0 ? common.sampling : { ...common.sampling, seed: seed + i },
-        ...(common.value !== undefined ? { value: common.value / n } : {}),
-        ...(grammars?.[i] !== undefined ? { grammar: grammars[i] } : {}),
-        ...(onText !== undefined ? { onText: (d: string, l: TokenLogprobs[] | undefined) => onText(i, d, l) } : {}),
-        ...(onStart !== undefined ? { onStart } : {}),
-        signal: abort.signal,
+        grammar: grammars?.[i],
+        onText: onText === undefined ? undefined : (d, l) => onText(i, d, l),
+        onStart: undefined,
+        // The prompt's log probabilities are the leader's to compute: its streams share them.
+        promptLogprobs: i === 0 ? common.promptLogprobs : undefined,
       });
-    };
+    }
+    let submitted: ReturnType<Generator['submitStreams']>;
+    try {
+      submitted = this.submitStreams({ ...common, ...(common.value !== undefined ? { value: common.value / n } : {}) }, prompt, streams);
+    } catch (e) {
+      for (const g of grammars ?? []) g.dispose();
+      return Promise.reject(e);
+    }
+    if ('error' in submitted) return Promise.reject(submitted.error);
+    const { settled, seqs } = submitted;
+    onSubmitted?.();
     return new Promise<Completion[]>((resolve, reject) => {
       const results: Completion[] = new Array(n);
       let left = n;
       let failed = false;
-      const settle = (i: number, p: Promise<Completion>) => {
+      settled.forEach((p, i) =>
         p.then(
           (c) => {
             results[i] = c;
@@ -347,32 +315,103 @@ export class Generator {
           (e: unknown) => {
             if (failed) return;
             failed = true;
-            abort.abort();
-            for (let j = 1; j < n; j++) if (results[j] === undefined) grammars?.[j]?.dispose();
+            for (const seq of seqs) this.scheduler.abort(seq, this.clock());
             reject(e);
           },
-        );
-      };
-      let rest = false;
-      const startRest = () => {
-        if (rest || failed) return;
-        rest = true;
-        for (let i = 1; i < n; i++) {
-          try {
-            settle(i, choice(i));
-          } catch (e) {
-            settle(i, Promise.reject(e));
-          }
-        }
-        onSubmitted?.();
-      };
-      try {
-        settle(0, choice(0, n > 1 ? startRest : undefined));
-      } catch (e) {
-        for (const g of grammars ?? []) g.dispose();
-        reject(e);
-      }
+        ),
+      );
     });
+  }
+
+  /**
+   * Registers one request of `streams.length` streams with the scheduler, a Pending per stream
+   * keyed by its sequence number, and returns their promises in stream order. Input errors
+   * throw; an error from the scheduler (the request's value) is returned, its streams' grammars
+   * disposed.
+   */
+  private submitStreams(
+    req: Omit<GenerationRequest, 'sampling' | 'onText' | 'grammar' | 'onStart'>,
+    prompt: number[],
+    streams: StreamInput[],
+  ): { settled: Promise<Completion>[]; seqs: number[] } | { error: unknown } {
+    for (const t of prompt) {
+      if (!Number.isInteger(t) || t < 0 || t >= this.model.vocabSize) throw new InvalidArgumentError(`prompt token ${t} is outside the vocabulary`);
+    }
+    const first = streams[0] as StreamInput;
+    this.scheduler.checkFits(prompt.length, first.sampling.maxTokens);
+    const arrival = this.clock();
+    const specs: RequestSpec[] = [];
+    const entries: Pending[] = [];
+    const settled: Promise<Completion>[] = [];
+    let sharedPromptLogprobs: TokenLogprobs[] | undefined;
+    for (const st of streams) {
+      const sp = st.sampling;
+      specs.push({
+        id: req.id ?? '',
+        tenant: req.tenant ?? 'default',
+        arrival,
+        prompt,
+        maxTokens: sp.maxTokens,
+        sampling: sp,
+        rng: Rng.create(sp.seed),
+        ...(req.value !== undefined ? { value: req.value } : {}),
+        ...(req.bid !== undefined ? { bid: req.bid } : {}),
+        ...(req.slo !== undefined ? { slo: req.slo } : {}),
+        ...(req.deadlineMs !== undefined ? { deadlineMs: req.deadlineMs } : {}),
+        ...(req.priority !== undefined ? { priority: req.priority } : {}),
+        ...(st.promptLogprobs !== undefined ? { computeWholePrompt: true } : {}),
+        ...(req.endpoint !== undefined ? { endpoint: req.endpoint } : {}),
+      });
+      if (st.promptLogprobs !== undefined) sharedPromptLogprobs = [];
+      let resolve!: (c: Completion) => void;
+      let reject!: (e: unknown) => void;
+      settled.push(
+        new Promise<Completion>((res, rej) => {
+          resolve = res;
+          reject = rej;
+        }),
+      );
+      entries.push({
+        detok: new StreamDetokenizer(this.model.tokenizer, prompt[prompt.length - 1] ?? -1),
+        stop: new StopMatcher(sp.stop),
+        text: '',
+        onText: st.onText,
+        resolve,
+        reject,
+        generated: 0,
+        minTokens: sp.minTokens ?? 0,
+        adjuster: adjustsLogits(sp) ? new LogitAdjuster(sp, [...(sp.ignoreEos ? [] : this.model.stopIds), ...(sp.stopTokenIds ?? [])]) : undefined,
+        logprobs: sp.logprobs !== undefined ? [] : undefined,
+        logprobsSent: 0,
+        // One array for the whole request: the leader fills it, every stream reports it.
+        promptLogprobs: first.promptLogprobs !== undefined ? sharedPromptLogprobs : undefined,
+        promptTop: first.promptLogprobs ?? 0,
+        grammar: st.grammar,
+        grammarAt: prompt.length,
+        onStart: st.onStart,
+      });
+    }
+    // Registered before submit: the scheduler may settle the request (reject it) at once.
+    const base = this.scheduler.nextSeq;
+    const seqs = entries.map((_, i) => base + i);
+    entries.forEach((e, i) => this.pending.set(base + i, e));
+    try {
+      this.scheduler.submitGroup(specs);
+      this.arrivedSincePlan++;
+    } catch (error) {
+      for (const seq of seqs) this.pending.delete(seq);
+      for (const st of streams) st.grammar?.dispose();
+      return { error };
+    }
+    const signal = req.signal;
+    if (signal) {
+      const abort = () => {
+        for (const seq of seqs) this.scheduler.abort(seq, this.clock());
+      };
+      if (signal.aborted) abort();
+      else signal.addEventListener('abort', abort, { once: true });
+    }
+    return { settled, seqs };
   }
 
   /**
@@ -534,7 +573,9 @@ export class Generator {
   }
 
   onFinish(r: SchedRequest, now: number): void {
-    this.observer?.onFinish?.(r, now);
+    // A request turned away before its streams forked is one rejection: its leader's.
+    const g = r.group;
+    if (!(g !== undefined && r.outcome === 'rejected' && !g.forked && r !== g.leader)) this.observer?.onFinish?.(r, now);
     this.finishedSincePlan++;
     this.queuedRequests.push(r);
     this.queuedTokens.push(-1);
