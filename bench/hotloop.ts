@@ -9,7 +9,11 @@
  * `git worktree add /tmp/base 45637d6 && (cd /tmp/base && npm ci)`), that tree's engine runs the
  * same decode steps in alternating rounds, so the two are compared side by side.
  *
- *   npm run bench:hotloop -- [--batch 64] [--prompt 16] [--steps 200] [--rounds 5] [--baseline DIR]
+ * --formats fp32,q8,q4 runs this tree's engine on stories260K imported with each weight format
+ * (the engine's JavaScript is the same whatever the weights; this checks it stays small beside
+ * the shorter quantized steps).
+ *
+ *   npm run bench:hotloop -- [--batch 64] [--prompt 16] [--steps 200] [--rounds 5] [--formats fp32] [--baseline DIR]
  */
 import { Command } from 'commander';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -32,9 +36,12 @@ const o = new Command()
   .option('--rounds <n>', 'alternating rounds', '5')
   .option('--threads <n>', 'ONNX Runtime intra-op threads (default: all cores)')
   .option('--baseline <dir>', 'an older marginal checkout to compare against')
+  .option('--formats <list>', "this tree's weight formats: fp32, q8, q4", 'fp32')
   .option('--spinning-too', "also run this tree's engine with ONNX Runtime's intra-op spinning on (the baseline's default)")
   .parse()
-  .opts<{ batch: string; prompt: string; steps: string; rounds: string; threads?: string; baseline?: string; spinningToo?: boolean }>();
+  .opts<{ batch: string; prompt: string; steps: string; rounds: string; threads?: string; baseline?: string; spinningToo?: boolean; formats: string }>();
+const formats = o.formats.split(',').map((f) => f.trim());
+for (const f of formats) if (f !== 'fp32' && f !== 'q8' && f !== 'q4') throw new Error(`--formats: unknown weight format ${f} (fp32, q8, q4)`);
 const batch = Number(o.batch);
 const promptLen = Number(o.prompt);
 const steps = Number(o.steps);
@@ -50,7 +57,7 @@ interface Sample {
   outsideUs: number;
 }
 
-/** Wraps the engine's ONNX Runtime session so the time inside run() is counted. */
+/** Wraps the (baseline) engine's ONNX Runtime session so the time inside run() is counted. */
 function timeRuns(engine: object): { ms: number } {
   const session = (engine as { session: ort.InferenceSession }).session;
   const inside = { ms: 0 };
@@ -70,15 +77,17 @@ function prompt(i: number): number[] {
   return [1, ...Array.from({ length: promptLen - 1 }, (_, k) => 259 + ((i * 131 + k * 17) % 253))];
 }
 
-async function current(spinning = false): Promise<Sample> {
-  const dir = join(packageRoot(), 'models', 'bench-stories260K');
-  if (!existsSync(join(dir, 'marginal.json'))) importLlama2c(join(shared, 'stories260K.bin'), join(shared, 'tok512.bin'), dir);
+async function current(spinning = false, format = 'fp32'): Promise<Sample> {
+  const dir = join(packageRoot(), 'models', format === 'fp32' ? 'bench-stories260K' : `bench-stories260K-${format}`);
+  const write = () => importLlama2c(join(shared, 'stories260K.bin'), join(shared, 'tok512.bin'), dir, format === 'fp32' ? {} : { quantize: { weights: format as 'q8' | 'q4' } });
+  if (!existsSync(join(dir, 'marginal.json'))) write();
   const model = await loadModelDir(dir).catch(() => {
-    importLlama2c(join(shared, 'stories260K.bin'), join(shared, 'tok512.bin'), dir);
+    write();
     return loadModelDir(dir);
   });
   const engine = await OnnxEngine.create(model, { providers: ['cpu'], maxSequences: batch, intraOpThreads: threads, spinning });
-  const inside = timeRuns(engine);
+  // The engine's own count of time inside ONNX Runtime's run (the I/O-binding runner's or onnxruntime-node's).
+  const inside = { ms: 0 };
   const d = new DirectDriver(engine);
   const sampling = validateSamplingParams({ temperature: 0, max_tokens: 512 });
   const last = new Int32Array(batch);
@@ -106,12 +115,13 @@ async function current(spinning = false): Promise<Sample> {
       it.tokens[it.offset] = last[i] as number;
     }
     const r = await engine.execute(plan);
+    inside.ms += r.timing.runMs;
     for (let i = 0; i < batch; i++) (plan.items[i] as (typeof plan.items)[number]).offset++;
     last.set(r.tokens);
   };
   const s = await timed(run, inside);
   await engine.dispose();
-  return { engine: spinning ? 'this tree, spinning threads' : 'this tree', ...s };
+  return { engine: `this tree${format === 'fp32' ? '' : `, ${format}`}${spinning ? ', spinning threads' : ''}`, ...s };
 }
 
 async function baseline(root: string): Promise<Sample> {
@@ -163,7 +173,7 @@ async function timed(step: () => Promise<void>, inside: { ms: number }): Promise
 process.stderr.write(`hot loop bench: stories260K, batch ${batch}, prompt ${promptLen}, ${steps} decode steps × ${rounds} rounds, ${threads} ORT threads\n`);
 const samples: Sample[] = [];
 for (let round = 0; round < rounds; round++) {
-  const order: (() => Promise<Sample>)[] = [() => current()];
+  const order: (() => Promise<Sample>)[] = formats.map((f) => () => current(false, f));
   if (o.spinningToo) order.push(() => current(true));
   if (o.baseline) order.push(() => baseline(resolve(o.baseline as string)));
   if (round % 2 === 1) order.reverse();

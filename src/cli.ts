@@ -2,7 +2,7 @@
 import { Command, InvalidArgumentError as CommanderArgError } from 'commander';
 import { isMarginalError } from './errors.js';
 import { runGenerate } from './cli/generate.js';
-import { runImportLlama2c, runSynth } from './cli/models.js';
+import { runImportGguf, runImportHf, runImportLlama2c, runSynth } from './cli/models.js';
 import { limitOptions } from './cli/limit-options.js';
 import { ReportedError, runServe } from './cli/serve.js';
 import { runCalibrate, runSim } from './cli/sim.js';
@@ -37,6 +37,14 @@ const engineOptions = (c: Command) =>
     .option('--threads <n>', 'ONNX Runtime intra-op threads', intArg('--threads'))
     .option('--spinning', "let ONNX Runtime's threads spin between parallel sections (faster on an idle machine, slower on a shared one)");
 
+/** Weight formats for everything that writes a model directory. */
+const quantizeOptions = (c: Command) =>
+  c
+    .option('--quantize <q8|q4>', 'weight-only int8 or int4 projections in blocks of 32 (ONNX Runtime MatMulNBits)')
+    .option('--classifier <fp32|q8|q4>', 'format of the output classifier (default: as --quantize)')
+    .option('--embeddings <fp32|q8|q4>', 'format of the token embeddings (default: as --quantize)')
+    .option('--block-size <n>', 'values per scale: 32 (llama.cpp\'s Q8_0/Q4_0; default), 64, 128, 256 (faster, a little less accurate)', intArg('--block-size'));
+
 /** The economy's settings, shared by serve, sim and tune. */
 const economyOptions = (c: Command) =>
   c
@@ -48,26 +56,46 @@ const economyOptions = (c: Command) =>
     .option('--no-payment', 'itemize bills but charge nothing (ablation)');
 
 const imp = program.command('import').description('import a model into a model directory');
-imp
-  .command('llama2c')
-  .description('import a llama2.c checkpoint and its tokenizer')
-  .argument('<checkpoint>', 'llama2.c checkpoint (.bin)')
-  .argument('<tokenizer>', 'llama2.c tokenizer (.bin)')
-  .requiredOption('--out <dir>', 'output model directory')
-  .action(runImportLlama2c);
+quantizeOptions(
+  imp
+    .command('llama2c')
+    .description('import a llama2.c checkpoint and its tokenizer')
+    .argument('<checkpoint>', 'llama2.c checkpoint (.bin)')
+    .argument('<tokenizer>', 'llama2.c tokenizer (.bin)')
+    .requiredOption('--out <dir>', 'output model directory'),
+).action(runImportLlama2c);
 
-program
-  .command('synth')
-  .description('write a model of a named shape with random deterministic weights')
-  .requiredOption('--shape <name>', 'tiny | stories15m | stories110m | llama-1b')
-  .requiredOption('--out <dir>', 'output model directory')
-  .action(runSynth);
+quantizeOptions(
+  imp
+    .command('gguf')
+    .description('import a GGUF file (llama, mistral, qwen2; F32, F16, BF16, Q8_0, Q4_0) with its tokenizer and chat template')
+    .argument('<file>', 'GGUF file')
+    .requiredOption('--out <dir>', 'output model directory')
+    .option('--max-context <n>', 'context to keep (default: the model\'s, at most 4096)', intArg('--max-context')),
+).action(runImportGguf);
+
+quantizeOptions(
+  imp
+    .command('hf')
+    .description('import a Hugging Face safetensors checkpoint (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)')
+    .argument('<dir>', 'folder with config.json, *.safetensors and tokenizer.json')
+    .requiredOption('--out <dir>', 'output model directory')
+    .option('--max-context <n>', 'context to keep (default: the model\'s, at most 4096)', intArg('--max-context')),
+).action(runImportHf);
+
+quantizeOptions(
+  program
+    .command('synth')
+    .description('write a model of a named shape with random deterministic weights')
+    .requiredOption('--shape <name>', 'tiny | stories15m | stories110m | llama-1b')
+    .requiredOption('--out <dir>', 'output model directory'),
+).action(runSynth);
 
 engineOptions(
   program
     .command('generate')
     .description('generate a completion; prints the completion text only')
-    .option('--model <dir>', 'model directory (default: the built-in synthetic model)')
+    .option('--model <dir|file.gguf>', 'model directory, GGUF file or Hugging Face safetensors folder; default: the built-in synthetic model')
     .option('--prompt <text>', 'prompt text', '')
     .option('--max-tokens <n>', 'tokens to generate', intArg('--max-tokens'), 64)
     .option('--temperature <t>', 'sampling temperature (0 = greedy)', numArg('--temperature'), 1)
@@ -81,7 +109,7 @@ limitOptions(economyOptions(addGeometryOptions(engineOptions(
   program
     .command('serve')
     .description('serve the OpenAI-compatible HTTP API')
-    .option('--model <dir>', 'model directory (default: the built-in synthetic model)')
+    .option('--model <dir|file.gguf>', 'model directory, GGUF file or Hugging Face safetensors folder (imported into models/ on first use); default: the built-in synthetic model')
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', intArg('--port'), 8000)
     .option('--policy <name>', 'shadow | fcfs | priority | vtc', 'shadow')

@@ -17,6 +17,8 @@ export const ModelNotFoundError = createError<[string]>('MARGINAL_MODEL_NOT_FOUN
 export const ModelFormatError = createError<[string]>('MARGINAL_MODEL_FORMAT', 'invalid model: %s', 500);
 export const CheckpointFormatError = createError<[string]>('MARGINAL_CHECKPOINT_FORMAT', 'invalid checkpoint: %s', 400);
 export const TokenizerFormatError = createError<[string]>('MARGINAL_TOKENIZER_FORMAT', 'invalid tokenizer: %s', 400);
+/** A well-formed model file of a kind marginal does not run (an architecture, a weight type, a tokenizer), named in the message. */
+export const UnsupportedModelError = createError<[string]>('MARGINAL_UNSUPPORTED_MODEL', 'unsupported model: %s', 400);
 export const EngineCapacityError = createError<[string]>('MARGINAL_ENGINE_CAPACITY', '%s', 503);
 /** The engine's worker thread failed or exited: nothing can run until a new engine is created. */
 export const EngineWorkerError = createError<[string]>('MARGINAL_ENGINE_WORKER', 'engine worker: %s', 500);
@@ -83,6 +85,7 @@ export const ERROR_CLASSES = [
   ModelFormatError,
   CheckpointFormatError,
   TokenizerFormatError,
+  UnsupportedModelError,
   EngineCapacityError,
   EngineWorkerError,
   EngineDownError,

@@ -8,6 +8,8 @@ import { cudaFreeMemory } from '../native/ort-runner.js';
 import { cudaProviderInstalled } from '../engine/session.js';
 import { describeModel, loadModelDir, type Flavour, type LoadedModel } from '../models/modeldir.js';
 import { defaultModelDir } from '../models/importers.js';
+import { resolveModel } from '../models/store.js';
+import { weightProgress } from './progress.js';
 
 export interface EngineCliOptions {
   model?: string;
@@ -38,7 +40,19 @@ export async function openModelAndEngine(o: EngineCliOptions, geometry: Geometry
   const providers = o.providers.split(',').map((p) => p.trim());
   for (const p of providers) if (p !== 'cuda' && p !== 'cpu') throw new InvalidArgumentError(`unknown execution provider ${p} (cuda, cpu)`);
   const log = o.log ?? stderrLog;
-  const model = await loadModelDir(o.model ?? defaultModelDir(log));
+  let dir: string;
+  if (o.model === undefined) {
+    dir = defaultModelDir(log);
+  } else {
+    // A GGUF file or a safetensors folder is imported into the model store on first use.
+    const progress = weightProgress('importing');
+    try {
+      dir = await resolveModel(o.model, { log, onProgress: progress.onProgress });
+    } finally {
+      progress.stop();
+    }
+  }
+  const model = await loadModelDir(dir);
   // A pool sized as a share of free memory takes it from where the pool will live.
   const deviceFree = providers[0] === 'cuda' && cudaProviderInstalled() ? cudaFreeMemory() : undefined;
   const g = resolveGeometry(geometry, { maxContext: model.kv.maxContext, kvBytesPerToken: kvBytesPerToken(model), ...(deviceFree !== undefined ? { freeMemory: deviceFree } : {}) });

@@ -20,6 +20,8 @@ export interface SessionConfig {
   spinning?: boolean;
   /** Where the one fallback line goes (default: stderr). */
   log?: (line: string) => void;
+  /** Write ONNX Runtime's per-node profile (JSON) to files starting with this path, for benchmarks. */
+  profilePrefix?: string;
 }
 
 export interface OpenedSession {
@@ -51,6 +53,10 @@ export async function openSession(path: string, cfg: SessionConfig = {}): Promis
     if (cfg.intraOpThreads !== undefined) options.intraOpNumThreads = cfg.intraOpThreads;
     if (cfg.spinning !== true) options.extra = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
     if (cfg.interOpThreads !== undefined) options.interOpNumThreads = cfg.interOpThreads;
+    if (cfg.profilePrefix !== undefined) {
+      options.enableProfiling = true;
+      options.profileFilePrefix = cfg.profilePrefix;
+    }
     try {
       const session = await ort.InferenceSession.create(path, options);
       if (failures.length > 0) log(`marginal: ${failures.join('; ')}; running on ${provider.toUpperCase()}`);

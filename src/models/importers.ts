@@ -5,11 +5,18 @@ import { TokenizerFormatError } from '../errors.js';
 import { readLlama2cCheckpoint } from './llama/weights.js';
 import { syntheticShape, syntheticWeights } from './llama/synthetic.js';
 import { GRAPH_VERSION, writeModelDir, type Flavour, type ModelConfig } from './modeldir.js';
+import type { QuantizeOptions } from './quant/formats.js';
 import { syntheticTokenizerBuffer } from './synthetic-tokenizer.js';
 import { Llama2cTokenizer } from './tokenizer/llama2c.js';
 
-/** `marginal import llama2c CKPT.bin TOK.bin --out DIR` */
-export function importLlama2c(checkpoint: string, tokenizerPath: string, out: string, flavours?: Flavour[]): ModelConfig {
+export interface ImportOptions {
+  flavours?: Flavour[];
+  quantize?: QuantizeOptions;
+  log?: (line: string) => void;
+}
+
+/** `marginal import llama2c CKPT.bin TOK.bin --out DIR [--quantize q8|q4]` */
+export function importLlama2c(checkpoint: string, tokenizerPath: string, out: string, o: ImportOptions = {}): ModelConfig {
   const ck = readLlama2cCheckpoint(checkpoint);
   let tok: Buffer;
   try {
@@ -19,7 +26,7 @@ export function importLlama2c(checkpoint: string, tokenizerPath: string, out: st
   }
   // Parse before writing anything, so a bad tokenizer leaves no half-written model behind.
   Llama2cTokenizer.fromBuffer(tok, ck.shape.vocabSize);
-  const opts = {
+  return writeModelDir({
     dir: out,
     name: basename(checkpoint).replace(/\.bin$/, ''),
     shape: ck.shape,
@@ -27,8 +34,9 @@ export function importLlama2c(checkpoint: string, tokenizerPath: string, out: st
     tokenizer: tok,
     synthetic: false,
     description: `llama2.c checkpoint ${basename(checkpoint)}`,
-  };
-  return writeModelDir(flavours ? { ...opts, flavours } : opts);
+    source: checkpoint,
+    ...o,
+  });
 }
 
 /** The package root, whether running from src/ (tsx) or dist/. */
@@ -48,8 +56,8 @@ export function findLlama2Tokenizer(): string | undefined {
   return candidates.find((p): p is string => p !== undefined && existsSync(p));
 }
 
-/** `marginal synth --shape NAME --out DIR` */
-export function synthesize(shapeName: string, out: string, opts: { log?: (s: string) => void; flavours?: Flavour[] } = {}): ModelConfig {
+/** `marginal synth --shape NAME --out DIR [--quantize q8|q4]` */
+export function synthesize(shapeName: string, out: string, opts: ImportOptions = {}): ModelConfig {
   const entry = syntheticShape(shapeName);
   let tokenizer: Buffer;
   let tokNote: string;
@@ -62,7 +70,7 @@ export function synthesize(shapeName: string, out: string, opts: { log?: (s: str
     tokenizer = syntheticTokenizerBuffer(entry.shape.vocabSize);
     tokNote = 'synthetic tokenizer';
   }
-  const o = {
+  return writeModelDir({
     dir: out,
     name: `synthetic-${shapeName}`,
     shape: entry.shape,
@@ -70,8 +78,8 @@ export function synthesize(shapeName: string, out: string, opts: { log?: (s: str
     tokenizer,
     synthetic: true,
     description: `synthetic model in ${entry.about}, random weights, ${tokNote}`,
-  };
-  return writeModelDir(opts.flavours ? { ...o, flavours: opts.flavours } : o);
+    ...opts,
+  });
 }
 
 export const DEFAULT_SHAPE = 'stories15m';

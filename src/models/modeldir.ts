@@ -1,18 +1,19 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import onnxProto from 'onnx-proto';
 import { ModelFormatError, ModelNotFoundError } from '../errors.js';
-import { ExternalDataWriter, DType, tensorBytes } from './onnx/builder.js';
+import { ExternalDataWriter } from './onnx/builder.js';
 import { buildFastGraph, buildHfGraph } from './llama/graph.js';
-import { checkShape, headDim, parameterCount, weightSpecs, type LlamaShape } from './llama/shape.js';
+import { checkShape, headDim, parameterCount, type LlamaShape } from './llama/shape.js';
+import { storeWeights } from './llama/weight-store.js';
 import type { WeightSource } from './llama/weights.js';
+import type { QuantizationRecord, QuantizeOptions } from './quant/formats.js';
 import { Llama2cTokenizer, writeHfTokenizerJson, writeHfTokenizerConfigJson } from './tokenizer/llama2c.js';
 import { HfTokenizer } from './tokenizer/hf.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
-type ITensorProto = onnxProto.onnx.ITensorProto;
-
 export type Flavour = 'fast' | 'hf';
+/** The families the graph writer covers: one decoder with per-family options (rope layout, biases). */
+export type Architecture = 'llama' | 'qwen2' | 'mistral';
 
 export const CONFIG_FILE = 'marginal.json';
 /** Bumped when the graphs' interfaces change; model directories of another version must be re-imported. */
@@ -27,16 +28,26 @@ export interface ModelConfig {
   format: 'marginal-model';
   version: 1;
   name: string;
-  architecture: 'llama';
+  architecture: Architecture;
   /** Random weights: the text is meaningless, and everything that shows the model says so. */
   synthetic: boolean;
   description: string;
   shape: LlamaShape;
   /** Positions the graphs' rotary tables cover: the model's context. */
   ropePositions: number;
-  tokenizer: { type: 'llama2c'; file: string; bosId: number; eosId: number; stopIds: number[]; addBos: boolean };
+  /**
+   * llama2.c's tokenizer.bin, or a Hugging Face tokenizer.json with its tokenizer_config.json
+   * (GGUF and safetensors imports; the config carries the chat template).
+   */
+  tokenizer:
+    | { type: 'llama2c'; file: string; bosId: number; eosId: number; stopIds: number[]; addBos: boolean }
+    | { type: 'hf'; file: string; config: string; bosId: number; eosId: number; stopIds: number[]; addBos: boolean };
   graphs: Partial<Record<Flavour, string>>;
   graphVersion?: number;
+  /** How the weights are stored; absent in directories written before quantization existed (float32). */
+  quantization?: QuantizationRecord;
+  /** Where the weights came from (an imported file), for /v1/models. */
+  source?: string;
 }
 
 export interface LoadedModel {
@@ -58,6 +69,31 @@ export interface LoadedModel {
   chatTemplate: string | undefined;
   /** Special token strings the chat template may refer to. */
   specialTokens: { bos: string; eos: string };
+  /** 'llama', 'qwen2', 'mistral'; a foreign export's model_type. */
+  architecture: string;
+  /** Weight format label ('fp32', 'q8', 'q4 (classifier q8)'…); undefined where unknown (foreign exports). */
+  quantization: string | undefined;
+}
+
+/**
+ * The context an import keeps unless told otherwise. Files state what the model was trained
+ * for (128k for Llama 3.2); the engine's KV memory grows with sequences × context.
+ */
+export const DEFAULT_IMPORT_CONTEXT = 4096;
+
+export function capContext(shape: LlamaShape, max: number | undefined, log?: (line: string) => void): void {
+  const cap = max ?? DEFAULT_IMPORT_CONTEXT;
+  if (shape.maxSeqLen > cap) {
+    log?.(`marginal: context capped at ${cap} tokens (the model was trained for ${shape.maxSeqLen}; --max-context to change)`);
+    shape.maxSeqLen = cap;
+  }
+}
+
+/** A Hugging Face tokenizer as files: tokenizer.json and tokenizer_config.json contents, and the ids that end a completion. */
+export interface HfTokenizerFiles {
+  json: unknown;
+  config: Record<string, unknown>;
+  stopIds: number[];
 }
 
 export interface WriteModelOptions {
@@ -65,40 +101,54 @@ export interface WriteModelOptions {
   name: string;
   shape: LlamaShape;
   weights: WeightSource;
-  tokenizer: Buffer;
+  /** A llama2.c tokenizer.bin, or Hugging Face tokenizer files. */
+  tokenizer: Buffer | HfTokenizerFiles;
   synthetic: boolean;
   description: string;
   flavours?: Flavour[];
+  architecture?: Architecture;
+  quantize?: QuantizeOptions;
+  source?: string;
+  log?: (line: string) => void;
+  /** Called after each weight tensor is written (the CLI's progress bar). */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export function writeModelDir(o: WriteModelOptions): ModelConfig {
   const problem = checkShape(o.shape);
   if (problem !== undefined) throw new ModelFormatError(problem);
   const flavours = o.flavours ?? ['fast', 'hf'];
+  // Parse the tokenizer before writing anything, so a bad one leaves no half-written model.
+  let tokenizerConfig: ModelConfig['tokenizer'];
+  let hfTokenizer: HfTokenizerFiles;
+  if (Buffer.isBuffer(o.tokenizer)) {
+    const tok = Llama2cTokenizer.fromBuffer(o.tokenizer, o.shape.vocabSize);
+    hfTokenizer = { json: writeHfTokenizerJson(tok), config: writeHfTokenizerConfigJson({ modelMaxLength: o.shape.maxSeqLen }), stopIds: [1, 2] };
+    tokenizerConfig = { type: 'llama2c', file: 'tokenizer.bin', bosId: 1, eosId: 2, stopIds: [1, 2], addBos: true };
+  } else {
+    hfTokenizer = o.tokenizer;
+    const tok = new HfTokenizer(o.tokenizer.json, o.tokenizer.config);
+    if (tok.vocabSize > o.shape.vocabSize) throw new ModelFormatError(`the tokenizer has ${tok.vocabSize} tokens, the model's vocabulary ${o.shape.vocabSize}`);
+    tokenizerConfig = { type: 'hf', file: 'tokenizer.json', config: 'tokenizer_config.json', bosId: tok.bosId, eosId: tok.eosId, stopIds: o.tokenizer.stopIds, addBos: tok.addsBos };
+  }
   mkdirSync(join(o.dir, 'onnx'), { recursive: true });
-  const tokenizer = Llama2cTokenizer.fromBuffer(o.tokenizer, o.shape.vocabSize);
-  writeFileSync(join(o.dir, 'tokenizer.bin'), o.tokenizer);
+  if (Buffer.isBuffer(o.tokenizer)) writeFileSync(join(o.dir, 'tokenizer.bin'), o.tokenizer);
 
   const data = new ExternalDataWriter(join(o.dir, 'onnx', 'model.onnx_data'), 'model.onnx_data');
-  const tensors = new Map<string, ITensorProto>();
+  let stored: ReturnType<typeof storeWeights>;
   try {
-    for (const spec of weightSpecs(o.shape)) {
-      const values = o.weights(spec);
-      const expected = spec.dims.reduce((a, b) => a * b, 1);
-      if (values.length !== expected) throw new ModelFormatError(`weight ${spec.name} has ${values.length} values, expected ${expected}`);
-      tensors.set(spec.name, data.add(spec.name, spec.dims, DType.float, tensorBytes(values)));
-    }
+    stored = storeWeights(data, o.shape, o.weights, o.quantize, o.log, o.onProgress);
   } finally {
     data.close();
   }
   const ropePositions = o.shape.maxSeqLen;
   const graphs: Partial<Record<Flavour, string>> = {};
   if (flavours.includes('hf')) {
-    writeFileSync(join(o.dir, 'onnx', 'model.onnx'), buildHfGraph(o.shape, tensors, { ropePositions }));
+    writeFileSync(join(o.dir, 'onnx', 'model.onnx'), buildHfGraph(o.shape, stored.weights, { ropePositions }));
     graphs.hf = 'onnx/model.onnx';
   }
   if (flavours.includes('fast')) {
-    writeFileSync(join(o.dir, 'onnx', 'model_fast.onnx'), buildFastGraph(o.shape, tensors, { ropePositions }));
+    writeFileSync(join(o.dir, 'onnx', 'model_fast.onnx'), buildFastGraph(o.shape, stored.weights, { ropePositions }));
     graphs.fast = 'onnx/model_fast.onnx';
   }
 
@@ -106,25 +156,30 @@ export function writeModelDir(o: WriteModelOptions): ModelConfig {
     format: 'marginal-model',
     version: 1,
     name: o.name,
-    architecture: 'llama',
+    architecture: o.architecture ?? 'llama',
     synthetic: o.synthetic,
     description: o.description,
     shape: o.shape,
     ropePositions,
-    tokenizer: { type: 'llama2c', file: 'tokenizer.bin', bosId: 1, eosId: 2, stopIds: [1, 2], addBos: true },
+    tokenizer: tokenizerConfig,
     graphs,
     graphVersion: GRAPH_VERSION,
+    quantization: stored.record,
   };
+  if (o.source !== undefined) config.source = o.source;
+  writeHfFiles(o.dir, config, hfTokenizer);
+  // Last: a directory without marginal.json is never mistaken for a finished model.
   writeFileSync(join(o.dir, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
-  writeHfFiles(o.dir, config, tokenizer);
   return config;
 }
 
-function writeHfFiles(dir: string, c: ModelConfig, tokenizer: Llama2cTokenizer): void {
+const HF_ARCHITECTURES: Record<Architecture, string> = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', mistral: 'MistralForCausalLM' };
+
+function writeHfFiles(dir: string, c: ModelConfig, tokenizer: HfTokenizerFiles): void {
   const s = c.shape;
   const hf = {
-    architectures: ['LlamaForCausalLM'],
-    model_type: 'llama',
+    architectures: [HF_ARCHITECTURES[c.architecture]],
+    model_type: c.architecture,
     hidden_size: s.dim,
     intermediate_size: s.hiddenDim,
     num_hidden_layers: s.nLayers,
@@ -146,14 +201,14 @@ function writeHfFiles(dir: string, c: ModelConfig, tokenizer: Llama2cTokenizer):
     join(dir, 'generation_config.json'),
     JSON.stringify({ bos_token_id: c.tokenizer.bosId, eos_token_id: c.tokenizer.stopIds }, null, 2) + '\n',
   );
-  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(writeHfTokenizerJson(tokenizer)) + '\n');
-  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify(writeHfTokenizerConfigJson({ modelMaxLength: c.shape.maxSeqLen }), null, 2) + '\n');
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tokenizer.json) + '\n');
+  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify(tokenizer.config, null, 2) + '\n');
 }
 
 export async function loadModelDir(dirArg: string): Promise<LoadedModel> {
   const dir = resolve(dirArg);
   if (!existsSync(dir)) throw new ModelNotFoundError(`${dirArg} does not exist`);
-  if (existsSync(join(dir, CONFIG_FILE))) return loadMarginalDir(dir);
+  if (existsSync(join(dir, CONFIG_FILE))) return await loadMarginalDir(dir);
   if (existsSync(join(dir, 'config.json'))) return loadHfFolder(dir);
   throw new ModelNotFoundError(`${dirArg} has neither ${CONFIG_FILE} nor a Hugging Face config.json`);
 }
@@ -172,7 +227,7 @@ function readJson(path: string): unknown {
   }
 }
 
-function loadMarginalDir(dir: string): LoadedModel {
+async function loadMarginalDir(dir: string): Promise<LoadedModel> {
   const c = readJson(join(dir, CONFIG_FILE)) as ModelConfig;
   if (c === null || typeof c !== 'object' || c.format !== 'marginal-model' || c.version !== 1) {
     throw new ModelFormatError(`${join(dir, CONFIG_FILE)} is not a marginal model config (format/version)`);
@@ -190,7 +245,18 @@ function loadMarginalDir(dir: string): LoadedModel {
   }
   const tokPath = join(dir, c.tokenizer.file);
   if (!existsSync(tokPath)) throw new ModelFormatError(`tokenizer file ${tokPath} is missing`);
-  const tokenizer = Llama2cTokenizer.fromFileSync(tokPath, c.shape.vocabSize);
+  let tokenizer: Tokenizer;
+  let chatTemplate: string | undefined;
+  let specialTokens = { bos: '<s>', eos: '</s>' };
+  if (c.tokenizer.type === 'hf') {
+    const cfgPath = join(dir, c.tokenizer.config);
+    tokenizer = await HfTokenizer.fromFiles(tokPath, cfgPath, { addBos: c.tokenizer.addBos });
+    const tokCfg = readJson(cfgPath) as Record<string, unknown>;
+    chatTemplate = chatTemplateOf(tokCfg);
+    specialTokens = { bos: tokenString(tokCfg.bos_token, ''), eos: tokenString(tokCfg.eos_token, '') };
+  } else {
+    tokenizer = Llama2cTokenizer.fromFileSync(tokPath, c.shape.vocabSize);
+  }
   return {
     dir,
     name: c.name,
@@ -203,8 +269,10 @@ function loadMarginalDir(dir: string): LoadedModel {
     bosId: c.tokenizer.bosId,
     stopIds: c.tokenizer.stopIds,
     addBos: c.tokenizer.addBos,
-    chatTemplate: undefined,
-    specialTokens: { bos: '<s>', eos: '</s>' },
+    chatTemplate,
+    specialTokens,
+    architecture: c.architecture,
+    quantization: c.quantization?.label ?? 'fp32',
     graphPath: (f) => {
       const rel = c.graphs[f];
       if (rel === undefined) throw new ModelFormatError(`model ${c.name} has no ${f} graph (it has ${flavours.join(', ')})`);
@@ -246,15 +314,7 @@ async function loadHfFolder(dir: string): Promise<LoadedModel> {
   const stopIds = [...new Set([...ids(gen.eos_token_id), ...ids(hf.eos_token_id), tokenizer.eosId])];
   const modelType = typeof hf.model_type === 'string' ? hf.model_type : 'decoder';
   const tokCfg = existsSync(cfgPath) ? (readJson(cfgPath) as Record<string, unknown>) : {};
-  const rawTemplate = tokCfg.chat_template;
-  const chatTemplate =
-    typeof rawTemplate === 'string'
-      ? rawTemplate
-      : Array.isArray(rawTemplate)
-        ? ((rawTemplate.find((t) => (t as { name?: unknown }).name === 'default') as { template?: string } | undefined)?.template ?? undefined)
-        : undefined;
-  const tokenString = (v: unknown, fallback: string): string =>
-    typeof v === 'string' ? v : v !== null && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string' ? (v as { content: string }).content : fallback;
+  const chatTemplate = chatTemplateOf(tokCfg);
   return {
     dir,
     name: dir.split('/').filter(Boolean).pop() ?? modelType,
@@ -270,6 +330,8 @@ async function loadHfFolder(dir: string): Promise<LoadedModel> {
     addBos: true,
     chatTemplate,
     specialTokens: { bos: tokenString(tokCfg.bos_token, ''), eos: tokenString(tokCfg.eos_token, '') },
+    architecture: modelType,
+    quantization: undefined,
     graphPath: (f) => {
       if (f !== 'hf') throw new ModelFormatError(`${dir} is a Hugging Face export: only the hf flavour is available`);
       return graph;
@@ -278,8 +340,21 @@ async function loadHfFolder(dir: string): Promise<LoadedModel> {
   };
 }
 
+/** tokenizer_config.json's chat_template: a string, or a list of named templates of which 'default' is the one. */
+export function chatTemplateOf(tokCfg: Record<string, unknown>): string | undefined {
+  const raw = tokCfg.chat_template;
+  if (typeof raw === 'string') return raw;
+  if (Array.isArray(raw)) return (raw.find((t) => (t as { name?: unknown }).name === 'default') as { template?: string } | undefined)?.template ?? undefined;
+  return undefined;
+}
+
+function tokenString(v: unknown, fallback: string): string {
+  return typeof v === 'string' ? v : v !== null && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string' ? (v as { content: string }).content : fallback;
+}
+
 export function describeModel(m: LoadedModel): string {
   const size = m.shape ? `${(parameterCount(m.shape) / 1e6).toFixed(2)}M parameters` : `${m.kv.layers} layers`;
+  const weights = m.quantization !== undefined && m.quantization !== 'fp32' ? `, ${m.quantization} weights` : '';
   const warn = m.synthetic ? ' [synthetic: random weights, its text is meaningless]' : '';
-  return `${m.name} (${m.description}; ${size})${warn}`;
+  return `${m.name} (${m.description}; ${size}${weights})${warn}`;
 }

@@ -1,8 +1,7 @@
-import onnxProto from 'onnx-proto';
 import { DType, GraphBuilder, inlineTensor } from '../onnx/builder.js';
-import { classifierName, headDim, type LlamaShape } from './shape.js';
-
-type ITensorProto = onnxProto.onnx.ITensorProto;
+import { ACCURACY_LEVEL } from '../quant/formats.js';
+import { headDim, type LlamaShape } from './shape.js';
+import { CLASSIFIER, type GraphWeights } from './weight-store.js';
 
 /**
  * Input and output names of the two graph flavours. The `hf` names are those of Hugging Face
@@ -29,7 +28,10 @@ export const IO = {
   poolValue: (l: number) => `kv_pool.${l}.value`,
 } as const;
 
-/** Rotary tables as llama2.c computes them (interleaved pairs, float32 arithmetic). */
+/**
+ * Rotary tables [position, pair] as llama2.c computes them (float32 arithmetic), each pair's
+ * frequency divided by its factor where the model scales rope (Llama 3, linear scaling).
+ */
 export function ropeTables(s: LlamaShape, positions: number): { cos: Float32Array; sin: Float32Array } {
   const half = headDim(s) / 2;
   const cos = new Float32Array(positions * half);
@@ -37,7 +39,7 @@ export function ropeTables(s: LlamaShape, positions: number): { cos: Float32Arra
   const f = Math.fround;
   for (let p = 0; p < positions; p++) {
     for (let i = 0; i < half; i++) {
-      const freq = f(1 / f(Math.pow(s.ropeTheta, f((2 * i) / headDim(s)))));
+      const freq = f(f(1 / f(Math.pow(s.ropeTheta, f((2 * i) / headDim(s))))) / (s.ropeFreqFactors?.[i] ?? 1));
       const val = f(p * freq);
       cos[p * half + i] = Math.cos(val);
       sin[p * half + i] = Math.sin(val);
@@ -62,16 +64,18 @@ class LlamaGraph {
   readonly S: string;
   private readonly cosP: string;
   private readonly sinP: string;
+  private readonly interleaved: boolean;
 
   constructor(
     name: string,
     readonly s: LlamaShape,
-    weights: Map<string, ITensorProto>,
+    readonly weights: GraphWeights,
     opts: GraphOptions,
     dims: { batch: string; seq: string },
   ) {
     const g = (this.g = new GraphBuilder(name));
-    for (const t of weights.values()) g.initializer(t);
+    for (const t of weights.initializers) g.initializer(t);
+    this.interleaved = (s.rope ?? 'interleaved') === 'interleaved';
     this.hd = headDim(s);
     this.groups = s.nHeads / s.nKvHeads;
     this.ids = g.input(IO.inputIds, DType.int64, [dims.batch, dims.seq]);
@@ -82,8 +86,9 @@ class LlamaGraph {
     const { cos, sin } = ropeTables(s, opts.ropePositions);
     const cosT = g.initializer(inlineTensor('rope_cos', [opts.ropePositions, this.hd / 2], cos));
     const sinT = g.initializer(inlineTensor('rope_sin', [opts.ropePositions, this.hd / 2], sin));
-    // [B, S, 1, hd/2, 1]: broadcast over heads and over the (even, odd) pair axis.
-    const at = (table: string) => g.op1('Unsqueeze', [g.op1('Gather', [table, this.pos]), g.constInt64([2, 4])]);
+    // Interleaved [B, S, 1, hd/2, 1], half [B, S, 1, 1, hd/2]: broadcast over heads and over
+    // the axis that tells a pair's two members apart.
+    const at = (table: string) => g.op1('Unsqueeze', [g.op1('Gather', [table, this.pos]), g.constInt64(this.interleaved ? [2, 4] : [2, 3])]);
     this.cosP = at(cosT);
     this.sinP = at(sinT);
   }
@@ -94,7 +99,12 @@ class LlamaGraph {
 
   embed(): string {
     const { g } = this;
-    return g.op1('Reshape', [g.op1('Gather', ['model.embed_tokens.weight', this.ids]), g.constInt64([-1, this.s.dim])]);
+    const e = this.weights.embedding;
+    const rows =
+      e.kind === 'float'
+        ? g.op1('Gather', [e.name, this.ids])
+        : g.op1('GatherBlockQuantized', [e.codes, this.ids, e.scales], { bits: e.bits, block_size: e.blockSize, gather_axis: 0, quantize_axis: 1 }, { domain: 'com.microsoft' });
+    return g.op1('Reshape', [rows, g.constInt64([-1, this.s.dim])]);
   }
 
   rmsNorm(x: string, weight: string): string {
@@ -107,29 +117,49 @@ class LlamaGraph {
     return g.op1('Mul', [g.op1('Div', [x, root]), weight]);
   }
 
-  linear(x: string, weight: string): string {
-    return this.g.op1('Gemm', [x, weight], { transB: 1 });
+  /**
+   * x · Wᵀ (+ bias) for the projection stored under `weight` (its bias, if the model has one, is
+   * `weight` with .bias for .weight): Gemm over float32, MatMulNBits over int8/int4 blocks.
+   */
+  linear(x: string, weight: string, output?: string): string {
+    const { g } = this;
+    const w = this.weights.linear.get(weight);
+    if (w === undefined) throw new Error(`graph writer: no weight ${weight}`);
+    const biasName = weight.replace(/\.weight$/, '.bias');
+    const bias = this.weights.vectors.has(biasName) ? biasName : undefined;
+    const out = output === undefined ? {} : { output };
+    if (w.kind === 'float') return g.op1('Gemm', bias ? [x, w.name, bias] : [x, w.name], { transB: 1 }, out);
+    const attrs = { K: w.K, N: w.N, bits: w.bits, block_size: w.blockSize, accuracy_level: ACCURACY_LEVEL };
+    if (bias === undefined) return g.op1('MatMulNBits', [x, w.codes, w.scales], attrs, { ...out, domain: 'com.microsoft' });
+    return g.op1('Add', [g.op1('MatMulNBits', [x, w.codes, w.scales], attrs, { domain: 'com.microsoft' }), bias], {}, out);
   }
 
-  /** Interleaved rotary (llama2.c), from [B*S, heads*hd] to [B, heads, S, hd]. */
+  /** Projections of one input: one linear over their stacked rows and a Split where the store fused them, else one each. */
+  private projections(x: string, l: number, fused: string, parts: string[], widths: number[]): string[] {
+    const name = `model.layers.${l}.${fused}.weight`;
+    if (!this.weights.linear.has(name)) return parts.map((p) => this.linear(x, `model.layers.${l}.${p}.weight`));
+    return this.g.op('Split', [this.linear(x, name), this.g.constInt64(widths)], { axis: 1 }, { outputs: parts.length });
+  }
+
+  /** Rotary embedding in the model's pair layout, from [B*S, heads*hd] to [B, heads, S, hd]. */
   private rotate(x2d: string, heads: number): string {
     const { g, hd } = this;
-    const x5 = g.op1('Reshape', [x2d, this.cat([this.B, this.S, g.constInt64([heads, hd / 2, 2])])]);
-    const [even, odd] = g.op('Split', [x5, g.constInt64([1, 1])], { axis: 4 }, { outputs: 2 }) as [string, string];
-    const re = g.op1('Sub', [g.op1('Mul', [even, this.cosP]), g.op1('Mul', [odd, this.sinP])]);
-    const ro = g.op1('Add', [g.op1('Mul', [even, this.sinP]), g.op1('Mul', [odd, this.cosP])]);
-    const r = g.op1('Reshape', [g.op1('Concat', [re, ro], { axis: 4 }), this.cat([this.B, this.S, g.constInt64([heads, hd])])]);
+    const axis = this.interleaved ? 4 : 3;
+    const x5 = g.op1('Reshape', [x2d, this.cat([this.B, this.S, g.constInt64(this.interleaved ? [heads, hd / 2, 2] : [heads, 2, hd / 2])])]);
+    const [a, b] = g.op('Split', [x5, g.constInt64([1, 1])], { axis }, { outputs: 2 }) as [string, string];
+    const ra = g.op1('Sub', [g.op1('Mul', [a, this.cosP]), g.op1('Mul', [b, this.sinP])]);
+    const rb = g.op1('Add', [g.op1('Mul', [a, this.sinP]), g.op1('Mul', [b, this.cosP])]);
+    const r = g.op1('Reshape', [g.op1('Concat', [ra, rb], { axis }), this.cat([this.B, this.S, g.constInt64([heads, hd])])]);
     return g.op1('Transpose', [r], { perm: [0, 2, 1, 3] });
   }
 
   /** Q as [B, kvH, groups*S, hd] (query heads sharing a KV head are adjacent, as in llama2.c), K and V as [B, kvH, S, hd]. */
   qkv(h: string, l: number): { q: string; k: string; v: string } {
     const { g, s, hd } = this;
-    const q = this.rotate(this.linear(h, `model.layers.${l}.self_attn.q_proj.weight`), s.nHeads);
-    const k = this.rotate(this.linear(h, `model.layers.${l}.self_attn.k_proj.weight`), s.nKvHeads);
-    const v = g.op1('Transpose', [
-      g.op1('Reshape', [this.linear(h, `model.layers.${l}.self_attn.v_proj.weight`), this.cat([this.B, this.S, g.constInt64([s.nKvHeads, hd])])]),
-    ], { perm: [0, 2, 1, 3] });
+    const [q2d, k2d, v2d] = this.projections(h, l, 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'], [s.nHeads * hd, s.nKvHeads * hd, s.nKvHeads * hd]) as [string, string, string];
+    const q = this.rotate(q2d, s.nHeads);
+    const k = this.rotate(k2d, s.nKvHeads);
+    const v = g.op1('Transpose', [g.op1('Reshape', [v2d, this.cat([this.B, this.S, g.constInt64([s.nKvHeads, hd])])])], { perm: [0, 2, 1, 3] });
     return { q: g.op1('Reshape', [q, g.constInt64([0, s.nKvHeads, -1, hd])]), k, v };
   }
 
@@ -153,8 +183,7 @@ class LlamaGraph {
   feedForward(x: string, l: number): string {
     const { g } = this;
     const h = this.rmsNorm(x, `model.layers.${l}.post_attention_layernorm.weight`);
-    const gate = this.linear(h, `model.layers.${l}.mlp.gate_proj.weight`);
-    const up = this.linear(h, `model.layers.${l}.mlp.up_proj.weight`);
+    const [gate, up] = this.projections(h, l, 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj'], [this.s.hiddenDim, this.s.hiddenDim]) as [string, string];
     const silu = g.op1('Mul', [gate, g.op1('Sigmoid', [gate])]);
     return g.op1('Add', [x, this.linear(g.op1('Mul', [silu, up]), `model.layers.${l}.mlp.down_proj.weight`)]);
   }
@@ -186,7 +215,7 @@ class LlamaGraph {
  * com.microsoft.PagedAttention (float16 cache, token-major blocks, block_table and
  * past_seqlens as int32, the cache updated in place); every other input and output stays.
  */
-export function buildFastGraph(s: LlamaShape, weights: Map<string, ITensorProto>, opts: GraphOptions): Uint8Array {
+export function buildFastGraph(s: LlamaShape, weights: GraphWeights, opts: GraphOptions): Uint8Array {
   const m = new LlamaGraph('marginal_llama_fast', s, weights, opts, { batch: 'batch', seq: 'sequence' });
   const { g, hd } = m;
   const H = s.nKvHeads;
@@ -244,7 +273,7 @@ export function buildFastGraph(s: LlamaShape, weights: Map<string, ITensorProto>
   }
   const picked = g.op1('Gather', [x, rows], { axis: 0 });
   const normed = m.rmsNorm(picked, 'model.norm.weight');
-  g.op1('Gemm', [normed, classifierName(s)], { transB: 1 }, { output: IO.logits });
+  m.linear(normed, CLASSIFIER, IO.logits);
   g.output(IO.logits, DType.float, ['rows', s.vocabSize]);
   // The k best logits per row, best first (ties: lower id first, as ONNX specifies): a step
   // whose rows are all greedy or top-k fetches these instead of rows × vocab floats, which on
@@ -261,7 +290,7 @@ export function buildFastGraph(s: LlamaShape, weights: Map<string, ITensorProto>
  * transformers.js and any ONNX Runtime build can run it: past keys and values go in, the
  * concatenated present comes out (a copy of the cache every step; that is the interface's cost).
  */
-export function buildHfGraph(s: LlamaShape, weights: Map<string, ITensorProto>, opts: GraphOptions): Uint8Array {
+export function buildHfGraph(s: LlamaShape, weights: GraphWeights, opts: GraphOptions): Uint8Array {
   const m = new LlamaGraph('marginal_llama_hf', s, weights, opts, { batch: 'batch_size', seq: 'sequence_length' });
   const { g, hd } = m;
   const mask = g.input(IO.attentionMask, DType.int64, ['batch_size', 'total_sequence_length']);
@@ -299,8 +328,9 @@ export function buildHfGraph(s: LlamaShape, weights: Map<string, ITensorProto>, 
     x = m.feedForward(m.finishAttention(x, ctx, l), l);
   }
   const normed = m.rmsNorm(x, 'model.norm.weight');
-  const logits2d = g.op1('Gemm', [normed, classifierName(s)], { transB: 1 });
+  const logits2d = m.linear(normed, CLASSIFIER);
   g.op1('Reshape', [logits2d, m.cat([m.B, m.S, g.constInt64([s.vocabSize])])], {}, { output: IO.logits });
   g.output(IO.logits, DType.float, ['batch_size', 'sequence_length', s.vocabSize]);
-  return g.encode({ '': 17 }, { flavour: 'hf' });
+  // Standard operators only unless the weights are quantized (MatMulNBits is a contrib op).
+  return g.encode(weights.quantized ? { '': 17, 'com.microsoft': 1 } : { '': 17 }, { flavour: 'hf' });
 }

@@ -11,10 +11,24 @@ export interface LlamaShape {
   ropeTheta: number;
   /** Whether the classifier reuses the token embedding (llama2.c: positive vocab_size in the header). */
   sharedClassifier: boolean;
+  /** Head size where it is not dim / nHeads (GGUF attention.key_length, Hugging Face head_dim). */
+  headDim?: number;
+  /**
+   * How rotary pairs are laid out in a head: `interleaved` rotates (0,1), (2,3)… (llama2.c,
+   * GGUF llama, whose converter permutes Q and K into this order); `half` rotates (i, i + hd/2)
+   * (Hugging Face's rotate_half, GGUF qwen2's NeoX rope). Default interleaved.
+   */
+  rope?: RopeLayout;
+  /** Per-pair divisors of the rotary frequencies (Llama 3 and linear scaling; GGUF rope_freqs). */
+  ropeFreqFactors?: number[];
+  /** Q, K and V projections carry biases (Qwen2). */
+  qkvBias?: boolean;
 }
 
+export type RopeLayout = 'interleaved' | 'half';
+
 export function headDim(s: LlamaShape): number {
-  return s.dim / s.nHeads;
+  return s.headDim ?? s.dim / s.nHeads;
 }
 
 export function checkShape(s: LlamaShape): string | undefined {
@@ -23,9 +37,14 @@ export function checkShape(s: LlamaShape): string | undefined {
     const v = s[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) return `${k} must be a positive integer, got ${String(v)}`;
   }
-  if (s.dim % s.nHeads !== 0) return `dim ${s.dim} is not divisible by n_heads ${s.nHeads}`;
+  if (s.headDim === undefined && s.dim % s.nHeads !== 0) return `dim ${s.dim} is not divisible by n_heads ${s.nHeads}`;
+  if (s.headDim !== undefined && (!Number.isInteger(s.headDim) || s.headDim <= 0)) return `headDim must be a positive integer, got ${String(s.headDim)}`;
   if (s.nHeads % s.nKvHeads !== 0) return `n_heads ${s.nHeads} is not divisible by n_kv_heads ${s.nKvHeads}`;
   if (headDim(s) % 2 !== 0) return `head size ${headDim(s)} must be even for rotary embeddings`;
+  if (s.rope !== undefined && s.rope !== 'interleaved' && s.rope !== 'half') return `rope must be interleaved or half, got ${String(s.rope)}`;
+  if (s.ropeFreqFactors !== undefined && s.ropeFreqFactors.length !== headDim(s) / 2) {
+    return `ropeFreqFactors has ${s.ropeFreqFactors.length} entries, the head needs ${headDim(s) / 2}`;
+  }
   return undefined;
 }
 
@@ -52,6 +71,7 @@ export function weightSpecs(s: LlamaShape): WeightSpec[] {
     ['mlp.down_proj.weight', [s.dim, s.hiddenDim]],
     ['mlp.up_proj.weight', [s.hiddenDim, s.dim]],
   ];
+  if (s.qkvBias) perLayer.push(['self_attn.q_proj.bias', [q]], ['self_attn.k_proj.bias', [kv]], ['self_attn.v_proj.bias', [kv]]);
   for (let l = 0; l < s.nLayers; l++) {
     for (const [n, d] of perLayer) specs.push({ name: `model.layers.${l}.${n}`, dims: d });
   }

@@ -1,10 +1,15 @@
 import { readFileSync } from 'node:fs';
 import { CheckpointFormatError } from '../../errors.js';
+import type { BlockTensor } from '../quant/ggml.js';
 import type { LlamaShape, WeightSpec } from './shape.js';
 import { headDim, checkShape, weightSpecs } from './shape.js';
 
-/** Produces each weight tensor on demand, so multi-gigabyte models never sit in memory whole. */
-export type WeightSource = (spec: WeightSpec) => Float32Array;
+/**
+ * Produces each weight tensor on demand, so multi-gigabyte models never sit in memory whole:
+ * float32 values, or ggml blocks as a quantized file stores them (loaded without a detour
+ * through float32 where the target format is the same).
+ */
+export type WeightSource = (spec: WeightSpec) => Float32Array | BlockTensor;
 
 const HEADER_BYTES = 7 * 4;
 
@@ -89,7 +94,7 @@ export function readLlama2cCheckpoint(path: string): Llama2cCheckpoint {
     'mlp.down_proj': ['w2', hiddenDim * dim],
     'mlp.up_proj': ['w3', dim * hiddenDim],
   };
-  const weights: WeightSource = (spec) => {
+  const weights = (spec: WeightSpec): Float32Array => {
     if (spec.name === 'model.embed_tokens.weight') return section('embed', 0, shape.vocabSize * dim);
     if (spec.name === 'model.norm.weight') return section('rms_final', 0, dim);
     if (spec.name === 'lm_head.weight') return section('wcls', 0, shape.vocabSize * dim);

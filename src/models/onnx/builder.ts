@@ -9,6 +9,7 @@ type IAttributeProto = onnxProto.onnx.IAttributeProto;
 
 export const DType = {
   float: onnx.TensorProto.DataType.FLOAT,
+  uint8: onnx.TensorProto.DataType.UINT8,
   int32: onnx.TensorProto.DataType.INT32,
   int64: onnx.TensorProto.DataType.INT64,
   bool: onnx.TensorProto.DataType.BOOL,
@@ -60,6 +61,11 @@ export class ExternalDataWriter {
         { key: 'length', value: String(bytes.byteLength) },
       ],
     };
+  }
+
+  /** Another tensor over the bytes `of` points to: one copy on disk read under two shapes. */
+  static view(of: ITensorProto, name: string, dims: number[]): ITensorProto {
+    return { ...of, name, dims };
   }
 
   close(): void {

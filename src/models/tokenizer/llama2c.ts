@@ -373,7 +373,7 @@ export interface HfTokenizerJson {
   model: {
     type: 'BPE';
     dropout: null;
-    unk_token: string;
+    unk_token: string | null;
     continuing_subword_prefix: null;
     end_of_word_suffix: null;
     fuse_unk: boolean;
@@ -384,7 +384,7 @@ export interface HfTokenizerJson {
   };
 }
 
-interface HfAddedToken {
+export interface HfAddedToken {
   id: number;
   content: string;
   single_word: boolean;
@@ -436,6 +436,37 @@ function hfPieces(tok: Llama2cTokenizer): string[] {
  */
 export function writeHfTokenizerJson(tok: Llama2cTokenizer): HfTokenizerJson {
   const pieces = hfPieces(tok);
+  return sentencePieceTokenizerJson({
+    pieces,
+    scores: Array.from({ length: tok.vocabSize }, (_, id) => tok.score(id)),
+    added: SPECIAL_NAMES.map((_, id) => ({ id, special: true })),
+    mergeable: (id) => id >= SPECIAL_NAMES.length,
+    unk: '<unk>',
+    bos: { id: BOS_ID, piece: '<s>' },
+    addSpacePrefix: true,
+  });
+}
+
+export interface SentencePieceVocabulary {
+  /** Pieces as SentencePiece spells them ('▁' for a space), index = id. */
+  pieces: string[];
+  scores: ArrayLike<number>;
+  /** Tokens matched as whole strings, never built by merges (control and user-defined tokens). */
+  added: { id: number; special: boolean }[];
+  /** Whether merges may produce this id (normal pieces; not control, byte or unused ones). */
+  mergeable: (id: number) => boolean;
+  unk: string;
+  bos: { id: number; piece: string } | undefined;
+  /** SentencePiece's add_dummy_prefix: a '▁' before the text, dropped again when decoding. */
+  addSpacePrefix: boolean;
+}
+
+/**
+ * A Llama-2-style tokenizer.json for a SentencePiece BPE vocabulary with scores (llama2.c's
+ * tokenizer.bin, a GGUF's tokenizer.ggml.model = llama).
+ */
+export function sentencePieceTokenizerJson(v: SentencePieceVocabulary): HfTokenizerJson {
+  const { pieces } = v;
   const vocab = new Map<string, number>();
   for (let id = 0; id < pieces.length; id++) {
     const p = pieces[id]!;
@@ -447,9 +478,10 @@ export function writeHfTokenizerJson(tok: Llama2cTokenizer): HfTokenizerJson {
 
   const merges: { l: string; r: string; score: number }[] = [];
   for (let m = 0; m < pieces.length; m++) {
+    if (!v.mergeable(m)) continue;
     const chars = Array.from(pieces[m]!);
     if (chars.length < 2) continue;
-    const score = tok.score(m);
+    const score = v.scores[m] as number;
     const local: { l: string; r: string; li: number; ri: number }[] = [];
     for (let k = 1; k < chars.length; k++) {
       const l = chars.slice(0, k).join('');
@@ -464,17 +496,18 @@ export function writeHfTokenizerJson(tok: Llama2cTokenizer): HfTokenizerJson {
   // Array.prototype.sort is stable, like Python's sorted(reverse=True).
   merges.sort((a, b) => (a.score === b.score ? 0 : a.score > b.score ? -1 : 1));
 
-  const added_tokens: HfAddedToken[] = SPECIAL_NAMES.map((content, id) => ({
+  const added_tokens: HfAddedToken[] = v.added.map(({ id, special }) => ({
     id,
-    content,
+    content: pieces[id]!,
     single_word: false,
     lstrip: false,
     rstrip: false,
     normalized: false,
-    special: true,
+    special,
   }));
   const vocabObj: Record<string, number> = {};
   for (const [p, id] of vocab) vocabObj[p] = id;
+  const bos = v.bos;
 
   return {
     version: '1.0',
@@ -484,35 +517,38 @@ export function writeHfTokenizerJson(tok: Llama2cTokenizer): HfTokenizerJson {
     normalizer: {
       type: 'Sequence',
       normalizers: [
-        { type: 'Prepend', prepend: '\u2581' },
+        ...(v.addSpacePrefix ? [{ type: 'Prepend', prepend: '\u2581' }] : []),
         { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' },
       ],
     },
     pre_tokenizer: null,
-    post_processor: {
-      type: 'TemplateProcessing',
-      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [
-        { SpecialToken: { id: '<s>', type_id: 0 } },
-        { Sequence: { id: 'A', type_id: 0 } },
-        { SpecialToken: { id: '<s>', type_id: 1 } },
-        { Sequence: { id: 'B', type_id: 1 } },
-      ],
-      special_tokens: { '<s>': { id: '<s>', ids: [BOS_ID], tokens: ['<s>'] } },
-    },
+    post_processor:
+      bos === undefined
+        ? null
+        : {
+            type: 'TemplateProcessing',
+            single: [{ SpecialToken: { id: bos.piece, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+            pair: [
+              { SpecialToken: { id: bos.piece, type_id: 0 } },
+              { Sequence: { id: 'A', type_id: 0 } },
+              { SpecialToken: { id: bos.piece, type_id: 1 } },
+              { Sequence: { id: 'B', type_id: 1 } },
+            ],
+            special_tokens: { [bos.piece]: { id: bos.piece, ids: [bos.id], tokens: [bos.piece] } },
+          },
     decoder: {
       type: 'Sequence',
       decoders: [
         { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' },
         { type: 'ByteFallback' },
         { type: 'Fuse' },
-        { type: 'Strip', content: ' ', start: 1, stop: 0 },
+        ...(v.addSpacePrefix ? [{ type: 'Strip', content: ' ', start: 1, stop: 0 }] : []),
       ],
     },
     model: {
       type: 'BPE',
       dropout: null,
-      unk_token: '<unk>',
+      unk_token: v.unk,
       continuing_subword_prefix: null,
       end_of_word_suffix: null,
       fuse_unk: true,
