@@ -95,6 +95,23 @@ describe('n streams in the scheduler', () => {
     assert.ok(Math.abs(account.spent - bill.total) < 1e-12);
   });
 
+  test('KV rent is paid once per block held: shared prompt blocks split among the streams holding them', () => {
+    const { sched } = scheduler();
+    const prompt = Array.from({ length: 40 }, (_, i) => 3 + (i % 50));
+    const members = sched.submitGroup(specs(3, prompt, { value: 0.3 }));
+    run(sched, sched.plan(0), 7, 0.01);
+    run(sched, sched.plan(0.02), 8, 0.03); // the fork: the others join
+    const seconds = () => members.reduce((s, m) => s + m.bill.bill().kv_block_seconds, 0);
+    const before = seconds();
+    const held = sched.blocks.heldBlocks;
+    assert.equal(held, 5, '2 prompt blocks shared by three streams, and each stream\'s own last block');
+    run(sched, sched.plan(0.04), 9, 0.05);
+    assert.ok(members.every((m) => m.state === 'running'), 'nobody ended in the measured step');
+    assert.ok(Math.abs(seconds() - before - held * 0.01) < 1e-12, `the group paid for ${held} blocks, not ${2 * 3 + 3}`);
+    const own = members.map((m) => m.bill.bill().kv_block_seconds);
+    assert.ok(Math.abs((own[1] as number) - (own[2] as number)) < 1e-12, 'the two forked streams pay alike');
+  });
+
   test('turned away together: one rejection, one quote, the escrow back', () => {
     const ledger = new Ledger();
     ledger.setBudget('t', 1);

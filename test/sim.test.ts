@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { fitProfile, predictStepMs, stepShape, type StepProfile } from '../src/engine/cost-model.js';
+import { fitProfile, predictSampleMs, predictStepMs, scaleProfile, stepShape, type StepProfile } from '../src/engine/cost-model.js';
 import { meetsSlo, percentile, realizedValue, tpotMs } from '../src/sim/metrics.js';
 import { simulate } from '../src/sim/simulator.js';
 import { answerQuote } from '../src/sim/client.js';
@@ -36,6 +36,29 @@ describe('cost model', () => {
     const fit = fitProfile(samples);
     for (const [k, v] of Object.entries(truth)) assert.ok(Math.abs((fit as Record<string, number>)[k] as number - v) < 1e-6, `${k}: ${(fit as Record<string, number>)[k]} vs ${v}`);
     assert.ok((fit.r2 ?? 0) > 0.999999);
+    assert.equal(fit.perArrivalMs, undefined, 'steps measured without requests around them fit no per-request terms');
+  });
+
+  test("served steps' periods also fit what each arriving and each ending request costs the serving loop", () => {
+    const truth = { baseMs: 4, perTokenMs: 0.2, perContextMs: 3, perSequenceMs: 0.7, perRunMs: 5, perArrivalMs: 2.5, perFinishMs: 1.25 };
+    const p = { ...truth, model: 'x', machine: 'x', flavour: 'fast', maxSequences: 64, maxContext: 1024, blockSize: 16 } as StepProfile;
+    const samples = [];
+    for (let i = 0; i < 200; i++) {
+      const seqs = 1 + ((i * 7) % 32);
+      const shape = { tokens: seqs + (Math.floor(i / 7) % 4) * 64, contextTokens: seqs * (50 + ((i * 31) % 150)), sequences: seqs, runs: 1 + (i % 3) };
+      const x = { shape, ms: 0, arrivals: (i * 5) % 4, finished: (i * 3) % 5 === 0 ? 2 : 0 };
+      samples.push({ ...x, ms: predictSampleMs(p, x) });
+    }
+    const fit = fitProfile(samples);
+    for (const [k, v] of Object.entries(truth)) assert.ok(Math.abs((fit as Record<string, number>)[k] as number - v) < 1e-6, `${k}: ${(fit as Record<string, number>)[k]} vs ${v}`);
+  });
+
+  test('a scaled profile is a uniformly slower (or faster) machine', () => {
+    const p: StepProfile = { model: 'x', machine: 'x', flavour: 'fast', baseMs: 2, perTokenMs: 0.1, perContextMs: 1, perSequenceMs: 0.5, perRunMs: 3, perArrivalMs: 1, perFinishMs: 2, maxSequences: 8, maxContext: 256, blockSize: 16 };
+    const x = { shape: { tokens: 40, contextTokens: 900, sequences: 8, runs: 2 }, ms: 0, arrivals: 3, finished: 1 };
+    assert.ok(Math.abs(predictSampleMs(scaleProfile(p, 1.5), x) - 1.5 * predictSampleMs(p, x)) < 1e-9);
+    assert.equal(scaleProfile(p, 2).blockSize, 16);
+    assert.throws(() => scaleProfile(p, 0), /positive/);
   });
 });
 
@@ -178,5 +201,22 @@ describe('clients that answer to prices', () => {
     assert.equal(answerQuote(agent, q({ minValue: Infinity }), 1, 100, 1), undefined);
     assert.equal(answerQuote(undefined, q({}), 1, 100, 1), undefined, 'no behaviour: gives up');
     assert.equal(realizedValue({ arrival: 0, value: 1, outputTokens: 200 }, true, 100), 0.5, 'half the answer is half the value');
+  });
+});
+
+describe('the serving loop per request, in simulation', () => {
+  test("each arrival and each finish takes the profile's time on the clock between steps", () => {
+    // Two requests at once, one sequence at a time: B waits for A, and for A's response.
+    const trace: TraceRequest[] = ['a', 'b'].map((id) => ({ id, t: 0, promptTokens: 10, outputTokens: 4, tenant: 'default', prefix: [], prefixBlockTokens: 16 }));
+    const base: StepProfile = { model: 'x', machine: 'x', flavour: 'fast', baseMs: 10, perTokenMs: 0, perContextMs: 0, perSequenceMs: 0, perRunMs: 0, maxSequences: 1, maxContext: 256, blockSize: 16 };
+    const at = (p: StepProfile) => simulate(trace, { policy: 'fcfs', profile: p, geometry: { maxNumSeqs: 1 } }).outcomes;
+    const plain = at(base);
+    const served = at({ ...base, perArrivalMs: 3, perFinishMs: 7 });
+    const delta = (i: number, k: 'ttft_ms' | 'e2e_ms') => (served[i]?.[k] ?? NaN) - (plain[i]?.[k] ?? NaN);
+    // Both arrivals are handled before the first plan; A's response before B's first step.
+    assert.ok(Math.abs(delta(0, 'ttft_ms') - 2 * 3) < 1e-9, `A's TTFT: +${delta(0, 'ttft_ms')} ms`);
+    assert.ok(Math.abs(delta(0, 'e2e_ms') - 2 * 3) < 1e-9, "A's steps are not slowed once it runs");
+    assert.ok(Math.abs(delta(1, 'ttft_ms') - (2 * 3 + 7)) < 1e-9, `B's TTFT: +${delta(1, 'ttft_ms')} ms`);
+    assert.equal(served[1]?.output_tokens, 4);
   });
 });

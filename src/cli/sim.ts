@@ -150,5 +150,5 @@ export async function runCalibrate(o: { model?: string; out: string; providers: 
     profile = await calibrate(o.model, opts);
   }
   await writeFile(o.out, JSON.stringify(profile, null, 2) + '\n');
-  process.stderr.write(`wrote ${o.out}: base ${profile.baseMs.toFixed(3)} ms + ${profile.perTokenMs.toFixed(4)} ms/token + ${profile.perContextMs.toFixed(4)} ms/1k context + ${profile.perSequenceMs.toFixed(4)} ms/sequence + ${profile.perRunMs.toFixed(3)} ms/extra run (R² ${profile.r2?.toFixed(3)}, ${profile.samples} steps)\n`);
+  process.stderr.write(`wrote ${o.out}: base ${profile.baseMs.toFixed(3)} ms + ${profile.perTokenMs.toFixed(4)} ms/token + ${profile.perContextMs.toFixed(4)} ms/1k context + ${profile.perSequenceMs.toFixed(4)} ms/sequence + ${profile.perRunMs.toFixed(3)} ms/extra run${profile.perArrivalMs !== undefined ? ` + ${profile.perArrivalMs.toFixed(3)} ms/arriving request + ${(profile.perFinishMs ?? 0).toFixed(3)} ms/ending request` : ''} (R² ${profile.r2?.toFixed(3)}, ${profile.samples} steps)\n`);
 }

@@ -22,6 +22,13 @@ export interface StepProfile {
   perContextMs: number;
   perSequenceMs: number;
   perRunMs: number;
+  /**
+   * What the serving loop spends per request that reaches the scheduler (HTTP, tokenizing) and
+   * per request that ends (its response), in the period of the step they fall in: fitted to a
+   * server's step log (`calibrate --from-steps`); absent (0) for the engine measured alone.
+   */
+  perArrivalMs?: number;
+  perFinishMs?: number;
   /** Engine geometry the profile was measured with. */
   maxSequences: number;
   maxContext: number;
@@ -92,6 +99,26 @@ export function predictStepMs(p: StepProfile, s: StepShape): number {
   return p.baseMs + p.perTokenMs * s.tokens + p.perContextMs * (s.contextTokens / 1000) + p.perSequenceMs * s.sequences + p.perRunMs * Math.max(0, s.runs - 1);
 }
 
+/** A served step's whole period as the profile predicts it: the step, plus the requests that arrived and ended during it. */
+export function predictSampleMs(p: StepProfile, x: StepSample): number {
+  return predictStepMs(p, x.shape) + (p.perArrivalMs ?? 0) * (x.arrivals ?? 0) + (p.perFinishMs ?? 0) * (x.finished ?? 0);
+}
+
+/** The profile of a machine `factor` times slower (every term scales: the machine's pace, not the model's shape). */
+export function scaleProfile(p: StepProfile, factor: number): StepProfile {
+  if (!(factor > 0) || !Number.isFinite(factor)) throw new InvalidArgumentError(`a profile's speed factor must be a positive number, got ${factor}`);
+  return {
+    ...p,
+    baseMs: p.baseMs * factor,
+    perTokenMs: p.perTokenMs * factor,
+    perContextMs: p.perContextMs * factor,
+    perSequenceMs: p.perSequenceMs * factor,
+    perRunMs: p.perRunMs * factor,
+    ...(p.perArrivalMs !== undefined ? { perArrivalMs: p.perArrivalMs * factor } : {}),
+    ...(p.perFinishMs !== undefined ? { perFinishMs: p.perFinishMs * factor } : {}),
+  };
+}
+
 export function parseProfile(json: unknown, source = 'profile'): StepProfile {
   if (json === null || typeof json !== 'object') throw new InvalidArgumentError(`${source} must be a JSON object`);
   const o = json as Record<string, unknown>;
@@ -117,6 +144,8 @@ export function parseProfile(json: unknown, source = 'profile'): StepProfile {
     maxSequences: int('maxSequences'),
     maxContext: int('maxContext'),
     blockSize: int('blockSize'),
+    ...(o.perArrivalMs !== undefined ? { perArrivalMs: num('perArrivalMs') } : {}),
+    ...(o.perFinishMs !== undefined ? { perFinishMs: num('perFinishMs') } : {}),
     ...(typeof o.swapMsPerToken === 'number' ? { swapMsPerToken: o.swapMsPerToken } : {}),
     ...(typeof o.kvBytesPerToken === 'number' ? { kvBytesPerToken: o.kvBytesPerToken } : {}),
     ...(o.contextTerm === 'attended' ? { contextTerm: 'attended' as const } : {}),
@@ -203,28 +232,47 @@ export class CostModelEngine implements Engine {
   async dispose(): Promise<void> {}
 }
 
-/** Least-squares fit of a profile's coefficients (clamped at zero) to measured steps. */
-export function fitProfile(samples: { shape: StepShape; ms: number }[]): Pick<StepProfile, 'baseMs' | 'perTokenMs' | 'perContextMs' | 'perSequenceMs' | 'perRunMs' | 'r2'> {
-  const feats = (s: StepShape) => [1, s.tokens, s.contextTokens / 1000, s.sequences, Math.max(0, s.runs - 1)];
-  const k = 5;
-  let active = [0, 1, 2, 3, 4];
+/** One measured step: its shape, its time, and the requests that arrived and ended during it (served steps only). */
+export interface StepSample {
+  shape: StepShape;
+  ms: number;
+  arrivals?: number;
+  finished?: number;
+}
+
+type FittedTerms = Pick<StepProfile, 'baseMs' | 'perTokenMs' | 'perContextMs' | 'perSequenceMs' | 'perRunMs' | 'r2'> & Partial<Pick<StepProfile, 'perArrivalMs' | 'perFinishMs'>>;
+
+/**
+ * Least-squares fit of a profile's coefficients (clamped at zero) to measured steps. The
+ * per-request terms are fitted only when some sample carries arrivals or finishes.
+ */
+export function fitProfile(samples: readonly StepSample[]): FittedTerms {
+  const perRequest = samples.some((x) => (x.arrivals ?? 0) > 0 || (x.finished ?? 0) > 0);
+  const feats = (x: StepSample) => {
+    const s = x.shape;
+    const f = [1, s.tokens, s.contextTokens / 1000, s.sequences, Math.max(0, s.runs - 1)];
+    if (perRequest) f.push(x.arrivals ?? 0, x.finished ?? 0);
+    return f;
+  };
+  const k = perRequest ? 7 : 5;
+  let active = Array.from({ length: k }, (_, i) => i);
   let coef = new Array<number>(k).fill(0);
   // Active-set non-negative least squares: refit without any coefficient that comes out negative.
   for (let iter = 0; iter < k; iter++) {
     const m = active.length;
     const ata = Array.from({ length: m }, () => new Array<number>(m).fill(0));
     const atb = new Array<number>(m).fill(0);
-    for (const { shape, ms } of samples) {
-      const f = feats(shape);
+    for (const x of samples) {
+      const f = feats(x);
       for (let i = 0; i < m; i++) {
         const fi = f[active[i] as number] as number;
-        atb[i] = (atb[i] as number) + fi * ms;
+        atb[i] = (atb[i] as number) + fi * x.ms;
         for (let j = 0; j < m; j++) (ata[i] as number[])[j] = ((ata[i] as number[])[j] as number) + fi * (f[active[j] as number] as number);
       }
     }
-    const x = solve(ata, atb);
+    const sol = solve(ata, atb);
     coef = new Array<number>(k).fill(0);
-    active.forEach((a, i) => (coef[a] = x[i] as number));
+    active.forEach((a, i) => (coef[a] = sol[i] as number));
     const negative = active.filter((a) => (coef[a] as number) < 0);
     if (negative.length === 0) break;
     active = active.filter((a) => (coef[a] as number) >= 0);
@@ -233,11 +281,10 @@ export function fitProfile(samples: { shape: StepShape; ms: number }[]): Pick<St
   const mean = samples.reduce((s, x) => s + x.ms, 0) / samples.length;
   let ssRes = 0;
   let ssTot = 0;
-  for (const { shape, ms } of samples) {
-    const f = feats(shape);
-    const pred = f.reduce((s, v, i) => s + v * (coef[i] as number), 0);
-    ssRes += (ms - pred) ** 2;
-    ssTot += (ms - mean) ** 2;
+  for (const x of samples) {
+    const pred = feats(x).reduce((s, v, i) => s + v * (coef[i] as number), 0);
+    ssRes += (x.ms - pred) ** 2;
+    ssTot += (x.ms - mean) ** 2;
   }
   return {
     baseMs: coef[0] as number,
@@ -245,6 +292,7 @@ export function fitProfile(samples: { shape: StepShape; ms: number }[]): Pick<St
     perContextMs: coef[2] as number,
     perSequenceMs: coef[3] as number,
     perRunMs: coef[4] as number,
+    ...(perRequest ? { perArrivalMs: coef[5] as number, perFinishMs: coef[6] as number } : {}),
     r2: ssTot > 0 ? 1 - ssRes / ssTot : 1,
   };
 }

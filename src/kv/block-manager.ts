@@ -240,6 +240,17 @@ export class BlockManager {
     ids.length = 0;
   }
 
+  /**
+   * A holder's share of `ids`: each block counts 1 / (its holders), so the holders of a shared
+   * block (a request's n streams on its prompt, requests on a common prefix) pay its rent once
+   * between them, not once each.
+   */
+  heldShare(ids: readonly number[]): number {
+    let share = 0;
+    for (let k = 0; k < ids.length; k++) share += 1 / (this.refCount[ids[k] as number] as number);
+    return share;
+  }
+
   /** Of `ids`, how many only their holder references: what preempting that holder frees. */
   exclusiveBlocks(ids: readonly number[]): number {
     let n = 0;

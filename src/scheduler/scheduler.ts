@@ -655,7 +655,7 @@ export class Scheduler implements SchedulerView {
     }
     if (stepSeconds > 0) {
       // A stream forked at the end of this step ran none of it.
-      for (const r of this.runningList) if (!r.forkToken) r.bill.addKvRent(r.blocks.length * stepSeconds, this.prices.kv);
+      for (const r of this.runningList) if (!r.forkToken) r.bill.addKvRent(this.blocks.heldShare(r.blocks) * stepSeconds, this.prices.kv);
     }
     for (const r of this.planned) {
       if (this.deferredAborts.has(r.seq)) this.finish(r, 'abort', now);

@@ -90,6 +90,13 @@ export interface StepRecord {
   /** The engine's execute, as the serving loop saw it (worker round trip included). */
   engineMs: number;
   periodMs: number | null;
+  /**
+   * Requests that reached the scheduler, and streams that ended (one per request unless it asked
+   * for n), between this step's plan and the next: the serving loop's per-request work (HTTP, tokenizing, the response), which shares
+   * the period with the step. Absent in logs written before they were recorded.
+   */
+  arrivals?: number;
+  finished?: number;
 }
 
 interface Pending {
@@ -178,6 +185,9 @@ export class Generator {
   private readonly onStep: ((s: StepRecord) => void) | undefined;
   /** The last step that ran requests, until the next step's start gives it a period. */
   private lastStep: StepRecord | undefined;
+  /** Requests submitted and requests finished since the last plan (for the step log). */
+  private arrivedSincePlan = 0;
+  private finishedSincePlan = 0;
   /** Over every step the engine ran: steps, tokens fed, KV bytes copied outside the graph. */
   readonly totals = { steps: 0, batchTokens: 0, kvBytesCopied: 0 };
 
@@ -387,6 +397,7 @@ export class Generator {
     entries.forEach((e, i) => this.pending.set(base + i, e));
     try {
       this.scheduler.submitGroup(specs);
+      this.arrivedSincePlan++;
     } catch (error) {
       for (const seq of seqs) this.pending.delete(seq);
       for (const st of streams) st.grammar?.dispose();
@@ -409,8 +420,13 @@ export class Generator {
    */
   async step(): Promise<boolean> {
     const at = this.clock();
+    // Counted up to the plan: what the plan itself settles (rejections) is this step's work.
+    const arrivals = this.arrivedSincePlan;
+    const finished = this.finishedSincePlan;
+    this.arrivedSincePlan = 0;
+    this.finishedSincePlan = 0;
     const plan = this.scheduler.plan(at);
-    this.recordPrevious(at, plan.items.length > 0);
+    this.recordPrevious(at, plan.items.length > 0, arrivals, finished);
     if (emptyPlan(plan)) {
       this.scheduler.commit(NOTHING_RAN, this.clock(), 0);
       this.flush();
@@ -456,11 +472,13 @@ export class Generator {
   }
 
   /** Hands the previous step to onStep, with a period when this step follows it at once with work. */
-  private recordPrevious(now: number, busy: boolean): void {
+  private recordPrevious(now: number, busy: boolean, arrivals: number, finished: number): void {
     const last = this.lastStep;
     if (last === undefined) return;
     this.lastStep = undefined;
     last.periodMs = busy ? (now - last.at) * 1000 : null;
+    last.arrivals = arrivals;
+    last.finished = finished;
     this.onStep?.(last);
   }
 
@@ -558,6 +576,7 @@ export class Generator {
     // A request turned away before its streams forked is one rejection: its leader's.
     const g = r.group;
     if (!(g !== undefined && r.outcome === 'rejected' && !g.forked && r !== g.leader)) this.observer?.onFinish?.(r, now);
+    this.finishedSincePlan++;
     this.queuedRequests.push(r);
     this.queuedTokens.push(-1);
     this.queuedLogprobs.push(undefined);

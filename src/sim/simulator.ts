@@ -141,7 +141,10 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
   /** Natural output length of each request's current attempt, for stopping it there. */
   const natural = new Map<number, number>();
 
+  // Requests that ended since the serving loop last paid for their responses (profile.perFinishMs).
+  let ended = 0;
   const record = (r: SchedRequest, now: number) => {
+    ended++;
     const i = r.spec.tag as number;
     natural.delete(r.seq);
     const t = trace[i] as TraceRequest;
@@ -208,11 +211,18 @@ export function simulate(trace: readonly TraceRequest[], o: SimOptions): SimResu
   let computed = 0;
   const limit = o.maxSimSeconds ?? 30 * 24 * 3600;
   const lengthModel = sched.lengthModel;
+  // The serving loop's own time per request, on the clock between steps as on the server's.
+  const arrivalSeconds = (p.perArrivalMs ?? 0) / 1000;
+  const finishSeconds = (p.perFinishMs ?? 0) / 1000;
   while (arrivals.length > 0 || sched.pending > 0) {
+    let arrived = 0;
     for (let a = arrivals.peek(); a !== undefined && a.t <= clock; a = arrivals.peek()) {
       arrivals.pop();
       submit(a, clock);
+      arrived++;
     }
+    clock += arrived * arrivalSeconds + ended * finishSeconds;
+    ended = 0;
     const plan = sched.plan(clock);
     if (plan.items.length === 0) {
       // Block moves without a run (a preemption that freed nothing usable) still take time.
