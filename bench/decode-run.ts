@@ -12,6 +12,8 @@ import { Rng } from '../src/sampling/rng.js';
 import { DirectDriver, type DirectItem } from '../src/engine/direct.js';
 import type { StepItem, StepPlan } from '../src/engine/types.js';
 import { packageRoot, synthesize } from '../src/models/importers.js';
+import { ownBlockSize } from '../src/models/llama/weight-store.js';
+import { syntheticShape } from '../src/models/llama/synthetic.js';
 import { GRAPH_VERSION, type LoadedModel, type ModelConfig } from '../src/models/modeldir.js';
 
 export interface DecodeResult {
@@ -103,10 +105,13 @@ export function benchModelDir(shape: string, format: string, log: (line: string)
   const dir = join(packageRoot(), 'models', format === 'fp32' ? `bench-${shape}` : `bench-${shape}-${weights}${block ? `-b${block}` : ''}`);
   const cfg = join(dir, 'marginal.json');
   const c = existsSync(cfg) ? (JSON.parse(readFileSync(cfg, 'utf8')) as ModelConfig) : undefined;
-  const fresh = c !== undefined && c.graphVersion === GRAPH_VERSION && (c.quantization?.linear ?? 'fp32') === weights && (c.quantization?.blockSize ?? 32) === Number(block ?? 32);
+  // `q8` is what `--quantize q8` writes by default (ownBlockSize); `q8@32` pins ggml's blocks.
+  const quantize = weights === 'fp32' ? undefined : { weights: weights as 'q8' | 'q4', ...(block ? { blockSize: Number(block) } : {}) };
+  const blockSize = quantize === undefined ? 32 : (quantize.blockSize ?? ownBlockSize(syntheticShape(shape).shape, quantize));
+  const fresh = c !== undefined && c.graphVersion === GRAPH_VERSION && (c.quantization?.linear ?? 'fp32') === weights && (c.quantization?.blockSize ?? 32) === blockSize;
   if (!fresh) {
     log(`writing ${dir}`);
-    synthesize(shape, dir, weights === 'fp32' ? { log } : { log, quantize: { weights: weights as 'q8' | 'q4', blockSize: Number(block ?? 32) } });
+    synthesize(shape, dir, quantize === undefined ? { log } : { log, quantize });
   }
   return dir;
 }

@@ -43,7 +43,7 @@ const quantizeOptions = (c: Command) =>
     .option('--quantize <q8|q4>', 'weight-only int8 or int4 projections in blocks of 32 (ONNX Runtime MatMulNBits)')
     .option('--classifier <fp32|q8|q4>', 'format of the output classifier (default: as --quantize)')
     .option('--embeddings <fp32|q8|q4>', 'format of the token embeddings (default: as --quantize)')
-    .option('--block-size <n>', 'values per scale: 32 (llama.cpp\'s Q8_0/Q4_0; default), 64, 128, 256 (faster, a little less accurate)', intArg('--block-size'));
+    .option('--block-size <n>', 'values per scale: 32 (llama.cpp\'s Q8_0/Q4_0, exported to GGUF exactly), 64, 128, 256 (faster); default: the largest dividing every row, up to 256 for q8 and 128 for q4 (a GGUF\'s blocks stay 32)', intArg('--block-size'));
 
 /** The economy's settings, shared by serve, sim and tune. */
 const economyOptions = (c: Command) =>

@@ -240,14 +240,45 @@ describe('GGUF export of a model directory', { skip: sharedSkipReason() }, () =>
     rmSync(dir, { recursive: true, force: true });
   });
 
+  test("--quantize picks marginal's own larger blocks for float weights; a GGUF's Q8_0 blocks stay 32 and exact", async () => {
+    const dir = tempDir('gguf-blocks');
+    const base = TEST_FAMILIES[0] as TestFamily;
+    // Rows 128 and 384 wide: 128 is the largest block that divides both.
+    const family: TestFamily = { ...base, shape: { ...base.shape, hiddenDim: 384 } };
+    const blockSize = (out: string) => (JSON.parse(readFileSync(join(dir, out, 'marginal.json'), 'utf8')) as { quantization: { blockSize: number } }).quantization.blockSize;
+    const write = (out: string, quantize: { weights: 'q8' | 'q4'; blockSize?: number }) =>
+      writeModelDir({ dir: join(dir, out), name: 'm', shape: family.shape, weights: testWeights(family.shape), tokenizer: readFileSync(LLAMA2_TOKENIZER), synthetic: true, description: 'test', flavours: ['fast'], quantize });
+    write('q8', { weights: 'q8' });
+    write('q4', { weights: 'q4' });
+    write('q8-32', { weights: 'q8', blockSize: 32 });
+    assert.equal(blockSize('q8'), 128);
+    assert.equal(blockSize('q4'), 128);
+    assert.equal(blockSize('q8-32'), 32);
+    assert.equal((await loadModelDir(join(dir, 'q8'))).quantization, 'q8 (blocks of 128)');
+
+    writeTestGguf(join(dir, 'q8_0.gguf'), family, 'q8_0');
+    writeTestGguf(join(dir, 'f32.gguf'), family, 'f32');
+    const lines: string[] = [];
+    await importGguf(join(dir, 'q8_0.gguf'), join(dir, 'from-q8_0'), { flavours: ['fast'], log: (l) => lines.push(l) });
+    await importGguf(join(dir, 'f32.gguf'), join(dir, 'from-f32'), { flavours: ['fast'], quantize: { weights: 'q8' } });
+    assert.equal(blockSize('from-q8_0'), 32);
+    assert.doesNotMatch(lines.join('\n'), /requantized/);
+    assert.equal(blockSize('from-f32'), 128);
+
+    const logged: string[] = [];
+    exportModelDir(join(dir, 'q8'), join(dir, 'rounded.gguf'), 'q8_0', { log: (l) => logged.push(l) });
+    assert.match(logged.join('\n'), /holds blocks of 128; GGUF's Q8_0\/Q4_0 hold 32, so its blocks are rounded again/);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
   for (const [format, type] of [['q8', 'q8_0'], ['q4', 'q4_0']] as const) {
-    test(`a ${format} directory exports its blocks unchanged: the same file as quantizing its float32 original to ${type}`, () => {
+    test(`a ${format} directory in blocks of 32 exports its blocks unchanged: the same file as quantizing its float32 original to ${type}`, () => {
       const dir = tempDir(`gguf-export-${format}`);
       const family = TEST_FAMILIES[0] as TestFamily;
-      const write = (out: string, quantize?: { weights: 'q8' | 'q4' }) =>
+      const write = (out: string, quantize?: { weights: 'q8' | 'q4'; blockSize: number }) =>
         writeModelDir({ dir: join(dir, out), name: 'm', shape: family.shape, weights: testWeights(family.shape), tokenizer: readFileSync(LLAMA2_TOKENIZER), synthetic: true, description: 'test', flavours: ['fast'], ...(quantize ? { quantize } : {}) });
       write('fp32');
-      write(format, { weights: format });
+      write(format, { weights: format, blockSize: 32 });
       exportModelDir(join(dir, format), join(dir, 'a.gguf'), type);
       exportModelDir(join(dir, 'fp32'), join(dir, 'b.gguf'), type);
       assert.ok(readFileSync(join(dir, 'a.gguf')).equals(readFileSync(join(dir, 'b.gguf'))));

@@ -36,7 +36,7 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
  * A Hugging Face folder written from the same weights as a GGUF (Q and K in rotate-half order
  * there, interleaved in the llama GGUFs) gives the same logits through `import hf` as the GGUF
  * through `import gguf`: float32 against F32, F16 against F16, BF16 against BF16, and with
- * --quantize q8 / q4 against Q8_0 / Q4_0 (the same blocks, rows reordered); and its greedy text
+ * --quantize q8 / q4 --block-size 32 against Q8_0 / Q4_0 (the same blocks, rows reordered); and its greedy text
  * is llama.cpp's on that GGUF.
  */
 after(async () => (await llamaCpp()).dispose());
@@ -54,7 +54,7 @@ describe('safetensors import gives the GGUF route’s logits', { skip: sharedSki
         const dir = tempDir(`hf-${family.name}-${gguf}`);
         writeHfFolder(join(dir, 'hf'), family, dtype);
         writeTestGguf(join(dir, 'm.gguf'), family, gguf);
-        importHf(join(dir, 'hf'), join(dir, 'from-hf'), { flavours: ['fast'], ...(quantize ? { quantize: { weights: quantize } } : {}) });
+        importHf(join(dir, 'hf'), join(dir, 'from-hf'), { flavours: ['fast'], ...(quantize ? { quantize: { weights: quantize, blockSize: 32 } } : {}) });
         await importGguf(join(dir, 'm.gguf'), join(dir, 'from-gguf'), { flavours: ['fast'] });
         const hf = await loadModelDir(join(dir, 'from-hf'));
         const gg = await loadModelDir(join(dir, 'from-gguf'));

@@ -8,6 +8,7 @@ import OpenAI from 'openai';
 import { importLlama2c } from '../src/models/importers.js';
 import { loadModelDir } from '../src/models/modeldir.js';
 import { fp32Reference, measureAccuracy, sampleCorpus, type AccuracyReport } from '../src/models/quant/accuracy.js';
+import { defaultBlockSize } from '../src/models/quant/formats.js';
 import { dequantize, floatToHalf, halfToFloat, quantize, toNBits } from '../src/models/quant/ggml.js';
 import { stories260K, tempDir } from './helpers/models.js';
 import { startServe } from './helpers/serve.js';
@@ -77,6 +78,16 @@ describe('ggml block formats (hand-worked values)', () => {
     const t = quantize('q8_0', x, 2, 40);
     assert.equal(t.blocks.length, 2 * 2 * 34);
     assert.deepEqual(Array.from(dequantize(t)), Array.from(x));
+  });
+
+  test("--quantize's default block: the largest dividing every row width, up to 256 for q8 and 128 for q4", () => {
+    assert.equal(defaultBlockSize('q8', [768, 2048]), 256); // stories110m
+    assert.equal(defaultBlockSize('q4', [768, 2048]), 128);
+    assert.equal(defaultBlockSize('q8', [2048, 8192]), 256); // llama-1b
+    assert.equal(defaultBlockSize('q8', [896, 4864]), 128); // Qwen2.5-0.5B
+    assert.equal(defaultBlockSize('q8', [128, 320]), 64);
+    assert.equal(defaultBlockSize('q8', [288, 768]), 32); // stories15m: 288 = 9 × 32
+    assert.equal(defaultBlockSize('q4', [64, 172]), 32); // stories260K: 172 is no multiple of 32 either
   });
 });
 

@@ -24,7 +24,7 @@ import { benchModelDir, benchPrompt, cpuSeconds, marginalDecode } from '../decod
 
 const program = new Command()
   .option('--models <list>', 'synthetic shapes', 'stories15m,stories110m')
-  .option('--formats <list>', 'fp32, q8, q4; q8@128 etc. for larger blocks (marginal only: GGUF holds blocks of 32)', 'fp32,q8,q4')
+  .option('--formats <list>', 'fp32, q8, q4; q8@128 etc. for larger blocks (against llama.cpp on the blocks-of-32 GGUF: GGUF holds blocks of 32)', 'fp32,q8,q4')
   .option('--batches <list>', 'batch sizes', '1,4,16,32,64')
   .option('--prompt <n>', 'prompt tokens per sequence', '64')
   .option('--steps <n>', 'decode steps measured', '32')
@@ -108,7 +108,12 @@ log(`llama.cpp bench: ${cpus().length} cores, ${threads} threads each, prompt ${
 for (const shape of o.models.split(',')) {
   for (const format of formats) {
     const dir = modelDir(shape, format);
-    const file = llama && GGUF_TYPE[format] !== undefined ? ggufFile(dir, format) : undefined;
+    // GGUF holds blocks of 32 only: marginal's own blocks (`q8` is --quantize q8's default,
+    // `q8@256` a chosen size) run against llama.cpp on the GGUF written from the blocks-of-32
+    // directory (`q8@32`), the same float32 weights quantized llama.cpp's way, byte for byte.
+    const weights = format.split('@')[0] as string;
+    const ggmlDir = weights === 'fp32' ? dir : format === `${weights}@32` ? dir : modelDir(shape, `${weights}@32`);
+    const file = llama && GGUF_TYPE[weights] !== undefined ? ggufFile(ggmlDir, weights) : undefined;
     const model = await loadModelDir(dir);
     for (const batch of batches) {
       // Alternate the engines so drift on a shared machine hits both; keep each one's best
@@ -152,6 +157,10 @@ if (llama) {
   console.log(`\n### marginal vs llama.cpp on the same weights (${unit}; wall-clock tok/s in brackets)\n`);
   console.log('| model | weights (marginal / GGUF) | batch | marginal | llama.cpp | marginal / llama.cpp |');
   console.log('|---|---|---:|---:|---:|---:|');
-  for (const r of rows.filter((x) => x.llamacpp !== undefined)) console.log(`| ${r.model} | ${r.format} / ${GGUF_TYPE[r.format]?.toUpperCase()} | ${r.batch} | ${f0(r.marginal)} (${f0(r.marginalWall)}) | ${f0(r.llamacpp)} (${f0(r.llamacppWall)}) | ${ratio(r.marginal, r.llamacpp)} |`);
+  for (const r of rows.filter((x) => x.llamacpp !== undefined)) console.log(`| ${r.model} | ${r.format} / ${GGUF_TYPE[r.format.split('@')[0] as string]?.toUpperCase()} | ${r.batch} | ${f0(r.marginal)} (${f0(r.marginalWall)}) | ${f0(r.llamacpp)} (${f0(r.llamacppWall)}) | ${ratio(r.marginal, r.llamacpp)} |`);
+  console.log(`\n### marginal's step: wall ms, of which inside ONNX Runtime (best round)\n`);
+  console.log('| model | weights | batch | step ms | ONNX Runtime ms | outside |');
+  console.log('|---|---|---:|---:|---:|---:|');
+  for (const r of rows) console.log(`| ${r.model} | ${r.format} | ${r.batch} | ${r.marginalStepMs.toFixed(2)} | ${r.marginalOrtMs.toFixed(2)} | ${(r.marginalStepMs - r.marginalOrtMs).toFixed(2)} |`);
 }
 if (o.json) writeFileSync(o.json, JSON.stringify({ cores: cpus().length, threads, promptLen, steps, rows }, null, 2) + '\n');

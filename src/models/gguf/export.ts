@@ -282,6 +282,10 @@ export function exportModelDir(dir: string, out: string, type: GgufWeightType, o
     const m: GgufModel = { architecture: c.architecture, name: c.name, shape: c.shape, weights: src.weights, tokenizer: llama2cTokenizerMetadata(tok), type };
     if (opts.types) m.types = opts.types;
     if (opts.log) m.log = opts.log;
+    const bs = c.quantization?.blockSize ?? QK;
+    if (bs !== QK && Object.values({ type, ...opts.types }).some((t) => t === 'q8_0' || t === 'q4_0')) {
+      opts.log?.(`marginal: ${dir} holds blocks of ${bs}; GGUF's Q8_0/Q4_0 hold 32, so its blocks are rounded again (a directory written with --block-size 32 exports exactly)`);
+    }
     writeLlamaGguf(out, m);
   } finally {
     src.close();

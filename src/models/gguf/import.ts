@@ -201,14 +201,19 @@ export async function importGguf(path: string, out: string, o: GgufImportOptions
   const f = await readGguf(path);
   // Every tensor's type is checked before anything is written, so an unsupported file fails at once.
   const kquants = new Map<string, number>();
+  let holdsBlocks = false;
   for (const spec of weightSpecs(f.shape)) {
     const t = f.tensors.get(ggufName(spec.name));
     if (t === undefined) continue;
     const k = K_QUANTS.get(t.type);
     if (k !== undefined) kquants.set(k.toUpperCase(), (kquants.get(k.toUpperCase()) ?? 0) + 1);
     else if (!READABLE.has(t.type)) throw new UnsupportedModelError(unreadable(t.name, t.type));
+    if (t.type !== GGMLQuantizationType.F32 && t.type !== GGMLQuantizationType.F16 && t.type !== GGMLQuantizationType.BF16) holdsBlocks = true;
   }
-  const quantize = o.quantize;
+  // A file's Q8_0/Q4_0 blocks are kept exactly as written (ggml's 32 values each), and what
+  // is dequantized beside them is stored in blocks of the same size; only a float file lets
+  // the store choose its own, larger blocks.
+  const quantize: QuantizeOptions | undefined = holdsBlocks && o.quantize?.blockSize === undefined ? { ...o.quantize, blockSize: BLOCK_SIZE } : o.quantize;
   if (kquants.size > 0) {
     const target = quantize?.weights ?? 'q8';
     const list = [...kquants.entries()].map(([k, n]) => `${n} ${k}`).join(', ');

@@ -2,7 +2,7 @@ import onnxProto from 'onnx-proto';
 import { ModelFormatError } from '../../errors.js';
 import { DType, ExternalDataWriter, tensorBytes } from '../onnx/builder.js';
 import { blocksPerRow, dequantize, quantize, toNBits, type BlockFormat, type BlockTensor } from '../quant/ggml.js';
-import { ACCURACY_LEVEL, BLOCK_SIZE, quantizationLabel, type QuantizationRecord, type QuantizeOptions, type WeightFormat } from '../quant/formats.js';
+import { ACCURACY_LEVEL, BLOCK_SIZE, defaultBlockSize, quantizationLabel, type QuantizationRecord, type QuantizeOptions, type WeightFormat } from '../quant/formats.js';
 import { classifierName, weightSpecs, type LlamaShape, type WeightSpec } from './shape.js';
 import type { WeightSource } from './weights.js';
 
@@ -98,7 +98,7 @@ export function storeWeights(
   let classifierFormat: WeightFormat = 'fp32';
   let embeddingFormat: WeightFormat = 'fp32';
   const requantized: string[] = [];
-  const bs = opts.blockSize ?? BLOCK_SIZE;
+  const bs = opts.blockSize ?? ownBlockSize(shape, opts);
 
   /** `value` in the representation of `format`: float32 values, or blocks of its block format. */
   const represent = (name: string, value: Float32Array | BlockTensor, rows: number, cols: number, format: WeightFormat): Float32Array | BlockTensor => {
@@ -238,6 +238,20 @@ export function storeWeights(
       accuracyLevel: ACCURACY_LEVEL,
     },
   };
+}
+
+/**
+ * The block size when the options name none: defaultBlockSize over every matrix's width for
+ * the formats asked for (q4's cap where q4 is among them), or ggml's 32 when nothing is
+ * quantized here. Callers whose source holds ggml blocks (GGUF import) pass 32 explicitly.
+ */
+export function ownBlockSize(shape: LlamaShape, opts: QuantizeOptions): number {
+  const asked = [opts.weights, opts.classifier, opts.embeddings].filter((f): f is 'q8' | 'q4' => f === 'q8' || f === 'q4');
+  if (asked.length === 0) return BLOCK_SIZE;
+  const widths = weightSpecs(shape)
+    .filter((s) => s.dims.length === 2)
+    .map((s) => s.dims[1] as number);
+  return defaultBlockSize(asked.includes('q4') ? 'q4' : 'q8', widths);
 }
 
 function checkSize(spec: WeightSpec, value: Float32Array | BlockTensor): void {

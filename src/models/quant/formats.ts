@@ -9,12 +9,37 @@ export type WeightFormat = 'fp32' | 'q8' | 'q4';
 export const WEIGHT_FORMATS: readonly WeightFormat[] = ['fp32', 'q8', 'q4'];
 
 /**
- * Values per scale by default. 32 is ggml's block, so GGUF Q8_0/Q4_0 tensors map onto it
- * unchanged and a q8/q4 directory exports to GGUF exactly; larger blocks (`--block-size`) run
- * faster in ONNX Runtime's kernels and cost some accuracy (BENCHMARKS.md).
+ * ggml's block: GGUF Q8_0/Q4_0 tensors hold blocks of 32 values, so a GGUF's blocks are kept
+ * at this size (exact), and a directory in blocks of 32 exports to GGUF byte for byte.
  */
 export const BLOCK_SIZE = 32;
 export const BLOCK_SIZES = [32, 64, 128, 256] as const;
+/**
+ * The largest block marginal's own quantization of float weights chooses, by format.
+ * MatMulNBits pays per block: at batch 1 blocks of 256 run int8 weights 1.6–2.1× and int4
+ * ones 2.3× as fast as blocks of 32 on this CPU (BENCHMARKS.md, issue 12). int8 weights lose
+ * little even with one scale per row, and activations rounded per 256 values are what
+ * llama.cpp's K-quants multiply with (Q8_K); int4 stops at 128, the group size GPTQ and AWQ
+ * checkpoints use, since one 4-bit scale per 256 weights lets an outlier flatten its block.
+ * No real checkpoint here has rows wider than 172 (stories260K), so the accuracy of these
+ * larger blocks is argued, not measured, on this machine.
+ */
+export const MAX_DEFAULT_BLOCK: Record<'q8' | 'q4', number> = { q8: 256, q4: 128 };
+
+/**
+ * The block size `--quantize` uses when `--block-size` is not given: the largest of
+ * BLOCK_SIZES, up to MAX_DEFAULT_BLOCK, that divides the width of every matrix quantized
+ * (a block that straddles a row's end is padded, which costs more than smaller blocks save,
+ * and GatherBlockQuantized needs whole blocks along the embedding row).
+ */
+export function defaultBlockSize(format: 'q8' | 'q4', widths: Iterable<number>): number {
+  const all = [...widths];
+  for (let i = BLOCK_SIZES.length - 1; i >= 0; i--) {
+    const b = BLOCK_SIZES[i] as number;
+    if (b <= MAX_DEFAULT_BLOCK[format] && all.every((w) => w % b === 0)) return b;
+  }
+  return BLOCK_SIZE;
+}
 /**
  * MatMulNBits accuracy_level 4: activations are quantized to int8 per block and multiplied
  * with integer dot products (AVX-512 VNNI where present), as llama.cpp does for Q8_0/Q4_0.
@@ -29,7 +54,7 @@ export interface QuantizeOptions {
   weights?: WeightFormat;
   classifier?: WeightFormat;
   embeddings?: WeightFormat;
-  /** Values per scale for the int8/int4 tensors (default 32). */
+  /** Values per scale for the int8/int4 tensors (default: defaultBlockSize, or 32 for a GGUF's blocks). */
   blockSize?: number;
 }
 
