@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command, InvalidArgumentError as CommanderArgError } from 'commander';
+import { Command } from 'commander';
 import { isMarginalError } from './errors.js';
 import { runGenerate } from './cli/generate.js';
 import { runImportGguf, runImportHf, runImportLlama2c, runSynth } from './cli/models.js';
@@ -9,21 +9,7 @@ import { runCalibrate, runSim } from './cli/sim.js';
 import { runTune } from './cli/tune.js';
 import { runBenchServe } from './cli/bench-serve.js';
 import { addGeometryOptions } from './cli/geometry-options.js';
-
-function intArg(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n)) throw new CommanderArgError(`${name} must be an integer`);
-    return n;
-  };
-}
-function numArg(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n)) throw new CommanderArgError(`${name} must be a number`);
-    return n;
-  };
-}
+import { intArg, numArg } from './cli/args.js';
 
 const program = new Command();
 program.name('marginal').description('An LLM inference server whose scheduler is an economy.').version('0.1.0');

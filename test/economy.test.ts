@@ -6,18 +6,8 @@ import { join } from 'node:path';
 import { curveFileJson, defaultCurves, loadCurveFile, parseCurve, parseCurveFile, type PriceCurve } from '../src/economy/curves.js';
 import { BillBuilder, Ledger } from '../src/economy/ledger.js';
 import { InvalidArgumentError } from '../src/errors.js';
+import { mulberry32 as prng } from '../src/random.js';
 
-/** mulberry32: a small seeded PRNG so the property tests are reproducible. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Positive magnitudes spread over many orders, like real price parameters. */
 function magnitude(r: () => number): number {

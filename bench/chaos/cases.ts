@@ -4,6 +4,7 @@
  * what the API expects, and HTTP that a parser must refuse. Deterministic given the seed, so a
  * failure can be replayed by its index.
  */
+import { mulberry32 as prng } from '../../src/random.js';
 
 export type CaseKind = 'http' | 'raw';
 
@@ -21,17 +22,6 @@ export interface HostileCase {
   clientAborts?: boolean;
 }
 
-/** mulberry32: a seeded PRNG small enough to read. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Values JSON can carry that a server must survive in any field. */
 export const EXTREMES: readonly unknown[] = [

@@ -10,7 +10,8 @@ import { readFileSync } from 'node:fs';
 import { createServer, request } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { hostileCases, prng, type HostileCase } from './cases.js';
+import { hostileCases, type HostileCase } from './cases.js';
+import { mulberry32 as prng } from '../../src/random.js';
 import { pooled, send, sendRaw, type Outcome } from './client.js';
 
 export interface ChaosOptions {

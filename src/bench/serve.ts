@@ -13,6 +13,7 @@ import cliProgress from 'cli-progress';
 import type { Bill } from '../economy/ledger.js';
 import { Rng } from '../sampling/rng.js';
 import { InvalidArgumentError } from '../errors.js';
+import { fmix32 } from '../random.js';
 import { mean as finiteMean, meetsSlo, percentile, realizedValue, tpotMs, type Expectation, type RequestOutcome } from '../sim/metrics.js';
 import { DEFAULT_BASE_PRICE } from '../sim/simulator.js';
 import { answerQuote } from '../sim/client.js';
@@ -509,15 +510,6 @@ export function randomLengths(n: number, inputLen: number, outputLen: number, ra
  */
 const WORDS = ['the', 'and', 'for', 'her', 'he', 'in', 'on', 'at', 'or', 'of', 'is', 'it', 'as', 'to', 'me', 'an'];
 
-/** A 32-bit finalizer (murmur3's fmix32) to derive independent word streams from seeds. */
-function fmix32(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
 
 function seedOf(x: number): number {
   const v = new DataView(new ArrayBuffer(8));

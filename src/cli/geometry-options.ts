@@ -1,21 +1,6 @@
-import { Option, type Command, InvalidArgumentError as CommanderArgError } from 'commander';
+import { Option, type Command } from 'commander';
+import { intArg, numArg } from './args.js';
 import type { GeometryOptions } from '../geometry.js';
-
-function intArg(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isInteger(n)) throw new CommanderArgError(`${name} must be an integer`);
-    return n;
-  };
-}
-
-function numArg(name: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n)) throw new CommanderArgError(`${name} must be a number`);
-    return n;
-  };
-}
 
 /** The geometry flags as commander stores them: vLLM's names, and the older names kept as aliases. */
 export interface GeometryCliOptions {

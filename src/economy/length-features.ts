@@ -2,6 +2,8 @@
  * What the output-length model may know about a request when it arrives, and its encoding as
  * a fixed-width vector of numbers. Nothing here may depend on the completion itself.
  */
+import { fmix32, hashString } from '../random.js';
+
 export interface LengthFeatures {
   tenant: string;
   promptTokens: number;
@@ -42,31 +44,12 @@ const LOG_SCALE = 10;
 /** Counters per row of the recurrence sketch (two rows). */
 const SKETCH_WIDTH = 1 << 15;
 
-/** FNV-1a, then a murmur finalizer so that near names spread over the buckets. */
-function hashTenant(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return finalize(h);
-}
-
-function finalize(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
-
 /** Hash of the prompt's first LEADING_TOKENS tokens (all of them if fewer). */
 function prefixHash(tokens: ArrayLike<number>): number {
   const n = Math.min(LEADING_TOKENS, tokens.length);
   let h = 0x9e3779b9 ^ n;
   for (let i = 0; i < n; i++) h = Math.imul(h ^ (tokens[i]! | 0), 0x01000193) ^ (h >>> 15);
-  return finalize(h);
+  return fmix32(h);
 }
 
 function endpointIndex(e: LengthFeatures['endpoint']): number {
@@ -96,7 +79,7 @@ export class LengthFeatureEncoder {
   ) {}
 
   private static slot(h: number, row: number): number {
-    return (row === 0 ? h : finalize(h ^ 0x5bd1e995)) & (SKETCH_WIDTH - 1);
+    return (row === 0 ? h : fmix32(h ^ 0x5bd1e995)) & (SKETCH_WIDTH - 1);
   }
 
   /** Completions seen (recently) with this prompt prefix, never undercounted. */
@@ -107,7 +90,7 @@ export class LengthFeatureEncoder {
   /** Writes the features of `f` into out[at .. at + FEATURE_WIDTH). Allocates nothing. */
   encode(f: LengthFeatures, out: Float32Array, at: number): void {
     out.fill(0, at, at + FEATURE_WIDTH);
-    out[at + TENANT_AT + (hashTenant(f.tenant) % TENANT_BUCKETS)] = 1;
+    out[at + TENANT_AT + (hashString(f.tenant) % TENANT_BUCKETS)] = 1;
     if (f.leadingTokens.length > 0) {
       const h = prefixHash(f.leadingTokens);
       if (this.recurrence(h) >= this.minRecurrence) out[at + PREFIX_AT + (h % PREFIX_BUCKETS)] = 1;

@@ -58,6 +58,7 @@ import { Piscina } from 'piscina';
 import { InvalidArgumentError } from '../errors.js';
 import { curveFileJson, defaultCurves, parseCurve, parseCurveFile } from '../economy/curves.js';
 import { createPolicy } from '../scheduler/policies/index.js';
+import { mulberry32 } from '../random.js';
 import type { Summary } from './metrics.js';
 import { simulate, type SimOptions } from './simulator.js';
 import { lineChart } from './svg.js';
@@ -227,17 +228,6 @@ export function defaultGrid(): Grid {
   );
 }
 
-/** mulberry32: a small local PRNG, so a sampled grid is the same on every Node version. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** tokens × kv, tokens-major; with `sample`, a seeded subset kept in that order. */
 export function gridCandidates(g: Grid): Candidate[] {

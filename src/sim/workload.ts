@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
+import { hashString, mulberry32 } from '../random.js';
 import { parseClient, type ClientBehaviour, type TraceRequest } from './trace.js';
 
 /**
@@ -54,34 +55,8 @@ export interface Workload {
 // Seeded randomness. Small and local so that a trace generated today is the same trace next
 // year, whatever Math.random or a library does.
 
-/** FNV-1a, then murmur3's finalizer so that nearby strings ("41", "42") land far apart. */
-function hashString(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
-
 type Rng = () => number;
 
-/** mulberry32: uniform in [0, 1). */
-function mulberry32(seed: number): Rng {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** In (0, 1): safe for logarithms. */
 function openUniform(rng: Rng): number {
